@@ -1,0 +1,73 @@
+"""bus: typed events on NATS JetStream, with retries, dead letters and replayable state."""
+
+from .client import Bus, Credentials
+from .codec import Codec, json_schema
+from .consumer import Consumer
+from .deadletter import DeadLetter
+from .envelope import Envelope, current_envelope
+from .errors import (
+    BusClosed,
+    BusError,
+    BusTimeout,
+    ConcurrencyError,
+    ConfigError,
+    ConnectError,
+    DecodeError,
+    InvalidSubject,
+    NoResponders,
+    NoStreamForSubject,
+    PublishError,
+    PublishTimeout,
+    RemoteError,
+    RequestTimeout,
+    ServerError,
+    StreamConflict,
+    StreamError,
+    StreamNotFound,
+)
+from .events import Event, EventRegistry, new_event_id
+from .publish import PublishResult
+from .reader import StoredMessage
+from .server import EmbeddedCluster, EmbeddedServer
+from .streams import StreamSpec, StreamSummary
+from .subscribe import Backoff, Router
+
+__all__ = (
+    "Backoff",
+    "Bus",
+    "BusClosed",
+    "BusError",
+    "BusTimeout",
+    "Codec",
+    "ConcurrencyError",
+    "ConfigError",
+    "ConnectError",
+    "Consumer",
+    "Credentials",
+    "DeadLetter",
+    "DecodeError",
+    "EmbeddedCluster",
+    "EmbeddedServer",
+    "Envelope",
+    "Event",
+    "EventRegistry",
+    "InvalidSubject",
+    "NoResponders",
+    "NoStreamForSubject",
+    "PublishError",
+    "PublishResult",
+    "PublishTimeout",
+    "RemoteError",
+    "RequestTimeout",
+    "Router",
+    "ServerError",
+    "StoredMessage",
+    "StreamConflict",
+    "StreamError",
+    "StreamNotFound",
+    "StreamSpec",
+    "StreamSummary",
+    "current_envelope",
+    "json_schema",
+    "new_event_id",
+)

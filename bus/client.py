@@ -1,0 +1,393 @@
+"""`Bus`: one connection to NATS, and everything an application does through it.
+
+    async with Bus("nats://127.0.0.1:4222", streams=[StreamSpec.for_domain("tasks")]) as bus:
+        await bus.publish(TaskCreated(title="write docs"), aggregate_id="7f3c")
+
+Handlers registered with `@bus.subscribe(...)` before start run once the bus starts; `close()`
+stops pulling, lets handlers in flight finish, drains the connection, all within a bound.
+A closed Bus refuses reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.micro.service import Service
+
+from . import deadletter, rpc
+from .codec import Codec, ContentType
+from .consumer import Consumer
+from .envelope import Envelope, open_message
+from .errors import BusClosed, ConfigError, ConnectError, StreamError
+from .events import Event, EventRegistry
+from .publish import Publisher, PublishResult
+from .reader import StoredMessage, read_messages
+from .streams import StreamManager, StreamSpec
+from .subjects import validate_pattern
+from .subscribe import Handler, Router, handler_spec
+
+log = logging.getLogger("bus")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to authenticate and encrypt; set at most one of user/token/creds/nkey_seed."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None  # path of a .creds file (JWT + nkey seed)
+    nkey_seed: str | None = None  # path of an nkey seed file
+    tls: ssl.SSLContext | None = None
+    tls_ca: str | None = None  # or build the context from files
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def connect_options(self) -> dict[str, Any]:
+        chosen = [n for n in ("user", "token", "creds", "nkey_seed") if getattr(self, n)]
+        if len(chosen) > 1:
+            raise ConfigError(f"choose one way to authenticate, not {' and '.join(chosen)}")
+        opts: dict[str, Any] = {}
+        if self.user:
+            opts.update(user=self.user, password=self.password or "")
+        if self.token:
+            opts["token"] = self.token
+        if self.creds:
+            opts["user_credentials"] = self.creds
+        if self.nkey_seed:
+            opts["nkeys_seed"] = self.nkey_seed
+        tls = self.tls
+        if tls is None and (self.tls_ca or self.tls_cert):
+            tls = ssl.create_default_context(cafile=self.tls_ca)
+            if self.tls_cert:
+                tls.load_cert_chain(self.tls_cert, self.tls_key)
+        if tls is not None:
+            opts["tls"] = tls
+        return opts
+
+
+def split_urls(servers: str | Sequence[str]) -> list[str]:
+    urls = [u.strip() for u in servers.split(",")] if isinstance(servers, str) else list(servers)
+    urls = [u for u in urls if u]
+    if not urls:
+        raise ConfigError("no NATS server URL given")
+    return urls
+
+
+class Bus:
+    """A connected client: publish, subscribe, request/reply, streams and dead letters."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        credentials: Credentials | None = None,
+        name: str = "bus",
+        registry: EventRegistry | None = None,
+        content_type: ContentType = "json",
+        streams: Iterable[StreamSpec] = (),
+        manage_streams: bool = True,
+        router: Router | None = None,
+        publish_timeout: float = 5.0,
+        drain_timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self.urls = split_urls(servers)
+        self._connect_opts = (credentials or Credentials()).connect_options()
+        self.name = name
+        self.registry = registry if registry is not None else EventRegistry()
+        self.codec = Codec(content_type)
+        self.stream_specs = list(streams)
+        self.manage_streams = manage_streams
+        self.router = router if router is not None else Router()
+        self.publish_timeout = publish_timeout
+        self.drain_timeout = drain_timeout
+        self.connect_timeout = connect_timeout
+        self.consumers: list[Consumer] = []
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._publisher: Publisher | None = None
+        self._streams: StreamManager | None = None
+        self._services: list[Service] = []
+        self._state = "new"
+
+    @classmethod
+    async def connect(
+        cls, servers: str | Sequence[str] = "nats://127.0.0.1:4222", **kw: Any
+    ) -> Bus:
+        return await cls(servers, **kw).start()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        if self._state != "new":
+            raise BusClosed(f"this Bus is {self._state}; create a new one")
+        self._state = "starting"
+        try:
+            self._nc = await nats.connect(
+                servers=self.urls,
+                name=self.name,
+                connect_timeout=self.connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                drain_timeout=int(self.drain_timeout),
+                error_cb=self._on_error,
+                reconnected_cb=self._on_reconnect,
+                **self._connect_opts,
+            )
+        except Exception as exc:  # nats-py raises several unrelated types here
+            self._state = "closed"
+            raise ConnectError(
+                f"cannot connect to {', '.join(self.urls)}: {_describe(exc)}"
+            ) from None
+        self._js = self._nc.jetstream(timeout=self.publish_timeout)
+        self._publisher = Publisher(self._nc, self.codec, self.publish_timeout)
+        self._streams = StreamManager(self._js)
+        self._state = "running"
+        try:
+            for spec in self.stream_specs:
+                if self.manage_streams:
+                    await self._streams.ensure(spec)
+                else:
+                    await self._streams.verify(spec)
+            for handler in self.router.specs:
+                await self._start_consumer(handler)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Stop consumers (in-flight handlers finish), stop services, drain, close."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        await asyncio.gather(*(c.stop(self.drain_timeout) for c in self.consumers))
+        for svc in self._services:
+            with contextlib.suppress(Exception):
+                await svc.stop()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                async with asyncio.timeout(self.drain_timeout):
+                    await self._nc.drain()
+            except (TimeoutError, nats.errors.Error):
+                await self._nc.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def nc(self) -> NATS:
+        """The underlying nats-py client, for what `bus` does not wrap."""
+        if self._nc is None or self._state != "running":
+            raise BusClosed("the Bus is not running; use `async with Bus(...)` or `await start()`")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        self.nc  # noqa: B018 - raises when not running
+        assert self._js is not None
+        return self._js
+
+    @property
+    def streams(self) -> StreamManager:
+        self.nc  # noqa: B018
+        assert self._streams is not None
+        return self._streams
+
+    @property
+    def publisher(self) -> Publisher:
+        self.nc  # noqa: B018
+        assert self._publisher is not None
+        return self._publisher
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("nats: %s", _describe(exc))
+
+    async def _on_reconnect(self) -> None:
+        log.info("reconnected to %s", self._nc.connected_url if self._nc else "?")
+        for consumer in self.consumers:
+            consumer.reset_pulls()
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event: Event,
+        aggregate_id: str,
+        *,
+        event_id: str | None = None,
+        expected_version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> PublishResult:
+        """Publish one event to `<domain>.<aggregate_id>.<event_name>` and await its ack."""
+        out = self.publisher.prepare(
+            event,
+            aggregate_id,
+            event_id=event_id,
+            expected_version=expected_version,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        return await self.publisher.send(out, timeout)
+
+    async def publish_many(
+        self,
+        items: Iterable[tuple[Event, str]],
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Publish `(event, aggregate_id)` pairs pipelined; results in order.
+
+        With `return_exceptions=True` a refused event gives its BusError in place of a result.
+        """
+        outs = [self.publisher.prepare(event, agg) for event, agg in items]
+        return await self.publisher.send_many(outs, timeout, return_exceptions)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def subscribe(
+        self, subject: str | None = None, *, durable: str, **options: Any
+    ) -> Callable[[Handler], Handler]:
+        """Decorator: run the handler on a durable consumer once the Bus starts."""
+        if self._state != "new":
+            raise ConfigError("the Bus is already started: use `await bus.consume(...)` instead")
+        return self.router.subscribe(subject, durable=durable, **options)
+
+    async def consume(
+        self, fn: Handler, subject: str | None = None, *, durable: str, **options: Any
+    ) -> Consumer:
+        """Start running `fn` now; returns the running Consumer (stopped by `close()`)."""
+        return await self._start_consumer(handler_spec(fn, subject, durable=durable, **options))
+
+    async def _start_consumer(self, spec: Any) -> Consumer:
+        for cls in spec.event_types:
+            self.registry.register(cls)
+        stream = await self._stream_for(spec.subjects[0])
+        consumer = Consumer(
+            self.nc, self.js, self.registry, self.codec, self.publisher, spec, stream
+        )
+        await consumer.start()
+        self.consumers.append(consumer)
+        return consumer
+
+    async def _stream_for(self, subject: str) -> str:
+        try:
+            return str(await self.js.find_stream_name_by_subject(subject))
+        except nats.js.errors.NotFoundError:
+            raise StreamError(f"no stream captures {subject!r}: declare it first") from None
+        except nats.errors.Error as exc:
+            raise StreamError(f"looking up the stream of {subject!r}: {exc}") from None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(
+        self, stream: str, from_seq: int = 1, limit: int = 100, subject: str | None = None
+    ) -> list[StoredMessage]:
+        """Stored messages from `from_seq` on, one round trip per call (batched direct get)."""
+        return await read_messages(self.nc, stream, from_seq, limit, subject)
+
+    def open(self, message: StoredMessage) -> Envelope[Event]:
+        """Decode a stored message with this bus's registry; raises DecodeError."""
+        return open_message(
+            message.subject,
+            message.data,
+            message.headers,
+            self.registry,
+            self.codec,
+            stream=message.stream,
+            seq=message.seq,
+        )
+
+    async def tail(self, pattern: str, from_seq: int | None = None) -> AsyncIterator[StoredMessage]:
+        """Live messages on `pattern` (from `from_seq` when given), surviving reconnects."""
+        validate_pattern(pattern)
+        if from_seq is not None and from_seq < 1:
+            raise ConfigError("from_seq must be >= 1")
+        stream = await self._stream_for(pattern)
+        policy = DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW
+        sub = await self.js.subscribe(
+            pattern,
+            stream=stream,
+            ordered_consumer=True,
+            deliver_policy=policy,
+            opt_start_seq=from_seq,
+            idle_heartbeat=2.0,
+        )
+        try:
+            async for msg in sub.messages:
+                meta = msg.metadata
+                yield StoredMessage(
+                    stream=meta.stream,
+                    seq=meta.sequence.stream,
+                    subject=msg.subject,
+                    time=meta.timestamp.isoformat() if meta.timestamp else "",
+                    data=msg.data,
+                    headers=dict(msg.headers or {}),
+                )
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    async def dead_letters(
+        self, stream: str, from_seq: int = 1, limit: int = 100
+    ) -> list[deadletter.DeadLetter]:
+        return await deadletter.list_dead_letters(self.nc, stream, from_seq, limit)
+
+    async def replay(self, stream: str, seq: int) -> PublishResult:
+        return await deadletter.replay(self.nc, self.publisher, stream, seq)
+
+    # -- request / reply ----------------------------------------------------------------------
+
+    async def request(
+        self, subject: str, payload: Any, response_type: type[R], timeout: float = 5.0
+    ) -> R:
+        return await rpc.request(self.nc, subject, payload, response_type, timeout)
+
+    async def serve(
+        self,
+        subject: str,
+        handler: Callable[[Any], Awaitable[Any]],
+        *,
+        service: str,
+        version: str = "0.1.0",
+        queue_group: str | None = None,
+    ) -> Service:
+        svc = await rpc.serve(
+            self.nc, subject, handler, service=service, version=version, queue_group=queue_group
+        )
+        self._services.append(svc)
+        return svc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "authorization" in text.lower() or "authentication" in text.lower():
+        return f"{text} (check the user/password, token, nkey or creds)"
+    return text

@@ -1,0 +1,386 @@
+"""The consumer runtime: one durable pull consumer running one handler.
+
+Pulls go out as plain `$JS.API.CONSUMER.MSG.NEXT` requests, each with its own reply subject,
+so every message and status is matched to the request that asked for it. A pull never asks
+for more messages than there are free handler slots, which bounds memory and in-flight work.
+Pull requests carry an idle heartbeat: when the server goes quiet (restart, leader change)
+the requests are forgotten and reissued, so the consumer resumes by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from . import headers as h
+from .codec import Codec
+from .deadletter import dead_letter_message
+from .envelope import Envelope, current_envelope, open_message
+from .errors import BusError, DecodeError, StreamError
+from .events import Event, EventRegistry
+from .publish import Publisher
+from .subscribe import HandlerSpec
+
+log = logging.getLogger("bus.consumer")
+
+ACK, TERM, IN_PROGRESS = b"+ACK", b"+TERM", b"+WPI"
+BATCH_LINGER = 0.02  # seconds a partial batch waits for more messages
+_encode = msgspec.json.Encoder().encode
+
+
+class _Pull:
+    __slots__ = ("last_seen", "remaining")
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+        self.last_seen = time.monotonic()
+
+
+class Consumer:
+    """Runs `spec.fn` over the durable consumer `spec.durable` on `stream`."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        registry: EventRegistry,
+        codec: Codec,
+        publisher: Publisher,
+        spec: HandlerSpec,
+        stream: str,
+        *,
+        expires: float = 5.0,
+        heartbeat: float = 1.0,
+    ) -> None:
+        self._nc, self._js, self._registry, self._codec = nc, js, registry, codec
+        self._publisher = publisher
+        self.spec = spec
+        self.stream = stream
+        self._expires, self._heartbeat = expires, heartbeat
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{spec.durable}"
+        self._inbox = ""
+        self._pulls: dict[str, _Pull] = {}  # in request order
+        self._pull_ids = itertools.count()
+        self._requested = 0  # messages asked for and not yet delivered
+        self._in_flight = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._batch: list[Msg] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._sub: Any = None
+        self._stopping = False
+        self.delivered = 0  # counters, for tests and metrics
+        self.dead_lettered = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def consumer_config(self) -> ConsumerConfig:
+        subjects = list(self.spec.subjects)
+        return ConsumerConfig(
+            durable_name=self.spec.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.spec.ack_wait,
+            # One delivery past our limit, so a handler that crashed the process on its last
+            # attempt still reaches us once more and goes to the dead-letter stream.
+            max_deliver=self.spec.max_deliver + 1,
+            filter_subject=subjects[0] if len(subjects) == 1 else None,
+            filter_subjects=subjects if len(subjects) > 1 else None,
+            max_ack_pending=max(1000, self.spec.slots * 4),
+        )
+
+    async def ensure(self) -> None:
+        try:
+            await self._js.add_consumer(self.stream, self.consumer_config())
+        except nats.js.errors.APIError as exc:
+            raise StreamError(
+                f"consumer {self.spec.durable!r} on {self.stream!r}: {exc.description}"
+            ) from None
+        except nats.errors.Error as exc:
+            raise StreamError(f"consumer {self.spec.durable!r} on {self.stream!r}: {exc}") from None
+
+    async def start(self) -> None:
+        await self.ensure()
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull {self.spec.durable}")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop pulling; let handlers in flight finish (bounded), then unsubscribe.
+
+        Messages delivered but not yet handled are left unacknowledged: JetStream redelivers
+        them after `ack_wait`, to this process or another.
+        """
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    def reset_pulls(self) -> None:
+        """Forget outstanding pulls (the server lost them) so the loop asks again."""
+        self._pulls.clear()
+        self._requested = 0
+        self._wake.set()
+
+    # -- pulling ------------------------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.spec.slots - self._in_flight - len(self._batch) - self._requested
+
+    async def _pull_loop(self) -> None:
+        low_water = max(1, self.spec.slots // 2)
+        while not self._stopping:
+            self._expire_silent_pulls()
+            free = self._free()
+            if free >= low_water or (free > 0 and not self._pulls):
+                await self._request(free)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._heartbeat):
+                    await self._wake.wait()
+
+    async def _request(self, size: int) -> None:
+        pull_id = str(next(self._pull_ids))
+        body = {
+            "batch": size,
+            "expires": int(self._expires * 1e9),
+            "idle_heartbeat": int(self._heartbeat * 1e9),
+        }
+        self._pulls[pull_id] = _Pull(size)
+        self._requested += size
+        try:
+            await self._nc.publish(self._next_subject, _encode(body), f"{self._inbox}.{pull_id}")
+        except nats.errors.Error:
+            self._forget(pull_id)  # disconnected: the watchdog asks again later
+
+    def _expire_silent_pulls(self) -> None:
+        deadline = time.monotonic() - max(3 * self._heartbeat, self._expires + self._heartbeat)
+        for pull_id, pull in list(self._pulls.items()):
+            if pull.last_seen < deadline:
+                self._forget(pull_id)
+
+    def _forget(self, pull_id: str) -> None:
+        pull = self._pulls.pop(pull_id, None)
+        if pull is not None:
+            self._requested -= pull.remaining
+            self._wake.set()
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(h.STATUS) if msg.headers else None
+        if status is not None:  # statuses come on the pull's own reply subject
+            pull_id = msg.subject[len(self._inbox) + 1 :]
+            pull = self._pulls.get(pull_id)
+            if pull is not None:
+                pull.last_seen = time.monotonic()
+                if status != "100":  # 100 is a heartbeat; 404/408/409 end the pull
+                    self._forget(pull_id)
+                    if status == "503":  # no responders: the consumer is gone; recreate it
+                        await self._recreate()
+            return
+        # Messages keep their own subject; JetStream fills waiting pulls oldest first.
+        if self._pulls:
+            pull_id, pull = next(iter(self._pulls.items()))
+            pull.remaining -= 1
+            self._requested -= 1
+            pull.last_seen = time.monotonic()
+            if pull.remaining == 0:
+                del self._pulls[pull_id]
+        elif self._free() <= 0 or self._stopping:
+            await self._nc.publish(msg.reply, b"-NAK")  # from a forgotten pull, and no slot
+            return
+        self.delivered += 1
+        if not self.spec.batch:
+            self._spawn(self._run_one(msg), 1)
+            return
+        self._batch.append(msg)
+        if len(self._batch) >= self.spec.batch_size:
+            self._flush_batch()
+        elif len(self._batch) == 1:  # a partial batch waits a moment for company, no longer
+            asyncio.get_running_loop().call_later(BATCH_LINGER, self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._spawn(self._run_batch(batch), len(batch))
+
+    async def _recreate(self) -> None:
+        with contextlib.suppress(BusError):
+            await self.ensure()
+
+    def _spawn(self, coro: Any, messages: int) -> None:
+        """Run a handler task that holds `messages` slots until it finishes."""
+        self._in_flight += messages
+        self._idle.clear()
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._in_flight -= messages
+            if self._in_flight == 0:
+                self._idle.set()
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    # -- handling -----------------------------------------------------------------------------
+
+    def _open(self, msg: Msg) -> Envelope[Event]:
+        stream_seq, attempt = _ack_metadata(msg.reply)
+        env = open_message(
+            msg.subject,
+            msg.data,
+            msg.headers,
+            self._registry,
+            self._codec,
+            stream=self.stream,
+            seq=stream_seq,
+            attempt=attempt,
+        )
+        if not self.spec.accepts(type(env.event)):
+            raise DecodeError(f"{type(env.event).__name__} is not handled here", msg.subject)
+        return env
+
+    async def _run_one(self, msg: Msg) -> None:
+        try:
+            env = self._open(msg)
+        except DecodeError as exc:
+            await self._dead_letter(msg, f"undecodable: {exc.reason}")
+            return
+        if env.attempt > self.spec.max_deliver:
+            await self._dead_letter(msg, f"lost during attempt {self.spec.max_deliver} (crash?)")
+            return
+        token = current_envelope.set(env)
+        keepalive = self._keep_alive(msg)
+        try:
+            if self.spec.wants_envelope:
+                await self.spec.fn(env.event, env)
+            else:
+                await self.spec.fn(env.event)
+        except Exception as exc:
+            await self._failed(msg, env.attempt, exc)
+        else:
+            await self._settle(msg, ACK)
+        finally:
+            keepalive.cancel()
+            current_envelope.reset(token)
+
+    async def _run_batch(self, msgs: list[Msg]) -> None:
+        envs: list[tuple[Msg, Envelope[Event]]] = []
+        for msg in msgs:
+            try:
+                env = self._open(msg)
+            except DecodeError as exc:
+                await self._dead_letter(msg, f"undecodable: {exc.reason}")
+                continue
+            if env.attempt > self.spec.max_deliver:
+                await self._dead_letter(
+                    msg, f"lost during attempt {self.spec.max_deliver} (crash?)"
+                )
+                continue
+            envs.append((msg, env))
+        if not envs:
+            return
+        keepalives = [self._keep_alive(m) for m, _ in envs]
+        try:
+            await self.spec.fn([env for _, env in envs])
+        except Exception as exc:
+            for msg, env in envs:
+                await self._failed(msg, env.attempt, exc)
+        else:
+            for msg, _ in envs:
+                await self._settle(msg, ACK)
+        finally:
+            for k in keepalives:
+                k.cancel()
+
+    async def _failed(self, msg: Msg, attempt: int, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if attempt >= self.spec.max_deliver:
+            await self._dead_letter(msg, f"handler failed {attempt} times; last: {reason}")
+            return
+        delay = self.spec.backoff.delay(attempt)
+        log.warning(
+            "handler %s failed (attempt %d/%d), retry in %.2fs: %s",
+            self.spec.durable, attempt, self.spec.max_deliver, delay, reason,
+        )  # fmt: skip
+        await self._settle(msg, b"-NAK " + _encode({"delay": int(delay * 1e9)}))
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        """Copy to the dead-letter stream, then terminate; if the copy fails, retry later."""
+        stream_seq, _ = _ack_metadata(msg.reply)
+        out = dead_letter_message(
+            self.stream, stream_seq, msg.subject, msg.data, msg.headers, self.spec.durable, reason
+        )
+        try:
+            await self._publisher.send(out)
+        except BusError as exc:
+            log.error(
+                "dead-lettering %s seq %d failed, will retry: %s", self.stream, stream_seq, exc
+            )
+            await self._settle(msg, b"-NAK " + _encode({"delay": int(5e9)}))
+            return
+        self.dead_lettered += 1
+        log.error("dead-lettered %s seq %d: %s", self.stream, stream_seq, reason)
+        await self._settle(msg, TERM)
+
+    async def _settle(self, msg: Msg, verb: bytes) -> None:
+        with contextlib.suppress(nats.errors.Error):  # lost ack: JetStream redelivers
+            await self._nc.publish(msg.reply, verb)
+
+    def _keep_alive(self, msg: Msg) -> _KeepAlive:
+        """Tell JetStream a long handler is still working, every half `ack_wait`."""
+        return _KeepAlive(self.spec.ack_wait / 2, lambda: self._settle(msg, IN_PROGRESS))
+
+
+class _KeepAlive:
+    """Calls `touch()` every `interval` seconds until cancelled."""
+
+    __slots__ = ("_handle", "_interval", "_task", "_touch")
+
+    def __init__(self, interval: float, touch: Any) -> None:
+        self._interval, self._touch = interval, touch
+        self._task: asyncio.Task[None] | None = None
+        self._handle = asyncio.get_running_loop().call_later(interval, self._fire)
+
+    def _fire(self) -> None:
+        self._task = asyncio.ensure_future(self._touch())
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+def _ack_metadata(reply: str) -> tuple[int, int]:
+    """(stream sequence, delivery count) from a JetStream ack subject (v1 or v2 form)."""
+    tokens = reply.split(".")
+    offset = 2 if len(tokens) >= 11 else 0  # v2 adds domain and account hash
+    return int(tokens[5 + offset]), int(tokens[4 + offset])

@@ -1,0 +1,135 @@
+"""One exception tree for everything `bus` raises; nats-py errors never reach callers.
+
+BusError
+├── ConfigError(ValueError)          bad settings, subject, name or definition
+│   └── InvalidSubject
+├── ConnectError(ConnectionError)    cannot reach or authenticate to NATS
+├── BusClosed(RuntimeError)          the Bus was used after close
+├── BusTimeout(TimeoutError)
+│   ├── PublishTimeout               no ack from JetStream in time
+│   └── RequestTimeout               no reply to a request in time
+├── NoResponders                     nobody serves a request subject
+├── RemoteError                      a responder answered with an error
+├── StreamError
+│   ├── StreamNotFound(LookupError)
+│   ├── StreamConflict               an existing stream differs in a field that cannot change
+│   └── NoStreamForSubject           JetStream has no stream on that subject
+├── ConcurrencyError                 expected version differs from the stream's
+├── PublishError                     JetStream refused a publish for another reason
+├── DecodeError(ValueError)          bytes that are not a known, valid event
+└── ServerError                      the embedded nats-server failed to start or stop
+"""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Root of every error `bus` raises."""
+
+
+class ConfigError(BusError, ValueError):
+    """A setting, name, subject or definition is invalid; nothing was sent."""
+
+
+class InvalidSubject(ConfigError):
+    def __init__(self, subject: str, reason: str) -> None:
+        super().__init__(f"invalid subject {subject!r}: {reason}")
+        self.subject = subject
+        self.reason = reason
+
+
+class ConnectError(BusError, ConnectionError):
+    """NATS could not be reached, or refused our credentials."""
+
+
+class BusClosed(BusError, RuntimeError):
+    """The Bus was closed; open a new one."""
+
+
+class BusTimeout(BusError, TimeoutError):
+    """An operation did not finish within its timeout."""
+
+
+class PublishTimeout(BusTimeout):
+    def __init__(self, subject: str, timeout: float) -> None:
+        super().__init__(f"no ack for {subject!r} within {timeout:g}s")
+        self.subject = subject
+        self.timeout = timeout
+
+
+class RequestTimeout(BusTimeout):
+    def __init__(self, subject: str, timeout: float) -> None:
+        super().__init__(f"no reply on {subject!r} within {timeout:g}s")
+        self.subject = subject
+        self.timeout = timeout
+
+
+class NoResponders(BusError):
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"no responders on {subject!r}")
+        self.subject = subject
+
+
+class RemoteError(BusError):
+    def __init__(self, subject: str, code: int, description: str) -> None:
+        super().__init__(f"{subject!r} answered {code}: {description}")
+        self.subject = subject
+        self.code = code
+        self.description = description
+
+
+class StreamError(BusError):
+    """A stream is missing, differs from its definition, or refused an operation."""
+
+
+class StreamNotFound(StreamError, LookupError):
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream {stream!r} does not exist")
+        self.stream = stream
+
+
+class StreamConflict(StreamError):
+    def __init__(self, stream: str, field: str, existing: object, wanted: object) -> None:
+        super().__init__(
+            f"stream {stream!r}: field {field!r} is {existing!r} on the server, the definition "
+            f"wants {wanted!r}, and JetStream cannot change it in place"
+        )
+        self.stream = stream
+        self.field = field
+        self.existing = existing
+        self.wanted = wanted
+
+
+class NoStreamForSubject(StreamError):
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"no stream captures subject {subject!r} (declare or ensure it first)")
+        self.subject = subject
+
+
+class ConcurrencyError(BusError):
+    def __init__(self, subject: str, expected: int, actual: int | None) -> None:
+        shown = "unknown" if actual is None else actual
+        super().__init__(f"{subject!r}: expected version {expected}, stream is at {shown}")
+        self.subject = subject
+        self.expected = expected
+        self.actual = actual
+
+
+class PublishError(BusError):
+    def __init__(self, subject: str, description: str, code: int | None = None) -> None:
+        super().__init__(f"publish to {subject!r} refused: {description}")
+        self.subject = subject
+        self.description = description
+        self.code = code
+
+
+class DecodeError(BusError, ValueError):
+    def __init__(self, reason: str, subject: str | None = None) -> None:
+        where = f" on {subject!r}" if subject else ""
+        super().__init__(f"cannot decode message{where}: {reason}")
+        self.reason = reason
+        self.subject = subject
+
+
+class ServerError(BusError):
+    """The embedded nats-server could not be started, or died."""
