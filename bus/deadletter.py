@@ -8,6 +8,8 @@ as at-least-once delivery requires anyway), and removes it from the dead-letter 
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -112,8 +114,6 @@ async def replay(nc: NATS, publisher: Publisher, stream: str, seq: int) -> Publi
             f"{stream} still holds event {letter.event_id} inside its duplicate window; "
             "replay again once the window has passed",
         )
-    try:
+    with contextlib.suppress(nats.errors.Error):  # a leftover entry is visible and harmless
         await nc.jetstream().delete_msg(dlq, seq)
-    except nats.errors.Error:
-        pass  # replayed already; a leftover entry is visible and harmless
     return result

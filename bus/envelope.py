@@ -77,7 +77,9 @@ def resolve_type(subject: str, hdrs: dict[str, str], registry: EventRegistry) ->
     try:
         domain, _, name = parse_event_subject(subject)
     except InvalidSubject:
-        raise DecodeError("no Bus-Event-Type header and the subject names no event", subject)
+        raise DecodeError(
+            "no Bus-Event-Type header and the subject names no event", subject
+        ) from None
     cls = registry.by_subject(domain, name)
     if cls is None:
         raise DecodeError("no Bus-Event-Type header and no event registered for it", subject)
