@@ -1,6 +1,7 @@
 """bus: typed events on NATS JetStream, with retries, dead letters and replayable state."""
 
-from .client import Bus, Credentials
+from .app import App
+from .client import Bus, Credentials, current_bus
 from .codec import Codec, json_schema
 from .consumer import Consumer
 from .deadletter import DeadLetter
@@ -33,6 +34,7 @@ from .streams import StreamSpec, StreamSummary
 from .subscribe import Backoff, Router
 
 __all__ = (
+    "App",
     "Backoff",
     "Bus",
     "BusClosed",
@@ -67,6 +69,7 @@ __all__ = (
     "StreamNotFound",
     "StreamSpec",
     "StreamSummary",
+    "current_bus",
     "current_envelope",
     "json_schema",
     "new_event_id",

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -23,7 +24,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.micro.service import Service
 
 from . import deadletter, rpc
@@ -40,6 +41,18 @@ from .subscribe import Handler, Router, handler_spec
 
 log = logging.getLogger("bus")
 R = TypeVar("R")
+
+INITIAL_CONNECT_ROUNDS = 2  # tries per server before start() gives up; then reconnects are endless
+
+_current_bus: ContextVar[Bus] = ContextVar("current_bus")
+
+
+def current_bus() -> Bus:
+    """The Bus running the current handler, so it can publish the events it causes."""
+    try:
+        return _current_bus.get()
+    except LookupError:
+        raise BusClosed("current_bus() is only available inside a handler") from None
 
 
 @dataclass(frozen=True)
@@ -142,7 +155,7 @@ class Bus:
                 name=self.name,
                 connect_timeout=self.connect_timeout,
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=INITIAL_CONNECT_ROUNDS,
                 reconnect_time_wait=0.25,
                 drain_timeout=int(self.drain_timeout),
                 error_cb=self._on_error,
@@ -154,6 +167,7 @@ class Bus:
             raise ConnectError(
                 f"cannot connect to {', '.join(self.urls)}: {_describe(exc)}"
             ) from None
+        self._nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect forever
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
         self._publisher = Publisher(self._nc, self.codec, self.publish_timeout)
         self._streams = StreamManager(self._js)
@@ -223,7 +237,9 @@ class Bus:
         return self._nc is not None and self._nc.is_connected
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats: %s", _describe(exc))
+        # While connecting, failures surface as the ConnectError start() raises.
+        level = logging.DEBUG if self._state == "starting" else logging.WARNING
+        log.log(level, "nats: %s", _describe(exc))
 
     async def _on_reconnect(self) -> None:
         log.info("reconnected to %s", self._nc.connected_url if self._nc else "?")
@@ -291,7 +307,11 @@ class Bus:
         consumer = Consumer(
             self.nc, self.js, self.registry, self.codec, self.publisher, spec, stream
         )
-        await consumer.start()
+        token = _current_bus.set(self)  # copied into the consumer's tasks as they start
+        try:
+            await consumer.start()
+        finally:
+            _current_bus.reset(token)
         self.consumers.append(consumer)
         return consumer
 
@@ -329,14 +349,12 @@ class Bus:
         if from_seq is not None and from_seq < 1:
             raise ConfigError("from_seq must be >= 1")
         stream = await self._stream_for(pattern)
-        policy = DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW
-        sub = await self.js.subscribe(
-            pattern,
-            stream=stream,
-            ordered_consumer=True,
-            deliver_policy=policy,
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW,
             opt_start_seq=from_seq,
-            idle_heartbeat=2.0,
+        )
+        sub = await self.js.subscribe(
+            pattern, stream=stream, ordered_consumer=True, config=config, idle_heartbeat=2.0
         )
         try:
             async for msg in sub.messages:

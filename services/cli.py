@@ -1,2 +1,260 @@
+"""The `bus` command. Every verb takes `--json` for scripts; errors print one line, exit 1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from bus import Bus, BusError, StoredMessage
+from bus.app import App, load_app
+from bus.subjects import parse_event_subject
+
+from .settings import Settings
+
+DEFAULT_APP = "services.demo:app"
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)
+
+
+def run(coro_fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async verb; turn our errors (and Ctrl-C) into one line and an exit code."""
+
+    @functools.wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            asyncio.run(coro_fn(*args, **kwargs))
+        except (BusError, ValueError) as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+def emit(as_json: bool, data: Any, table: Table | str | None = None) -> None:
+    if as_json:
+        click.echo(msgspec.json.encode(data).decode())
+    elif table is not None:
+        console.print(table)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+app_option = click.option(
+    "--app", "app_ref", default=DEFAULT_APP, show_default=True, help="module:attr of a bus.App."
+)
+
+
+def connect(app: App | None = None) -> Bus:
+    settings = Settings.from_env()
+    return Bus(
+        settings.resolve_nats_url(),
+        name="bus-cli",
+        registry=app.registry if app else None,
+        drain_timeout=2.0,
+    )
+
+
+@click.group()
+@click.version_option(package_name="bus")
 def main() -> None:
-    raise SystemExit("not yet")
+    """bus: typed events on NATS JetStream. Settings come from BUS_* variables."""
+
+
+@main.command()
+@app_option
+@click.option("--fresh", is_flag=True, help="Wipe the embedded server's data first.")
+@json_option
+def up(app_ref: str, fresh: bool, as_json: bool) -> None:
+    """Start the whole backbone: embedded NATS (unless BUS_NATS_URL) and the app's services."""
+    from .up import run_up
+
+    try:
+        app = load_app(app_ref)
+        asyncio.run(run_up(Settings.from_env(), app, fresh=fresh, as_json=as_json))
+    except (BusError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("subject")
+@click.argument("payload")
+@click.option("--id", "event_id", help="Event id (default: a new UUIDv7); a repeat is stored once.")
+@click.option(
+    "--expected-version", type=int, help="Refuse unless the aggregate is at this version."
+)
+@app_option
+@json_option
+@run
+async def publish(
+    subject: str,
+    payload: str,
+    event_id: str | None,
+    expected_version: int | None,
+    app_ref: str,
+    as_json: bool,
+) -> None:
+    """Publish PAYLOAD (JSON fields; - reads stdin) as the event SUBJECT names (tasks.7f3c.created)."""
+    app = load_app(app_ref)
+    if payload == "-":
+        payload = sys.stdin.read()
+    domain, aggregate_id, name = parse_event_subject(subject)
+    cls = app.registry.by_subject(domain, name)
+    if cls is None:
+        known = ", ".join(sorted(f"{c.__domain__}.*.{c.__event_name__}" for c in app.registry))
+        raise ValueError(f"no event type for {domain}.*.{name} in {app_ref} (known: {known})")
+    try:
+        event = msgspec.json.decode(payload, type=cls)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"payload is not a valid {cls.__event_type__}: {exc}") from None
+    async with connect(app) as bus:
+        result = await bus.publish(
+            event, aggregate_id, event_id=event_id, expected_version=expected_version
+        )
+    text = f"{'duplicate of' if result.duplicate else 'stored as'} {result.stream} #{result.seq}"
+    emit(as_json, result, f"{result.subject} {text} (event {result.event_id})")
+
+
+@main.command()
+@click.argument("pattern")
+@click.option("--from-seq", type=click.IntRange(min=1), help="Start at this stream sequence.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many messages.")
+@app_option
+@json_option
+@run
+async def tail(
+    pattern: str, from_seq: int | None, count: int | None, app_ref: str, as_json: bool
+) -> None:
+    """Follow events on PATTERN (e.g. 'tasks.>') live; Ctrl-C stops."""
+    app = load_app(app_ref)
+    seen = 0
+    async with connect(app) as bus, contextlib.aclosing(bus.tail(pattern, from_seq)) as messages:
+        async for message in messages:
+            show_message(bus, message, as_json)
+            seen += 1
+            if count and seen >= count:
+                break
+
+
+def show_message(bus: Bus, m: StoredMessage, as_json: bool) -> None:
+    event_type = m.headers.get("Bus-Event-Type", "?")
+    try:
+        fields: Any = msgspec.to_builtins(bus.open(m).event)
+    except BusError:
+        fields = m.data.decode(errors="replace")
+    if as_json:
+        record = {"stream": m.stream, "seq": m.seq, "subject": m.subject, "time": m.time}
+        record |= {"type": event_type, "id": m.headers.get("Nats-Msg-Id"), "data": fields}
+        click.echo(json.dumps(record))
+    else:
+        console.print(
+            f"[dim]{m.seq:>6}[/] [cyan]{m.subject}[/] [bold]{event_type}[/] {json.dumps(fields)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@main.command()
+@json_option
+@run
+async def streams(as_json: bool) -> None:
+    """List streams with their sizes and sequences."""
+    async with connect() as bus:
+        summaries = await bus.streams.list()
+    table = Table("stream", "subjects", "messages", "bytes", "first", "last", "consumers")
+    for s in summaries:
+        table.add_row(
+            s.name,
+            " ".join(s.subjects),
+            str(s.messages),
+            str(s.bytes),
+            str(s.first_seq),
+            str(s.last_seq),
+            str(s.consumers),
+        )
+    emit(as_json, summaries, table)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list and replay."""
+
+
+@dlq.command("list")
+@click.argument("stream")
+@click.option("--from-seq", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
+@json_option
+@run
+async def dlq_list(stream: str, from_seq: int, limit: int, as_json: bool) -> None:
+    """List dead letters of STREAM (e.g. TASKS)."""
+    async with connect() as bus:
+        letters = await bus.dead_letters(stream, from_seq, limit)
+    table = Table("seq", "original", "type", "consumer", "reason", title=f"DLQ_{stream}")
+    for d in letters:
+        table.add_row(
+            str(d.seq),
+            f"{d.original_subject} #{d.original_seq}",
+            d.event_type,
+            d.consumer,
+            d.reason,
+        )
+    emit(as_json, [msgspec.structs.replace(d, headers={}) for d in letters], table)
+
+
+@dlq.command("replay")
+@click.argument("stream")
+@click.option("--seq", type=click.IntRange(min=1), help="One dead letter (default: all of them).")
+@json_option
+@run
+async def dlq_replay(stream: str, seq: int | None, as_json: bool) -> None:
+    """Republish dead letters of STREAM to their original subjects."""
+    async with connect() as bus:
+        letters = await bus.dead_letters(stream, 1, 10_000) if seq is None else []
+        seqs = [seq] if seq is not None else [d.seq for d in letters]
+        results = [await bus.replay(stream, s) for s in seqs]
+    lines = "\n".join(f"replayed to {r.subject} as {r.stream} #{r.seq}" for r in results)
+    emit(as_json, results, lines or "nothing to replay")
+
+
+@main.command()
+@app_option
+def schema(app_ref: str) -> None:
+    """Print the JSON Schema of the app's events."""
+    from bus import json_schema
+
+    try:
+        click.echo(json.dumps(json_schema(load_app(app_ref).registry), indent=2))
+    except (BusError, ValueError) as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--messages", type=click.IntRange(min=100), default=5000, show_default=True)
+@click.option("--sync-interval", default="always", show_default=True)
+@json_option
+def bench(runs: int, messages: int, sync_interval: str, as_json: bool) -> None:
+    """Measure bus against raw nats-py on one embedded server, in one run."""
+    from .bench import run_bench
+
+    try:
+        asyncio.run(run_bench(runs, messages, sync_interval, as_json))
+    except (BusError, ValueError) as exc:
+        fail(str(exc))

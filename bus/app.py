@@ -1,0 +1,50 @@
+"""`App`: what a runnable service declares — its streams, its events and its handlers.
+
+`bus up --app module:attr` loads one (the uvicorn convention) and runs it on a Bus.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .errors import ConfigError
+from .events import Event, EventRegistry
+from .streams import StreamSpec
+from .subscribe import Handler, Router
+
+
+class App:
+    def __init__(
+        self,
+        name: str,
+        *,
+        streams: Iterable[StreamSpec] = (),
+        events: Iterable[type[Event]] = (),
+        router: Router | None = None,
+    ) -> None:
+        self.name = name
+        self.streams = list(streams)
+        self.registry = EventRegistry(events)
+        self.router = router if router is not None else Router()
+
+    def subscribe(
+        self, subject: str | None = None, *, durable: str, **options: Any
+    ) -> Callable[[Handler], Handler]:
+        return self.router.subscribe(subject, durable=durable, **options)
+
+
+def load_app(ref: str) -> App:
+    """Import `package.module:attribute` and check it is an App."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--app takes module:attribute, not {ref!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{ref} is not a bus.App (found {type(app).__name__})")
+    return app

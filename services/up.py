@@ -1,0 +1,112 @@
+"""`bus up`: the embedded server (unless BUS_NATS_URL) plus the app's handlers, until a signal.
+
+The server's data lives under BUS_DATA_DIR and is reused across runs (`--fresh` wipes it);
+its URLs are recorded in `<data dir>/server.json`, which the other verbs read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.panel import Panel
+from rich.table import Table
+
+from bus import Bus, EmbeddedServer
+from bus.app import App
+
+from .settings import Settings
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _setup_logging() -> None:
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(show_path=False)
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def _start_server(settings: Settings, fresh: bool) -> EmbeddedServer:
+    store = settings.data_dir / "nats"
+    if fresh:
+        shutil.rmtree(store, ignore_errors=True)
+    previous = 0
+    with contextlib.suppress(OSError, ValueError, KeyError):  # reuse last run's port
+        previous = int(json.loads(settings.state_file.read_text())["nats_port"])
+    server = EmbeddedServer(store_dir=store, port=previous)
+    try:
+        return server.start()
+    except Exception:
+        if not previous:
+            raise
+        return EmbeddedServer(store_dir=store).start()  # that port is taken now
+
+
+def _status(app: App, url: str, server: EmbeddedServer | None, bus: Bus) -> dict[str, object]:
+    return {
+        "app": app.name,
+        "nats_url": url,
+        "nats_monitor_url": server.monitor_url if server else None,
+        "embedded": server is not None,
+        "streams": [s.name for s in app.streams],
+        "handlers": [c.spec.durable for c in bus.consumers],
+        "pid": os.getpid(),
+    }
+
+
+def _panel(status: dict[str, object]) -> Panel:
+    table = Table.grid(padding=(0, 2))
+    table.add_row("NATS", str(status["nats_url"]))
+    if status["nats_monitor_url"]:
+        table.add_row("NATS monitoring", f"{status['nats_monitor_url']}/varz")
+    table.add_row("streams", ", ".join(status["streams"]) or "-")  # type: ignore[arg-type]
+    table.add_row("handlers", ", ".join(status["handlers"]) or "-")  # type: ignore[arg-type]
+    table.add_row("try", 'bus publish tasks.t1.created \'{"title": "hello"}\'')
+    table.add_row("", "bus tail 'tasks.>' --from-seq 1")
+    return Panel(table, title=f"bus up · {status['app']}", subtitle="Ctrl-C stops")
+
+
+async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) -> None:
+    _setup_logging()
+    server = None if settings.nats_url else _start_server(settings, fresh)
+    url = settings.nats_url or server.url  # type: ignore[union-attr]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        bus = Bus(
+            url,
+            name=f"bus-up-{app.name}",
+            registry=app.registry,
+            streams=app.streams,
+            router=app.router,
+        )
+        async with bus:
+            status = _status(app, url, server, bus)
+            if server is not None:
+                state = {**status, "nats_port": server.port}
+                settings.state_file.write_text(json.dumps(state))
+            if as_json:
+                print(json.dumps(status), flush=True)
+            else:
+                Console().print(_panel(status))
+            await stop.wait()
+            logging.getLogger("bus").info("stopping: draining handlers and the connection")
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        if server is not None:
+            server.stop()

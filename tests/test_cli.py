@@ -1,0 +1,189 @@
+"""The `bus` command, run as a subprocess against a real server, including bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BUS = str(Path(sys.executable).parent / "bus")
+
+
+def bus_cli(
+    *args: str, url: str | None, data_dir: Path, timeout: float = 30, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BUS_DATA_DIR": str(data_dir)}
+    env.pop("BUS_NATS_URL", None)
+    if url:
+        env["BUS_NATS_URL"] = url
+    return subprocess.run(
+        [BUS, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def cli(nats_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return bus_cli(*args, url=nats_url, data_dir=tmp_path, stdin=stdin)
+
+    return run
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: "), proc.stderr
+    return proc.stderr
+
+
+async def test_publish_then_tail_and_streams(cli, bus) -> None:  # type: ignore[no-untyped-def]
+    from bus import StreamSpec
+
+    await bus.streams.ensure(StreamSpec.for_domain("tasks"))
+    first = cli("publish", "tasks.t1.created", '{"title": "hello"}', "--json")
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert (result["stream"], result["seq"], result["duplicate"]) == ("TASKS", 1, False)
+
+    again = cli(
+        "publish", "tasks.t1.created", '{"title": "hello"}', "--id", result["event_id"], "--json"
+    )
+    assert json.loads(again.stdout)["duplicate"] is True
+
+    tailed = cli("tail", "tasks.>", "--from-seq", "1", "--count", "1", "--json")
+    assert tailed.returncode == 0, tailed.stderr
+    record = json.loads(tailed.stdout.splitlines()[0])
+    assert record["type"] == "TaskCreated"
+    assert record["data"] == {"title": "hello", "fail_times": 0}
+
+    listed = json.loads(cli("streams", "--json").stdout)
+    assert {s["name"]: s["messages"] for s in listed} == {"DLQ_TASKS": 0, "TASKS": 1}
+
+
+async def test_publish_expected_version_conflict(cli, bus) -> None:  # type: ignore[no-untyped-def]
+    from bus import StreamSpec
+
+    await bus.streams.ensure(StreamSpec.for_domain("tasks"))
+    assert (
+        cli("publish", "tasks.a.created", '{"title": "x"}', "--expected-version", "0").returncode
+        == 0
+    )
+    err = one_line_error(
+        cli("publish", "tasks.a.created", '{"title": "x"}', "--expected-version", "0")
+    )
+    assert "expected version 0" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("publish", "tasks.t1.created", "{not json"), "not a valid TaskCreated"),
+        (("publish", "tasks.t1.created", '{"title": 5}'), "Expected `str`, got `int`"),
+        (("publish", "tasks.t1.created", '{"fail_times": 1}'), "missing required field `title`"),
+        (("publish", "tasks.t1.nope", "{}"), "no event type for tasks.*.nope"),
+        (("publish", "tasks.t 1.created", "{}"), "invalid subject"),
+        (("publish", "tasks.*.created", "{}"), "invalid subject"),
+        (("publish", "tasks..created", "{}"), "invalid subject"),
+        (("publish", "tasks.t1", "{}"), "expected <domain>.<aggregate_id>.<event_name>"),
+        (("publish", "tasks.t1.created", "{}", "--app", "nope.module:app"), "cannot import"),
+        (("publish", "tasks.t1.created", "{}", "--app", "services.demo"), "module:attribute"),
+        (("tail", "tasks.>.x"), "'>' must be the last token"),
+        (("dlq", "list", "NOPE"), "DLQ_NOPE"),
+        (("dlq", "replay", "NOPE", "--seq", "1"), "DLQ_NOPE"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(cli, args, message) -> None:  # type: ignore[no-untyped-def]
+    assert message in one_line_error(cli(*args))
+
+
+def test_publish_without_a_stream_says_so(cli) -> None:  # type: ignore[no-untyped-def]
+    assert "no stream captures" in one_line_error(
+        cli("publish", "tasks.t1.created", '{"title": "x"}')
+    )
+
+
+async def test_payload_from_stdin_and_oversized(cli, bus) -> None:  # type: ignore[no-untyped-def]
+    from bus import StreamSpec
+
+    await bus.streams.ensure(StreamSpec.for_domain("tasks"))
+    small = cli("publish", "tasks.t1.created", "-", "--json", stdin='{"title": "piped"}')
+    assert json.loads(small.stdout)["seq"] == 1
+    huge = json.dumps({"title": "x" * 2_000_000})  # past the server's 1 MiB max_payload
+    err = one_line_error(cli("publish", "tasks.t1.created", "-", stdin=huge))
+    assert "maximum payload" in err.lower()
+    assert (await bus.streams.info("TASKS")).messages == 1
+
+
+def test_no_server_is_a_clear_error(tmp_path: Path) -> None:
+    proc = bus_cli("streams", url=None, data_dir=tmp_path)
+    assert "bus up" in one_line_error(proc)
+    proc = bus_cli("streams", url="nats://127.0.0.1:1", data_dir=tmp_path)
+    assert "cannot connect" in one_line_error(proc)
+
+
+def test_schema_lists_the_demo_events(tmp_path: Path) -> None:
+    proc = bus_cli("schema", url=None, data_dir=tmp_path)
+    schema = json.loads(proc.stdout)
+    assert {"TaskCreated", "TaskProgressed", "TaskCompleted", "TaskFailed"} <= set(schema["$defs"])
+
+
+@pytest.mark.slow
+def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+    """`bus up` with no NATS URL: embedded server, demo worker, retries, DLQ, clean SIGTERM."""
+    env = {**os.environ, "BUS_DATA_DIR": str(tmp_path)}
+    env.pop("BUS_NATS_URL", None)
+    log = (tmp_path / "up.log").open("w")
+    with subprocess.Popen(
+        [BUS, "up", "--json"], env=env, stdout=subprocess.PIPE, stderr=log, text=True
+    ) as proc:
+        try:
+            status = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+            assert status["streams"] == ["TASKS"]
+            assert status["handlers"] == ["tasks-worker"]
+            _exercise_demo(tmp_path)
+            server_pid = int(json.loads((tmp_path / "server.json").read_text())["pid"])
+            assert server_pid == proc.pid
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+    log.close()
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(tmp_path / "nats")], capture_output=True, check=False
+    )
+    assert leftovers.stdout == b"", "nats-server outlived bus up"
+
+
+def _exercise_demo(data_dir: Path) -> None:
+    """A task that completes, and one that fails five times into the dead-letter stream."""
+    ok = bus_cli("publish", "tasks.ok.created", '{"title": "fine"}', url=None, data_dir=data_dir)
+    assert ok.returncode == 0, ok.stderr
+    doomed = '{"title": "doomed", "fail_times": 9}'
+    assert (
+        bus_cli("publish", "tasks.bad.created", doomed, url=None, data_dir=data_dir).returncode == 0
+    )
+
+    deadline = time.monotonic() + 30
+    letters: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not letters:
+        out = bus_cli("dlq", "list", "TASKS", "--json", url=None, data_dir=data_dir)
+        letters = json.loads(out.stdout) if out.returncode == 0 else []
+        time.sleep(0.5)
+    assert [entry["original_subject"] for entry in letters] == ["tasks.bad.created"]
+    assert "failed 5 times" in str(letters[0]["reason"])
+
+    args = ("tail", "tasks.ok.*", "--from-seq", "1", "--count", "3", "--json")
+    tailed = bus_cli(*args, url=None, data_dir=data_dir)
+    types = [json.loads(line)["type"] for line in tailed.stdout.splitlines()]
+    assert types == ["TaskCreated", "TaskProgressed", "TaskCompleted"]

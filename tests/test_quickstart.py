@@ -1,0 +1,103 @@
+"""The README's two commands, from a fresh clone with no venv: `make up` and `make test`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NESTED = "BUS_QUICKSTART_NESTED"
+
+
+def _clean_env(data_dir: Path) -> dict[str, str]:
+    """The caller's environment minus anything pointing at this checkout's venv or a server."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "NATS_URL", "BUS_NATS_URL")
+    }
+    venv_bin = str(REPO / ".venv")
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not p.startswith(venv_bin)
+    )
+    env["BUS_DATA_DIR"] = str(data_dir)
+    env[NESTED] = "1"
+    return env
+
+
+def _wait_until_up(data_dir: Path, up: subprocess.Popen[bytes], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert up.poll() is None, "make up exited early"
+        try:
+            state = json.loads((data_dir / "server.json").read_text())
+            with urllib.request.urlopen(state["nats_monitor_url"] + "/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return state  # type: ignore[no-any-return]
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError("make up did not become healthy in time")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    bool(os.environ.get(NESTED)), reason="already running inside the quickstart clone"
+)
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs a git checkout to clone")
+def test_fresh_clone_make_up_then_make_test(tmp_path: Path) -> None:
+    clone, data = tmp_path / "clone", tmp_path / "data"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    readme = (clone / "README.md").read_text()
+    assert "make up" in readme
+    assert "make test" in readme
+    env = _clean_env(data)
+
+    with (
+        (tmp_path / "up.log").open("wb") as log,
+        subprocess.Popen(
+            ["make", "up"],
+            cwd=clone,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ) as up,
+    ):
+        try:
+            _wait_until_up(data, up, timeout=600)  # includes creating the venv and installing
+            published = subprocess.run(
+                [
+                    str(clone / ".venv/bin/bus"),
+                    "publish",
+                    "tasks.q1.created",
+                    '{"title": "from a clone"}',
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert published.returncode == 0, published.stderr
+        finally:
+            os.killpg(up.pid, signal.SIGTERM)
+            up.wait(timeout=30)
+    leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, check=False)
+    assert leftovers.stdout == b"", "a process outlived make up"
+
+    tested = subprocess.run(
+        ["make", "test", "ARGS=-q -p no:cacheprovider tests/test_subjects.py"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert tested.returncode == 0, tested.stdout[-2000:] + tested.stderr[-2000:]
+    assert " passed" in tested.stdout
