@@ -19,16 +19,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.micro.service import Service
 
 from . import deadletter, rpc
 from .codec import Codec, ContentType
+from .connection import Connection
 from .consumer import Consumer
 from .envelope import Envelope, open_message
 from .errors import BusClosed, ConfigError, ConnectError, StreamError
@@ -130,7 +129,7 @@ class Bus:
         self.drain_timeout = drain_timeout
         self.connect_timeout = connect_timeout
         self.consumers: list[Consumer] = []
-        self._nc: NATS | None = None
+        self._nc: Connection | None = None
         self._js: JetStreamContext | None = None
         self._publisher: Publisher | None = None
         self._streams: StreamManager | None = None
@@ -150,7 +149,8 @@ class Bus:
             raise BusClosed(f"this Bus is {self._state}; create a new one")
         self._state = "starting"
         try:
-            self._nc = await nats.connect(
+            self._nc = Connection()
+            await self._nc.connect(
                 servers=self.urls,
                 name=self.name,
                 connect_timeout=self.connect_timeout,
@@ -208,7 +208,7 @@ class Bus:
         await self.close()
 
     @property
-    def nc(self) -> NATS:
+    def nc(self) -> Connection:
         """The underlying nats-py client, for what `bus` does not wrap."""
         if self._nc is None or self._state != "running":
             raise BusClosed("the Bus is not running; use `async with Bus(...)` or `await start()`")
