@@ -248,7 +248,9 @@ def schema(app_ref: str) -> None:
 @main.command()
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--messages", type=click.IntRange(min=100), default=5000, show_default=True)
-@click.option("--sync-interval", default="always", show_default=True)
+@click.option(
+    "--sync-interval", default="2m", show_default=True, help="Of the compared server (see docs)."
+)
 @json_option
 def bench(runs: int, messages: int, sync_interval: str, as_json: bool) -> None:
     """Measure bus against raw nats-py on one embedded server, in one run."""
