@@ -12,6 +12,7 @@ runs through the lane, so a nats-py release that changes them fails the suite at
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from nats.aio.client import Client
@@ -51,29 +52,39 @@ class Connection(Client):
     def close_lane(self, sub: Subscription) -> None:
         self._lanes.pop(sub._id, None)
 
-    async def send(self, subject: str, payload: bytes, reply: str = "") -> None:
-        """Publish without headers straight into the pending buffer (acks, pull requests).
+    async def send(
+        self, subject: str, payload: bytes, reply: str = "", headers: bytes | None = None
+    ) -> None:
+        """Publish straight into the pending buffer, with a ready-made header block if any.
 
-        Buffered like any publish while disconnected; coalesced into one write with whatever
-        else is pending when the flusher runs.
+        Used for acks, pull requests and our publishes: it skips nats-py's per-call checks and
+        header encoding. Buffered like any publish while disconnected, and coalesced into one
+        write with whatever else is pending when the flusher runs.
         """
-        head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else f"PUB {subject} {len(payload)}\r\n"
-        cmd = head.encode() + payload + b"\r\n"
+        target = f"{subject} {reply}" if reply else subject
+        if headers:
+            size = len(headers)
+            head = f"HPUB {target} {size} {size + len(payload)}\r\n".encode()
+            cmd = b"".join((head, headers, payload, b"\r\n"))
+        else:
+            cmd = b"".join((f"PUB {target} {len(payload)}\r\n".encode(), payload, b"\r\n"))
         self._pending.append(cmd)
         self._pending_data_size += len(cmd)
-        await self._flush_pending()
+        if self._flush_queue is None or self._flush_queue.empty():  # else a flush is due anyway
+            await self._flush_pending()
+
+
+_HEADER_LINE = re.compile(r"([^:\r\n]+):[ \t]*([^\r\n]*)")
 
 
 def parse_headers(raw: bytes) -> tuple[str | None, dict[str, str]]:
     """(status code or None, headers) from a raw `NATS/1.0 [code [text]]` header block."""
-    lines = raw.decode("utf-8", "replace").split("\r\n")
-    first = lines[0]
-    status = first[9:12] if len(first) >= 12 else None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep and name:
-            headers[name.strip()] = value.strip()
-    if status is not None and len(first) > 13:
+    text = raw.decode("utf-8", "replace")
+    end = text.find("\r\n")
+    first = text[:end] if end >= 0 else text
+    headers = dict(_HEADER_LINE.findall(text, end + 2)) if end >= 0 else {}
+    if len(first) < 12:
+        return None, headers
+    if len(first) > 13:
         headers.setdefault("Description", first[13:])
-    return status, headers
+    return first[9:12], headers

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
 import time
@@ -19,13 +20,11 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from . import headers as h
 from .codec import Codec
+from .connection import Connection, parse_headers
 from .deadletter import dead_letter_message
 from .envelope import Envelope, current_envelope, open_message
 from .errors import BusError, DecodeError, StreamError
@@ -48,12 +47,21 @@ class _Pull:
         self.last_seen = time.monotonic()
 
 
+class Delivery:
+    """One message as the lane hands it over: no nats-py Msg, headers parsed once."""
+
+    __slots__ = ("data", "headers", "reply", "subject")
+
+    def __init__(self, subject: str, reply: str, data: bytes, headers: dict[str, str]) -> None:
+        self.subject, self.reply, self.data, self.headers = subject, reply, data, headers
+
+
 class Consumer:
     """Runs `spec.fn` over the durable consumer `spec.durable` on `stream`."""
 
     def __init__(
         self,
-        nc: NATS,
+        nc: Connection,
         js: JetStreamContext,
         registry: EventRegistry,
         codec: Codec,
@@ -69,6 +77,7 @@ class Consumer:
         self.spec = spec
         self.stream = stream
         self._expires, self._heartbeat = expires, heartbeat
+        self._tick = min(heartbeat, spec.ack_wait / 4)  # the pull loop's longest sleep
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{spec.durable}"
         self._inbox = ""
         self._pulls: dict[str, _Pull] = {}  # in request order
@@ -76,11 +85,14 @@ class Consumer:
         self._requested = 0  # messages asked for and not yet delivered
         self._in_flight = 0
         self._wake = asyncio.Event()
+        self._low_water = max(1, spec.slots // 4)  # pull again once this many slots are free
+        self._working: dict[Delivery, float] = {}  # in the handler since (monotonic)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._batch: list[Msg] = []
+        self._batch: list[Delivery] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._context = contextvars.copy_context()
         self._sub: Any = None
         self._stopping = False
         self.delivered = 0  # counters, for tests and metrics
@@ -116,9 +128,12 @@ class Consumer:
             raise StreamError(f"consumer {self.spec.durable!r} on {self.stream!r}: {exc}") from None
 
     async def start(self) -> None:
+        # Handlers run in a copy of the starter's context (as tasks it created would), not
+        # in the connection's reader task where the lane delivers.
+        self._context = contextvars.copy_context()
         await self.ensure()
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._sub = await self._nc.open_lane(f"{self._inbox}.*", self._on_message)
         self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull {self.spec.durable}")
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -139,6 +154,7 @@ class Consumer:
         for task in list(self._tasks):
             task.cancel()
         if self._sub is not None:
+            self._nc.close_lane(self._sub)
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
 
@@ -154,15 +170,15 @@ class Consumer:
         return self.spec.slots - self._in_flight - len(self._batch) - self._requested
 
     async def _pull_loop(self) -> None:
-        low_water = max(1, self.spec.slots // 2)
         while not self._stopping:
             self._expire_silent_pulls()
+            self._keep_alive()
             free = self._free()
-            if free >= low_water or (free > 0 and not self._pulls):
+            if free >= self._low_water or (free > 0 and not self._pulls):
                 await self._request(free)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._heartbeat):
+                async with asyncio.timeout(self._tick):
                     await self._wake.wait()
 
     async def _request(self, size: int) -> None:
@@ -174,10 +190,9 @@ class Consumer:
         }
         self._pulls[pull_id] = _Pull(size)
         self._requested += size
-        try:
-            await self._nc.publish(self._next_subject, _encode(body), f"{self._inbox}.{pull_id}")
-        except nats.errors.Error:
-            self._forget(pull_id)  # disconnected: the watchdog asks again later
+        # While disconnected this waits in the buffer; a pull that never reaches the server
+        # is forgotten by the watchdog and asked again.
+        await self._nc.send(self._next_subject, _encode(body), f"{self._inbox}.{pull_id}")
 
     def _expire_silent_pulls(self) -> None:
         deadline = time.monotonic() - max(3 * self._heartbeat, self._expires + self._heartbeat)
@@ -193,18 +208,20 @@ class Consumer:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get(h.STATUS) if msg.headers else None
+    def _on_message(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
+        """Called by the parser for every message and status on our inbox (see connection)."""
+        status, headers = parse_headers(raw) if raw else (None, {})
         if status is not None:  # statuses come on the pull's own reply subject
-            pull_id = msg.subject[len(self._inbox) + 1 :]
+            pull_id = subject.decode()[len(self._inbox) + 1 :]
             pull = self._pulls.get(pull_id)
             if pull is not None:
                 pull.last_seen = time.monotonic()
                 if status != "100":  # 100 is a heartbeat; 404/408/409 end the pull
                     self._forget(pull_id)
                     if status == "503":  # no responders: the consumer is gone; recreate it
-                        await self._recreate()
+                        self._spawn_detached(self._recreate())
             return
+        msg = Delivery(subject.decode(), reply.decode(), data, headers)
         # Messages keep their own subject; JetStream fills waiting pulls oldest first.
         if self._pulls:
             pull_id, pull = next(iter(self._pulls.items()))
@@ -213,8 +230,8 @@ class Consumer:
             pull.last_seen = time.monotonic()
             if pull.remaining == 0:
                 del self._pulls[pull_id]
-        elif self._free() <= 0 or self._stopping:
-            await self._nc.publish(msg.reply, b"-NAK")  # from a forgotten pull, and no slot
+        elif self._free() <= 0 or self._stopping:  # from a forgotten pull, and no slot
+            self._spawn_detached(self._settle(msg, b"-NAK"))
             return
         self.delivered += 1
         if not self.spec.batch:
@@ -239,7 +256,7 @@ class Consumer:
         """Run a handler task that holds `messages` slots until it finishes."""
         self._in_flight += messages
         self._idle.clear()
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(coro, context=self._context.copy())
         self._tasks.add(task)
 
         def done(task: asyncio.Task[None]) -> None:
@@ -247,13 +264,14 @@ class Consumer:
             self._in_flight -= messages
             if self._in_flight == 0:
                 self._idle.set()
-            self._wake.set()
+            if self._free() >= self._low_water:
+                self._wake.set()
 
         task.add_done_callback(done)
 
     # -- handling -----------------------------------------------------------------------------
 
-    def _open(self, msg: Msg) -> Envelope[Event]:
+    def _open(self, msg: Delivery) -> Envelope[Event]:
         stream_seq, attempt = _ack_metadata(msg.reply)
         env = open_message(
             msg.subject,
@@ -269,7 +287,7 @@ class Consumer:
             raise DecodeError(f"{type(env.event).__name__} is not handled here", msg.subject)
         return env
 
-    async def _run_one(self, msg: Msg) -> None:
+    async def _run_one(self, msg: Delivery) -> None:
         try:
             env = self._open(msg)
         except DecodeError as exc:
@@ -279,7 +297,7 @@ class Consumer:
             await self._dead_letter(msg, f"lost during attempt {self.spec.max_deliver} (crash?)")
             return
         token = current_envelope.set(env)
-        keepalive = self._keep_alive(msg)
+        self._working[msg] = time.monotonic()
         try:
             if self.spec.wants_envelope:
                 await self.spec.fn(env.event, env)
@@ -290,11 +308,11 @@ class Consumer:
         else:
             await self._settle(msg, ACK)
         finally:
-            keepalive.cancel()
+            del self._working[msg]
             current_envelope.reset(token)
 
-    async def _run_batch(self, msgs: list[Msg]) -> None:
-        envs: list[tuple[Msg, Envelope[Event]]] = []
+    async def _run_batch(self, msgs: list[Delivery]) -> None:
+        envs: list[tuple[Delivery, Envelope[Event]]] = []
         for msg in msgs:
             try:
                 env = self._open(msg)
@@ -309,7 +327,9 @@ class Consumer:
             envs.append((msg, env))
         if not envs:
             return
-        keepalives = [self._keep_alive(m) for m, _ in envs]
+        started = time.monotonic()
+        for m, _ in envs:
+            self._working[m] = started
         try:
             await self.spec.fn([env for _, env in envs])
         except Exception as exc:
@@ -319,10 +339,10 @@ class Consumer:
             for msg, _ in envs:
                 await self._settle(msg, ACK)
         finally:
-            for k in keepalives:
-                k.cancel()
+            for m, _ in envs:
+                del self._working[m]
 
-    async def _failed(self, msg: Msg, attempt: int, exc: Exception) -> None:
+    async def _failed(self, msg: Delivery, attempt: int, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         if attempt >= self.spec.max_deliver:
             await self._dead_letter(msg, f"handler failed {attempt} times; last: {reason}")
@@ -334,7 +354,7 @@ class Consumer:
         )  # fmt: skip
         await self._settle(msg, b"-NAK " + _encode({"delay": int(delay * 1e9)}))
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+    async def _dead_letter(self, msg: Delivery, reason: str) -> None:
         """Copy to the dead-letter stream, then terminate; if the copy fails, retry later."""
         stream_seq, _ = _ack_metadata(msg.reply)
         out = dead_letter_message(
@@ -352,31 +372,27 @@ class Consumer:
         log.error("dead-lettered %s seq %d: %s", self.stream, stream_seq, reason)
         await self._settle(msg, TERM)
 
-    async def _settle(self, msg: Msg, verb: bytes) -> None:
-        with contextlib.suppress(nats.errors.Error):  # lost ack: JetStream redelivers
-            await self._nc.publish(msg.reply, verb)
+    async def _settle(self, msg: Delivery, verb: bytes) -> None:
+        """Ack, nak or term; a settle lost to a disconnect means a redelivery, never a loss."""
+        await self._nc.send(msg.reply, verb)
 
-    def _keep_alive(self, msg: Msg) -> _KeepAlive:
-        """Tell JetStream a long handler is still working, every half `ack_wait`."""
-        return _KeepAlive(self.spec.ack_wait / 2, lambda: self._settle(msg, IN_PROGRESS))
+    def _keep_alive(self) -> None:
+        """Tell JetStream that handlers running for a while are still working on their message.
 
+        One sweep per pull-loop turn (at least every heartbeat) instead of a timer per message.
+        """
+        now = time.monotonic()
+        stale = now - self.spec.ack_wait / 4
+        for msg, since in self._working.items():
+            if since < stale:
+                self._working[msg] = now
+                self._spawn_detached(self._settle(msg, IN_PROGRESS))
 
-class _KeepAlive:
-    """Calls `touch()` every `interval` seconds until cancelled."""
-
-    __slots__ = ("_handle", "_interval", "_task", "_touch")
-
-    def __init__(self, interval: float, touch: Any) -> None:
-        self._interval, self._touch = interval, touch
-        self._task: asyncio.Task[None] | None = None
-        self._handle = asyncio.get_running_loop().call_later(interval, self._fire)
-
-    def _fire(self) -> None:
-        self._task = asyncio.ensure_future(self._touch())
-        self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
+    def _spawn_detached(self, coro: Any) -> None:
+        """Fire-and-forget work that holds no handler slot (settles, consumer re-creation)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _ack_metadata(reply: str) -> tuple[int, int]:

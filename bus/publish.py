@@ -11,17 +11,16 @@ import itertools
 from collections.abc import Sequence
 
 import msgspec
-import nats.errors
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from . import headers as h
 from .codec import Codec
+from .connection import Connection
 from .envelope import build_headers
 from .errors import (
     BusClosed,
     BusError,
     ConcurrencyError,
+    ConfigError,
     NoStreamForSubject,
     PublishError,
     PublishTimeout,
@@ -68,16 +67,23 @@ class Outgoing(msgspec.Struct, frozen=True):
 
 
 class Publisher:
-    """Encodes events and sends them; translates every nats-py error into ours."""
+    """Encodes events and sends them; translates every failure into our errors.
 
-    def __init__(self, nc: NATS, codec: Codec, timeout: float = 5.0, max_pending: int = 4096):
+    Acks come back on one inbox through the connection's direct lane: each published message
+    has an integer token in its reply subject that finds its batch and slot. An awaited
+    publish is a batch of one.
+    """
+
+    def __init__(
+        self, nc: Connection, codec: Codec, timeout: float = 5.0, max_pending: int = 4096
+    ) -> None:
         self._nc = nc
         self._codec = codec
         self.timeout = timeout
         self._window = asyncio.Semaphore(max_pending)
-        self._inbox: str | None = None
-        self._batches: dict[str, _Batch] = {}
-        self._batch_ids = itertools.count()
+        self._inbox = ""
+        self._waiting: dict[int, tuple[_Batch, int]] = {}
+        self._tokens = itertools.count()
 
     def prepare(
         self,
@@ -103,18 +109,9 @@ class Publisher:
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
-        timeout = self.timeout if timeout is None else timeout
-        try:
-            reply = await self._nc.request(out.subject, out.payload, timeout, headers=out.headers)
-        except nats.errors.TimeoutError:
-            raise PublishTimeout(out.subject, timeout) from None
-        except nats.errors.NoRespondersError:
-            raise NoStreamForSubject(out.subject) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-            raise BusClosed("the connection is closed") from None
-        except nats.errors.Error as exc:
-            raise PublishError(out.subject, str(exc)) from None
-        return _result(out, reply.data)
+        result = (await self.send_many([out], timeout))[0]
+        assert isinstance(result, PublishResult)
+        return result
 
     async def send_many(
         self,
@@ -125,68 +122,72 @@ class Publisher:
         """Publish all without waiting between them, then gather every ack (in order)."""
         if not outs:
             return []
+        if self._nc.is_closed or self._nc.is_draining:
+            raise BusClosed("the connection is closed")
         timeout = self.timeout if timeout is None else timeout
-        inbox = await self._ack_inbox()
-        batch_id = str(next(self._batch_ids))
+        if not self._inbox:
+            self._inbox = self._nc.new_inbox()
+            await self._nc.open_lane(f"{self._inbox}.*", self._on_ack)
         batch = _Batch(len(outs))
-        self._batches[batch_id] = batch
+        tokens: list[int] = []
         try:
             for i, out in enumerate(outs):
+                block = encode_headers(out.headers)
+                if len(block) + len(out.payload) > self._nc.max_payload:
+                    raise PublishError(out.subject, "maximum payload exceeded")
                 await self._window.acquire()
-                batch.sent += 1
-                try:
-                    await self._nc.publish(
-                        out.subject, out.payload, f"{inbox}.{batch_id}.{i}", out.headers
-                    )
-                except nats.errors.Error as exc:
-                    raise BusClosed(f"cannot publish: {exc}") from None
-            await asyncio.wait_for(asyncio.shield(batch.done), timeout)
+                token = next(self._tokens)
+                self._waiting[token] = (batch, i)
+                tokens.append(token)
+                await self._nc.send(out.subject, out.payload, f"{self._inbox}.{token}", block)
+            async with asyncio.timeout(timeout):
+                await batch.done
         except TimeoutError:
             missing = next(o.subject for o, r in zip(outs, batch.replies, strict=True) if r is None)
             raise PublishTimeout(missing, timeout) from None
         finally:
-            del self._batches[batch_id]
-            for _ in range(batch.sent - batch.acked):
-                self._window.release()
+            for token in tokens:
+                if self._waiting.pop(token, None) is not None:
+                    self._window.release()  # never acked: free its window slot
         results: list[PublishResult | BusError] = []
         for out, data in zip(outs, batch.replies, strict=True):
             try:
-                results.append(_result(out, data))
+                results.append(_result(out, data or b""))
             except BusError as exc:
                 if not return_exceptions:
                     raise
                 results.append(exc)
         return results
 
-    async def _ack_inbox(self) -> str:
-        if self._inbox is None:
-            self._inbox = self._nc.new_inbox()
-            await self._nc.subscribe(f"{self._inbox}.>", cb=self._on_ack)
-        return self._inbox
+    def _on_ack(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
+        token = int(subject[subject.rfind(b".") + 1 :])
+        waiting = self._waiting.pop(token, None)
+        if waiting is None:
+            return  # a late ack for a publish that already timed out
+        self._window.release()
+        batch, i = waiting
+        no_stream = raw is not None and raw[9:12] == b"503"
+        batch.replies[i] = _NO_RESPONDERS if no_stream else data
+        batch.acked += 1
+        if batch.acked == len(batch.replies) and not batch.done.done():
+            batch.done.set_result(None)
 
-    async def _on_ack(self, msg: Msg) -> None:
-        _, batch_id, index = msg.subject.rsplit(".", 2)
-        batch = self._batches.get(batch_id)
-        if batch is None:
-            return  # a late ack for a batch that already timed out
-        i = int(index)
-        if batch.replies[i] is None:
-            no_stream = msg.headers is not None and msg.headers.get(h.STATUS) == "503"
-            batch.replies[i] = _NO_RESPONDERS if no_stream else msg.data
-            batch.acked += 1
-            self._window.release()
-            if batch.acked == len(batch.replies) and not batch.done.done():
-                batch.done.set_result(None)
+
+def encode_headers(headers: dict[str, str]) -> bytes:
+    """A NATS header block; refuses line breaks, which would forge extra headers."""
+    block = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+    if block.count("\n") != len(headers) or "\r" in block.replace("\r\n", ""):
+        raise ConfigError("header names and values cannot contain line breaks")
+    return b"NATS/1.0\r\n" + block.encode() + b"\r\n"
 
 
 class _Batch:
-    """Acks of one pipelined publish, gathered by index."""
+    """Acks of one publish call, gathered by index."""
 
-    __slots__ = ("acked", "done", "replies", "sent")
+    __slots__ = ("acked", "done", "replies")
 
     def __init__(self, size: int) -> None:
         self.replies: list[bytes | None] = [None] * size
-        self.sent = 0
         self.acked = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

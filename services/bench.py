@@ -29,6 +29,7 @@ from bus import Bus, EmbeddedServer, Event, StreamSpec
 STREAM = StreamSpec(name="BENCH", subjects=("bench.>",), dead_letters=True)
 TARGETS = {"publish awaited": 0.95, "publish pipelined": 1.0, "consume + ack": 1.5}
 FSYNC_COST = "fsync cost"
+FETCH_BATCH = 100
 
 
 class BenchEvent(Event):
@@ -136,7 +137,7 @@ async def _consumers(
         psub = await js.pull_subscribe(subject, durable=f"raw{run}", stream=STREAM.name)  # type: ignore[attr-defined]
         done = 0
         while done < n:
-            for msg in await psub.fetch(100, timeout=5):
+            for msg in await psub.fetch(FETCH_BATCH, timeout=5):
                 await msg.ack()
                 done += 1
         await psub.unsubscribe()
@@ -151,7 +152,8 @@ async def _consumers(
             if count >= n:
                 finished.set()
 
-        consumer = await bus.consume(handle, durable=f"bus{run}")
+        # As many messages in flight as raw's fetch(100) holds unacknowledged.
+        consumer = await bus.consume(handle, durable=f"bus{run}", concurrency=FETCH_BATCH)
         await finished.wait()
         await consumer.stop()
 
