@@ -153,10 +153,10 @@ class Bus:
             await self._nc.connect(
                 servers=self.urls,
                 name=self.name,
-                connect_timeout=self.connect_timeout,
+                connect_timeout=self.connect_timeout,  # type: ignore[arg-type] # float works
                 allow_reconnect=True,
                 max_reconnect_attempts=INITIAL_CONNECT_ROUNDS,
-                reconnect_time_wait=0.25,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type] # float works
                 drain_timeout=int(self.drain_timeout),
                 error_cb=self._on_error,
                 reconnected_cb=self._on_reconnect,

@@ -201,7 +201,7 @@ def _differs(existing: StreamConfig, wanted: StreamConfig, name: str) -> bool:
     if name == "allow_atomic":
         return bool(have) != bool(want)
     if name == "description":
-        return (have or None) != (want or None)
+        return bool((have or None) != (want or None))
     return bool(have != want)
 
 

@@ -24,7 +24,7 @@ from .server import EmbeddedCluster, EmbeddedServer
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - the plain fixtures still work
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 
 @pytest.fixture
