@@ -197,7 +197,7 @@ class StreamManager:
 def _differs(existing: StreamConfig, wanted: StreamConfig, name: str) -> bool:
     have, want = getattr(existing, name), getattr(wanted, name)
     if name in ("max_age", "duplicate_window"):
-        return abs((have or 0) - (want or 0)) > 1e-6
+        return bool(abs((have or 0) - (want or 0)) > 1e-6)
     if name == "allow_atomic":
         return bool(have) != bool(want)
     if name == "description":
