@@ -135,6 +135,7 @@ class Bus:
         self._streams: StreamManager | None = None
         self._services: list[Service] = []
         self._state = "new"
+        self._connect_error: Exception | None = None
 
     @classmethod
     async def connect(
@@ -148,24 +149,20 @@ class Bus:
         if self._state != "new":
             raise BusClosed(f"this Bus is {self._state}; create a new one")
         self._state = "starting"
+        # nats-py can wait forever on some failures (a TLS handshake it cannot finish), so
+        # the whole initial connect gets one bound.
+        bound = (self.connect_timeout + 0.5) * INITIAL_CONNECT_ROUNDS * len(self.urls) + 1
+        self._nc = Connection()
         try:
-            self._nc = Connection()
-            await self._nc.connect(
-                servers=self.urls,
-                name=self.name,
-                connect_timeout=self.connect_timeout,  # type: ignore[arg-type] # float works
-                allow_reconnect=True,
-                max_reconnect_attempts=INITIAL_CONNECT_ROUNDS,
-                reconnect_time_wait=0.25,  # type: ignore[arg-type] # float works
-                drain_timeout=int(self.drain_timeout),
-                error_cb=self._on_error,
-                reconnected_cb=self._on_reconnect,
-                **self._connect_opts,
-            )
+            async with asyncio.timeout(bound):
+                await self._connect()
         except Exception as exc:  # nats-py raises several unrelated types here
             self._state = "closed"
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            cause = self._connect_error or exc  # "no servers available" hides the reason
             raise ConnectError(
-                f"cannot connect to {', '.join(self.urls)}: {_describe(exc)}"
+                f"cannot connect to {', '.join(self.urls)}: {_describe(cause)}"
             ) from None
         self._nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect forever
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
@@ -184,6 +181,21 @@ class Bus:
             await self.close()
             raise
         return self
+
+    async def _connect(self) -> None:
+        assert self._nc is not None
+        await self._nc.connect(
+            servers=self.urls,
+            name=self.name,
+            connect_timeout=self.connect_timeout,  # type: ignore[arg-type] # float works
+            allow_reconnect=True,
+            max_reconnect_attempts=INITIAL_CONNECT_ROUNDS,
+            reconnect_time_wait=0.25,  # type: ignore[arg-type] # float works
+            drain_timeout=int(self.drain_timeout),
+            error_cb=self._on_error,
+            reconnected_cb=self._on_reconnect,
+            **self._connect_opts,
+        )
 
     async def close(self) -> None:
         """Stop consumers (in-flight handlers finish), stop services, drain, close."""
@@ -238,8 +250,12 @@ class Bus:
 
     async def _on_error(self, exc: Exception) -> None:
         # While connecting, failures surface as the ConnectError start() raises.
-        level = logging.DEBUG if self._state == "starting" else logging.WARNING
-        log.log(level, "nats: %s", _describe(exc))
+        if self._state == "starting":
+            if not _is_auth_failure(self._connect_error):  # the telling error sticks
+                self._connect_error = exc
+            log.debug("nats: %s", _describe(exc))
+        else:
+            log.warning("nats: %s", _describe(exc))
 
     async def _on_reconnect(self) -> None:
         log.info("reconnected to %s", self._nc.connected_url if self._nc else "?")
@@ -404,8 +420,13 @@ class Bus:
         return svc
 
 
+def _is_auth_failure(exc: BaseException | None) -> bool:
+    text = str(exc).lower()
+    return exc is not None and ("authorization" in text or "authentication" in text)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    if "authorization" in text.lower() or "authentication" in text.lower():
+    if _is_auth_failure(exc):
         return f"{text} (check the user/password, token, nkey or creds)"
     return text

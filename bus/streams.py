@@ -62,6 +62,11 @@ class StreamSpec:
             validate_pattern(s)
         if self.replicas not in (1, 3, 5):
             raise ConfigError(f"stream {self.name!r}: replicas must be 1, 3 or 5")
+        if self.max_age and self.duplicate_window > self.max_age:
+            raise ConfigError(
+                f"stream {self.name!r}: duplicate_window ({self.duplicate_window:g}s) cannot "
+                f"exceed max_age ({self.max_age:g}s)"
+            )
         if self.storage not in ("file", "memory"):
             raise ConfigError(f"stream {self.name!r}: storage must be 'file' or 'memory'")
 

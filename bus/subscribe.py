@@ -125,7 +125,10 @@ def _read_signature(fn: Handler) -> tuple[bool, bool, tuple[type[Event], ...]]:
     try:
         hints = typing.get_type_hints(fn)
     except (NameError, TypeError) as exc:
-        raise ConfigError(f"cannot read the annotations of {fn.__qualname__}: {exc}") from None
+        raise ConfigError(
+            f"cannot read the annotations of {fn.__qualname__}: {exc} "
+            "(event classes must be importable: define them at module level)"
+        ) from None
     hint = hints.get(params[0].name)
     batch = typing.get_origin(hint) is list
     if batch:
