@@ -6,7 +6,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-USER_TESTS = '''
+USER_TESTS = """
 import pytest
 from bus import Bus, EmbeddedServer, StreamSpec
 
@@ -17,7 +17,7 @@ async def test_bus_fixture_is_connected(bus: Bus) -> None:
 def test_each_test_gets_a_fresh_server(nats_server: EmbeddedServer, nats_url: str) -> None:
     assert nats_server.healthy()
     assert nats_url == nats_server.url
-'''
+"""
 
 
 def test_users_get_the_fixtures(pytester: pytest.Pytester) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,7 +86,8 @@ def test_fresh_clone_make_up_then_make_test(tmp_path: Path) -> None:
             )
             assert published.returncode == 0, published.stderr
         finally:
-            os.killpg(up.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it may have died on its own
+                os.killpg(up.pid, signal.SIGTERM)
             up.wait(timeout=30)
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, check=False)
     assert leftovers.stdout == b"", "a process outlived make up"
