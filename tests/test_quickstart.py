@@ -19,9 +19,9 @@ NESTED = "BUS_QUICKSTART_NESTED"
 
 def _clean_env(data_dir: Path) -> dict[str, str]:
     """The caller's environment minus anything pointing at this checkout's venv or a server."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "NATS_URL", "BUS_NATS_URL")
-    }
+    # An outer `make test ARGS=...` exports ARGS and MAKEFLAGS; the clone's make must not see them.
+    inherited = ("VIRTUAL_ENV", "NATS_URL", "BUS_NATS_URL", "ARGS", "MAKEFLAGS", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
     venv_bin = str(REPO / ".venv")
     env["PATH"] = os.pathsep.join(
         p for p in env["PATH"].split(os.pathsep) if not p.startswith(venv_bin)
