@@ -271,30 +271,33 @@ class Consumer:
 
     # -- handling -----------------------------------------------------------------------------
 
-    def _open(self, msg: Delivery) -> Envelope[Event]:
+    async def _admit(self, msg: Delivery) -> Envelope[Event] | None:
+        """The message's envelope, or None once it went to the dead-letter stream."""
         stream_seq, attempt = _ack_metadata(msg.reply)
-        env = open_message(
-            msg.subject,
-            msg.data,
-            msg.headers,
-            self._registry,
-            self._codec,
-            stream=self.stream,
-            seq=stream_seq,
-            attempt=attempt,
-        )
-        if not self.spec.accepts(type(env.event)):
-            raise DecodeError(f"{type(env.event).__name__} is not handled here", msg.subject)
+        try:
+            env = open_message(
+                msg.subject,
+                msg.data,
+                msg.headers,
+                self._registry,
+                self._codec,
+                stream=self.stream,
+                seq=stream_seq,
+                attempt=attempt,
+            )
+            if not self.spec.accepts(type(env.event)):
+                raise DecodeError(f"{type(env.event).__name__} is not handled here", msg.subject)
+        except DecodeError as exc:
+            await self._dead_letter(msg, f"undecodable: {exc.reason}")
+            return None
+        if attempt > self.spec.max_deliver:
+            await self._dead_letter(msg, f"lost during attempt {self.spec.max_deliver} (crash?)")
+            return None
         return env
 
     async def _run_one(self, msg: Delivery) -> None:
-        try:
-            env = self._open(msg)
-        except DecodeError as exc:
-            await self._dead_letter(msg, f"undecodable: {exc.reason}")
-            return
-        if env.attempt > self.spec.max_deliver:
-            await self._dead_letter(msg, f"lost during attempt {self.spec.max_deliver} (crash?)")
+        env = await self._admit(msg)
+        if env is None:
             return
         token = current_envelope.set(env)
         self._working[msg] = time.monotonic()
@@ -314,17 +317,9 @@ class Consumer:
     async def _run_batch(self, msgs: list[Delivery]) -> None:
         envs: list[tuple[Delivery, Envelope[Event]]] = []
         for msg in msgs:
-            try:
-                env = self._open(msg)
-            except DecodeError as exc:
-                await self._dead_letter(msg, f"undecodable: {exc.reason}")
-                continue
-            if env.attempt > self.spec.max_deliver:
-                await self._dead_letter(
-                    msg, f"lost during attempt {self.spec.max_deliver} (crash?)"
-                )
-                continue
-            envs.append((msg, env))
+            env = await self._admit(msg)
+            if env is not None:
+                envs.append((msg, env))
         if not envs:
             return
         started = time.monotonic()
