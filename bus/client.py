@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
@@ -359,12 +359,17 @@ class Bus:
             seq=message.seq,
         )
 
-    async def tail(self, pattern: str, from_seq: int | None = None) -> AsyncIterator[StoredMessage]:
-        """Live messages on `pattern` (from `from_seq` when given), surviving reconnects."""
+    async def tail(
+        self, pattern: str, from_seq: int | None = None, *, stream: str | None = None
+    ) -> AsyncGenerator[StoredMessage, None]:
+        """Live messages on `pattern` (from `from_seq` when given), surviving reconnects.
+
+        The stream is the one capturing `pattern` unless named (then `>` means all of it).
+        """
         validate_pattern(pattern)
         if from_seq is not None and from_seq < 1:
             raise ConfigError("from_seq must be >= 1")
-        stream = await self._stream_for(pattern)
+        stream = stream or await self._stream_for(pattern)
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW,
             opt_start_seq=from_seq,

@@ -18,6 +18,10 @@ TRACESTATE: Final = "tracestate"
 EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
 
+BATCH_ID: Final = "Nats-Batch-Id"  # atomic batch publish (stream with allow_atomic)
+BATCH_SEQ: Final = "Nats-Batch-Sequence"
+BATCH_COMMIT: Final = "Nats-Batch-Commit"
+
 DLQ_REASON: Final = "Bus-Dlq-Reason"
 DLQ_CONSUMER: Final = "Bus-Dlq-Consumer"
 ORIGINAL_SUBJECT: Final = "Bus-Original-Subject"

@@ -29,6 +29,7 @@ from .events import Event, new_event_id
 from .subjects import event_subject
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence
+MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
 
 
 class PublishResult(msgspec.Struct, frozen=True):
@@ -159,6 +160,40 @@ class Publisher:
                 results.append(exc)
         return results
 
+    async def send_atomic(
+        self, outs: Sequence[Outgoing], timeout: float | None = None
+    ) -> list[PublishResult]:
+        """All or none, as one JetStream atomic batch (the stream needs `allow_atomic`).
+
+        Consistency headers on the first message guard the whole batch; only the commit
+        (last) message is acknowledged, and the batch is stored contiguously.
+        """
+        if not 1 <= len(outs) <= MAX_ATOMIC_BATCH:
+            raise ConfigError(f"an atomic batch holds 1 to {MAX_ATOMIC_BATCH} events")
+        if len(outs) == 1:
+            return [await self.send(outs[0], timeout)]
+        batch_id = new_event_id()
+        for i, out in enumerate(outs[:-1], 1):
+            block = encode_headers({**out.headers, h.BATCH_ID: batch_id, h.BATCH_SEQ: str(i)})
+            if len(block) + len(out.payload) > self._nc.max_payload:
+                raise PublishError(out.subject, "maximum payload exceeded")
+            await self._nc.send(out.subject, out.payload, "", block)
+        last = outs[-1]
+        commit = {**last.headers, h.BATCH_ID: batch_id, h.BATCH_SEQ: str(len(outs))}
+        commit[h.BATCH_COMMIT] = "1"
+        try:
+            acked = await self.send(
+                Outgoing(last.subject, last.payload, commit, last.event_id), timeout
+            )
+        except ConcurrencyError as exc:  # the commit reports what the first message asked
+            expected = int(outs[0].headers.get(h.EXPECTED_LAST_SUBJECT_SEQ, "0"))
+            raise ConcurrencyError(outs[0].subject, expected, exc.actual) from None
+        first = acked.seq - len(outs) + 1
+        return [
+            PublishResult(out.event_id, out.subject, acked.stream, first + i)
+            for i, out in enumerate(outs)
+        ]
+
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
         token = int(subject[subject.rfind(b".") + 1 :])
         waiting = self._waiting.pop(token, None)
@@ -203,11 +238,8 @@ def _result(out: Outgoing, data: bytes) -> PublishResult:
     if ack.error is not None:
         err = ack.error
         if err.err_code == WRONG_LAST_SEQUENCE:
-            raise ConcurrencyError(
-                out.subject,
-                int(out.headers[h.EXPECTED_LAST_SUBJECT_SEQ]),
-                _trailing_int(err.description),
-            )
+            expected = int(out.headers.get(h.EXPECTED_LAST_SUBJECT_SEQ, "0"))
+            raise ConcurrencyError(out.subject, expected, _trailing_int(err.description))
         if err.code == 503:
             raise NoStreamForSubject(out.subject)
         raise PublishError(out.subject, err.description, err.err_code or err.code)

@@ -1,0 +1,112 @@
+"""`EventStore`: an aggregate's events on its own subjects, `<domain>.<id>.*`, in the domain's
+stream. Its version is the stream sequence of its last event (0: it does not exist yet).
+
+    store = EventStore(bus)
+    await store.append("tasks", "7f3c", [TaskCreated(title="x")], expected_version=0)
+    history = await store.load("tasks", "7f3c")        # events and version
+    async for envelope in store.read("TASKS", from_seq=1): ...   # catch up, then live
+
+Appending several events is atomic (one JetStream atomic batch), and guarded by the expected
+version of the first; loading reads only the aggregate's subjects (batched direct get).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
+
+import msgspec
+
+from . import headers as h
+from .client import Bus
+from .envelope import Envelope
+from .errors import ConfigError
+from .events import Event
+from .publish import PublishResult
+from .subjects import validate_token
+
+PAGE = 256  # events per direct-get round trip when loading
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """Where the events landed; `version` is the aggregate's new version."""
+
+    stream: str
+    version: int
+    events: list[PublishResult]
+
+
+class History(msgspec.Struct, frozen=True):
+    """An aggregate's events after `since`, and its version (0 when it has none)."""
+
+    events: list[Envelope[Event]]
+    version: int
+    messages_read: int
+
+
+class EventStore:
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    @staticmethod
+    def stream_of(domain: str) -> str:
+        return validate_token(domain, "domain").upper()
+
+    async def append(
+        self,
+        domain: str,
+        aggregate_id: str,
+        events: Sequence[Event],
+        *,
+        expected_version: int | None = None,
+        correlation_id: str | None = None,
+    ) -> AppendResult:
+        """Append all `events` or none; `expected_version=0` means "must not exist yet".
+
+        A stale `expected_version` raises ConcurrencyError (expected and actual).
+        """
+        if not events:
+            raise ConfigError("append needs at least one event")
+        for event in events:
+            if event.__domain__ != domain:
+                raise ConfigError(f"{type(event).__name__} belongs to {event.__domain__!r}")
+        publisher = self._bus.publisher
+        outs = [
+            publisher.prepare(event, aggregate_id, correlation_id=correlation_id)
+            for event in events
+        ]
+        if expected_version is not None:
+            first = publisher.prepare(
+                events[0],
+                aggregate_id,
+                event_id=outs[0].event_id,
+                expected_version=expected_version,
+                correlation_id=outs[0].headers[h.CORRELATION_ID],
+            )
+            outs[0] = first
+        results = await publisher.send_atomic(outs)
+        return AppendResult(results[-1].stream, results[-1].seq, results)
+
+    async def load(self, domain: str, aggregate_id: str, since: int = 0) -> History:
+        """The aggregate's events with stream sequence > `since` (a snapshot's version)."""
+        stream = self.stream_of(domain)
+        subject = f"{domain}.{validate_token(aggregate_id, 'aggregate id')}.*"
+        events: list[Envelope[Event]] = []
+        read = 0
+        next_seq = since + 1
+        while True:
+            page = await self._bus.read(stream, next_seq, PAGE, subject)
+            read += len(page)
+            events.extend(self._bus.open(m) for m in page)
+            if len(page) < PAGE:
+                break
+            next_seq = page[-1].seq + 1
+        version = (events[-1].seq or since) if events else since
+        return History(events, version, read)
+
+    async def read(self, stream: str, from_seq: int = 1) -> AsyncGenerator[Envelope[Event], None]:
+        """Every event from `from_seq` on, decoded, then live ones as they arrive."""
+        tail = self._bus.tail(">", from_seq, stream=stream)
+        async with contextlib.aclosing(tail) as messages:
+            async for message in messages:
+                yield self._bus.open(message)
