@@ -1,5 +1,6 @@
 """bus: typed events on NATS JetStream, with retries, dead letters and replayable state."""
 
+from .aggregate import Aggregate, Repository
 from .app import App
 from .client import Bus, Credentials, current_bus
 from .codec import Codec, json_schema
@@ -30,11 +31,14 @@ from .events import Event, EventRegistry, new_event_id
 from .publish import PublishResult
 from .reader import StoredMessage
 from .server import EmbeddedCluster, EmbeddedServer
+from .store import AppendResult, EventStore, History
 from .streams import StreamSpec, StreamSummary
 from .subscribe import Backoff, Router
 
 __all__ = (
+    "Aggregate",
     "App",
+    "AppendResult",
     "Backoff",
     "Bus",
     "BusClosed",
@@ -53,6 +57,8 @@ __all__ = (
     "Envelope",
     "Event",
     "EventRegistry",
+    "EventStore",
+    "History",
     "InvalidSubject",
     "NoResponders",
     "NoStreamForSubject",
@@ -60,6 +66,7 @@ __all__ = (
     "PublishResult",
     "PublishTimeout",
     "RemoteError",
+    "Repository",
     "RequestTimeout",
     "Router",
     "ServerError",

@@ -12,9 +12,9 @@ import contextlib
 
 import msgspec
 import nats.errors
-from nats.aio.client import Client as NATS
 
 from . import headers as h
+from .connection import Connection
 from .errors import PublishError, StreamNotFound
 from .publish import Outgoing, Publisher, PublishResult
 from .reader import StoredMessage, read_messages
@@ -89,13 +89,13 @@ def _one_line(text: str) -> str:
 
 
 async def list_dead_letters(
-    nc: NATS, stream: str, from_seq: int = 1, limit: int = 100
+    nc: Connection, stream: str, from_seq: int = 1, limit: int = 100
 ) -> list[DeadLetter]:
     messages = await read_messages(nc, dead_letter_stream(stream), from_seq, limit)
     return [DeadLetter.from_stored(m) for m in messages]
 
 
-async def replay(nc: NATS, publisher: Publisher, stream: str, seq: int) -> PublishResult:
+async def replay(nc: Connection, publisher: Publisher, stream: str, seq: int) -> PublishResult:
     """Republish dead letter `seq` of `stream` to its original subject, then delete it."""
     dlq = dead_letter_stream(stream)
     found = await read_messages(nc, dlq, seq, 1)

@@ -11,10 +11,9 @@ import contextlib
 
 import msgspec
 import nats.errors
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from . import headers as h
+from .connection import Connection, parse_headers
 from .errors import BusTimeout, StreamError, StreamNotFound
 
 # Headers a direct get adds about the stored message and the batch, not the event's own.
@@ -41,7 +40,7 @@ class StoredMessage(msgspec.Struct, frozen=True):
 
 
 async def read_messages(
-    nc: NATS,
+    nc: Connection,
     stream: str,
     from_seq: int = 1,
     limit: int = 100,
@@ -54,51 +53,62 @@ async def read_messages(
     request: dict[str, object] = {"seq": from_seq, "batch": limit}
     if subject:
         request["next_by_subj"] = subject
-    inbox = nc.new_inbox()
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-    sub = await nc.subscribe(inbox, cb=_put(queue))
+    return await _direct_get(nc, stream, request, limit, timeout)
+
+
+async def read_last(
+    nc: Connection, stream: str, subjects: list[str], limit: int = 1000, timeout: float = 5.0
+) -> list[StoredMessage]:
+    """The last message on each subject matching `subjects` (wildcards allowed), up to `limit`."""
+    request = {"multi_last": subjects, "batch": limit}
+    return await _direct_get(nc, stream, request, limit, timeout)
+
+
+async def _direct_get(
+    nc: Connection, stream: str, request: dict[str, object], limit: int, timeout: float
+) -> list[StoredMessage]:
+    """One batched direct get, answered on a lane until its end-of-batch status."""
     out: list[StoredMessage] = []
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def receive(subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
+        status, hdrs = parse_headers(raw) if raw else (None, {})
+        if done.done():
+            return
+        if status is None:
+            out.append(_stored(data, hdrs))
+            if len(out) >= limit:
+                done.set_result(None)
+        elif status in ("204", "404"):  # end of batch, or nothing matched
+            done.set_result(None)
+        elif status == "503":
+            done.set_exception(StreamNotFound(stream))
+        else:
+            reason = hdrs.get(h.DESCRIPTION, "")
+            done.set_exception(StreamError(f"direct get on {stream!r}: {status} {reason}"))
+
+    inbox = nc.new_inbox()
+    sub = await nc.open_lane(inbox, receive)
     try:
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", _encode(request), reply=inbox)
+        await nc.send(f"$JS.API.DIRECT.GET.{stream}", _encode(request), inbox)
         async with asyncio.timeout(timeout):
-            while True:
-                msg = await queue.get()
-                hdrs = msg.headers or {}
-                status = hdrs.get(h.STATUS)
-                if status is None:
-                    out.append(_stored(msg, hdrs))
-                    if len(out) >= limit:
-                        break
-                elif status in ("204", "404"):  # end of batch, or nothing at/after from_seq
-                    break
-                elif status == "503":
-                    raise StreamNotFound(stream)
-                else:
-                    raise StreamError(
-                        f"direct get on {stream!r}: {status} {hdrs.get(h.DESCRIPTION)}"
-                    )
+            await done
     except TimeoutError:
         raise BusTimeout(f"direct get on {stream!r} did not answer in {timeout:g}s") from None
     finally:
+        nc.close_lane(sub)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
     return out
 
 
-def _put(queue: asyncio.Queue[Msg]):  # type: ignore[no-untyped-def]
-    async def cb(msg: Msg) -> None:
-        queue.put_nowait(msg)
-
-    return cb
-
-
-def _stored(msg: Msg, hdrs: dict[str, str]) -> StoredMessage:
+def _stored(data: bytes, hdrs: dict[str, str]) -> StoredMessage:
     own = {k: v for k, v in hdrs.items() if k not in _STORED_HEADERS}
     return StoredMessage(
         stream=hdrs.get("Nats-Stream", ""),
         seq=int(hdrs.get("Nats-Sequence", "0")),
         subject=hdrs.get("Nats-Subject", ""),
         time=hdrs.get("Nats-Time-Stamp", ""),
-        data=msg.data,
+        data=data,
         headers=own,
     )
