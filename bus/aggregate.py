@@ -29,28 +29,24 @@ and folds only the events after it, so it always equals a full replay.
 
 from __future__ import annotations
 
-import base64
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 import nats.errors
-import nats.js.errors
-from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from .client import Bus
 from .errors import ConcurrencyError, ConfigError
 from .events import Event
+from .kv import ensure_bucket, kv_key
 from .store import AppendResult, EventStore
 
 log = logging.getLogger("bus.aggregate")
 S = TypeVar("S", bound=msgspec.Struct)
 A = TypeVar("A", bound="Aggregate[Any]")
-_KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 
 
 class Aggregate(Generic[S]):
@@ -154,18 +150,14 @@ class Repository(Generic[A]):
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
-            name = f"snapshots_{self._type.__domain__}"
-            try:
-                self._kv = await self._bus.js.key_value(name)
-            except nats.js.errors.BucketNotFoundError:
-                self._kv = await self._bus.js.create_key_value(KeyValueConfig(name, history=1))
+            self._kv = await ensure_bucket(self._bus.js, f"snapshots_{self._type.__domain__}")
         return self._kv
 
     async def _read_snapshot(self, aggregate_id: str) -> _Snapshot | None:
         if not self.snapshot_every:
             return None
         try:
-            entry = await (await self._bucket()).get(_key(aggregate_id))
+            entry = await (await self._bucket()).get(kv_key(aggregate_id))
             snapshot = msgspec.msgpack.decode(entry.value or b"", type=_Snapshot)
         except (nats.errors.Error, msgspec.DecodeError):  # missing or unreadable: replay all
             return None
@@ -174,15 +166,8 @@ class Repository(Generic[A]):
     async def _write_snapshot(self, agg: A) -> None:
         snapshot = _Snapshot(agg.version, self._schema, msgspec.msgpack.encode(agg.state))
         try:
-            await (await self._bucket()).put(_key(agg.id), msgspec.msgpack.encode(snapshot))
+            await (await self._bucket()).put(kv_key(agg.id), msgspec.msgpack.encode(snapshot))
         except nats.errors.Error as exc:  # a cache: the events stay the truth
             log.warning("snapshot of %s %s not written: %s", self._type.__name__, agg.id, exc)
             return
         agg._since_snapshot = 0
-
-
-def _key(aggregate_id: str) -> str:
-    """A KV-safe key: the id itself, or its base64url form if it has other characters."""
-    if _KV_KEY.fullmatch(aggregate_id):
-        return aggregate_id
-    return "b64." + base64.urlsafe_b64encode(aggregate_id.encode()).decode().rstrip("=")

@@ -133,7 +133,7 @@ class Publisher:
         tokens: list[int] = []
         try:
             for i, out in enumerate(outs):
-                block = encode_headers(out.headers)
+                block = encode_headers(out.headers) if out.headers else b""
                 if len(block) + len(out.payload) > self._nc.max_payload:
                     raise PublishError(out.subject, "maximum payload exceeded")
                 await self._window.acquire()

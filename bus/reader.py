@@ -37,6 +37,7 @@ class StoredMessage(msgspec.Struct, frozen=True):
     time: str
     data: bytes
     headers: dict[str, str]
+    pending: int = 0  # messages after this one that the read would match (direct get only)
 
 
 async def read_messages(
@@ -111,4 +112,5 @@ def _stored(data: bytes, hdrs: dict[str, str]) -> StoredMessage:
         time=hdrs.get("Nats-Time-Stamp", ""),
         data=data,
         headers=own,
+        pending=int(hdrs.get("Nats-Num-Pending", "0")),
     )

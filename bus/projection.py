@@ -1,0 +1,180 @@
+"""Projections: read models folded from streams, and how to query them.
+
+    class TaskView(msgspec.Struct):
+        status: str = "new"
+        title: str = ""
+
+    def apply(view: TaskView, envelope: Envelope) -> TaskView:     # pure
+        match envelope.event:
+            case TaskCreated(title=title):
+                return msgspec.structs.replace(view, status="created", title=title)
+        return view
+
+    task = Projection("task", subjects=("tasks.>",), state=TaskView,
+                      key=lambda envelope: envelope.subject.split(".")[1], apply=apply)
+
+State lives in a KV bucket per projection and generation (`proj_<name>_<generation>`), one
+entry per key holding the state and the last stream sequence applied to it. The projector's
+checkpoint and status live in the `bus_projections` bucket under the projection's name: the
+one record that says which generation queries read and how far it has got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats.errors
+
+from .client import Bus
+from .envelope import Envelope
+from .errors import BusTimeout, ConfigError, StreamNotFound
+from .events import Event
+from .kv import from_kv_key, kv_key
+from .reader import read_last
+from .subjects import validate_pattern, validate_token
+
+S = TypeVar("S")
+META_BUCKET = "bus_projections"
+
+
+@dataclass(frozen=True)
+class Projection(Generic[S]):
+    """A name, source subjects, a key per event (None: not for us), and a pure fold."""
+
+    name: str
+    subjects: tuple[str, ...]
+    state: type[S]
+    key: Callable[[Envelope[Event]], str | None]
+    apply: Callable[[S, Envelope[Event]], S]
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        validate_token(self.name, "projection name")
+        if "-" in self.name or not self.name.replace("_", "a").isalnum():
+            raise ConfigError(f"projection name {self.name!r}: letters, digits and _ only")
+        if isinstance(self.subjects, str) or not self.subjects:
+            raise ConfigError(f"projection {self.name!r} needs a sequence of subjects")
+        for subject in self.subjects:
+            validate_pattern(subject)
+        if not 1 <= self.batch_size <= 10_000:
+            raise ConfigError("batch_size must be between 1 and 10000")
+
+    def bucket(self, generation: int) -> str:
+        return f"proj_{self.name}_{generation}"
+
+    def initial(self) -> S:
+        return self.state()
+
+
+class Record(msgspec.Struct, array_like=True):
+    """One key's entry: the last stream sequence applied, and the encoded state."""
+
+    seq: int
+    state: bytes
+
+
+class ProjectionStatus(msgspec.Struct, kw_only=True):
+    """The checkpoint and health of a projection, as the projector last wrote them."""
+
+    name: str
+    stream: str = ""
+    generation: int = 1
+    position: int = 0  # every event up to here is applied
+    applied: int = 0
+    failures: int = 0
+    last_error: str = ""
+    rebuilding: int = 0  # the generation being filled, 0 when none
+    rebuild_position: int = 0
+    lag: int = 0  # matching events stored after `position`, at the last checkpoint
+
+
+_decode_record = msgspec.msgpack.Decoder(Record).decode
+_decode_status = msgspec.json.Decoder(ProjectionStatus).decode
+
+
+class ProjectionView(Generic[S]):
+    """Queries on a projection's current generation; `wait_for` gives read-your-writes."""
+
+    def __init__(self, bus: Bus, projection: Projection[S]) -> None:
+        self._bus = bus
+        self.projection = projection
+        self._decode_state = msgspec.msgpack.Decoder(projection.state).decode
+
+    async def status(self) -> ProjectionStatus:
+        subject = f"$KV.{META_BUCKET}.{self.projection.name}"
+        try:
+            found = await read_last(self._bus.nc, f"KV_{META_BUCKET}", [subject], 1)
+        except StreamNotFound:
+            found = []
+        if not found or not found[0].data:
+            return ProjectionStatus(name=self.projection.name)
+        return _decode_status(found[0].data)
+
+    async def get(self, key: str) -> tuple[S, int] | None:
+        """(state, last sequence applied) for `key`, or None if no event touched it."""
+        entries = await self._read(lambda bucket: [f"$KV.{bucket}.{kv_key(key)}"], 1)
+        if not entries:
+            return None
+        _, record = entries[0]
+        return self._decode_state(record.state), record.seq
+
+    async def list(
+        self, prefix: str = "", limit: int = 100, cursor: str | None = None
+    ) -> tuple[builtins.list[tuple[str, S]], str | None]:
+        """Keys in order, from after `cursor`; returns the page and the next cursor (or None)."""
+        if not 1 <= limit <= 1000:
+            raise ConfigError("limit must be between 1 and 1000")
+        entries = await self._read(lambda bucket: [f"$KV.{bucket}.>"], 100_000)
+        keys = sorted((key, record) for key, record in entries if key.startswith(prefix))
+        if cursor is not None:
+            keys = [(k, r) for k, r in keys if k > cursor]
+        page = keys[:limit]
+        next_cursor = page[-1][0] if len(keys) > limit else None
+        return [(k, self._decode_state(r.state)) for k, r in page], next_cursor
+
+    async def _read(
+        self, subjects: Callable[[str], builtins.list[str]], limit: int
+    ) -> builtins.list[tuple[str, Record]]:
+        """Entries of the active generation; retried once if a switch removed the bucket."""
+        for attempt in (1, 2):
+            bucket = self.projection.bucket((await self.status()).generation)
+            try:
+                found = await read_last(self._bus.nc, f"KV_{bucket}", subjects(bucket), limit)
+            except StreamNotFound:
+                if attempt == 2:
+                    return []
+                continue
+            prefix = len(f"$KV.{bucket}.")
+            return [(from_kv_key(m.subject[prefix:]), _decode_record(m.data)) for m in found]
+        return []  # pragma: no cover
+
+    async def wait_for(self, seq: int, timeout: float = 5.0) -> ProjectionStatus:
+        """Return once the projection has applied stream sequence `seq` (no polling: the
+        status record's updates are watched as they are written)."""
+        updated = asyncio.Event()
+
+        async def on_update(msg: Any) -> None:
+            updated.set()
+
+        sub = await self._bus.nc.subscribe(
+            f"$KV.{META_BUCKET}.{self.projection.name}", cb=on_update
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                while (status := await self.status()).position < seq:
+                    await updated.wait()
+                    updated.clear()
+            return status
+        except TimeoutError:
+            raise BusTimeout(
+                f"projection {self.projection.name!r} did not reach {seq} in {timeout:g}s"
+            ) from None
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()

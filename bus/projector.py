@@ -1,0 +1,312 @@
+"""The projector: folds stream batches into projection buckets, checkpoints, rebuilds.
+
+Per batch it reads up to `batch_size` events by batched direct get, loads the touched keys'
+records in one request, folds in memory, writes each changed key once (pipelined), then
+records the checkpoint. A key's record carries the last sequence applied to it, so after a
+crash at any point the replayed events at or below it are skipped: nothing applies twice.
+An event the projection cannot key or apply goes to the dead-letter stream, named after the
+projection, and the projection goes on (its status counts the failures).
+
+A rebuild fills a new generation from sequence 1 while queries read the current one; once
+it has caught up, the live loop pauses for the last few events, one status write switches
+generations, and the old bucket is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+import nats.errors
+
+from .client import Bus
+from .deadletter import dead_letter_message
+from .envelope import Envelope
+from .errors import BusError, ConfigError, DecodeError
+from .events import Event
+from .kv import ensure_bucket, kv_key
+from .projection import META_BUCKET, Projection, ProjectionStatus, ProjectionView, Record
+from .publish import Outgoing
+from .reader import StoredMessage, read_last, read_messages
+from .subjects import matches
+
+log = logging.getLogger("bus.projector")
+IDLE_CHECK = 2.0  # seconds between looks at the stream when no wake-up arrived
+CACHE_KEYS = 50_000  # records kept in memory between batches
+KEYS_PER_READ = 256
+
+Progress = Callable[[ProjectionStatus], None]
+_encode_status = msgspec.json.Encoder().encode
+_decode_record = msgspec.msgpack.Decoder(Record).decode
+
+
+class _Generation:
+    """One generation of one projection: its bucket, position and cached records."""
+
+    def __init__(self, bus: Bus, projection: Projection[Any], stream: str, number: int) -> None:
+        self.bus, self.projection, self.stream, self.number = bus, projection, stream, number
+        self.bucket = projection.bucket(number)
+        self.position = 0
+        self.lag = 0
+        self.applied = 0
+        self.failures = 0
+        self.last_error = ""
+        self._cache: dict[str, Record] = {}
+        self._decode = msgspec.msgpack.Decoder(projection.state).decode
+        self._encode = msgspec.msgpack.Encoder().encode
+        subjects = projection.subjects
+        self._filter = subjects[0] if len(subjects) == 1 else None
+
+    async def open(self) -> None:
+        await ensure_bucket(self.bus.js, self.bucket)
+
+    async def step(self) -> int:
+        """Fold one batch; returns how many stream messages it read (0: caught up)."""
+        projection = self.projection
+        batch = await read_messages(
+            self.bus.nc, self.stream, self.position + 1, projection.batch_size, self._filter
+        )
+        if not batch:
+            self.lag = 0
+            return 0
+        keyed = await self._keyed(batch)
+        await self._load([key for _, _, key in keyed if key not in self._cache])
+        changed: dict[str, Record] = {}
+        for message, envelope, key in keyed:
+            record = changed.get(key) or self._cache.get(key)
+            if record is not None and record.seq >= message.seq:
+                continue  # applied before a crash: skip, never twice
+            state = self._decode(record.state) if record else projection.initial()
+            try:
+                state = projection.apply(state, envelope)
+            except Exception as exc:
+                await self._reject(message, f"apply failed: {type(exc).__name__}: {exc}")
+                continue
+            changed[key] = Record(message.seq, self._encode(state))
+            self.applied += 1
+        await self._write(changed)
+        self.position = batch[-1].seq
+        self.lag = batch[-1].pending
+        return len(batch)
+
+    async def _keyed(
+        self, batch: Iterable[StoredMessage]
+    ) -> list[tuple[StoredMessage, Envelope[Event], str]]:
+        out = []
+        for message in batch:
+            if self._filter is None and not any(
+                matches(s, message.subject) for s in self.projection.subjects
+            ):
+                continue
+            try:
+                envelope = self.bus.open(message)
+            except DecodeError as exc:
+                await self._reject(message, f"undecodable: {exc.reason}")
+                continue
+            try:
+                key = self.projection.key(envelope)
+            except Exception as exc:
+                await self._reject(message, f"key failed: {type(exc).__name__}: {exc}")
+                continue
+            if key is not None:
+                out.append((message, envelope, key))
+        return out
+
+    async def _load(self, keys: list[str]) -> None:
+        """Fetch the records of keys not in memory, a few hundred per request."""
+        if len(self._cache) > CACHE_KEYS:
+            self._cache.clear()
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), KEYS_PER_READ):
+            chunk = unique[start : start + KEYS_PER_READ]
+            subjects = [f"$KV.{self.bucket}.{kv_key(k)}" for k in chunk]
+            found = await read_last(self.bus.nc, f"KV_{self.bucket}", subjects, len(chunk))
+            by_subject = {m.subject: m.data for m in found if m.data}
+            for key, subject in zip(chunk, subjects, strict=True):
+                if subject in by_subject:
+                    self._cache[key] = _decode_record(by_subject[subject])
+
+    async def _write(self, changed: dict[str, Record]) -> None:
+        if not changed:
+            return
+        encode = msgspec.msgpack.encode
+        outs = [
+            Outgoing(f"$KV.{self.bucket}.{kv_key(key)}", encode(record), {}, "")
+            for key, record in changed.items()
+        ]
+        await self.bus.publisher.send_many(outs)
+        self._cache.update(changed)
+
+    async def _reject(self, message: StoredMessage, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason[:500]
+        out = dead_letter_message(
+            self.stream,
+            message.seq,
+            message.subject,
+            message.data,
+            message.headers,
+            f"projection:{self.projection.name}",
+            reason,
+        )
+        with contextlib.suppress(BusError):  # the status shows the failure either way
+            await self.bus.publisher.send(out)
+        log.error(
+            "projection %s: %s (%s #%d)", self.projection.name, reason, self.stream, message.seq
+        )
+
+
+class _Live:
+    """A projection as the projector runs it: the generation queries read, and a rebuild."""
+
+    def __init__(self, current: _Generation) -> None:
+        self.current = current
+        self.rebuild: _Generation | None = None
+        self.switch: asyncio.Future[ProjectionStatus] | None = None
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class Projector:
+    """Runs projections on a Bus: `async with Projector(bus, [task, task_counts]): ...`"""
+
+    def __init__(self, bus: Bus, projections: Iterable[Projection[Any]]) -> None:
+        self._bus = bus
+        self.projections = {p.name: p for p in projections}
+        self._live: dict[str, _Live] = {}
+        self._subs: list[Any] = []
+        self._progress: dict[str, Progress] = {}
+
+    async def start(self) -> None:
+        await ensure_bucket(self._bus.js, META_BUCKET)
+        for projection in self.projections.values():
+            status = await ProjectionView(self._bus, projection).status()
+            stream = status.stream or await self._bus._stream_for(projection.subjects[0])
+            current = _Generation(self._bus, projection, stream, status.generation)
+            current.position = status.position
+            current.applied, current.failures = status.applied, status.failures
+            await current.open()
+            live = self._live[projection.name] = _Live(current)
+            for subject in projection.subjects:  # a wake-up on every new event, no polling
+                wake = live.wake
+
+                def ring(*_: object, wake: asyncio.Event = wake) -> None:
+                    wake.set()
+
+                self._subs.append(await self._bus.nc.open_lane(subject, ring))
+            live.task = asyncio.create_task(self._run(live), name=f"projection {projection.name}")
+
+    async def stop(self) -> None:
+        for live in self._live.values():
+            if live.task is not None:
+                live.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live.task
+        for sub in self._subs:
+            self._bus.nc.close_lane(sub)
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        self._subs.clear()
+
+    async def __aenter__(self) -> Projector:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def status(self, name: str) -> ProjectionStatus:
+        """This process's view of a running projection (no round trip)."""
+        live = self._live_for(name)
+        return self._status(live)
+
+    async def rebuild(self, name: str, progress: Progress | None = None) -> ProjectionStatus:
+        """Fill a new generation from sequence 1, then switch queries to it."""
+        live = self._live_for(name)
+        if live.rebuild is not None:
+            raise ConfigError(f"projection {name!r} is already rebuilding")
+        current = live.current
+        fresh = _Generation(self._bus, current.projection, current.stream, current.number + 1)
+        with contextlib.suppress(nats.errors.Error):  # leftovers of an interrupted rebuild
+            await self._bus.js.delete_key_value(fresh.bucket)
+        await fresh.open()
+        live.rebuild = fresh
+        try:
+            while await fresh.step():
+                await self._checkpoint(live)
+                if progress is not None:
+                    progress(self._status(live))
+                if fresh.position >= live.current.position:
+                    break
+            live.switch = asyncio.get_running_loop().create_future()
+            live.wake.set()
+            return await live.switch
+        finally:
+            live.rebuild = None
+            live.switch = None
+
+    def _live_for(self, name: str) -> _Live:
+        try:
+            return self._live[name]
+        except KeyError:
+            raise ConfigError(f"no projection named {name!r} runs here") from None
+
+    async def _run(self, live: _Live) -> None:
+        batch_size = live.current.projection.batch_size
+        while True:
+            if live.switch is not None and not live.switch.done():
+                await self._switch(live)
+            live.wake.clear()
+            try:
+                read = await live.current.step()
+                if read:
+                    await self._checkpoint(live)
+            except BusError as exc:  # NATS away: try again shortly, nothing is lost
+                log.warning("projection %s paused: %s", live.current.projection.name, exc)
+                read = 0
+            if read < batch_size:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_CHECK):
+                        await live.wake.wait()
+
+    async def _switch(self, live: _Live) -> None:
+        """The live loop is paused here: finish the rebuild, flip, drop the old bucket."""
+        fresh, switch = live.rebuild, live.switch
+        assert fresh is not None
+        assert switch is not None
+        try:
+            while await fresh.step():
+                pass
+            old, live.current = live.current, fresh
+            live.rebuild = None
+            status = await self._checkpoint(live)
+            with contextlib.suppress(nats.errors.Error):
+                await self._bus.js.delete_key_value(old.bucket)
+            switch.set_result(status)
+        except BusError as exc:
+            switch.set_exception(exc)
+
+    def _status(self, live: _Live) -> ProjectionStatus:
+        current, fresh = live.current, live.rebuild
+        return ProjectionStatus(
+            name=current.projection.name,
+            stream=current.stream,
+            generation=current.number,
+            position=current.position,
+            applied=current.applied,
+            failures=current.failures,
+            last_error=current.last_error,
+            rebuilding=fresh.number if fresh else 0,
+            rebuild_position=fresh.position if fresh else 0,
+            lag=current.lag,
+        )
+
+    async def _checkpoint(self, live: _Live) -> ProjectionStatus:
+        status = self._status(live)
+        subject = f"$KV.{META_BUCKET}.{status.name}"
+        await self._bus.publisher.send(Outgoing(subject, _encode_status(status), {}, ""))
+        return status
