@@ -1,4 +1,4 @@
-"""`App`: what a runnable service declares — its streams, its events and its handlers.
+"""`App`: what a runnable service declares — streams, events, handlers and projections.
 
 `bus up --app module:attr` loads one (the uvicorn convention) and runs it on a Bus.
 """
@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .events import Event, EventRegistry
+from .projection import Projection
 from .streams import StreamSpec
 from .subscribe import Handler, Router
 
@@ -23,11 +24,22 @@ class App:
         streams: Iterable[StreamSpec] = (),
         events: Iterable[type[Event]] = (),
         router: Router | None = None,
+        projections: Iterable[Projection[Any]] = (),
     ) -> None:
         self.name = name
         self.streams = list(streams)
         self.registry = EventRegistry(events)
         self.router = router if router is not None else Router()
+        self.projections = {p.name: p for p in projections}
+
+    def projection(self, name: str) -> Projection[Any]:
+        try:
+            return self.projections[name]
+        except KeyError:
+            known = ", ".join(sorted(self.projections)) or "none"
+            raise ConfigError(
+                f"no projection {name!r} in app {self.name!r} (known: {known})"
+            ) from None
 
     def subscribe(
         self, subject: str | None = None, *, durable: str, **options: Any

@@ -30,13 +30,18 @@ def from_kv_key(stored: str) -> str:
     return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
 
 
-async def ensure_bucket(js: JetStreamContext, name: str, *, history: int = 1) -> KeyValue:
+async def ensure_bucket(
+    js: JetStreamContext, name: str, *, history: int = 1, ttl: float | None = None
+) -> KeyValue:
+    """The bucket `name`, created if missing (with direct get on, which our reads use)."""
     try:
         return await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
         pass
     try:
-        config = KeyValueConfig(name, history=history, storage=StorageType.FILE, direct=True)
+        config = KeyValueConfig(
+            name, history=history, storage=StorageType.FILE, direct=True, ttl=ttl
+        )
         return await js.create_key_value(config)
     except nats.errors.Error as exc:
         raise StreamError(f"key-value bucket {name!r}: {exc}") from None

@@ -169,48 +169,67 @@ class _Live:
         self.switch: asyncio.Future[ProjectionStatus] | None = None
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.subs: list[Any] = []
 
 
 class Projector:
-    """Runs projections on a Bus: `async with Projector(bus, [task, task_counts]): ...`"""
+    """Runs projections on a Bus: `async with Projector(bus, [task, task_counts]): ...`
+
+    `run(name)` and `halt(name)` start and stop one projection, for a service that runs
+    only the projections whose lease it holds.
+    """
 
     def __init__(self, bus: Bus, projections: Iterable[Projection[Any]]) -> None:
         self._bus = bus
         self.projections = {p.name: p for p in projections}
         self._live: dict[str, _Live] = {}
-        self._subs: list[Any] = []
-        self._progress: dict[str, Progress] = {}
+
+    @property
+    def running(self) -> list[str]:
+        return sorted(self._live)
 
     async def start(self) -> None:
+        for name in self.projections:
+            await self.run(name)
+
+    async def run(self, name: str) -> None:
+        """Resume `name` from its checkpoint (idempotent)."""
+        if name in self._live:
+            return
+        projection = self.projections[name]
         await ensure_bucket(self._bus.js, META_BUCKET)
-        for projection in self.projections.values():
-            status = await ProjectionView(self._bus, projection).status()
-            stream = status.stream or await self._bus._stream_for(projection.subjects[0])
-            current = _Generation(self._bus, projection, stream, status.generation)
-            current.position = status.position
-            current.applied, current.failures = status.applied, status.failures
-            await current.open()
-            live = self._live[projection.name] = _Live(current)
-            for subject in projection.subjects:  # a wake-up on every new event, no polling
-                wake = live.wake
+        status = await ProjectionView(self._bus, projection).status()
+        stream = status.stream or await self._bus._stream_for(projection.subjects[0])
+        current = _Generation(self._bus, projection, stream, status.generation)
+        current.position = status.position
+        current.applied, current.failures = status.applied, status.failures
+        await current.open()
+        live = self._live[name] = _Live(current)
+        for subject in projection.subjects:  # a wake-up on every new event, no polling
 
-                def ring(*_: object, wake: asyncio.Event = wake) -> None:
-                    wake.set()
+            def ring(*_: object, wake: asyncio.Event = live.wake) -> None:
+                wake.set()
 
-                self._subs.append(await self._bus.nc.open_lane(subject, ring))
-            live.task = asyncio.create_task(self._run(live), name=f"projection {projection.name}")
+            live.subs.append(await self._bus.nc.open_lane(subject, ring))
+        live.task = asyncio.create_task(self._run(live), name=f"projection {name}")
 
-    async def stop(self) -> None:
-        for live in self._live.values():
-            if live.task is not None:
-                live.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await live.task
-        for sub in self._subs:
+    async def halt(self, name: str) -> None:
+        """Stop folding `name` (its checkpoint stays where the last batch left it)."""
+        live = self._live.pop(name, None)
+        if live is None:
+            return
+        if live.task is not None:
+            live.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await live.task
+        for sub in live.subs:
             self._bus.nc.close_lane(sub)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        self._subs.clear()
+
+    async def stop(self) -> None:
+        for name in list(self._live):
+            await self.halt(name)
 
     async def __aenter__(self) -> Projector:
         await self.start()

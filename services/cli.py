@@ -12,11 +12,14 @@ from typing import Any
 
 import click
 import msgspec
+import nats.errors
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-from bus import Bus, BusError, StoredMessage
+from bus import Bus, BusError, EventStore, StoredMessage
 from bus.app import App, load_app
+from bus.projection import ProjectionStatus, ProjectionView
 from bus.subjects import parse_event_subject
 
 from .settings import Settings
@@ -260,3 +263,131 @@ def bench(runs: int, messages: int, sync_interval: str, as_json: bool) -> None:
         asyncio.run(run_bench(runs, messages, sync_interval, as_json))
     except (BusError, ValueError) as exc:
         fail(str(exc))
+
+
+@main.command()
+@app_option
+def projector(app_ref: str) -> None:
+    """Run the app's projections; start several for failover (one is active per projection)."""
+    from .projector import serve_projector
+
+    try:
+        app = load_app(app_ref)
+        asyncio.run(serve_projector(Settings.from_env().resolve_nats_url(), app))
+    except (BusError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.group()
+def projections() -> None:
+    """Projections: status, queries, rebuilds."""
+
+
+@projections.command("list")
+@app_option
+@json_option
+@run
+async def projections_list(app_ref: str, as_json: bool) -> None:
+    """Each projection's generation, position, lag and failures."""
+    app = load_app(app_ref)
+    async with connect(app) as bus:
+        statuses = [await ProjectionView(bus, p).status() for p in app.projections.values()]
+    table = Table("projection", "generation", "position", "lag", "applied", "failures", "rebuild")
+    for s in statuses:
+        rebuild = f"gen {s.rebuilding} at {s.rebuild_position}" if s.rebuilding else "-"
+        table.add_row(
+            s.name,
+            str(s.generation),
+            str(s.position),
+            str(s.lag),
+            str(s.applied),
+            str(s.failures),
+            rebuild,
+        )
+    emit(as_json, statuses, table)
+
+
+@projections.command("get")
+@click.argument("name")
+@click.argument("key")
+@app_option
+@run
+async def projections_get(name: str, key: str, app_ref: str) -> None:
+    """The state of KEY in projection NAME, as JSON."""
+    app = load_app(app_ref)
+    async with connect(app) as bus:
+        found = await ProjectionView(bus, app.projection(name)).get(key)
+    if found is None:
+        raise ValueError(f"projection {name!r} has no key {key!r}")
+    state, seq = found
+    click.echo(msgspec.json.encode({"key": key, "seq": seq, "state": state}).decode())
+
+
+@projections.command("rebuild")
+@click.argument("name")
+@app_option
+@json_option
+@run
+async def projections_rebuild(name: str, app_ref: str, as_json: bool) -> None:
+    """Refill NAME from the start in a new generation; queries switch when it has caught up."""
+    app = load_app(app_ref)
+    async with connect(app) as bus:
+        view = ProjectionView(bus, app.projection(name))
+        before = await view.status()
+        try:
+            reply = await bus.nc.request(f"bus.projector.rebuild.{name}", b"", timeout=5)
+        except nats.errors.NoRespondersError:
+            raise ValueError(
+                f"no projector runs {name!r}: start `bus up` or `bus projector`"
+            ) from None
+        answer = msgspec.json.decode(reply.data)
+        if not answer.get("started"):
+            raise ValueError(answer.get("error", "the projector refused"))
+        status = await _follow_rebuild(view, before, quiet=as_json)
+    emit(as_json, status, f"{name}: generation {status.generation} at {status.position}")
+
+
+async def _follow_rebuild(
+    view: ProjectionView[Any], before: ProjectionStatus, quiet: bool
+) -> ProjectionStatus:
+    """A progress bar until the projection has switched to a newer generation."""
+    with Progress(disable=quiet, console=err_console) as progress:
+        bar = progress.add_task(f"rebuilding {before.name}", total=max(1, before.position))
+        while (status := await view.status()).generation <= before.generation:
+            progress.update(bar, completed=status.rebuild_position, total=max(1, status.position))
+            await asyncio.sleep(0.2)
+        progress.update(bar, completed=status.position, total=max(1, status.position))
+    return status
+
+
+@main.group()
+def aggregate() -> None:
+    """Aggregates: their events and versions."""
+
+
+@aggregate.command("show")
+@click.argument("domain")
+@click.argument("aggregate_id")
+@app_option
+@json_option
+@run
+async def aggregate_show(domain: str, aggregate_id: str, app_ref: str, as_json: bool) -> None:
+    """The events of one aggregate (e.g. `tasks t1`) and its version."""
+    app = load_app(app_ref)
+    async with connect(app) as bus:
+        history = await EventStore(bus).load(domain, aggregate_id)
+    table = Table(
+        "seq", "event", "fields", title=f"{domain}.{aggregate_id} · version {history.version}"
+    )
+    for e in history.events:
+        table.add_row(str(e.seq), type(e.event).__name__, msgspec.json.encode(e.event).decode())
+    data = {
+        "version": history.version,
+        "events": [
+            {"seq": e.seq, "type": type(e.event).__name__, "id": e.id, "data": e.event}
+            for e in history.events
+        ],
+    }
+    emit(as_json, data, table)

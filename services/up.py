@@ -1,4 +1,4 @@
-"""`bus up`: the embedded server (unless BUS_NATS_URL) plus the app's handlers, until a signal.
+"""`bus up`: the embedded server (unless BUS_NATS_URL), the app's handlers and projector.
 
 The server's data lives under BUS_DATA_DIR and is reused across runs (`--fresh` wipes it);
 its URLs are recorded in `<data dir>/server.json`, which the other verbs read.
@@ -12,30 +12,17 @@ import json
 import logging
 import os
 import shutil
-import signal
-import sys
 
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.panel import Panel
 from rich.table import Table
 
 from bus import Bus, EmbeddedServer
 from bus.app import App
 
+from .lifecycle import setup_logging, until_signalled
+from .projector import ProjectorService
 from .settings import Settings
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _setup_logging() -> None:
-    handler: logging.Handler
-    if sys.stderr.isatty():
-        handler = RichHandler(show_path=False)
-    else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 def _start_server(settings: Settings, fresh: bool) -> EmbeddedServer:
@@ -62,6 +49,7 @@ def _status(app: App, url: str, server: EmbeddedServer | None, bus: Bus) -> dict
         "embedded": server is not None,
         "streams": [s.name for s in app.streams],
         "handlers": [c.spec.durable for c in bus.consumers],
+        "projections": sorted(app.projections),
         "pid": os.getpid(),
     }
 
@@ -73,19 +61,17 @@ def _panel(status: dict[str, object]) -> Panel:
         table.add_row("NATS monitoring", f"{status['nats_monitor_url']}/varz")
     table.add_row("streams", ", ".join(status["streams"]) or "-")  # type: ignore[arg-type]
     table.add_row("handlers", ", ".join(status["handlers"]) or "-")  # type: ignore[arg-type]
+    table.add_row("projections", ", ".join(status["projections"]) or "-")  # type: ignore[arg-type]
     table.add_row("try", 'bus publish tasks.t1.created \'{"title": "hello"}\'')
     table.add_row("", "bus tail 'tasks.>' --from-seq 1")
+    table.add_row("", "bus projections get task t1")
     return Panel(table, title=f"bus up · {status['app']}", subtitle="Ctrl-C stops")
 
 
 async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) -> None:
-    _setup_logging()
+    setup_logging()
     server = None if settings.nats_url else _start_server(settings, fresh)
     url = settings.nats_url or server.url  # type: ignore[union-attr]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
     try:
         bus = Bus(
             url,
@@ -94,7 +80,8 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
             streams=app.streams,
             router=app.router,
         )
-        async with bus:
+        async with until_signalled() as stop, bus:
+            projecting = asyncio.create_task(ProjectorService(bus, app).run(stop))
             status = _status(app, url, server, bus)
             if server is not None:
                 state = {**status, "nats_port": server.port}
@@ -105,8 +92,7 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
                 Console().print(_panel(status))
             await stop.wait()
             logging.getLogger("bus").info("stopping: draining handlers and the connection")
+            await projecting
     finally:
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
         if server is not None:
             server.stop()

@@ -2,11 +2,16 @@
 
 A worker handles `tasks.<id>.created`: it fails `fail_times` times before completing, so a
 task with `fail_times >= max_deliver` (5) ends in the dead-letter stream `DLQ_TASKS`.
+Projections: `task` (task id → status, title, attempts, version) and `task_counts`
+(status → how many times tasks entered it).
 """
 
 from __future__ import annotations
 
+import msgspec
+
 from bus import App, Envelope, Event, StreamSpec, current_bus
+from bus.projection import Projection
 
 MAX_DELIVER = 5
 
@@ -38,10 +43,59 @@ class TaskFailed(Event):
     reason: str
 
 
+class TaskView(msgspec.Struct):
+    """Projection `task`, keyed by task id."""
+
+    status: str = "new"
+    title: str = ""
+    attempts: int = 0
+    version: int = 0  # stream sequence of the task's last event
+
+
+class StatusCount(msgspec.Struct):
+    """Projection `task_counts`, keyed by status: how many times tasks entered it."""
+
+    count: int = 0
+
+
+STATUS_OF = {"created": "created", "progressed": "running", "completed": "completed"}
+STATUS_OF["failed"] = "failed"
+
+
+def task_id(envelope: Envelope[Event]) -> str:
+    return envelope.subject.split(".")[1]
+
+
+def apply_task(view: TaskView, envelope: Envelope[Event]) -> TaskView:
+    seq = envelope.seq or view.version
+    match envelope.event:
+        case TaskCreated(title=title):
+            return TaskView(status="created", title=title, attempts=0, version=seq)
+        case TaskProgressed(attempt=attempt):
+            return msgspec.structs.replace(view, status="running", attempts=attempt, version=seq)
+        case TaskFailed(attempt=attempt):
+            return msgspec.structs.replace(view, status="failed", attempts=attempt, version=seq)
+        case TaskCompleted(attempts=attempts):
+            return msgspec.structs.replace(view, status="completed", attempts=attempts, version=seq)
+    return view
+
+
+def status_key(envelope: Envelope[Event]) -> str | None:
+    return STATUS_OF.get(envelope.subject.rsplit(".", 1)[-1])
+
+
+def count(state: StatusCount, envelope: Envelope[Event]) -> StatusCount:
+    return StatusCount(state.count + 1)
+
+
 app = App(
     "tasks",
     streams=[StreamSpec.for_domain("tasks")],
     events=[TaskCreated, TaskProgressed, TaskCompleted, TaskFailed],
+    projections=[
+        Projection("task", ("tasks.>",), TaskView, task_id, apply_task),
+        Projection("task_counts", ("tasks.>",), StatusCount, status_key, count),
+    ],
 )
 
 

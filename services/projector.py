@@ -1,0 +1,114 @@
+"""The projector service: runs an app's projections, one active instance per projection.
+
+Each projection has a lease (`bus_leases`, key `projection.<name>`); the holder folds it and
+answers rebuild requests on `bus.projector.rebuild.<name>`, the others stand by and take over
+within the lease TTL when the holder stops renewing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import msgspec
+import nats.errors
+
+from bus import Bus, BusError
+from bus.app import App
+from bus.lease import Lease
+from bus.projector import Projector
+
+from .lifecycle import setup_logging, until_signalled
+
+log = logging.getLogger("bus.projector")
+REBUILD_SUBJECT = "bus.projector.rebuild"
+
+
+def instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ProjectorService:
+    def __init__(self, bus: Bus, app: App, *, lease_ttl: float = 3.0) -> None:
+        self.bus = bus
+        self.projector = Projector(bus, app.projections.values())
+        self.instance = instance_id()
+        self.lease_ttl = lease_ttl
+        self.leases = {
+            n: Lease(bus, f"projection.{n}", self.instance, lease_ttl) for n in app.projections
+        }
+        self._rebuilds: dict[str, asyncio.Task[Any]] = {}
+        self._subs: dict[str, Any] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Hold what leases it can, fold what it holds, until `stop` is set."""
+        try:
+            while not stop.is_set():
+                for name, lease in self.leases.items():
+                    await self._tend(name, lease)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.lease_ttl / 3):
+                        await stop.wait()
+        finally:
+            for name in list(self._subs):
+                await self._let_go(name)
+            for lease in self.leases.values():
+                await lease.release()
+
+    async def _tend(self, name: str, lease: Lease) -> None:
+        try:
+            if lease.held:
+                if not await lease.renew():
+                    log.warning("lost the lease of projection %s; standing by", name)
+                    await self._let_go(name)
+            elif await lease.acquire():
+                log.info("running projection %s (instance %s)", name, self.instance)
+                await self.projector.run(name)
+                subject = f"{REBUILD_SUBJECT}.{name}"
+                self._subs[name] = await self.bus.nc.subscribe(subject, cb=self._on_rebuild)
+        except BusError as exc:
+            log.warning("projection %s: %s", name, exc)
+
+    async def _let_go(self, name: str) -> None:
+        await self.projector.halt(name)
+        sub = self._subs.pop(name, None)
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        task = self._rebuilds.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _on_rebuild(self, msg: Any) -> None:
+        name = msg.subject.rsplit(".", 1)[-1]
+        if name in self._rebuilds and not self._rebuilds[name].done():
+            answer = {"started": False, "error": f"projection {name!r} is already rebuilding"}
+        else:
+            task = asyncio.create_task(self.projector.rebuild(name))
+            task.add_done_callback(lambda t, n=name: _log_rebuild(n, t))
+            self._rebuilds[name] = task
+            answer = {"started": True, "instance": self.instance}
+        await msg.respond(msgspec.json.encode(answer))
+
+
+def _log_rebuild(name: str, task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is not None:
+        log.error("rebuild of %s failed: %s", name, task.exception())
+    else:
+        log.info("rebuild of %s done: generation %d", name, task.result().generation)
+
+
+async def serve_projector(url: str, app: App) -> None:
+    """`bus projector`: only the projections (no handlers), until a signal."""
+    setup_logging()
+    bus = Bus(url, name=f"bus-projector-{app.name}", registry=app.registry, streams=app.streams)
+    async with until_signalled() as stop, bus:
+        service = ProjectorService(bus, app)
+        log.info("projector %s for %s: %s", service.instance, app.name, ", ".join(app.projections))
+        await service.run(stop)
