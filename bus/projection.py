@@ -36,11 +36,12 @@ from .envelope import Envelope
 from .errors import BusTimeout, ConfigError, StreamNotFound
 from .events import Event
 from .kv import from_kv_key, kv_key
-from .reader import read_last
+from .reader import read_last, read_messages
 from .subjects import validate_pattern, validate_token
 
 S = TypeVar("S")
 META_BUCKET = "bus_projections"
+SCAN_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,41 @@ class ProjectionView(Generic[S]):
     async def list(
         self, prefix: str = "", limit: int = 100, cursor: str | None = None
     ) -> tuple[builtins.list[tuple[str, S]], str | None]:
-        """Keys in order, from after `cursor`; returns the page and the next cursor (or None)."""
+        """Keys in order, from after `cursor`; returns the page and the next cursor (or None).
+
+        Reads the whole generation (one record per key) in pages: fine for read models of
+        thousands of keys; an ordered index is future work.
+        """
         if not 1 <= limit <= 1000:
             raise ConfigError("limit must be between 1 and 1000")
-        entries = await self._read(lambda bucket: [f"$KV.{bucket}.>"], 100_000)
-        keys = sorted((key, record) for key, record in entries if key.startswith(prefix))
-        if cursor is not None:
-            keys = [(k, r) for k, r in keys if k > cursor]
+        records: builtins.list[tuple[str, Record]] = []
+        for attempt in (1, 2):
+            bucket = self.projection.bucket((await self.status()).generation)
+            try:
+                records = await self._scan(bucket)
+                break
+            except StreamNotFound:  # switched generations under us: once more
+                if attempt == 2:
+                    records = []
+        keys = sorted(
+            (k, r) for k, r in records if k.startswith(prefix) and (cursor is None or k > cursor)
+        )
         page = keys[:limit]
         next_cursor = page[-1][0] if len(keys) > limit else None
         return [(k, self._decode_state(r.state)) for k, r in page], next_cursor
+
+    async def _scan(self, bucket: str) -> builtins.list[tuple[str, Record]]:
+        prefix = len(f"$KV.{bucket}.")
+        out: builtins.list[tuple[str, Record]] = []
+        next_seq = 1
+        while True:
+            page = await read_messages(self._bus.nc, f"KV_{bucket}", next_seq, SCAN_PAGE)
+            out.extend(
+                (from_kv_key(m.subject[prefix:]), _decode_record(m.data)) for m in page if m.data
+            )
+            if len(page) < SCAN_PAGE:
+                return out
+            next_seq = page[-1].seq + 1
 
     async def _read(
         self, subjects: Callable[[str], builtins.list[str]], limit: int
