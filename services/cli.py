@@ -249,18 +249,38 @@ def schema(app_ref: str) -> None:
 
 
 @main.command()
+@click.option(
+    "--scenario",
+    type=click.Choice(["messaging", "state"]),
+    default="messaging",
+    show_default=True,
+    help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild.",
+)
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--messages", type=click.IntRange(min=100), default=5000, show_default=True)
+@click.option(
+    "--events",
+    type=click.IntRange(min=1000),
+    default=1_000_000,
+    show_default=True,
+    help="Events replayed by the state scenario's rebuild.",
+)
 @click.option(
     "--sync-interval", default="2m", show_default=True, help="Of the compared server (see docs)."
 )
 @json_option
-def bench(runs: int, messages: int, sync_interval: str, as_json: bool) -> None:
+def bench(
+    scenario: str, runs: int, messages: int, events: int, sync_interval: str, as_json: bool
+) -> None:
     """Measure bus against raw nats-py on one embedded server, in one run."""
     from .bench import run_bench
+    from .bench_state import run_state_bench
 
     try:
-        asyncio.run(run_bench(runs, messages, sync_interval, as_json))
+        if scenario == "state":
+            asyncio.run(run_state_bench(runs, events, as_json))
+        else:
+            asyncio.run(run_bench(runs, messages, sync_interval, as_json))
     except (BusError, ValueError) as exc:
         fail(str(exc))
 
