@@ -56,6 +56,7 @@ class _Generation:
         self.failures = 0
         self.last_error = ""
         self._cache: dict[str, Record] = {}
+        self._next: asyncio.Task[list[StoredMessage]] | None = None  # the batch being read ahead
         self._decode = msgspec.msgpack.Decoder(projection.state).decode
         self._encode = msgspec.msgpack.Encoder().encode
         subjects = projection.subjects
@@ -65,33 +66,52 @@ class _Generation:
         await ensure_bucket(self.bus.js, self.bucket)
 
     async def step(self) -> int:
-        """Fold one batch; returns how many stream messages it read (0: caught up)."""
+        """Fold one batch; returns how many stream messages it read (0: caught up).
+
+        While a full batch folds, the next one is already being read (replays overlap the
+        server's work with ours).
+        """
         projection = self.projection
-        batch = await read_messages(
-            self.bus.nc, self.stream, self.position + 1, projection.batch_size, self._filter
-        )
+        pending, self._next = self._next, None
+        batch = await (pending or self._read(self.position + 1))
         if not batch:
             self.lag = 0
             return 0
+        if len(batch) == projection.batch_size:
+            self._next = asyncio.create_task(self._read(batch[-1].seq + 1))
         keyed = await self._keyed(batch)
         await self._load([key for _, _, key in keyed if key not in self._cache])
-        changed: dict[str, Record] = {}
+        changed: dict[str, tuple[int, Any]] = {}  # key -> (seq, state), encoded once at the end
         for message, envelope, key in keyed:
-            record = changed.get(key) or self._cache.get(key)
-            if record is not None and record.seq >= message.seq:
+            if key in changed:
+                seq, state = changed[key]
+            elif (record := self._cache.get(key)) is not None:
+                seq, state = record.seq, self._decode(record.state)
+            else:
+                seq, state = 0, projection.initial()
+            if seq >= message.seq:
                 continue  # applied before a crash: skip, never twice
-            state = self._decode(record.state) if record else projection.initial()
             try:
                 state = projection.apply(state, envelope)
             except Exception as exc:
                 await self._reject(message, f"apply failed: {type(exc).__name__}: {exc}")
                 continue
-            changed[key] = Record(message.seq, self._encode(state))
+            changed[key] = (message.seq, state)
             self.applied += 1
-        await self._write(changed)
+        await self._write({k: Record(seq, self._encode(st)) for k, (seq, st) in changed.items()})
         self.position = batch[-1].seq
         self.lag = batch[-1].pending
         return len(batch)
+
+    def _read(self, from_seq: int) -> Any:
+        return read_messages(
+            self.bus.nc, self.stream, from_seq, self.projection.batch_size, self._filter
+        )
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
 
     async def _keyed(
         self, batch: Iterable[StoredMessage]
@@ -222,6 +242,9 @@ class Projector:
             live.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await live.task
+        live.current.close()
+        if live.rebuild is not None:
+            live.rebuild.close()
         for sub in live.subs:
             self._bus.nc.close_lane(sub)
             with contextlib.suppress(nats.errors.Error):

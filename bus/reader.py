@@ -16,15 +16,6 @@ from . import headers as h
 from .connection import Connection, parse_headers
 from .errors import BusTimeout, StreamError, StreamNotFound
 
-# Headers a direct get adds about the stored message and the batch, not the event's own.
-_STORED_HEADERS = (
-    "Nats-Stream",
-    "Nats-Sequence",
-    "Nats-Time-Stamp",
-    "Nats-Subject",
-    "Nats-Num-Pending",
-    "Nats-Last-Sequence",
-)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -104,13 +95,13 @@ async def _direct_get(
 
 
 def _stored(data: bytes, hdrs: dict[str, str]) -> StoredMessage:
-    own = {k: v for k, v in hdrs.items() if k not in _STORED_HEADERS}
-    return StoredMessage(
-        stream=hdrs.get("Nats-Stream", ""),
-        seq=int(hdrs.get("Nats-Sequence", "0")),
-        subject=hdrs.get("Nats-Subject", ""),
-        time=hdrs.get("Nats-Time-Stamp", ""),
-        data=data,
-        headers=own,
-        pending=int(hdrs.get("Nats-Num-Pending", "0")),
+    """The message a direct get returned; the headers about storage move to fields."""
+    pop = hdrs.pop
+    stream, seq, subject = (
+        pop("Nats-Stream", ""),
+        pop("Nats-Sequence", "0"),
+        pop("Nats-Subject", ""),
     )
+    stamp, pending = pop("Nats-Time-Stamp", ""), pop("Nats-Num-Pending", "0")
+    pop("Nats-Last-Sequence", None)
+    return StoredMessage(stream, int(seq), subject, stamp, data, hdrs, int(pending))
