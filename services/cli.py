@@ -411,3 +411,19 @@ async def aggregate_show(domain: str, aggregate_id: str, app_ref: str, as_json: 
         ],
     }
     emit(as_json, data, table)
+
+
+@main.command("components")
+@json_option
+@run
+async def components_verb(as_json: bool) -> None:
+    """Running components (heartbeating services and nats.micro responders)."""
+    from bus.registry import components
+
+    async with connect() as bus:
+        found = await components(bus)
+    table = Table("name", "kind", "version", "instance", "heartbeat", "offers")
+    for c in found:
+        offers = ", ".join(c.capabilities + c.endpoints)
+        table.add_row(c.name, c.kind, c.version, c.instance, c.heartbeat_at or "-", offers)
+    emit(as_json, found, table)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+from importlib.metadata import version
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from bus import Bus, BusError
 from bus.app import App
 from bus.lease import Lease
 from bus.projector import Projector
+from bus.registry import Component, Registration
 
 from .lifecycle import setup_logging, until_signalled
 
@@ -108,7 +110,12 @@ async def serve_projector(url: str, app: App) -> None:
     """`bus projector`: only the projections (no handlers), until a signal."""
     setup_logging()
     bus = Bus(url, name=f"bus-projector-{app.name}", registry=app.registry, streams=app.streams)
-    async with until_signalled() as stop, bus:
+    me = Component(
+        name=f"{app.name}-projector",
+        version=version("bus"),
+        capabilities=[f"projection:{name}" for name in app.projections],
+    )
+    async with until_signalled() as stop, bus, Registration(bus, me):
         service = ProjectorService(bus, app)
         log.info("projector %s for %s: %s", service.instance, app.name, ", ".join(app.projections))
         await service.run(stop)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+from importlib.metadata import version
 
 from rich.console import Console
 from rich.panel import Panel
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from bus import Bus, EmbeddedServer
 from bus.app import App
+from bus.registry import Component, Registration
 
 from .lifecycle import setup_logging, until_signalled
 from .projector import ProjectorService
@@ -39,6 +41,12 @@ def _start_server(settings: Settings, fresh: bool) -> EmbeddedServer:
         if not previous:
             raise
         return EmbeddedServer(store_dir=store).start()  # that port is taken now
+
+
+def _component(app: App, bus: Bus) -> Component:
+    capabilities = [f"handler:{c.spec.durable}" for c in bus.consumers]
+    capabilities += [f"projection:{name}" for name in app.projections]
+    return Component(name=app.name, version=version("bus"), capabilities=capabilities)
 
 
 def _status(app: App, url: str, server: EmbeddedServer | None, bus: Bus) -> dict[str, object]:
@@ -80,7 +88,7 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
             streams=app.streams,
             router=app.router,
         )
-        async with until_signalled() as stop, bus:
+        async with until_signalled() as stop, bus, Registration(bus, _component(app, bus)):
             projecting = asyncio.create_task(ProjectorService(bus, app).run(stop))
             status = _status(app, url, server, bus)
             if server is not None:

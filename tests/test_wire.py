@@ -199,7 +199,8 @@ def test_exports_are_honest_and_errors_share_one_root() -> None:
     public = {n for n in dir(bus) if n.isidentifier() and not n.startswith("_")}
     modules = {"app", "client", "codec", "connection", "consumer", "deadletter", "envelope"}
     modules |= {"errors", "events", "headers", "publish", "reader", "rpc", "server"}
-    modules |= {"streams", "subjects", "subscribe", "testing", "store", "aggregate"}
+    modules |= {"streams", "subjects", "subscribe", "testing", "store", "aggregate", "kv"}
+    modules |= {"projection", "projector", "lease", "registry"}
     assert public - modules == set(bus.__all__)
     errors = [getattr(bus, n) for n in bus.__all__ if n.endswith(("Error", "Timeout"))]
     errors += [bus.InvalidSubject, bus.BusClosed, bus.StreamNotFound, bus.StreamConflict]
