@@ -12,7 +12,6 @@ runs through the lane, so a nats-py release that changes them fails the suite at
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from nats.aio.client import Client
@@ -74,15 +73,22 @@ class Connection(Client):
             await self._flush_pending()
 
 
-_HEADER_LINE = re.compile(r"([^:\r\n]+):[ \t]*([^\r\n]*)")
-
-
 def parse_headers(raw: bytes) -> tuple[str | None, dict[str, str]]:
-    """(status code or None, headers) from a raw `NATS/1.0 [code [text]]` header block."""
-    text = raw.decode("utf-8", "replace")
-    end = text.find("\r\n")
-    first = text[:end] if end >= 0 else text
-    headers = dict(_HEADER_LINE.findall(text, end + 2)) if end >= 0 else {}
+    """(status code or None, headers) from a raw `NATS/1.0 [code [text]]` header block.
+
+    Lines are `Name: Value` as every NATS client writes them; `Name:Value` is accepted too.
+    """
+    lines = raw.decode("utf-8", "replace").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(": ")
+        if not sep:
+            name, sep, value = line.partition(":")
+            if not sep:
+                continue  # the blank lines that end the block
+            name, value = name.strip(), value.strip()
+        headers[name] = value
+    first = lines[0]
     if len(first) < 12:
         return None, headers
     if len(first) > 13:
