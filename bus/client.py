@@ -319,7 +319,7 @@ class Bus:
     async def _start_consumer(self, spec: Any) -> Consumer:
         for cls in spec.event_types:
             self.registry.register(cls)
-        stream = await self._stream_for(spec.subjects[0])
+        stream = await self.stream_for(spec.subjects[0])
         consumer = Consumer(
             self.nc, self.js, self.registry, self.codec, self.publisher, spec, stream
         )
@@ -331,7 +331,8 @@ class Bus:
         self.consumers.append(consumer)
         return consumer
 
-    async def _stream_for(self, subject: str) -> str:
+    async def stream_for(self, subject: str) -> str:
+        """The name of the stream that captures `subject` (StreamError if none does)."""
         try:
             return str(await self.js.find_stream_name_by_subject(subject))
         except nats.js.errors.NotFoundError:
@@ -369,7 +370,7 @@ class Bus:
         validate_pattern(pattern)
         if from_seq is not None and from_seq < 1:
             raise ConfigError("from_seq must be >= 1")
-        stream = stream or await self._stream_for(pattern)
+        stream = stream or await self.stream_for(pattern)
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW,
             opt_start_seq=from_seq,

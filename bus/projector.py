@@ -219,7 +219,7 @@ class Projector:
         projection = self.projections[name]
         await ensure_bucket(self._bus.js, META_BUCKET)
         status = await ProjectionView(self._bus, projection).status()
-        stream = status.stream or await self._bus._stream_for(projection.subjects[0])
+        stream = status.stream or await self._bus.stream_for(projection.subjects[0])
         current = _Generation(self._bus, projection, stream, status.generation)
         current.position = status.position
         current.applied, current.failures = status.applied, status.failures
