@@ -102,6 +102,9 @@ async def test_publish_expected_version_conflict(cli, bus) -> None:  # type: ign
         (("tail", "tasks.>.x"), "'>' must be the last token"),
         (("dlq", "list", "NOPE"), "DLQ_NOPE"),
         (("dlq", "replay", "NOPE", "--seq", "1"), "DLQ_NOPE"),
+        (("up", "--app", "nope.module:app"), "cannot import"),
+        (("projector", "--app", "services.demo:missing"), "is not a bus.App"),
+        (("projections", "list", "--app", "services"), "module:attribute"),
     ],
 )
 def test_bad_input_gives_one_clear_line(cli, args, message) -> None:  # type: ignore[no-untyped-def]
