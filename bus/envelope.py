@@ -6,9 +6,10 @@ inherit its correlation id and name it as their cause without the handler passin
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -39,8 +40,15 @@ class Envelope(msgspec.Struct, Generic[E], frozen=True, kw_only=True):
 current_envelope: ContextVar[Envelope[Event] | None] = ContextVar("current_envelope", default=None)
 
 
+_last_stamp: list[Any] = [0, ""]  # (millisecond, its text): many events share a millisecond
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = time.time_ns() // 1_000_000
+    if ms != _last_stamp[0]:
+        moment = datetime.fromtimestamp(ms / 1000, UTC)
+        _last_stamp[:] = [ms, moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")]
+    return str(_last_stamp[1])
 
 
 def build_headers(

@@ -26,7 +26,7 @@ from .errors import (
     PublishTimeout,
 )
 from .events import Event, new_event_id
-from .subjects import event_subject
+from .subjects import validate_token
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
@@ -98,7 +98,11 @@ class Publisher:
     ) -> Outgoing:
         if not isinstance(event, Event):
             raise TypeError(f"expected an Event, got {type(event).__name__}")
-        subject = event_subject(event.__domain__, aggregate_id, event.__event_name__)
+        if not (event.__domain__ and event.__event_name__):
+            raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
+        # Domain and event name were validated when the class was made; only the id is new.
+        validate_token(aggregate_id, "aggregate id")
+        subject = f"{event.__domain__}.{aggregate_id}.{event.__event_name__}"
         event_id = event_id or new_event_id()
         hdrs = build_headers(event, event_id, self._codec.mime, correlation_id, causation_id)
         if expected_version is not None:

@@ -208,3 +208,18 @@ def test_exports_are_honest_and_errors_share_one_root() -> None:
     assert all(issubclass(e, BusError) for e in errors)
     assert issubclass(bus.PublishTimeout, TimeoutError)
     assert issubclass(bus.DecodeError, ValueError)
+
+
+def test_a_forked_child_draws_fresh_ids() -> None:
+    import os
+
+    new_event_id()  # the parent has a page of entropy in hand
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_event_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    assert child[14:] != new_event_id()[14:]  # same page reused would repeat the random part
