@@ -18,6 +18,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from .errors import OutboundBufferFull
+
 # (subject, reply, payload, raw header block or None)
 Lane = Callable[[bytes, bytes, bytes, bytes | None], None]
 
@@ -67,6 +69,8 @@ class Connection(Client):
             cmd = b"".join((head, headers, payload, b"\r\n"))
         else:
             cmd = b"".join((f"PUB {target} {len(payload)}\r\n".encode(), payload, b"\r\n"))
+        if not self.is_connected and len(cmd) + self._pending_data_size > self._max_pending_size:
+            raise OutboundBufferFull(self._max_pending_size)
         self._pending.append(cmd)
         self._pending_data_size += len(cmd)
         if self._flush_queue is None or self._flush_queue.empty():  # else a flush is due anyway

@@ -27,7 +27,7 @@ from .codec import Codec
 from .connection import Connection, parse_headers
 from .deadletter import dead_letter_message
 from .envelope import Envelope, current_envelope, open_message
-from .errors import BusError, DecodeError, StreamError
+from .errors import BusError, DecodeError, OutboundBufferFull, StreamError
 from .events import Event, EventRegistry
 from .publish import Publisher
 from .subscribe import HandlerSpec
@@ -192,7 +192,8 @@ class Consumer:
         self._requested += size
         # While disconnected this waits in the buffer; a pull that never reaches the server
         # is forgotten by the watchdog and asked again.
-        await self._nc.send(self._next_subject, _encode(body), f"{self._inbox}.{pull_id}")
+        with contextlib.suppress(OutboundBufferFull):
+            await self._nc.send(self._next_subject, _encode(body), f"{self._inbox}.{pull_id}")
 
     def _expire_silent_pulls(self) -> None:
         deadline = time.monotonic() - max(3 * self._heartbeat, self._expires + self._heartbeat)
@@ -369,7 +370,8 @@ class Consumer:
 
     async def _settle(self, msg: Delivery, verb: bytes) -> None:
         """Ack, nak or term; a settle lost to a disconnect means a redelivery, never a loss."""
-        await self._nc.send(msg.reply, verb)
+        with contextlib.suppress(OutboundBufferFull):
+            await self._nc.send(msg.reply, verb)
 
     def _keep_alive(self) -> None:
         """Tell JetStream that handlers running for a while are still working on their message.

@@ -46,6 +46,14 @@ class BusClosed(BusError, RuntimeError):
     """The Bus was closed; open a new one."""
 
 
+class OutboundBufferFull(BusError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"NATS is unreachable and {limit} bytes already wait to be sent: refusing to buffer more"
+        )
+        self.limit = limit
+
+
 class BusTimeout(BusError, TimeoutError):
     """An operation did not finish within its timeout."""
 

@@ -15,6 +15,7 @@ from bus import (
     InvalidSubject,
     NoResponders,
     NoStreamForSubject,
+    OutboundBufferFull,
     PublishTimeout,
     RemoteError,
     RequestTimeout,
@@ -24,7 +25,7 @@ from bus import (
     StreamSpec,
 )
 
-from .domain import JOBS, JobCreated, JobDone
+from .domain import JOBS, JobCreated, JobDone, eventually
 
 
 @pytest.fixture
@@ -117,6 +118,22 @@ async def test_publish_to_a_stopped_server_times_out(nats_server: EmbeddedServer
             await bus.publish(JobCreated(title="lost?"), "t1")
         assert isinstance(timed_out.value, TimeoutError)
         nats_server.start()  # so the bus drains instead of waiting out its bound
+
+
+async def test_an_unreachable_server_bounds_what_waits_to_be_sent(
+    nats_server: EmbeddedServer,
+) -> None:
+    async with Bus(nats_server.url, streams=[JOBS], publish_timeout=0.5) as bus:
+        nats_server.stop()
+        await eventually(lambda: not bus.connected)
+        big = [(JobCreated(title="x" * 100_000), f"b{i}") for i in range(40)]  # ~4 MB
+        with pytest.raises(OutboundBufferFull):
+            await bus.publish_many(big)
+        assert bus.nc.pending_data_size <= bus.nc._max_pending_size
+        nats_server.start()
+        await eventually(lambda: bus.connected)
+        done = await bus.publish(JobCreated(title="after"), "a1", timeout=5)
+        assert done.stream == "JOBS"
 
 
 async def test_streams_ensure_update_verify_and_conflicts(nats_url: str) -> None:
