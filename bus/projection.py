@@ -42,6 +42,7 @@ from .subjects import validate_pattern, validate_token
 S = TypeVar("S")
 META_BUCKET = "bus_projections"
 SCAN_PAGE = 1000
+RECHECK = 0.5  # seconds between re-reads of the status while waiting
 
 
 @dataclass(frozen=True)
@@ -181,22 +182,34 @@ class ProjectionView(Generic[S]):
         return []  # pragma: no cover
 
     async def wait_for(self, seq: int, timeout: float = 5.0) -> ProjectionStatus:
-        """Return once the projection has applied stream sequence `seq` (no polling: the
-        status record's updates are watched as they are written)."""
-        updated = asyncio.Event()
+        """Return once the projection has applied stream sequence `seq`.
+
+        No polling loop: each checkpoint the projector writes arrives here as a message and
+        carries the new status itself (reading the bucket right after could still see the
+        previous value). A re-read every RECHECK seconds covers a checkpoint written just
+        before the subscription existed.
+        """
+        reached: asyncio.Future[ProjectionStatus] = asyncio.get_running_loop().create_future()
+
+        def offer(status: ProjectionStatus) -> None:
+            if status.position >= seq and not reached.done():
+                reached.set_result(status)
 
         async def on_update(msg: Any) -> None:
-            updated.set()
+            with contextlib.suppress(msgspec.DecodeError):
+                offer(_decode_status(msg.data))
 
         sub = await self._bus.nc.subscribe(
             f"$KV.{META_BUCKET}.{self.projection.name}", cb=on_update
         )
         try:
+            await self._bus.nc.flush()  # the server has our interest before we read the status
             async with asyncio.timeout(timeout):
-                while (status := await self.status()).position < seq:
-                    await updated.wait()
-                    updated.clear()
-            return status
+                while not reached.done():
+                    offer(await self.status())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(reached), RECHECK)
+            return reached.result()
         except TimeoutError:
             raise BusTimeout(
                 f"projection {self.projection.name!r} did not reach {seq} in {timeout:g}s"

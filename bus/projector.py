@@ -310,6 +310,9 @@ class Projector:
             except BusError as exc:  # NATS away: try again shortly, nothing is lost
                 log.warning("projection %s paused: %s", live.current.projection.name, exc)
                 read = 0
+            except Exception:  # a bug must not end the loop silently: log, retry later
+                log.exception("projection %s: unexpected error", live.current.projection.name)
+                read = 0
             if read < batch_size:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(IDLE_CHECK):

@@ -287,6 +287,22 @@ def bench(
 
 @main.command()
 @app_option
+def edge(app_ref: str) -> None:
+    """Run the HTTP edge alone on BUS_EDGE_HOST:BUS_EDGE_PORT (keys from BUS_API_KEYS)."""
+    import uvicorn
+
+    from .edge import create_app
+
+    try:
+        settings = Settings.from_env()
+        api = create_app(load_app(app_ref), settings.resolve_nats_url(), api_keys=settings.api_keys)
+    except (BusError, ValueError) as exc:
+        fail(str(exc))
+    uvicorn.run(api, host=settings.edge_host, port=settings.edge_port, log_level="info")
+
+
+@main.command()
+@app_option
 def projector(app_ref: str) -> None:
     """Run the app's projections; start several for failover (one is active per projection)."""
     from .projector import serve_projector

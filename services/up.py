@@ -22,6 +22,8 @@ from bus import Bus, EmbeddedServer
 from bus.app import App
 from bus.registry import Component, Registration
 
+from .edge import create_app
+from .edge.server import start_edge, stop_edge
 from .lifecycle import setup_logging, until_signalled
 from .projector import ProjectorService
 from .settings import Settings
@@ -64,6 +66,11 @@ def _status(app: App, url: str, server: EmbeddedServer | None, bus: Bus) -> dict
 
 def _panel(status: dict[str, object]) -> Panel:
     table = Table.grid(padding=(0, 2))
+    table.add_row("edge", str(status["edge_url"]))
+    table.add_row("OpenAPI docs", f"{status['edge_url']}/docs")
+    table.add_row("health", f"{status['edge_url']}/health")
+    if status.get("dev_api_key"):
+        table.add_row("dev API key", str(status["dev_api_key"]))
     table.add_row("NATS", str(status["nats_url"]))
     if status["nats_monitor_url"]:
         table.add_row("NATS monitoring", f"{status['nats_monitor_url']}/varz")
@@ -90,9 +97,16 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
         )
         async with until_signalled() as stop, bus, Registration(bus, _component(app, bus)):
             projecting = asyncio.create_task(ProjectorService(bus, app).run(stop))
+            api = create_app(app, url, api_keys=settings.api_keys)
+            edge, serving, port = await start_edge(api, settings.edge_host, settings.edge_port)
             status = _status(app, url, server, bus)
+            status["edge_url"] = f"http://{settings.edge_host}:{port}"
+            status["dev_api_key"] = api.state.dev_key
             if server is not None:
-                state = {**status, "nats_port": server.port}
+                state = {
+                    k: v for k, v in status.items() if k != "dev_api_key"
+                }  # no secrets on disk
+                state["nats_port"] = server.port
                 settings.state_file.write_text(json.dumps(state))
             if as_json:
                 print(json.dumps(status), flush=True)
@@ -100,6 +114,7 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
                 Console().print(_panel(status))
             await stop.wait()
             logging.getLogger("bus").info("stopping: draining handlers and the connection")
+            await stop_edge(edge, serving)
             await projecting
     finally:
         if server is not None:

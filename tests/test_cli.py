@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,7 @@ def test_schema_lists_the_demo_events(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     """`bus up` with no NATS URL: embedded server, demo worker, retries, DLQ, clean SIGTERM."""
-    env = {**os.environ, "BUS_DATA_DIR": str(tmp_path)}
+    env = {**os.environ, "BUS_DATA_DIR": str(tmp_path), "BUS_EDGE_PORT": "0"}
     env.pop("BUS_NATS_URL", None)
     log = (tmp_path / "up.log").open("w")
     with subprocess.Popen(
@@ -155,6 +156,8 @@ def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             status = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
             assert status["streams"] == ["TASKS"]
             assert status["handlers"] == ["tasks-worker"]
+            with urllib.request.urlopen(status["edge_url"] + "/readyz", timeout=5) as ready:
+                assert json.load(ready) == {"status": "pass"}
             _exercise_demo(tmp_path)
             server_pid = int(json.loads((tmp_path / "server.json").read_text())["pid"])
             assert server_pid == proc.pid

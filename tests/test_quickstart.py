@@ -27,6 +27,7 @@ def _clean_env(data_dir: Path) -> dict[str, str]:
         p for p in env["PATH"].split(os.pathsep) if not p.startswith(venv_bin)
     )
     env["BUS_DATA_DIR"] = str(data_dir)
+    env["BUS_EDGE_PORT"] = "0"  # never a fixed port in tests
     env[NESTED] = "1"
     return env
 
@@ -71,7 +72,9 @@ def test_fresh_clone_make_up_then_make_test(tmp_path: Path) -> None:
         ) as up,
     ):
         try:
-            _wait_until_up(data, up, timeout=600)  # includes creating the venv and installing
+            state = _wait_until_up(data, up, timeout=600)  # includes creating the venv
+            with urllib.request.urlopen(state["edge_url"] + "/readyz", timeout=5) as ready:
+                assert ready.status == 200
             published = subprocess.run(
                 [
                     str(clone / ".venv/bin/bus"),

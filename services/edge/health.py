@@ -1,0 +1,80 @@
+"""Health: `/livez` (the process), `/readyz` (NATS, JetStream, streams, projections not stale),
+`/health` (application/health+json: pass|warn|fail per check; fail gives 503)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from bus import BusError
+from bus.projection import ProjectionView
+
+router = APIRouter(tags=["health"])
+STALE_LAG = 10_000  # events a projection may trail before it is "warn"
+
+
+async def _checks(request: Request) -> dict[str, list[dict[str, Any]]]:
+    state = request.app.state
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    checks: dict[str, list[dict[str, Any]]] = {}
+
+    def add(name: str, status: str, value: Any = None, unit: str = "", output: str = "") -> None:
+        entry: dict[str, Any] = {"status": status, "time": now}
+        if value is not None:
+            entry |= {"observedValue": value, "observedUnit": unit}
+        if output:
+            entry["output"] = output
+        checks.setdefault(name, []).append(entry)
+
+    bus = state.bus
+    add("nats:connected", "pass" if bus.connected else "fail", bus.connected, "boolean")
+    if not bus.connected:
+        return checks
+    started = time.perf_counter()
+    try:
+        summaries = {s.name: s for s in await bus.streams.list()}
+        add(
+            "jetstream:responseTime", "pass", round((time.perf_counter() - started) * 1000, 2), "ms"
+        )
+    except BusError as exc:
+        add("jetstream:responseTime", "fail", output=str(exc))
+        return checks
+    for spec in state.app.streams:
+        found = spec.name in summaries
+        add(f"stream:{spec.name}", "pass" if found else "fail", found, "boolean")
+    for projection in state.app.projections.values():
+        status = await ProjectionView(bus, projection).status()
+        verdict = "pass" if status.lag <= STALE_LAG else "warn"
+        add(f"projection:{projection.name}:lag", verdict, status.lag, "events")
+    return checks
+
+
+def _overall(checks: dict[str, list[dict[str, Any]]]) -> str:
+    statuses = {entry["status"] for entries in checks.values() for entry in entries}
+    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+
+
+@router.get("/livez")
+async def livez() -> dict[str, str]:
+    return {"status": "pass"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    checks = await _checks(request)
+    status = _overall(checks)
+    return JSONResponse({"status": status}, status_code=503 if status == "fail" else 200)
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    checks = await _checks(request)
+    status = _overall(checks)
+    body = {"status": status, "serviceId": request.app.state.app.name, "checks": checks}
+    return JSONResponse(
+        body, status_code=503 if status == "fail" else 200, media_type="application/health+json"
+    )

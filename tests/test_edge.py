@@ -1,0 +1,179 @@
+"""The edge under a real uvicorn server, talked to with httpx, against a real nats-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from bus import Bus
+from bus.projector import Projector
+from services.demo import app
+from services.edge import create_app
+from services.edge.server import start_edge, stop_edge
+
+WRITE = {"Authorization": "Bearer w-key"}
+READ = {"Authorization": "Bearer r-key"}
+KEYS = "w-key:read+write,r-key:read"
+
+
+async def serve(api: object) -> AsyncIterator[httpx.AsyncClient]:
+    server, task, port = await start_edge(api, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        await stop_edge(server, task)
+
+
+@pytest.fixture
+async def tasks(nats_url: str) -> AsyncIterator[Bus]:
+    async with (
+        Bus(nats_url, registry=app.registry, streams=app.streams) as bus,
+        Projector(bus, app.projections.values()),
+    ):
+        yield bus
+
+
+@pytest.fixture
+async def edge(tasks: Bus, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in serve(create_app(app, nats_url, api_keys=KEYS, body_limit=64 * 1024)):
+        yield client
+
+
+async def stored(bus: Bus) -> int:
+    return (await bus.streams.info("TASKS")).messages
+
+
+async def test_health(edge: httpx.AsyncClient) -> None:
+    assert (await edge.get("/livez")).json() == {"status": "pass"}
+    assert (await edge.get("/readyz")).status_code == 200
+    health = await edge.get("/health")
+    assert health.headers["content-type"] == "application/health+json"
+    body = health.json()
+    assert body["status"] == "pass"
+    assert body["checks"]["stream:TASKS"][0]["status"] == "pass"
+    assert body["checks"]["projection:task:lag"][0]["observedUnit"] == "events"
+
+
+async def test_readyz_fails_without_the_streams(nats_url: str) -> None:
+    async for client in serve(create_app(app, nats_url, api_keys=KEYS)):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "fail"
+
+
+async def test_publish_then_read_your_write(edge: httpx.AsyncClient, tasks: Bus) -> None:
+    posted = await edge.post(
+        "/api/v1/events/tasks.e1.created", json={"title": "ünï ✓"}, headers=WRITE
+    )
+    assert posted.status_code == 201
+    result = posted.json()
+    assert (result["stream"], result["seq"]) == ("TASKS", 1)
+    got = await edge.get(f"/api/v1/projections/task/e1?after_seq={result['seq']}", headers=READ)
+    assert got.status_code == 200
+    assert got.json()["state"]["title"] == "ünï ✓"
+    listed = (await edge.get("/api/v1/projections/task?prefix=e", headers=READ)).json()
+    assert [item["key"] for item in listed["items"]] == ["e1"]
+    statuses = (await edge.get("/api/v1/projections", headers=READ)).json()
+    assert {s["name"] for s in statuses} == {"task", "task_counts"}
+
+
+async def test_idempotency_key_and_if_match(edge: httpx.AsyncClient, tasks: Bus) -> None:
+    headers = {**WRITE, "Idempotency-Key": "req-1"}
+    first = await edge.post("/api/v1/events/tasks.i1.created", json={"title": "a"}, headers=headers)
+    again = await edge.post("/api/v1/events/tasks.i1.created", json={"title": "a"}, headers=headers)
+    assert first.json() == again.json()
+    assert first.json()["id"] == "req-1"
+    assert await stored(tasks) == 1
+    conflict = await edge.post(
+        "/api/v1/events/tasks.i1.created", json={"title": "b"}, headers={**WRITE, "If-Match": "0"}
+    )
+    assert conflict.status_code == 409
+    assert conflict.headers["content-type"] == "application/problem+json"
+    assert (conflict.json()["expected"], conflict.json()["actual"]) == (0, 1)
+    ok = await edge.post(
+        "/api/v1/events/tasks.i1.created", json={"title": "b"}, headers={**WRITE, "If-Match": "1"}
+    )
+    assert ok.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "headers", "status", "detail"),
+    [
+        ("tasks.b1.created", b"{not json", {}, 400, "not valid JSON"),
+        ("tasks.b1.created", b'{"title": 5}', {}, 422, "Expected `str`, got `int`"),
+        ("tasks.b1.created", b'{"title": "x", "evil": 1}', {}, 422, "unknown field(s) evil"),
+        ("tasks.b1.created", b'["title"]', {}, 422, "must be a JSON object"),
+        ("tasks.b1.created", b"{}", {}, 422, "missing required field `title`"),
+        ("tasks.b1.created", b'{"title": "x"}', {"If-Match": "latest"}, 400, "version number"),
+        ("tasks.b1.created", b'{"title": "x"}', {"Idempotency-Key": "a b"}, 400, "Idempotency-Key"),
+        ("tasks.b1.nope", b"{}", {}, 404, "no event type"),
+        ("tasks.b 1.created", b"{}", {}, 400, "invalid subject"),
+        ("tasks.*.created", b"{}", {}, 400, "invalid subject"),
+        ("tasks.b1", b"{}", {}, 400, "expected <domain>.<aggregate_id>.<event_name>"),
+        ("tasks.b1.created", b'{"title": "' + b"x" * 70_000 + b'"}', {}, 413, "larger than"),
+    ],
+)
+async def test_bad_input_is_refused_and_nothing_is_published(
+    edge: httpx.AsyncClient,
+    tasks: Bus,
+    subject: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    detail: str,
+) -> None:
+    response = await edge.post(
+        f"/api/v1/events/{subject}",
+        content=body,
+        headers={**WRITE, "Content-Type": "application/json", **headers},
+    )
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert detail in response.json()["detail"]
+    assert "Traceback" not in response.text
+    assert await stored(tasks) == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "write_status", "read_status"),
+    [
+        ({}, 401, 401),
+        ({"Authorization": "Bearer nope"}, 401, 401),
+        ({"Authorization": "Basic w-key"}, 401, 401),
+        (READ, 403, 200),
+        (WRITE, 201, 200),
+    ],
+)
+async def test_auth_matrix(
+    edge: httpx.AsyncClient, headers: dict[str, str], write_status: int, read_status: int
+) -> None:
+    write = await edge.post("/api/v1/events/tasks.a1.created", json={"title": "x"}, headers=headers)
+    assert write.status_code == write_status
+    read = await edge.get("/api/v1/projections", headers=headers)
+    assert read.status_code == read_status
+    if write_status == 401:
+        assert write.headers["www-authenticate"] == "Bearer"
+
+
+async def test_projection_queries_errors_and_staleness(edge: httpx.AsyncClient) -> None:
+    missing = await edge.get("/api/v1/projections/nope/x", headers=READ)
+    assert missing.status_code == 404
+    assert (await edge.get("/api/v1/projections/task/nobody", headers=READ)).status_code == 404
+    assert (await edge.get("/api/v1/projections/task?limit=0", headers=READ)).status_code == 422
+    await edge.post("/api/v1/events/tasks.s1.created", json={"title": "x"}, headers=WRITE)
+    far = "/api/v1/projections/task/s1?after_seq=999&timeout=0.3"
+    late = await edge.get(far, headers=READ)
+    assert late.status_code == 504
+    assert late.headers["content-type"] == "application/problem+json"
+    stale = await edge.get(far + "&stale_ok=true", headers=READ)
+    assert stale.status_code == 200
+    assert stale.headers["bus-stale"] == "true"
+
+
+async def test_openapi_describes_the_routes(edge: httpx.AsyncClient) -> None:
+    spec = (await edge.get("/openapi.json")).json()
+    assert "/api/v1/events/{subject}" in spec["paths"]
+    assert "/api/v1/projections/{name}/{key}" in spec["paths"]
