@@ -177,3 +177,75 @@ async def test_openapi_describes_the_routes(edge: httpx.AsyncClient) -> None:
     spec = (await edge.get("/openapi.json")).json()
     assert "/api/v1/events/{subject}" in spec["paths"]
     assert "/api/v1/projections/{name}/{key}" in spec["paths"]
+
+
+async def test_streams_events_components_and_schemas(edge: httpx.AsyncClient, tasks: Bus) -> None:
+    for i in range(3):
+        await edge.post(f"/api/v1/events/tasks.c{i}.created", json={"title": str(i)}, headers=WRITE)
+    await tasks.js.publish("tasks.bad.created", b"\xff")
+    streams = (await edge.get("/api/v1/streams", headers=READ)).json()
+    assert {s["name"] for s in streams} >= {"TASKS", "DLQ_TASKS"}
+    assert (await edge.get("/api/v1/streams/TASKS", headers=READ)).json()["messages"] == 4
+    assert (await edge.get("/api/v1/streams/NOPE", headers=READ)).status_code == 404
+    page = (await edge.get("/api/v1/streams/TASKS/events?limit=2", headers=READ)).json()
+    assert [e["type"] for e in page["items"]] == ["TaskCreated", "TaskCreated"]
+    assert page["items"][0]["data"] == {"title": "0", "fail_times": 0}
+    rest = await edge.get(f"/api/v1/streams/TASKS/events?from_seq={page['next_seq']}", headers=READ)
+    assert "undecodable" in rest.json()["items"][-1]
+    assert rest.json()["next_seq"] is None
+    bad = await edge.get("/api/v1/streams/TASKS/events?from_seq=0", headers=READ)
+    assert bad.status_code == 422
+    assert (await edge.get("/api/v1/components", headers=READ)).json() == []
+    schemas = (await edge.get("/api/v1/schemas", headers=READ)).json()
+    assert "TaskCreated" in schemas["$defs"]
+    assert (await edge.get("/api/v1/schemas")).status_code == 401
+
+
+async def test_batch_is_atomic_and_validated(edge: httpx.AsyncClient, tasks: Bus) -> None:
+    batch = {
+        "domain": "tasks",
+        "id": "b1",
+        "events": [
+            {"event": "created", "data": {"title": "batch"}},
+            {"event": "progressed", "data": {"attempt": 1}},
+            {"event": "completed", "data": {"attempts": 1}},
+        ],
+        "expected_version": 0,
+    }
+    first = await edge.post("/api/v1/events:batch", json=batch, headers=WRITE)
+    assert first.status_code == 201, first.text
+    assert [e["seq"] for e in first.json()["events"]] == [1, 2, 3]
+    assert first.json()["version"] == 3
+    again = await edge.post("/api/v1/events:batch", json=batch, headers=WRITE)
+    assert again.status_code == 409
+    bad_cases = [
+        (
+            {
+                **batch,
+                "expected_version": 3,
+                "events": [*batch["events"][:1], {"event": "nope", "data": {}}],
+            },
+            404,
+        ),
+        (
+            {
+                **batch,
+                "expected_version": 3,
+                "events": [{"event": "created", "data": {"title": 1}}],
+            },
+            422,
+        ),
+        ({**batch, "expected_version": 3, "events": [{"event": "created", "data": {"x": 1}}]}, 422),
+        ({**batch, "events": []}, 422),
+        ({**batch, "events": [{"event": "created", "data": {"title": "x"}}] * 1001}, 422),
+        ({**batch, "id": "bad id"}, 400),
+        ({**batch, "surprise": True}, 422),
+    ]
+    for body, status in bad_cases:
+        response = await edge.post("/api/v1/events:batch", json=body, headers=WRITE)
+        assert response.status_code == status, (status, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    malformed = await edge.post("/api/v1/events:batch", content=b"{", headers=WRITE)
+    assert malformed.status_code == 400
+    assert (await edge.post("/api/v1/events:batch", json=batch)).status_code == 401
+    assert await stored(tasks) == 3

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import Response
 
-from bus import ConfigError
+from bus import ConfigError, Event, EventStore
+from bus.publish import MAX_ATOMIC_BATCH
 from bus.subjects import parse_event_subject, validate_token
 
 from .auth import require
@@ -19,6 +22,27 @@ class Published(msgspec.Struct):
     id: str
     stream: str
     seq: int
+
+
+class BatchItem(msgspec.Struct, forbid_unknown_fields=True):
+    event: str  # the event name, as in the subject: "created"
+    data: dict[str, Any]
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    domain: str
+    id: str
+    events: list[BatchItem]
+    expected_version: int | None = None
+
+
+class BatchResult(msgspec.Struct):
+    stream: str
+    version: int
+    events: list[Published]
+
+
+_decode_batch = msgspec.json.Decoder(BatchRequest).decode
 
 
 async def read_body(request: Request) -> bytes:
@@ -56,9 +80,7 @@ async def publish_event(
 ) -> Response:
     """Publish the JSON body as the event `subject` names (`<domain>.<id>.<event>`)."""
     domain, aggregate_id, name = parse_event_subject(subject)
-    cls = request.app.state.app.registry.by_subject(domain, name)
-    if cls is None:
-        raise HTTPException(404, f"no event type is registered for {domain}.*.{name}")
+    cls = _event_type(request, domain, name)
     expected = None
     if if_match is not None:
         text = if_match.strip('"')
@@ -72,15 +94,7 @@ async def publish_event(
         fields = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    if not isinstance(fields, dict):
-        raise HTTPException(422, f"{cls.__event_type__}: the body must be a JSON object")
-    unknown = sorted(set(fields) - set(cls.__struct_fields__))
-    if unknown:
-        raise HTTPException(422, f"{cls.__event_type__}: unknown field(s) {', '.join(unknown)}")
-    try:
-        event = msgspec.convert(fields, cls)
-    except msgspec.ValidationError as exc:
-        raise HTTPException(422, f"{cls.__event_type__}: {exc}") from None
+    event = _event(cls, fields)
     try:
         result = await request.app.state.bus.publish(
             event, aggregate_id, event_id=idempotency_key, expected_version=expected
@@ -89,3 +103,62 @@ async def publish_event(
         raise HTTPException(400, str(exc)) from None
     body_out = msgspec.json.encode(Published(result.event_id, result.stream, result.seq))
     return Response(body_out, status_code=201, media_type="application/json")
+
+
+def _event_type(request: Request, domain: str, name: str) -> type[Event]:
+    cls: type[Event] | None = request.app.state.app.registry.by_subject(domain, name)
+    if cls is None:
+        raise HTTPException(404, f"no event type is registered for {domain}.*.{name}")
+    return cls
+
+
+def _event(cls: type[Event], fields: Any) -> Event:
+    """The event from decoded JSON fields; unknown fields are refused, not dropped."""
+    if not isinstance(fields, dict):
+        raise HTTPException(422, f"{cls.__event_type__}: the body must be a JSON object")
+    unknown = sorted(set(fields) - set(cls.__struct_fields__))
+    if unknown:
+        raise HTTPException(422, f"{cls.__event_type__}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return msgspec.convert(fields, cls)
+    except msgspec.ValidationError as exc:
+        raise HTTPException(422, f"{cls.__event_type__}: {exc}") from None
+
+
+@router.post(
+    "/events:batch",
+    status_code=201,
+    dependencies=[Depends(require("write"))],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": msgspec.json.schema(BatchRequest)}},
+        }
+    },
+)
+async def publish_batch(request: Request) -> Response:
+    """Several events for one aggregate, stored atomically: all of them or none."""
+    body = await read_body(request)
+    try:
+        batch = _decode_batch(body)
+    except msgspec.ValidationError as exc:
+        raise HTTPException(422, f"batch: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+    if not 1 <= len(batch.events) <= MAX_ATOMIC_BATCH:
+        raise HTTPException(422, f"a batch holds 1 to {MAX_ATOMIC_BATCH} events")
+    validate_token(batch.domain, "domain")
+    validate_token(batch.id, "aggregate id")
+    events = [
+        _event(_event_type(request, batch.domain, validate_token(item.event, "event")), item.data)
+        for item in batch.events
+    ]
+    stored = await EventStore(request.app.state.bus).append(
+        batch.domain, batch.id, events, expected_version=batch.expected_version
+    )
+    out = BatchResult(
+        stored.stream,
+        stored.version,
+        [Published(r.event_id, r.stream, r.seq) for r in stored.events],
+    )
+    return Response(msgspec.json.encode(out), status_code=201, media_type="application/json")

@@ -1,0 +1,70 @@
+"""Read-only views of what the bus holds: streams and their events, components, schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from bus import BusError, json_schema
+from bus.registry import components
+
+from .auth import require
+
+router = APIRouter(prefix="/api/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
+
+
+def _json(data: Any) -> Response:
+    return Response(msgspec.json.encode(data), media_type="application/json")
+
+
+@router.get("/streams")
+async def list_streams(request: Request) -> Response:
+    return _json(await request.app.state.bus.streams.list())
+
+
+@router.get("/streams/{name}")
+async def stream_info(request: Request, name: str) -> Response:
+    return _json(await request.app.state.bus.streams.info(name))
+
+
+@router.get("/streams/{name}/events")
+async def stream_events(
+    request: Request,
+    name: str,
+    from_seq: int = Query(1, ge=1),
+    limit: int = Query(100, ge=1, le=1000),
+) -> Response:
+    """Stored events from `from_seq`, each decoded with its metadata; `next_seq` pages on."""
+    bus = request.app.state.bus
+    stored = await bus.read(name, from_seq, limit)
+    items = []
+    for m in stored:
+        item: dict[str, Any] = {"seq": m.seq, "subject": m.subject, "time": m.time}
+        try:
+            envelope = bus.open(m)
+            item |= {
+                "type": type(envelope.event).__event_type__,
+                "id": envelope.id,
+                "correlation_id": envelope.correlation_id,
+                "causation_id": envelope.causation_id,
+                "data": envelope.event,
+            }
+        except BusError as exc:  # shown as what it is, not hidden
+            item |= {"type": m.headers.get("Bus-Event-Type"), "undecodable": str(exc)}
+        items.append(item)
+    next_seq = stored[-1].seq + 1 if len(stored) == limit else None
+    return _json({"items": items, "next_seq": next_seq})
+
+
+@router.get("/components")
+async def list_components(request: Request) -> Response:
+    return _json(await components(request.app.state.bus))
+
+
+@router.get("/schemas")
+async def schemas(request: Request) -> Response:
+    """JSON Schema of every registered event type and version."""
+    return _json(json_schema(request.app.state.app.registry))
