@@ -298,6 +298,8 @@ def edge(app_ref: str) -> None:
         api = create_app(load_app(app_ref), settings.resolve_nats_url(), api_keys=settings.api_keys)
     except (BusError, ValueError) as exc:
         fail(str(exc))
+    if api.state.dev_key:  # shown once on the terminal, never logged
+        err_console.print(f"development API key: [bold]{api.state.dev_key}[/]", highlight=False)
     uvicorn.run(api, host=settings.edge_host, port=settings.edge_port, log_level="info")
 
 

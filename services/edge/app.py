@@ -29,7 +29,7 @@ def create_app(
     if not keys:
         key = auth.dev_key()
         keys = {key: auth.SCOPES}
-        log.warning("BUS_API_KEYS is not set: development key %s (read, write, admin)", key)
+        log.warning("BUS_API_KEYS is not set: a development key with every scope is in use")
     dev_key = next(iter(keys)) if not api_keys else None
 
     @contextlib.asynccontextmanager
