@@ -105,6 +105,7 @@ async def test_publish_expected_version_conflict(cli, bus) -> None:  # type: ign
         (("dlq", "replay", "NOPE", "--seq", "1"), "DLQ_NOPE"),
         (("up", "--app", "nope.module:app"), "cannot import"),
         (("projector", "--app", "services.demo:missing"), "is not a bus.App"),
+        (("edge", "--app", "nope.module:app"), "cannot import"),
         (("projections", "list", "--app", "services"), "module:attribute"),
     ],
 )
