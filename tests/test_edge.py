@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from bus import Bus
 from bus.projector import Projector
+from bus.server import free_port
 from services.demo import app
 from services.edge import create_app
 from services.edge.server import start_edge, stop_edge
@@ -249,3 +257,33 @@ async def test_batch_is_atomic_and_validated(edge: httpx.AsyncClient, tasks: Bus
     assert malformed.status_code == 400
     assert (await edge.post("/api/v1/events:batch", json=batch)).status_code == 401
     assert await stored(tasks) == 3
+
+
+def test_bus_edge_runs_alone_and_prints_its_dev_key(nats_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "BUS_NATS_URL": nats_url, "BUS_EDGE_PORT": str(port)}
+    env.pop("BUS_API_KEYS", None)
+    err = tmp_path / "edge.err"
+    with (
+        err.open("w") as stderr,
+        subprocess.Popen(
+            [str(Path(sys.executable).parent / "bus"), "edge"], env=env, stderr=stderr
+        ) as proc,
+    ):
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=1):
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            else:
+                raise AssertionError("bus edge did not answer")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+    printed = err.read_text()
+    assert "development API key:" in printed
+    key = printed.split("development API key:")[1].split()[0]
+    assert key not in printed.replace(f"development API key: {key}", "")  # shown once, not logged
