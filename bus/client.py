@@ -22,7 +22,6 @@ from typing import Any, Self, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.micro.service import Service
 
 from . import deadletter, rpc
@@ -30,7 +29,14 @@ from .codec import Codec, ContentType
 from .connection import Connection
 from .consumer import Consumer
 from .envelope import Envelope, open_message
-from .errors import BusClosed, ConfigError, ConnectError, StreamError
+from .errors import (
+    BusClosed,
+    BusTimeout,
+    ConfigError,
+    ConnectError,
+    NoStreamForSubject,
+    StreamError,
+)
 from .events import Event, EventRegistry
 from .publish import Publisher, PublishResult
 from .reader import StoredMessage, read_messages
@@ -41,6 +47,8 @@ from .subscribe import Handler, Router, handler_spec
 log = logging.getLogger("bus")
 R = TypeVar("R")
 
+TAIL_PAGE = 256  # messages a tail reads per round trip (and holds at most)
+TAIL_IDLE = 2.0  # seconds a caught-up tail waits for a wake-up before looking again
 INITIAL_CONNECT_ROUNDS = 2  # tries per server before start() gives up; then reconnects are endless
 
 _current_bus: ContextVar[Bus] = ContextVar("current_bus")
@@ -336,7 +344,7 @@ class Bus:
         try:
             return str(await self.js.find_stream_name_by_subject(subject))
         except nats.js.errors.NotFoundError:
-            raise StreamError(f"no stream captures {subject!r}: declare it first") from None
+            raise NoStreamForSubject(subject) from None
         except nats.errors.Error as exc:
             raise StreamError(f"looking up the stream of {subject!r}: {exc}") from None
 
@@ -363,35 +371,45 @@ class Bus:
     async def tail(
         self, pattern: str, from_seq: int | None = None, *, stream: str | None = None
     ) -> AsyncGenerator[StoredMessage, None]:
-        """Live messages on `pattern` (from `from_seq` when given), surviving reconnects.
+        """Stored messages on `pattern` from `from_seq` (default: only new ones), then live.
 
-        The stream is the one capturing `pattern` unless named (then `>` means all of it).
+        Reads pages by direct get at the reader's own pace, so a slow reader holds at most one
+        page in memory and never misses a message; a core subscription on `pattern` wakes it
+        when something new arrives. Survives reconnects. The stream is the one capturing
+        `pattern` unless named (then `>` means all of it).
         """
         validate_pattern(pattern)
         if from_seq is not None and from_seq < 1:
             raise ConfigError("from_seq must be >= 1")
         stream = stream or await self.stream_for(pattern)
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW,
-            opt_start_seq=from_seq,
-        )
-        sub = await self.js.subscribe(
-            pattern, stream=stream, ordered_consumer=True, config=config, idle_heartbeat=2.0
-        )
+        info = await self.streams.info(stream)
+        next_seq = from_seq or info.last_seq + 1
+        wake = asyncio.Event()
+
+        def ring(*_: object) -> None:
+            wake.set()
+
+        listen = info.subjects if pattern == ">" else [pattern]  # not every subject there is
+        lanes = [await self.nc.open_lane(subject, ring) for subject in listen]
         try:
-            async for msg in sub.messages:
-                meta = msg.metadata
-                yield StoredMessage(
-                    stream=meta.stream,
-                    seq=meta.sequence.stream,
-                    subject=msg.subject,
-                    time=meta.timestamp.isoformat() if meta.timestamp else "",
-                    data=msg.data,
-                    headers=dict(msg.headers or {}),
-                )
+            while True:
+                wake.clear()  # before reading: what arrives during the read rings again
+                try:
+                    page = await read_messages(self.nc, stream, next_seq, TAIL_PAGE, pattern)
+                except BusTimeout:
+                    page = []  # NATS away: wait, then read from the same place
+                for message in page:
+                    next_seq = message.seq + 1
+                    yield message
+                if len(page) < TAIL_PAGE:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(TAIL_IDLE):
+                            await wake.wait()
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            for lane in lanes:
+                self.nc.close_lane(lane)
+                with contextlib.suppress(nats.errors.Error):
+                    await lane.unsubscribe()
 
     # -- dead letters -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -287,3 +288,49 @@ def test_bus_edge_runs_alone_and_prints_its_dev_key(nats_url: str, tmp_path: Pat
     assert "development API key:" in printed
     key = printed.split("development API key:")[1].split()[0]
     assert key not in printed.replace(f"development API key: {key}", "")  # shown once, not logged
+
+
+async def read_sse(edge: httpx.AsyncClient, count: int, **headers: str) -> list[dict[str, str]]:
+    """The first `count` SSE events of /events?subject=tasks.>, then disconnect."""
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    query = "/events?subject=tasks.>" + ("" if "Last-Event-ID" in headers else "&from_seq=1")
+    async with edge.stream("GET", query, headers={**READ, **headers}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line:
+                field, _, value = line.partition(": ")
+                current[field] = value
+            elif current:
+                events.append(current)
+                current = {}
+                if len(events) == count:
+                    break
+    return events
+
+
+async def test_sse_resumes_exactly_after_last_event_id(edge: httpx.AsyncClient) -> None:
+    for i in range(3):
+        await edge.post(f"/api/v1/events/tasks.s{i}.created", json={"title": str(i)}, headers=WRITE)
+    first = await read_sse(edge, 2)
+    assert [e["id"] for e in first] == ["1", "2"]
+    assert first[0]["event"] == "TaskCreated"
+    assert json.loads(first[0]["data"])["data"] == {"title": "0", "fail_times": 0}
+    await edge.post("/api/v1/events/tasks.s3.created", json={"title": "3"}, headers=WRITE)
+    resumed = await read_sse(edge, 2, **{"Last-Event-ID": first[-1]["id"]})
+    assert [e["id"] for e in resumed] == ["3", "4"]  # nothing missed, nothing repeated
+
+
+async def test_sse_bad_requests(edge: httpx.AsyncClient) -> None:
+    bad = [
+        ("/events?subject=tasks.>.x", READ, 400),
+        ("/events?subject=nowhere.>", READ, 404),
+        ("/events?subject=tasks.>&from_seq=0", READ, 422),
+        ("/events", READ, 422),
+        ("/events?subject=tasks.>", {**READ, "Last-Event-ID": "x"}, 400),
+        ("/events?subject=tasks.>", {}, 401),
+    ]
+    for url, headers, status in bad:
+        response = await edge.get(url, headers=headers)
+        assert response.status_code == status, (url, response.text)

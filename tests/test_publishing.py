@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgspec
 import pytest
@@ -230,3 +231,16 @@ async def test_tail_follows_from_a_sequence(jobs: Bus) -> None:
             if len(seen) == 3:
                 break
     assert seen == [2, 3, 4]
+
+
+async def test_a_slow_tail_reader_misses_nothing_and_holds_one_page(jobs: Bus) -> None:
+    await jobs.publish_many((JobCreated(title=str(i)), f"s{i}") for i in range(600))
+    seqs: list[int] = []
+    async with asyncio.timeout(30), contextlib.aclosing(jobs.tail("jobs.>", 1)) as messages:
+        async for message in messages:
+            seqs.append(message.seq)
+            if len(seqs) % 100 == 0:
+                await asyncio.sleep(0.2)  # the reader falls behind; nothing buffers for it
+            if len(seqs) == 600:
+                break
+    assert seqs == list(range(1, 601))

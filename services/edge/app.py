@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from bus import Bus
 from bus.app import App
 
-from . import auth, catalogue, events, health, problems, projections
+from . import auth, catalogue, events, health, problems, projections, tail
 
 log = logging.getLogger("bus.edge")
 BODY_LIMIT = 1024 * 1024
@@ -46,6 +46,6 @@ def create_app(
     api.state.body_limit = body_limit
     problems.install(api)
     auth.install(api)
-    for module in (health, events, projections, catalogue):
+    for module in (health, events, projections, catalogue, tail):
         api.include_router(module.router)
     return api
