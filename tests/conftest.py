@@ -1,8 +1,36 @@
-"""Test settings: Hypothesis without wall-clock limits (the machine is shared and noisy)."""
+"""Test settings (Hypothesis without wall-clock limits: the machine is shared and noisy) and
+the fixtures shared by the edge and MCP tests."""
 
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
 from hypothesis import HealthCheck, settings
+
+from bus import Bus
+from bus.projector import Projector
+from services.demo import app
+from services.edge import create_app
+from tests.edge import KEYS, serve
 
 settings.register_profile(
     "bus", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200
 )
 settings.load_profile("bus")
+
+
+@pytest.fixture
+async def tasks(nats_url: str) -> AsyncIterator[Bus]:
+    """A bus on the demo domain with its projections running."""
+    async with (
+        Bus(nats_url, registry=app.registry, streams=app.streams) as bus,
+        Projector(bus, app.projections.values()),
+    ):
+        yield bus
+
+
+@pytest.fixture
+async def edge(tasks: Bus, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The demo edge under uvicorn, with a 64 KiB body limit."""
+    async for client in serve(create_app(app, nats_url, api_keys=KEYS, body_limit=64 * 1024)):
+        yield client

@@ -9,46 +9,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bus import Bus
-from bus.projector import Projector
 from bus.server import free_port
 from services.demo import app
 from services.edge import create_app
-from services.edge.server import start_edge, stop_edge
-
-WRITE = {"Authorization": "Bearer w-key"}
-READ = {"Authorization": "Bearer r-key"}
-KEYS = "w-key:read+write,r-key:read"
-
-
-async def serve(api: object) -> AsyncIterator[httpx.AsyncClient]:
-    server, task, port = await start_edge(api, "127.0.0.1", 0)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        await stop_edge(server, task)
-
-
-@pytest.fixture
-async def tasks(nats_url: str) -> AsyncIterator[Bus]:
-    async with (
-        Bus(nats_url, registry=app.registry, streams=app.streams) as bus,
-        Projector(bus, app.projections.values()),
-    ):
-        yield bus
-
-
-@pytest.fixture
-async def edge(tasks: Bus, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in serve(create_app(app, nats_url, api_keys=KEYS, body_limit=64 * 1024)):
-        yield client
+from tests.edge import KEYS, READ, WRITE, serve
 
 
 async def stored(bus: Bus) -> int:

@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from bus import Bus
 from bus.app import App
 
-from . import auth, catalogue, events, health, problems, projections, tail
+from . import auth, catalogue, events, health, mcp_endpoint, problems, projections, tail
 
 log = logging.getLogger("bus.edge")
 BODY_LIMIT = 1024 * 1024
+LOCAL_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+LOCAL_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
 
 def create_app(
@@ -24,7 +26,10 @@ def create_app(
     api_keys: str | None = None,
     public_reads: bool = False,
     body_limit: int = BODY_LIMIT,
+    allowed_hosts: list[str] | None = None,
+    cors_origins: list[str] | None = None,
 ) -> FastAPI:
+    """The edge for `app`; `allowed_hosts` guard `/mcp` against DNS rebinding."""
     keys = auth.parse_keys(api_keys or "")
     if not keys:
         key = auth.dev_key()
@@ -34,7 +39,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        async with Bus(nats_url, name=f"edge-{app.name}", registry=app.registry) as bus:
+        async with (
+            Bus(nats_url, name=f"edge-{app.name}", registry=app.registry) as bus,
+            api.state.mcp_manager.run(),
+        ):
             api.state.bus = bus
             yield
 
@@ -48,4 +56,6 @@ def create_app(
     auth.install(api)
     for module in (health, events, projections, catalogue, tail):
         api.include_router(module.router)
+    origins = cors_origins or []
+    mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     return api

@@ -10,7 +10,9 @@ import hmac
 import secrets
 from collections.abc import Callable
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import State
 
 from bus import ConfigError
 
@@ -39,30 +41,40 @@ def dev_key() -> str:
     return secrets.token_urlsafe(24)
 
 
+def caller_scopes(state: State, authorization: str | None) -> frozenset[str]:
+    """The scopes of the key in an `Authorization: Bearer` header; 401 when absent or unknown."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized(401, "an API key is required (Authorization: Bearer <key>)")
+    keys: dict[str, frozenset[str]] = state.api_keys
+    scopes = next((s for k, s in keys.items() if hmac.compare_digest(k, token)), None)
+    if scopes is None:
+        raise Unauthorized(401, "unknown API key")
+    return scopes
+
+
+def check_scope(scopes: frozenset[str], scope: str) -> None:
+    if scope not in scopes and "admin" not in scopes:
+        raise Unauthorized(403, f"this key lacks the {scope!r} scope")
+
+
 def require(scope: str) -> Callable[[Request], None]:
     def check(request: Request) -> None:
         if scope == "read" and request.app.state.public_reads:
             return
-        keys: dict[str, frozenset[str]] = request.app.state.api_keys
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized(401, "an API key is required (Authorization: Bearer <key>)")
-        scopes = next((s for k, s in keys.items() if hmac.compare_digest(k, token)), None)
-        if scopes is None:
-            raise Unauthorized(401, "unknown API key")
-        if scope not in scopes and "admin" not in scopes:
-            raise Unauthorized(403, f"this key lacks the {scope!r} scope")
+        check_scope(caller_scopes(request.app.state, request.headers.get("authorization")), scope)
 
     return check
 
 
-def install(app: object) -> None:
-    @app.exception_handler(Unauthorized)  # type: ignore[attr-defined]
-    async def unauthorized(request: Request, exc: Unauthorized):  # type: ignore[no-untyped-def]
-        response = problem(
-            exc.status, "Unauthorized" if exc.status == 401 else "Forbidden", exc.detail
-        )
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+def refusal(exc: Unauthorized) -> JSONResponse:
+    response = problem(exc.status, "Unauthorized" if exc.status == 401 else "Forbidden", exc.detail)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return refusal(exc)

@@ -8,7 +8,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from bus import BusError, json_schema
+from bus import Bus, BusError, json_schema
 from bus.registry import components
 
 from .auth import require
@@ -38,7 +38,10 @@ async def stream_events(
     limit: int = Query(100, ge=1, le=1000),
 ) -> Response:
     """Stored events from `from_seq`, each decoded with its metadata; `next_seq` pages on."""
-    bus = request.app.state.bus
+    return _json(await stream_page(request.app.state.bus, name, from_seq, limit))
+
+
+async def stream_page(bus: Bus, name: str, from_seq: int, limit: int) -> dict[str, Any]:
     stored = await bus.read(name, from_seq, limit)
     items = []
     for m in stored:
@@ -56,7 +59,7 @@ async def stream_events(
             item |= {"type": m.headers.get("Bus-Event-Type"), "undecodable": str(exc)}
         items.append(item)
     next_seq = stored[-1].seq + 1 if len(stored) == limit else None
-    return _json({"items": items, "next_seq": next_seq})
+    return {"items": items, "next_seq": next_seq}
 
 
 @router.get("/components")

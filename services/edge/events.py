@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import Response
+from starlette.datastructures import State
 
 from bus import ConfigError, Event, EventStore
 from bus.publish import MAX_ATOMIC_BATCH
@@ -79,34 +80,41 @@ async def publish_event(
     if_match: str | None = Header(default=None, max_length=20),
 ) -> Response:
     """Publish the JSON body as the event `subject` names (`<domain>.<id>.<event>`)."""
-    domain, aggregate_id, name = parse_event_subject(subject)
-    cls = _event_type(request, domain, name)
     expected = None
     if if_match is not None:
         text = if_match.strip('"')
         if not text.isdigit():
             raise HTTPException(400, "If-Match must be a version number")
         expected = int(text)
-    if idempotency_key is not None:
-        validate_token(idempotency_key, "Idempotency-Key")
     body = await read_body(request)
     try:
         fields = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+    published = await publish_fields(request.app.state, subject, fields, idempotency_key, expected)
+    return Response(msgspec.json.encode(published), status_code=201, media_type="application/json")
+
+
+async def publish_fields(
+    state: State, subject: str, fields: Any, event_id: str | None, expected: int | None
+) -> Published:
+    """Validate `fields` as the event `subject` names and publish it (HTTP and MCP share this)."""
+    domain, aggregate_id, name = parse_event_subject(subject)
+    cls = _event_type(state, domain, name)
+    if event_id is not None:
+        validate_token(event_id, "Idempotency-Key")
     event = _event(cls, fields)
     try:
-        result = await request.app.state.bus.publish(
-            event, aggregate_id, event_id=idempotency_key, expected_version=expected
+        result = await state.bus.publish(
+            event, aggregate_id, event_id=event_id, expected_version=expected
         )
     except ConfigError as exc:  # e.g. a header value the wire cannot carry
         raise HTTPException(400, str(exc)) from None
-    body_out = msgspec.json.encode(Published(result.event_id, result.stream, result.seq))
-    return Response(body_out, status_code=201, media_type="application/json")
+    return Published(result.event_id, result.stream, result.seq)
 
 
-def _event_type(request: Request, domain: str, name: str) -> type[Event]:
-    cls: type[Event] | None = request.app.state.app.registry.by_subject(domain, name)
+def _event_type(state: State, domain: str, name: str) -> type[Event]:
+    cls: type[Event] | None = state.app.registry.by_subject(domain, name)
     if cls is None:
         raise HTTPException(404, f"no event type is registered for {domain}.*.{name}")
     return cls
@@ -150,7 +158,10 @@ async def publish_batch(request: Request) -> Response:
     validate_token(batch.domain, "domain")
     validate_token(batch.id, "aggregate id")
     events = [
-        _event(_event_type(request, batch.domain, validate_token(item.event, "event")), item.data)
+        _event(
+            _event_type(request.app.state, batch.domain, validate_token(item.event, "event")),
+            item.data,
+        )
         for item in batch.events
     ]
     stored = await EventStore(request.app.state.bus).append(

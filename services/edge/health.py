@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import State
 
 from bus import BusError
 from bus.projection import ProjectionView
@@ -17,10 +18,9 @@ router = APIRouter(tags=["health"])
 STALE_LAG = 10_000  # events a projection may trail before it is "warn"
 
 
-async def _checks(request: Request) -> dict[str, list[dict[str, Any]]]:
-    state = request.app.state
+async def checks(state: State) -> dict[str, list[dict[str, Any]]]:
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    checks: dict[str, list[dict[str, Any]]] = {}
+    found: dict[str, list[dict[str, Any]]] = {}
 
     def add(name: str, status: str, value: Any = None, unit: str = "", output: str = "") -> None:
         entry: dict[str, Any] = {"status": status, "time": now}
@@ -28,12 +28,12 @@ async def _checks(request: Request) -> dict[str, list[dict[str, Any]]]:
             entry |= {"observedValue": value, "observedUnit": unit}
         if output:
             entry["output"] = output
-        checks.setdefault(name, []).append(entry)
+        found.setdefault(name, []).append(entry)
 
     bus = state.bus
     add("nats:connected", "pass" if bus.connected else "fail", bus.connected, "boolean")
     if not bus.connected:
-        return checks
+        return found
     started = time.perf_counter()
     try:
         summaries = {s.name: s for s in await bus.streams.list()}
@@ -42,20 +42,25 @@ async def _checks(request: Request) -> dict[str, list[dict[str, Any]]]:
         )
     except BusError as exc:
         add("jetstream:responseTime", "fail", output=str(exc))
-        return checks
+        return found
     for spec in state.app.streams:
-        found = spec.name in summaries
-        add(f"stream:{spec.name}", "pass" if found else "fail", found, "boolean")
+        exists = spec.name in summaries
+        add(f"stream:{spec.name}", "pass" if exists else "fail", exists, "boolean")
     for projection in state.app.projections.values():
         status = await ProjectionView(bus, projection).status()
         verdict = "pass" if status.lag <= STALE_LAG else "warn"
         add(f"projection:{projection.name}:lag", verdict, status.lag, "events")
-    return checks
+    return found
 
 
-def _overall(checks: dict[str, list[dict[str, Any]]]) -> str:
-    statuses = {entry["status"] for entries in checks.values() for entry in entries}
+def overall(found: dict[str, list[dict[str, Any]]]) -> str:
+    statuses = {entry["status"] for entries in found.values() for entry in entries}
     return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+
+
+async def report(state: State) -> dict[str, Any]:
+    found = await checks(state)
+    return {"status": overall(found), "serviceId": state.app.name, "checks": found}
 
 
 @router.get("/livez")
@@ -65,16 +70,14 @@ async def livez() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    checks = await _checks(request)
-    status = _overall(checks)
+    status = overall(await checks(request.app.state))
     return JSONResponse({"status": status}, status_code=503 if status == "fail" else 200)
 
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    checks = await _checks(request)
-    status = _overall(checks)
-    body = {"status": status, "serviceId": request.app.state.app.name, "checks": checks}
+    body = await report(request.app.state)
+    status = body["status"]
     return JSONResponse(
         body, status_code=503 if status == "fail" else 200, media_type="application/health+json"
     )

@@ -1,0 +1,250 @@
+"""`/mcp`: the bus for AI agents, served by the official MCP SDK over Streamable HTTP.
+
+Both protocol generations the SDK speaks are served on the one path: 2025-11-25 with an
+`initialize` handshake and sessions, and 2026-07-28 stateless requests. The legacy REST shape
+that older components call (`POST /mcp/v2/tools/list`, `POST /mcp/v2/tools/call`) runs the
+same tools. Every call needs an API key; `publish_event` needs the `write` scope.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import Response
+from mcp.server.context import CallNext, ServerRequestContext
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.datastructures import State
+from starlette.types import Receive, Scope, Send
+
+from bus import BusError, json_schema
+from bus.registry import components
+
+from . import catalogue, events, health, projections
+from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
+
+MAX_BODY = 1024 * 1024
+CALLER: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("mcp_caller")
+legacy = APIRouter(prefix="/mcp/v2/tools", tags=["mcp"], dependencies=[Depends(require("read"))])
+
+
+class LegacyCall(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+def _builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+def _guarded(tool: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """HTTP-style refusals and bus errors become tool errors the model can read."""
+
+    @functools.wraps(tool)
+    async def call(**arguments: Any) -> Any:
+        try:
+            return _builtins(await tool(**arguments))
+        except HTTPException as exc:
+            raise ToolError(f"{exc.status_code}: {exc.detail}") from None
+        except Unauthorized as exc:
+            raise ToolError(f"{exc.status}: {exc.detail}") from None
+        except BusError as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from None
+
+    return call
+
+
+def build_server(state: State) -> MCPServer[Any]:
+    """The MCP server and its tools over this edge's bus and app."""
+    server: MCPServer[Any] = MCPServer(
+        name="bus",
+        instructions="Publish events, query projections, read streams on the bus.",
+        log_level="WARNING",
+    )
+
+    async def publish_event(
+        subject: str,
+        data: dict[str, Any],
+        idempotency_key: str | None = None,
+        expected_version: int | None = None,
+    ) -> Any:
+        """Publish one event: subject `<domain>.<id>.<event>`, data = the event's fields."""
+        check_scope(CALLER.get(), "write")
+        return await events.publish_fields(state, subject, data, idempotency_key, expected_version)
+
+    async def query_projection(
+        name: str, key: str, after_seq: int | None = None, timeout: float = 5.0
+    ) -> Any:
+        """One key of a projection; with after_seq, once the projection has applied it."""
+        found, _ = await projections.query(state, name, key, after_seq, min(timeout, 30), False)
+        return found
+
+    async def list_projections() -> Any:
+        """Every projection with its position, lag and failures."""
+        return await projections.statuses(state)
+
+    async def read_stream(name: str, from_seq: int = 1, limit: int = 100) -> Any:
+        """Stored events of a stream from from_seq (at most 1000), decoded with metadata."""
+        if from_seq < 1 or not 1 <= limit <= 1000:
+            raise HTTPException(422, "from_seq >= 1 and 1 <= limit <= 1000")
+        return await catalogue.stream_page(state.bus, name, from_seq, limit)
+
+    async def list_streams() -> Any:
+        """The streams on the server with their counts."""
+        return await state.bus.streams.list()
+
+    async def describe_event_types() -> Any:
+        """JSON Schema of every registered event type and version."""
+        return json_schema(state.app.registry)
+
+    async def list_components() -> Any:
+        """Running components: services that heartbeat, and nats.micro responders."""
+        return await components(state.bus)
+
+    async def get_health() -> Any:
+        """The edge's health report: NATS, JetStream, streams, projection lag."""
+        return await health.report(state)
+
+    for tool in (
+        publish_event,
+        query_projection,
+        list_projections,
+        read_stream,
+        list_streams,
+        describe_event_types,
+        list_components,
+        get_health,
+    ):
+        server.add_tool(_guarded(tool), structured_output=False)
+    _add_resources(server, state)
+
+    async def each_request_key(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+        """A session's tools run in the task that opened it: take the scopes of the request
+        that carries each message, not of the one that initialized the session."""
+        headers = getattr(ctx.request, "headers", None)
+        if headers is None:  # 2026-07-28: served inline, the gate's value is this request's
+            return await call_next(ctx)
+        token = CALLER.set(caller_scopes(state, headers.get("authorization")))
+        try:
+            return await call_next(ctx)
+        finally:
+            CALLER.reset(token)
+
+    server.middleware.append(each_request_key)
+    return server
+
+
+def _add_resources(server: MCPServer[Any], state: State) -> None:
+    """Each stream and projection of the app as a JSON resource."""
+
+    def stream(name: str) -> Callable[[], Awaitable[str]]:
+        async def read() -> str:
+            return json.dumps(_builtins(await state.bus.streams.info(name)))
+
+        return read
+
+    def projection(name: str) -> Callable[[], Awaitable[str]]:
+        async def read() -> str:
+            return json.dumps(_builtins(await projections.list_page(state, name, "", 100, None)))
+
+        return read
+
+    for spec in state.app.streams:
+        uri = f"bus://streams/{spec.name}"
+        server.resource(uri, name=f"stream {spec.name}", mime_type="application/json")(
+            stream(spec.name)
+        )
+    for name in state.app.projections:
+        uri = f"bus://projections/{name}"
+        server.resource(uri, name=f"projection {name}", mime_type="application/json")(
+            projection(name)
+        )
+
+
+class Gate:
+    """In front of the SDK's app: a known API key, and its scopes handed to the tools."""
+
+    def __init__(self, state: State, app: StreamableHTTPASGIApp) -> None:
+        self.state, self.app = state, app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
+        try:
+            scopes = caller_scopes(self.state, authorization)
+        except Unauthorized as exc:
+            await refusal(exc)(scope, receive, send)
+            return
+        token = CALLER.set(scopes)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CALLER.reset(token)
+
+
+def install(api: FastAPI, allowed_hosts: list[str], allowed_origins: list[str]) -> None:
+    """Mount `/mcp` and the legacy `/mcp/v2` routes; the session manager runs in the lifespan."""
+    server = build_server(api.state)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
+    )
+    server.streamable_http_app(transport_security=security, max_request_body_size=MAX_BODY)
+    manager = server.session_manager  # the SDK's way to mount into another app
+    api.state.mcp_manager = manager
+    api.state.mcp_server = server
+    gate = Gate(api.state, StreamableHTTPASGIApp(manager))
+    api.add_route("/mcp", gate, methods=["GET", "POST", "DELETE"], include_in_schema=False)  # type: ignore[arg-type]
+    api.include_router(legacy)
+
+
+@legacy.post("/list")
+async def legacy_list(request: Request) -> Response:
+    """The tools with their input schemas, in the legacy REST shape."""
+    server: MCPServer[Any] = request.app.state.mcp_server
+    tools = [
+        {"name": t.name, "description": t.description, "inputSchema": t.input_schema}
+        for t in await server.list_tools()
+    ]
+    return Response(msgspec.json.encode({"tools": tools}), media_type="application/json")
+
+
+@legacy.post(
+    "/call",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": msgspec.json.schema(LegacyCall)}},
+        }
+    },
+)
+async def legacy_call(request: Request) -> Response:
+    """`{name, arguments}` → `{content: [...], isError}`, as the SDK would answer."""
+    body = await events.read_body(request)
+    try:
+        call = msgspec.json.decode(body, type=LegacyCall)
+    except msgspec.ValidationError as exc:
+        raise HTTPException(422, f"tool call: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+    server: MCPServer[Any] = request.app.state.mcp_server
+    token = CALLER.set(caller_scopes(request.app.state, request.headers.get("authorization")))
+    try:
+        result = await server.call_tool(call.name, call.arguments)
+        out = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    except ToolError as exc:
+        out = {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+    finally:
+        CALLER.reset(token)
+    out.setdefault("isError", False)
+    return Response(msgspec.json.encode(out), media_type="application/json")
