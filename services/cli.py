@@ -295,7 +295,7 @@ def edge(app_ref: str) -> None:
 
     try:
         settings = Settings.from_env()
-        api = create_app(load_app(app_ref), settings.resolve_nats_url(), api_keys=settings.api_keys)
+        api = create_app(load_app(app_ref), settings.resolve_nats_url(), **settings.edge_options())
     except (BusError, ValueError) as exc:
         fail(str(exc))
     if api.state.dev_key:  # shown once on the terminal, never logged

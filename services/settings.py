@@ -6,8 +6,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bus import ConfigError
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(filter(None, (item.strip() for item in value.split(","))))
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,10 @@ class Settings:
     edge_host: str  # BUS_EDGE_HOST
     edge_port: int  # BUS_EDGE_PORT (0: a free port)
     api_keys: str | None  # BUS_API_KEYS: key:read+write+admin,key2:read
+    public_reads: bool = False  # BUS_PUBLIC_READS: reads without a key
+    cors_origins: tuple[str, ...] = ()  # BUS_CORS_ORIGINS: browser origins allowed to call
+    allowed_hosts: tuple[str, ...] = ()  # BUS_EDGE_ALLOWED_HOSTS: Host values /mcp accepts
+    publish_rate: float = 1000.0  # BUS_PUBLISH_RATE: events per second per key, 0 = unlimited
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -24,13 +33,37 @@ class Settings:
         port = env.get("BUS_EDGE_PORT", "8080")
         if not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"BUS_EDGE_PORT must be a port number, not {port!r}")
+        rate = env.get("BUS_PUBLISH_RATE", "1000")
+        try:
+            publish_rate = float(rate)
+        except ValueError:
+            publish_rate = -1.0
+        if not 0 <= publish_rate < float("inf"):
+            raise ConfigError(f"BUS_PUBLISH_RATE must be a number >= 0, not {rate!r}")
+        reads = env.get("BUS_PUBLIC_READS", "false").lower()
+        if reads not in ("true", "false", "1", "0"):
+            raise ConfigError(f"BUS_PUBLIC_READS must be true or false, not {reads!r}")
         return cls(
             nats_url=env.get("BUS_NATS_URL") or None,
             data_dir=Path(env.get("BUS_DATA_DIR") or ".bus"),
             edge_host=env.get("BUS_EDGE_HOST") or "127.0.0.1",
             edge_port=int(port),
             api_keys=env.get("BUS_API_KEYS") or None,
+            public_reads=reads in ("true", "1"),
+            cors_origins=_list(env.get("BUS_CORS_ORIGINS", "")),
+            allowed_hosts=_list(env.get("BUS_EDGE_ALLOWED_HOSTS", "")),
+            publish_rate=publish_rate,
         )
+
+    def edge_options(self) -> dict[str, Any]:
+        """The keyword arguments `create_app` takes from these settings."""
+        return {
+            "api_keys": self.api_keys,
+            "public_reads": self.public_reads,
+            "cors_origins": list(self.cors_origins),
+            "allowed_hosts": list(self.allowed_hosts) or None,
+            "publish_rate": self.publish_rate,
+        }
 
     @property
     def state_file(self) -> Path:

@@ -97,7 +97,7 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
         )
         async with until_signalled() as stop, bus, Registration(bus, _component(app, bus)):
             projecting = asyncio.create_task(ProjectorService(bus, app).run(stop))
-            api = create_app(app, url, api_keys=settings.api_keys)
+            api = create_app(app, url, **settings.edge_options())
             edge, serving, port = await start_edge(api, settings.edge_host, settings.edge_port)
             status = _status(app, url, server, bus)
             status["edge_url"] = f"http://{settings.edge_host}:{port}"

@@ -7,15 +7,37 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from bus import Bus
 from bus.app import App
 
-from . import auth, catalogue, events, health, mcp_endpoint, problems, projections, tail
+from . import (
+    auth,
+    catalogue,
+    events,
+    health,
+    limits,
+    mcp_endpoint,
+    metrics,
+    problems,
+    projections,
+    tail,
+)
 
 log = logging.getLogger("bus.edge")
 BODY_LIMIT = 1024 * 1024
 LOCAL_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+PUBLISH_RATE = 1000.0
+CORS_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-Match",
+    "Last-Event-ID",
+    "Mcp-Session-Id",
+    "Mcp-Protocol-Version",
+]
 LOCAL_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
 
@@ -28,8 +50,15 @@ def create_app(
     body_limit: int = BODY_LIMIT,
     allowed_hosts: list[str] | None = None,
     cors_origins: list[str] | None = None,
+    publish_rate: float = PUBLISH_RATE,
+    slow_client_timeout: float = 10.0,
 ) -> FastAPI:
-    """The edge for `app`; `allowed_hosts` guard `/mcp` against DNS rebinding."""
+    """The edge for `app`.
+
+    `allowed_hosts` guard `/mcp` against DNS rebinding; `cors_origins` may call from browsers
+    (keys travel as bearer headers, never cookies, so no credentials mode); `publish_rate` is
+    events per second per key (0: unlimited); a WebSocket tail client that reads nothing for
+    `slow_client_timeout` seconds is disconnected."""
     keys = auth.parse_keys(api_keys or "")
     if not keys:
         key = auth.dev_key()
@@ -52,10 +81,21 @@ def create_app(
     api.state.dev_key = dev_key  # shown by `bus up` when no keys were configured
     api.state.public_reads = public_reads
     api.state.body_limit = body_limit
+    api.state.publish_buckets = limits.TokenBuckets(publish_rate)
+    api.state.slow_client_timeout = slow_client_timeout
     problems.install(api)
     auth.install(api)
-    for module in (health, events, projections, catalogue, tail):
-        api.include_router(module.router)
     origins = cors_origins or []
+    if origins:
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=CORS_HEADERS,
+            expose_headers=["Bus-Stale", "Retry-After", "Mcp-Session-Id", "Location"],
+        )
+    api.add_middleware(metrics.HttpMetrics)
+    for module in (health, metrics, events, projections, catalogue, tail):
+        api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     return api

@@ -14,6 +14,7 @@ from bus.publish import MAX_ATOMIC_BATCH
 from bus.subjects import parse_event_subject, validate_token
 
 from .auth import require
+from .limits import charge, publish_limit
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 MAX_ID = 128
@@ -64,7 +65,7 @@ async def read_body(request: Request) -> bytes:
 @router.post(
     "/events/{subject}",
     status_code=201,
-    dependencies=[Depends(require("write"))],
+    dependencies=[Depends(require("write")), Depends(publish_limit)],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -155,6 +156,9 @@ async def publish_batch(request: Request) -> Response:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
     if not 1 <= len(batch.events) <= MAX_ATOMIC_BATCH:
         raise HTTPException(422, f"a batch holds 1 to {MAX_ATOMIC_BATCH} events")
+    charge(
+        request.app.state.publish_buckets, request.headers.get("authorization"), len(batch.events)
+    )
     validate_token(batch.domain, "domain")
     validate_token(batch.id, "aggregate id")
     events = [

@@ -30,9 +30,11 @@ from bus.registry import components
 
 from . import catalogue, events, health, projections
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
+from .limits import charge
 
 MAX_BODY = 1024 * 1024
-CALLER: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("mcp_caller")
+# The caller's verified `Authorization` header, for the tools' scope checks and rate limit.
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("mcp_caller")
 legacy = APIRouter(prefix="/mcp/v2/tools", tags=["mcp"], dependencies=[Depends(require("read"))])
 
 
@@ -77,7 +79,8 @@ def build_server(state: State) -> MCPServer[Any]:
         expected_version: int | None = None,
     ) -> Any:
         """Publish one event: subject `<domain>.<id>.<event>`, data = the event's fields."""
-        check_scope(CALLER.get(), "write")
+        check_scope(caller_scopes(state, CALLER.get()), "write")
+        charge(state.publish_buckets, CALLER.get())
         return await events.publish_fields(state, subject, data, idempotency_key, expected_version)
 
     async def query_projection(
@@ -132,7 +135,9 @@ def build_server(state: State) -> MCPServer[Any]:
         headers = getattr(ctx.request, "headers", None)
         if headers is None:  # 2026-07-28: served inline, the gate's value is this request's
             return await call_next(ctx)
-        token = CALLER.set(caller_scopes(state, headers.get("authorization")))
+        authorization = headers.get("authorization")
+        caller_scopes(state, authorization)  # the gate let it in; a session must not change that
+        token = CALLER.set(authorization)
         try:
             return await call_next(ctx)
         finally:
@@ -180,11 +185,11 @@ class Gate:
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
         )
         try:
-            scopes = caller_scopes(self.state, authorization)
+            caller_scopes(self.state, authorization)
         except Unauthorized as exc:
             await refusal(exc)(scope, receive, send)
             return
-        token = CALLER.set(scopes)
+        token = CALLER.set(authorization or "")
         try:
             await self.app(scope, receive, send)
         finally:
@@ -238,7 +243,7 @@ async def legacy_call(request: Request) -> Response:
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
     server: MCPServer[Any] = request.app.state.mcp_server
-    token = CALLER.set(caller_scopes(request.app.state, request.headers.get("authorization")))
+    token = CALLER.set(request.headers.get("authorization", ""))
     try:
         result = await server.call_tool(call.name, call.arguments)
         out = result.model_dump(mode="json", by_alias=True, exclude_none=True)

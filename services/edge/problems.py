@@ -52,7 +52,9 @@ def _status_of(exc: BusError) -> tuple[int, str]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        response = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

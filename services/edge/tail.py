@@ -1,36 +1,58 @@
-"""`GET /events?subject=PATTERN&from_seq=N`: the live tail as Server-Sent Events.
+"""The live tail: `GET /events?subject=PATTERN&from_seq=N` as Server-Sent Events, and
+`GET /ws` (WebSocket) with the same filter.
 
-Each event's stream sequence is its SSE id, so a client that reconnects with `Last-Event-ID`
-resumes exactly after it. Memory per client is bounded: `Bus.tail` reads one page at a time
-at the client's pace, so a slow reader is slowed down, never given a gap.
+Each event's stream sequence is its SSE id (and `seq` in a WebSocket message), so a client
+that reconnects with `Last-Event-ID` (or `from_seq`) resumes exactly after it. Memory per
+client is bounded: `Bus.tail` reads one page at a time at the client's pace. A WebSocket
+client that stops reading for `slow_client_timeout` seconds is told (close code 1013, with
+the sequence to resume from) and disconnected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
 
 import msgspec
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 
 from bus import Bus, BusError, StoredMessage
 from bus.subjects import validate_pattern
 
-from .auth import require
+from .auth import Unauthorized, caller_scopes, check_scope, require
 
 router = APIRouter(tags=["tail"])
+CLOSE_GRACE = 5.0  # how long a slow client has to take the close frame before the socket goes
+
+
+def _data(bus: Bus, message: StoredMessage) -> object:
+    try:
+        return msgspec.to_builtins(bus.open(message).event)
+    except BusError:
+        return {"undecodable": message.data.decode(errors="replace")}
 
 
 def _frame(bus: Bus, message: StoredMessage) -> str:
     event_type = message.headers.get("Bus-Event-Type", "message")
-    try:
-        data: object = msgspec.to_builtins(bus.open(message).event)
-    except BusError:
-        data = {"undecodable": message.data.decode(errors="replace")}
-    payload = json.dumps({"subject": message.subject, "data": data}, ensure_ascii=False)
+    payload = json.dumps(
+        {"subject": message.subject, "data": _data(bus, message)}, ensure_ascii=False
+    )
     return f"id: {message.seq}\nevent: {event_type}\ndata: {payload}\n\n"
+
+
+def _ws_message(bus: Bus, message: StoredMessage) -> str:
+    return json.dumps(
+        {
+            "seq": message.seq,
+            "subject": message.subject,
+            "type": message.headers.get("Bus-Event-Type", "message"),
+            "data": _data(bus, message),
+        },
+        ensure_ascii=False,
+    )
 
 
 @router.get(
@@ -63,3 +85,52 @@ async def tail(
     return StreamingResponse(
         frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
+
+
+@router.websocket("/ws")
+async def ws_tail(
+    websocket: WebSocket,
+    subject: str = Query(..., max_length=256),
+    from_seq: int | None = Query(None, ge=1),
+) -> None:
+    """Events on `subject` from `from_seq`, then live ones, one JSON text message each."""
+    state = websocket.app.state
+    bus: Bus = state.bus
+    try:
+        if not state.public_reads:
+            check_scope(caller_scopes(state, websocket.headers.get("authorization")), "read")
+        validate_pattern(subject)
+        await bus.stream_for(subject)
+    except (Unauthorized, BusError) as exc:  # refused at the handshake (HTTP 403)
+        await websocket.close(code=1008, reason=str(getattr(exc, "detail", exc))[:120])
+        return
+    await websocket.accept()
+    sending = asyncio.current_task()
+    assert sending is not None
+
+    async def watch_for_disconnect() -> None:
+        """Nothing is expected from the client; its going away ends the tail at once."""
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+        sending.cancel()
+
+    watcher = asyncio.create_task(watch_for_disconnect())
+    messages = bus.tail(subject, from_seq)
+    try:
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                try:
+                    await asyncio.wait_for(
+                        websocket.send_text(_ws_message(bus, message)), state.slow_client_timeout
+                    )
+                except TimeoutError:  # nothing of this message was written: resume from it
+                    reason = f"too slow: reconnect with from_seq={message.seq}"
+                    with contextlib.suppress(Exception):  # else uvicorn closes the socket
+                        await asyncio.wait_for(websocket.close(1013, reason), CLOSE_GRACE)
+                    return
+    except asyncio.CancelledError:
+        if not watcher.done():  # cancelled from outside (shutdown), not by the watcher
+            raise
+        sending.uncancel()
+    finally:
+        watcher.cancel()
