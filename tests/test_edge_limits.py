@@ -1,16 +1,23 @@
-"""The edge's `/metrics`, CORS and publish rate limit, under a real uvicorn and nats-server."""
+"""The edge's `/metrics`, CORS, publish rate limit and AsyncAPI document, under a real uvicorn
+and nats-server."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 
 from bus import Bus
 from services.demo import app
 from services.edge import create_app
 from tests.edge import KEYS, WRITE, serve
+
+DATA = Path(__file__).parent / "data"
 
 
 async def stored(bus: Bus) -> int:
@@ -106,3 +113,16 @@ async def test_cors_allows_configured_origins_only(strict_edge: httpx.AsyncClien
     assert "access-control-allow-origin" not in refused.headers
     simple = await strict_edge.get("/livez", headers={"Origin": "https://app.example"})
     assert simple.headers["access-control-allow-origin"] == "https://app.example"
+
+
+async def test_asyncapi_document_is_valid_asyncapi_3(edge: httpx.AsyncClient) -> None:
+    schema = json.loads(gzip.decompress((DATA / "asyncapi-3.0.0.json.gz").read_bytes()))
+    response = await edge.get("/asyncapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    jsonschema.Draft7Validator(schema).validate(document)
+    created = document["channels"]["tasks_created"]
+    assert created["address"] == "tasks.{id}.created"
+    payload = document["components"]["schemas"]["TaskCreated"]
+    assert payload["required"] == ["title"]
+    assert set(document["operations"]) >= {"send_tasks_created", "receive_tasks_failed"}

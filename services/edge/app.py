@@ -13,6 +13,7 @@ from bus import Bus
 from bus.app import App
 
 from . import (
+    asyncapi,
     auth,
     catalogue,
     events,
@@ -95,7 +96,7 @@ def create_app(
             expose_headers=["Bus-Stale", "Retry-After", "Mcp-Session-Id", "Location"],
         )
     api.add_middleware(metrics.HttpMetrics)
-    for module in (health, metrics, events, projections, catalogue, tail):
+    for module in (health, metrics, events, projections, catalogue, asyncapi, tail):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     return api
