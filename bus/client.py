@@ -40,7 +40,7 @@ from .errors import (
 from .events import Event, EventRegistry
 from .publish import Publisher, PublishResult
 from .reader import StoredMessage, read_messages
-from .streams import StreamManager, StreamSpec
+from .streams import StreamManager, StreamSpec, existing_name
 from .subjects import validate_pattern
 from .subscribe import Handler, Router, handler_spec
 
@@ -354,7 +354,7 @@ class Bus:
         self, stream: str, from_seq: int = 1, limit: int = 100, subject: str | None = None
     ) -> list[StoredMessage]:
         """Stored messages from `from_seq` on, one round trip per call (batched direct get)."""
-        return await read_messages(self.nc, stream, from_seq, limit, subject)
+        return await read_messages(self.nc, existing_name(stream), from_seq, limit, subject)
 
     def open(self, message: StoredMessage) -> Envelope[Event]:
         """Decode a stored message with this bus's registry; raises DecodeError."""

@@ -21,6 +21,18 @@ from .errors import ConfigError, StreamConflict, StreamError, StreamNotFound
 from .subjects import validate_pattern
 
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,255}")
+# What NATS itself refuses in a stream name: such a stream cannot exist, so looking it up is
+# "not found" (and the name never reaches a subject like $JS.API.STREAM.INFO.<name>).
+_IMPOSSIBLE_NAME = re.compile(r"[\s.*>/\\\x00-\x1f\x7f]")
+
+
+def existing_name(name: str) -> str:
+    """`name` if a stream could have it; else StreamNotFound without asking the server."""
+    if not name or len(name) > 255 or _IMPOSSIBLE_NAME.search(name):
+        raise StreamNotFound(name[:64])
+    return name
+
+
 DLQ_PREFIX = "DLQ_"
 NOT_FOUND = 10059  # JetStream err_code: stream not found
 
@@ -175,14 +187,14 @@ class StreamManager:
         return summary
 
     async def info(self, name: str) -> StreamSummary:
-        return _summary(await self._call(self._js.stream_info(name), name))
+        return _summary(await self._call(self._js.stream_info(existing_name(name)), name))
 
     async def list(self) -> list[StreamSummary]:
         infos = await self._call(self._js.streams_info(), "*")
         return sorted((_summary(i) for i in infos), key=lambda s: s.name)
 
     async def delete(self, name: str) -> None:
-        await self._call(self._js.delete_stream(name), name)
+        await self._call(self._js.delete_stream(existing_name(name)), name)
 
     async def _call(self, awaitable: Any, stream: str) -> Any:
         try:

@@ -76,7 +76,7 @@ def create_app(
             api.state.bus = bus
             yield
 
-    api = FastAPI(title=f"bus edge · {app.name}", lifespan=lifespan)
+    api = FastAPI(title=f"bus edge · {app.name}", lifespan=lifespan, responses=problems.RESPONSES)
     api.state.app = app
     api.state.api_keys = keys
     api.state.dev_key = dev_key  # shown by `bus up` when no keys were configured

@@ -68,13 +68,33 @@ async def livez() -> dict[str, str]:
     return {"status": "pass"}
 
 
-@router.get("/readyz")
+STATUS = {"type": "object", "properties": {"status": {"enum": ["pass", "warn", "fail"]}}}
+REPORT = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": ["pass", "warn", "fail"]},
+        "serviceId": {"type": "string"},
+        "checks": {"type": "object"},
+    },
+    "required": ["status", "checks"],
+}
+
+
+def _documented(media_type: str, schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    content = {"content": {media_type: {"schema": schema}}}
+    return {
+        200: {"description": "pass or warn", **content},
+        503: {"description": "fail", **content},
+    }
+
+
+@router.get("/readyz", responses=_documented("application/json", STATUS))
 async def readyz(request: Request) -> JSONResponse:
     status = overall(await checks(request.app.state))
     return JSONResponse({"status": status}, status_code=503 if status == "fail" else 200)
 
 
-@router.get("/health")
+@router.get("/health", responses=_documented("application/health+json", REPORT))
 async def health(request: Request) -> JSONResponse:
     body = await report(request.app.state)
     status = body["status"]

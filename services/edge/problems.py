@@ -24,6 +24,21 @@ from bus import (
 )
 
 PROBLEM = "application/problem+json"
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "required": ["type", "title", "status"],
+}
+# Every refusal the edge can give, documented once for all routes (OpenAPI stays true).
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": HTTPStatus(code).phrase, "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
+    for code in (400, 401, 403, 404, 409, 413, 422, 429, 502, 503, 504)
+}
 
 
 def problem(status: int, title: str, detail: str = "", **extra: Any) -> JSONResponse:
