@@ -31,6 +31,8 @@ from bus import Aggregate, Bus, EmbeddedServer, Envelope, Event, EventStore, Rep
 from bus.projection import Projection, ProjectionView
 from bus.projector import Projector
 
+from .lifecycle import run
+
 DOMAIN, REPLAY = "bst", "brb"
 STREAM, REPLAY_STREAM = StreamSpec.for_domain(DOMAIN), StreamSpec.for_domain(REPLAY)
 AGGREGATES = 1000
@@ -268,4 +270,4 @@ def _report(
 
 
 if __name__ == "__main__":
-    asyncio.run(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    run(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))

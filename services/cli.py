@@ -22,6 +22,7 @@ from bus.app import App, load_app
 from bus.projection import ProjectionStatus, ProjectionView
 from bus.subjects import parse_event_subject
 
+from .lifecycle import run as run_loop
 from .settings import Settings
 
 DEFAULT_APP = "services.demo:app"
@@ -40,7 +41,7 @@ def run(coro_fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     @functools.wraps(coro_fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
-            asyncio.run(coro_fn(*args, **kwargs))
+            run_loop(coro_fn(*args, **kwargs))
         except (BusError, ValueError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
@@ -88,7 +89,7 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
 
     try:
         app = load_app(app_ref)
-        asyncio.run(run_up(Settings.from_env(), app, fresh=fresh, as_json=as_json))
+        run_loop(run_up(Settings.from_env(), app, fresh=fresh, as_json=as_json))
     except (BusError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -251,10 +252,11 @@ def schema(app_ref: str) -> None:
 @main.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["messaging", "state"]),
+    type=click.Choice(["messaging", "state", "http"]),
     default="messaging",
     show_default=True,
-    help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild.",
+    help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild; "
+    "http: the edge beside bare FastAPI under wrk, and read-your-writes latency.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--messages", type=click.IntRange(min=100), default=5000, show_default=True)
@@ -274,13 +276,16 @@ def bench(
 ) -> None:
     """Measure bus against raw nats-py on one embedded server, in one run."""
     from .bench import run_bench
+    from .bench_http import run_http_bench
     from .bench_state import run_state_bench
 
     try:
-        if scenario == "state":
-            asyncio.run(run_state_bench(runs, events, as_json))
+        if scenario == "http":
+            run_http_bench(runs, 10, sync_interval, as_json)
+        elif scenario == "state":
+            run_loop(run_state_bench(runs, events, as_json))
         else:
-            asyncio.run(run_bench(runs, messages, sync_interval, as_json))
+            run_loop(run_bench(runs, messages, sync_interval, as_json))
     except (BusError, ValueError) as exc:
         fail(str(exc))
 
@@ -311,7 +316,7 @@ def projector(app_ref: str) -> None:
 
     try:
         app = load_app(app_ref)
-        asyncio.run(serve_projector(Settings.from_env().resolve_nats_url(), app))
+        run_loop(serve_projector(Settings.from_env().resolve_nats_url(), app))
     except (BusError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

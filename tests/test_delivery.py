@@ -141,7 +141,9 @@ async def test_concurrency_bounds_messages_in_flight(jobs: Bus) -> None:
         ack_pending.append(info.num_ack_pending)
         await asyncio.sleep(0.03)
     assert peak == 4
-    assert 0 < max(ack_pending) <= 4
+    # The server may serve the next pull before it has processed the acks sent ahead of it,
+    # so its count can briefly include the finished batch: at most twice the slots.
+    assert 0 < max(ack_pending) <= 8
 
 
 async def test_envelope_and_causal_ids_flow_into_caused_events(jobs: Bus) -> None:

@@ -150,6 +150,14 @@ async def test_projection_queries_errors_and_staleness(edge: httpx.AsyncClient) 
     stale = await edge.get(far + "&stale_ok=true", headers=READ)
     assert stale.status_code == 200
     assert stale.headers["bus-stale"] == "true"
+    # The fast path declines what it cannot serve; the route refuses it, as documented.
+    for query in ("after_seq=0", "after_seq=abc", "timeout=99", "timeout=0", "stale_ok=maybe"):
+        refused = await edge.get(f"/api/v1/projections/task/s1?{query}", headers=READ)
+        assert refused.status_code == 422, query
+        assert refused.headers["content-type"] == "application/problem+json"
+    assert (await edge.get("/api/v1/projections/task/s1")).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert (await edge.get("/api/v1/projections/task/s1", headers=wrong)).status_code == 401
 
 
 async def test_openapi_describes_the_routes(edge: httpx.AsyncClient) -> None:

@@ -11,12 +11,14 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bus import Bus
 from bus.app import App
+from bus.live_view import LiveView
 
 from . import (
     asyncapi,
     auth,
     catalogue,
     events,
+    fastpath,
     health,
     limits,
     mcp_endpoint,
@@ -71,9 +73,14 @@ def create_app(
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         async with (
             Bus(nats_url, name=f"edge-{app.name}", registry=app.registry) as bus,
+            contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
         ):
             api.state.bus = bus
+            api.state.views = {
+                name: await views.enter_async_context(LiveView(bus, projection))
+                for name, projection in app.projections.items()
+            }
             yield
 
     api = FastAPI(title=f"bus edge · {app.name}", lifespan=lifespan, responses=problems.RESPONSES)
@@ -95,6 +102,7 @@ def create_app(
             allow_headers=CORS_HEADERS,
             expose_headers=["Bus-Stale", "Retry-After", "Mcp-Session-Id", "Location"],
         )
+    api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.add_middleware(metrics.HttpMetrics)
     for module in (health, metrics, events, projections, catalogue, asyncapi, tail):
         api.include_router(module.router)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -58,8 +58,10 @@ def check_scope(scopes: frozenset[str], scope: str) -> None:
         raise Unauthorized(403, f"this key lacks the {scope!r} scope")
 
 
-def require(scope: str) -> Callable[[Request], None]:
-    def check(request: Request) -> None:
+def require(scope: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency checking the caller's key (async: FastAPI runs sync ones in a thread)."""
+
+    async def check(request: Request) -> None:
         if scope == "read" and request.app.state.public_reads:
             return
         check_scope(caller_scopes(request.app.state, request.headers.get("authorization")), scope)

@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
 from bus import BusError
-from bus.projection import ProjectionView
 
 router = APIRouter(tags=["health"])
 STALE_LAG = 10_000  # events a projection may trail before it is "warn"
@@ -47,7 +46,7 @@ async def checks(state: State) -> dict[str, list[dict[str, Any]]]:
         exists = spec.name in summaries
         add(f"stream:{spec.name}", "pass" if exists else "fail", exists, "boolean")
     for projection in state.app.projections.values():
-        status = await ProjectionView(bus, projection).status()
+        status = await state.views[projection.name].status()
         verdict = "pass" if status.lag <= STALE_LAG else "warn"
         add(f"projection:{projection.name}:lag", verdict, status.lag, "events")
     return found

@@ -40,5 +40,5 @@ def charge(buckets: TokenBuckets, authorization: str | None, cost: int = 1) -> N
         raise HTTPException(429, "publishing too fast for this key", headers={"Retry-After": retry})
 
 
-def publish_limit(request: Request) -> None:
+async def publish_limit(request: Request) -> None:
     charge(request.app.state.publish_buckets, request.headers.get("authorization"))

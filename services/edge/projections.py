@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -10,27 +10,47 @@ from fastapi.responses import Response
 from starlette.datastructures import State
 
 from bus import BusTimeout
-from bus.projection import ProjectionStatus, ProjectionView
+from bus.live_view import LiveView
+from bus.projection import ProjectionStatus
 
 from .auth import require
 
 router = APIRouter(prefix="/api/v1/projections", tags=["projections"])
 read = [Depends(require("read"))]
+AFTER_SEQ = "Wait until the projection has applied this stream sequence"
+STALE_OK = "On timeout, answer with what is there (header Bus-Stale: true)"
+
+
+def query_parameters(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """`openapi_extra` declaring `cls`'s fields as query parameters (the docs stay true)."""
+    fields = msgspec.json.schema(cls)["$defs"][cls.__name__]
+    return {
+        "parameters": [
+            {"name": name, "in": "query", "required": False, "schema": _without_null(field)}
+            for name, field in fields["properties"].items()
+        ]
+    }
+
+
+def _without_null(field: dict[str, Any]) -> dict[str, Any]:
+    """An optional parameter is absent, never `null`: keep the other branch."""
+    branches = [b for b in field.get("anyOf", ()) if b.get("type") != "null"]
+    return branches[0] if len(branches) == 1 else field
 
 
 def _json(data: Any, **headers: str) -> Response:
     return Response(msgspec.json.encode(data), media_type="application/json", headers=headers)
 
 
-def _view(state: State, name: str) -> ProjectionView[Any]:
-    projections = state.app.projections
-    if name not in projections:
+def _view(state: State, name: str) -> LiveView[Any]:
+    views: dict[str, LiveView[Any]] = state.views
+    if name not in views:
         raise HTTPException(404, f"no projection named {name!r}")
-    return ProjectionView(state.bus, projections[name])
+    return views[name]
 
 
 async def statuses(state: State) -> list[ProjectionStatus]:
-    return [await ProjectionView(state.bus, p).status() for p in state.app.projections.values()]
+    return [await view.status() for view in state.views.values()]
 
 
 async def query(
@@ -78,15 +98,20 @@ async def list_page(
     return {"items": [{"key": k, "state": v} for k, v in page], "cursor": next_cursor}
 
 
-@router.get("/{name}/{key}", dependencies=read)
-async def get_key(
-    request: Request,
-    name: str,
-    key: str,
-    after_seq: int | None = Query(None, ge=1, description="Wait until this sequence is applied"),
-    timeout: float = Query(5.0, gt=0, le=30),
-    stale_ok: bool = Query(False, description="On timeout, answer with what is there"),
-) -> Response:
+class KeyQuery(msgspec.Struct):
+    """The query of a key read; the route and the fast path (fastpath.py) both parse it."""
+
+    after_seq: Annotated[int, msgspec.Meta(ge=1, description=AFTER_SEQ)] | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=30)] = 5.0
+    stale_ok: Annotated[bool, msgspec.Meta(description=STALE_OK)] = False
+
+
+@router.get("/{name}/{key}", dependencies=read, openapi_extra=query_parameters(KeyQuery))
+async def get_key(request: Request, name: str, key: str) -> Response:
     """One key's state; with `after_seq`, only once the projection has applied it."""
-    found, stale = await query(request.app.state, name, key, after_seq, timeout, stale_ok)
+    try:
+        q = msgspec.convert(dict(request.query_params), KeyQuery, strict=False)
+    except msgspec.ValidationError as exc:
+        raise HTTPException(422, f"query: {exc}") from None
+    found, stale = await query(request.app.state, name, key, q.after_seq, q.timeout, q.stale_ok)
     return _json(found, **({"Bus-Stale": "true"} if stale else {}))
