@@ -23,6 +23,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } \
+		|| echo "wrk is missing: the http scenario needs it (Debian: apt-get install wrk)"
 	$(VENV)/bin/bus bench $(ARGS)
 
 clean:
