@@ -23,6 +23,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from . import telemetry
 from .codec import Codec
 from .connection import Connection, parse_headers
 from .deadletter import dead_letter_message
@@ -297,25 +298,48 @@ class Consumer:
         return env
 
     async def _run_one(self, msg: Delivery) -> None:
+        if telemetry.tracer() is None:
+            await self._handle_one(msg, None)
+            return
+        with telemetry.processing(
+            self.spec.durable, self.stream, [msg.headers], msg.subject
+        ) as span:
+            await self._handle_one(msg, span)
+
+    async def _handle_one(self, msg: Delivery, span: Any) -> None:
+        started = time.perf_counter()
         env = await self._admit(msg)
         if env is None:
             return
         token = current_envelope.set(env)
         self._working[msg] = time.monotonic()
+        outcome = "ok"
         try:
             if self.spec.wants_envelope:
                 await self.spec.fn(env.event, env)
             else:
                 await self.spec.fn(env.event)
         except Exception as exc:
+            outcome = "error"
+            telemetry.failed(span, exc)
             await self._failed(msg, env.attempt, exc)
         else:
             await self._settle(msg, ACK)
         finally:
             del self._working[msg]
             current_envelope.reset(token)
+        if telemetry.observers:
+            telemetry.processed(self.spec.durable, outcome, time.perf_counter() - started)
 
     async def _run_batch(self, msgs: list[Delivery]) -> None:
+        if telemetry.tracer() is None:
+            await self._handle_batch(msgs, None)
+            return
+        headers = [m.headers for m in msgs]
+        with telemetry.processing(self.spec.durable, self.stream, headers) as span:
+            await self._handle_batch(msgs, span)
+
+    async def _handle_batch(self, msgs: list[Delivery], span: Any) -> None:
         envs: list[tuple[Delivery, Envelope[Event]]] = []
         for msg in msgs:
             env = await self._admit(msg)
@@ -326,9 +350,12 @@ class Consumer:
         started = time.monotonic()
         for m, _ in envs:
             self._working[m] = started
+        outcome = "ok"
         try:
             await self.spec.fn([env for _, env in envs])
         except Exception as exc:
+            outcome = "error"
+            telemetry.failed(span, exc)
             for msg, env in envs:
                 await self._failed(msg, env.attempt, exc)
         else:
@@ -337,6 +364,9 @@ class Consumer:
         finally:
             for m, _ in envs:
                 del self._working[m]
+        if telemetry.observers:
+            seconds = time.monotonic() - started
+            telemetry.processed(self.spec.durable, outcome, seconds, len(envs))
 
     async def _failed(self, msg: Delivery, attempt: int, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
@@ -365,6 +395,7 @@ class Consumer:
             await self._settle(msg, b"-NAK " + _encode({"delay": int(5e9)}))
             return
         self.dead_lettered += 1
+        telemetry.dead_lettered(self.stream, self.spec.durable, reason)
         log.error("dead-lettered %s seq %d: %s", self.stream, stream_seq, reason)
         await self._settle(msg, TERM)
 

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 import nats.errors
 
+from . import telemetry
 from .client import Bus
 from .deadletter import dead_letter_message
 from .envelope import Envelope
@@ -79,6 +80,19 @@ class _Generation:
             return 0
         if len(batch) == projection.batch_size:
             self._next = asyncio.create_task(self._read(batch[-1].seq + 1))
+        if telemetry.tracer() is None:
+            await self._fold(batch)
+        else:
+            headers = [m.headers for m in batch]
+            with telemetry.processing(projection.name, self.stream, headers):
+                await self._fold(batch)
+        self.position = batch[-1].seq
+        self.lag = batch[-1].pending
+        return len(batch)
+
+    async def _fold(self, batch: list[StoredMessage]) -> None:
+        """Apply a batch in memory and write each changed key once."""
+        projection = self.projection
         keyed = await self._keyed(batch)
         await self._load([key for _, _, key in keyed if key not in self._cache])
         changed: dict[str, tuple[int, Any]] = {}  # key -> (seq, state), encoded once at the end
@@ -99,9 +113,6 @@ class _Generation:
             changed[key] = (message.seq, state)
             self.applied += 1
         await self._write({k: Record(seq, self._encode(st)) for k, (seq, st) in changed.items()})
-        self.position = batch[-1].seq
-        self.lag = batch[-1].pending
-        return len(batch)
 
     def _read(self, from_seq: int) -> Any:
         return read_messages(
@@ -158,7 +169,8 @@ class _Generation:
             Outgoing(f"$KV.{self.bucket}.{kv_key(key)}", encode(record), {}, "")
             for key, record in changed.items()
         ]
-        await self.bus.publisher.send_many(outs)
+        with telemetry.step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
+            await self.bus.publisher.send_many(outs)
         self._cache.update(changed)
 
     async def _reject(self, message: StoredMessage, reason: str) -> None:
@@ -277,6 +289,12 @@ class Projector:
             await self._bus.js.delete_key_value(fresh.bucket)
         await fresh.open()
         live.rebuild = fresh
+        with telemetry.step(f"rebuild {name}", **{"bus.projection.generation": fresh.number}):
+            return await self._fill(live, fresh, progress)
+
+    async def _fill(
+        self, live: _Live, fresh: _Generation, progress: Progress | None
+    ) -> ProjectionStatus:
         try:
             while await fresh.step():
                 await self._checkpoint(live)

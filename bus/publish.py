@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from . import headers as h
+from . import telemetry
 from .codec import Codec
 from .connection import Connection
 from .envelope import build_headers
@@ -65,6 +68,7 @@ class Outgoing(msgspec.Struct, frozen=True):
     payload: bytes
     headers: dict[str, str]
     event_id: str
+    span: Any = None  # the PRODUCER span while tracing is on, ended at the ack
 
 
 class Publisher:
@@ -110,7 +114,10 @@ class Publisher:
                 raise ValueError("expected_version must be >= 0 (0: the aggregate is new)")
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_version)
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = f"{event.__domain__}.{aggregate_id}.*"
-        return Outgoing(subject, self._codec.encode(event), hdrs, event_id)
+        payload = self._codec.encode(event)
+        template = f"{event.__domain__}.{{id}}.{event.__event_name__}"
+        span = telemetry.start_publish(template, event_id, hdrs, len(payload))
+        return Outgoing(subject, payload, hdrs, event_id, span)
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
@@ -127,6 +134,22 @@ class Publisher:
         """Publish all without waiting between them, then gather every ack (in order)."""
         if not outs:
             return []
+        started = time.perf_counter()
+        try:
+            results = await self._send_many(outs, timeout)
+        except BusError as exc:
+            _report(outs, [exc] * len(outs), started)
+            raise
+        _report(outs, results, started)
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BusError):
+                    raise result
+        return results
+
+    async def _send_many(
+        self, outs: Sequence[Outgoing], timeout: float | None
+    ) -> list[PublishResult | BusError]:
         if self._nc.is_closed or self._nc.is_draining:
             raise BusClosed("the connection is closed")
         timeout = self.timeout if timeout is None else timeout
@@ -159,8 +182,6 @@ class Publisher:
             try:
                 results.append(_result(out, data or b""))
             except BusError as exc:
-                if not return_exceptions:
-                    raise
                 results.append(exc)
         return results
 
@@ -187,16 +208,25 @@ class Publisher:
         commit[h.BATCH_COMMIT] = "1"
         try:
             acked = await self.send(
-                Outgoing(last.subject, last.payload, commit, last.event_id), timeout
+                Outgoing(last.subject, last.payload, commit, last.event_id, last.span), timeout
             )
-        except ConcurrencyError as exc:  # the commit reports what the first message asked
-            expected = int(outs[0].headers.get(h.EXPECTED_LAST_SUBJECT_SEQ, "0"))
-            raise ConcurrencyError(outs[0].subject, expected, exc.actual) from None
+        except BusError as exc:
+            for out in outs[:-1]:
+                if out.span is not None:
+                    telemetry.end_publish(out.span, error=exc)
+            if isinstance(exc, ConcurrencyError):  # the commit reports what the first asked
+                expected = int(outs[0].headers.get(h.EXPECTED_LAST_SUBJECT_SEQ, "0"))
+                raise ConcurrencyError(outs[0].subject, expected, exc.actual) from None
+            raise
         first = acked.seq - len(outs) + 1
-        return [
+        results = [
             PublishResult(out.event_id, out.subject, acked.stream, first + i)
             for i, out in enumerate(outs)
         ]
+        for out, result in zip(outs[:-1], results, strict=False):
+            if out.span is not None:
+                telemetry.end_publish(out.span, result.stream, result.seq)
+        return results
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
         token = int(subject[subject.rfind(b".") + 1 :])
@@ -210,6 +240,29 @@ class Publisher:
         batch.acked += 1
         if batch.acked == len(batch.replies) and not batch.done.done():
             batch.done.set_result(None)
+
+
+def _report(
+    outs: Sequence[Outgoing], results: Sequence[PublishResult | BusError], started: float
+) -> None:
+    """End the publish spans and count the outcomes (labels: stream, or the subject's domain)."""
+    if not telemetry.observers and outs[0].span is None and outs[-1].span is None:
+        return  # telemetry off: nothing to do per message
+    counts: dict[tuple[str, str], int] = {}
+    for out, result in zip(outs, results, strict=True):
+        if isinstance(result, PublishResult):
+            if out.span is not None:
+                telemetry.end_publish(out.span, result.stream, result.seq)
+            key = (result.stream, "duplicate" if result.duplicate else "ok")
+        else:
+            if out.span is not None:
+                telemetry.end_publish(out.span, error=result)
+            key = (out.subject.split(".", 1)[0], type(result).__name__)
+        counts[key] = counts.get(key, 0) + 1
+    if telemetry.observers:
+        seconds = time.perf_counter() - started
+        for (destination, outcome), count in counts.items():
+            telemetry.published(destination, outcome, seconds, count)
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:

@@ -7,6 +7,7 @@ whoever serves `/metrics`, so nothing polls the server between scrapes.
 
 from __future__ import annotations
 
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -113,6 +114,32 @@ COMPONENTS_ALIVE = Gauge(
     ["component"],
     registry=REGISTRY,
 )
+
+
+def _exemplar() -> dict[str, str] | None:
+    """The current trace, for histograms (rendered in OpenMetrics only)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
+
+
+class Recorder:
+    """Turns the bus's observations into the metrics above (see bus.telemetry.Observer)."""
+
+    def published(self, destination: str, outcome: str, seconds: float, count: int) -> None:
+        SENT.labels(destination, outcome).inc(count)
+        OPERATION_DURATION.labels("publish", destination).observe(seconds, _exemplar())
+
+    def processed(self, consumer: str, outcome: str, seconds: float, count: int) -> None:
+        CONSUMED.labels(consumer, outcome).inc(count)
+        PROCESS_DURATION.labels(consumer, outcome).observe(seconds, _exemplar())
+
+    def dead_lettered(self, stream: str, consumer: str) -> None:
+        DEAD_LETTERED.labels(stream, consumer).inc()
 
 
 def render(accept: str | None) -> tuple[bytes, str]:

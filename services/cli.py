@@ -294,18 +294,17 @@ def bench(
 @app_option
 def edge(app_ref: str) -> None:
     """Run the HTTP edge alone on BUS_EDGE_HOST:BUS_EDGE_PORT (keys from BUS_API_KEYS)."""
-    import uvicorn
+    from .edge.server import serve_edge
 
-    from .edge import create_app
+    def show_key(key: str) -> None:  # shown once on the terminal, never logged
+        err_console.print(f"development API key: [bold]{key}[/]", highlight=False)
 
     try:
-        settings = Settings.from_env()
-        api = create_app(load_app(app_ref), settings.resolve_nats_url(), **settings.edge_options())
-    except (BusError, ValueError) as exc:
+        run_loop(serve_edge(Settings.from_env(), load_app(app_ref), show_key))
+    except (BusError, ValueError, OSError) as exc:
         fail(str(exc))
-    if api.state.dev_key:  # shown once on the terminal, never logged
-        err_console.print(f"development API key: [bold]{api.state.dev_key}[/]", highlight=False)
-    uvicorn.run(api, host=settings.edge_host, port=settings.edge_port, log_level="info")
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()
@@ -316,7 +315,22 @@ def projector(app_ref: str) -> None:
 
     try:
         app = load_app(app_ref)
-        run_loop(serve_projector(Settings.from_env().resolve_nats_url(), app))
+        run_loop(serve_projector(Settings.from_env(), app))
+    except (BusError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@app_option
+def worker(app_ref: str) -> None:
+    """Run the app's handlers; start several to share the work."""
+    from .worker import serve_worker
+
+    try:
+        app = load_app(app_ref)
+        run_loop(serve_worker(Settings.from_env(), app))
     except (BusError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

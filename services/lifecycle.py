@@ -1,16 +1,12 @@
-"""Process lifecycle shared by the long-running verbs: the event loop, logging, stop signals."""
+"""Process lifecycle shared by the long-running verbs: the event loop and stop signals."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
-import sys
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
-
-from rich.logging import RichHandler
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 T = TypeVar("T")
@@ -24,17 +20,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
-
-
-def setup_logging() -> None:
-    """Readable logs: rich on a terminal, plain lines otherwise (JSON comes with tracing)."""
-    handler: logging.Handler
-    if sys.stderr.isatty():
-        handler = RichHandler(show_path=False)
-    else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 @contextlib.asynccontextmanager

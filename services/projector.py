@@ -24,7 +24,9 @@ from bus.lease import Lease
 from bus.projector import Projector
 from bus.registry import Component, Registration
 
-from .lifecycle import setup_logging, until_signalled
+from . import telemetry
+from .lifecycle import until_signalled
+from .settings import Settings
 
 log = logging.getLogger("bus.projector")
 REBUILD_SUBJECT = "bus.projector.rebuild"
@@ -106,16 +108,28 @@ def _log_rebuild(name: str, task: asyncio.Task[Any]) -> None:
         log.info("rebuild of %s done: generation %d", name, task.result().generation)
 
 
-async def serve_projector(url: str, app: App) -> None:
+async def serve_projector(settings: Settings, app: App) -> None:
     """`bus projector`: only the projections (no handlers), until a signal."""
-    setup_logging()
+    component = f"{app.name}-projector"
+    flush = telemetry.setup(component)
+    url = settings.resolve_nats_url()
     bus = Bus(url, name=f"bus-projector-{app.name}", registry=app.registry, streams=app.streams)
     me = Component(
-        name=f"{app.name}-projector",
+        name=component,
         version=version("bus"),
         capabilities=[f"projection:{name}" for name in app.projections],
     )
-    async with until_signalled() as stop, bus, Registration(bus, me):
-        service = ProjectorService(bus, app)
-        log.info("projector %s for %s: %s", service.instance, app.name, ", ".join(app.projections))
-        await service.run(stop)
+    try:
+        async with (
+            until_signalled() as stop,
+            bus,
+            Registration(bus, me),
+            telemetry.serve_metrics(bus, app, settings.metrics_host, settings.metrics_port),
+        ):
+            service = ProjectorService(bus, app)
+            log.info(
+                "projector %s for %s: %s", service.instance, app.name, ", ".join(app.projections)
+            )
+            await service.run(stop)
+    finally:
+        flush()

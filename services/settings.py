@@ -11,6 +11,13 @@ from typing import Any
 from bus import ConfigError
 
 
+def _port(env: dict[str, str], name: str, default: str) -> int:
+    value = env.get(name, default)
+    if not value.isdigit() or not 0 <= int(value) < 65536:
+        raise ConfigError(f"{name} must be a port number, not {value!r}")
+    return int(value)
+
+
 def _list(value: str) -> tuple[str, ...]:
     return tuple(filter(None, (item.strip() for item in value.split(","))))
 
@@ -26,13 +33,14 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # BUS_CORS_ORIGINS: browser origins allowed to call
     allowed_hosts: tuple[str, ...] = ()  # BUS_EDGE_ALLOWED_HOSTS: Host values /mcp accepts
     publish_rate: float = 1000.0  # BUS_PUBLISH_RATE: events per second per key, 0 = unlimited
+    metrics_host: str = "127.0.0.1"  # BUS_METRICS_HOST: where the projector and worker serve
+    metrics_port: int | None = None  # BUS_METRICS_PORT: /metrics for them (unset: none)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        port = env.get("BUS_EDGE_PORT", "8080")
-        if not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"BUS_EDGE_PORT must be a port number, not {port!r}")
+        port = _port(env, "BUS_EDGE_PORT", "8080")
+        metrics_port = _port(env, "BUS_METRICS_PORT", "") if env.get("BUS_METRICS_PORT") else None
         rate = env.get("BUS_PUBLISH_RATE", "1000")
         try:
             publish_rate = float(rate)
@@ -47,12 +55,14 @@ class Settings:
             nats_url=env.get("BUS_NATS_URL") or None,
             data_dir=Path(env.get("BUS_DATA_DIR") or ".bus"),
             edge_host=env.get("BUS_EDGE_HOST") or "127.0.0.1",
-            edge_port=int(port),
+            edge_port=port,
             api_keys=env.get("BUS_API_KEYS") or None,
             public_reads=reads in ("true", "1"),
             cors_origins=_list(env.get("BUS_CORS_ORIGINS", "")),
             allowed_hosts=_list(env.get("BUS_EDGE_ALLOWED_HOSTS", "")),
             publish_rate=publish_rate,
+            metrics_host=env.get("BUS_METRICS_HOST") or "127.0.0.1",
+            metrics_port=metrics_port,
         )
 
     def edge_options(self) -> dict[str, Any]:

@@ -22,9 +22,10 @@ from bus import Bus, EmbeddedServer
 from bus.app import App
 from bus.registry import Component, Registration
 
+from . import telemetry
 from .edge import create_app
 from .edge.server import start_edge, stop_edge
-from .lifecycle import setup_logging, until_signalled
+from .lifecycle import until_signalled
 from .projector import ProjectorService
 from .settings import Settings
 
@@ -84,7 +85,7 @@ def _panel(status: dict[str, object]) -> Panel:
 
 
 async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) -> None:
-    setup_logging()
+    flush = telemetry.setup(app.name)
     server = None if settings.nats_url else _start_server(settings, fresh)
     url = settings.nats_url or server.url  # type: ignore[union-attr]
     try:
@@ -117,5 +118,6 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
             await stop_edge(edge, serving)
             await projecting
     finally:
+        flush()
         if server is not None:
             server.stop()

@@ -149,12 +149,11 @@ def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     """`bus up` with no NATS URL: embedded server, demo worker, retries, DLQ, clean SIGTERM."""
     env = {**os.environ, "BUS_DATA_DIR": str(tmp_path), "BUS_EDGE_PORT": "0"}
     env.pop("BUS_NATS_URL", None)
-    log = (tmp_path / "up.log").open("w")
-    with subprocess.Popen(
-        [BUS, "up", "--json"], env=env, stdout=subprocess.PIPE, stderr=log, text=True
-    ) as proc:
+    output = tmp_path / "up.log"
+    log = output.open("w")
+    with subprocess.Popen([BUS, "up", "--json"], env=env, stdout=log, stderr=log) as proc:
         try:
-            status = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+            status = ready_line(output)
             assert status["streams"] == ["TASKS"]
             assert status["handlers"] == ["tasks-worker"]
             with urllib.request.urlopen(status["edge_url"] + "/readyz", timeout=5) as ready:
@@ -170,6 +169,17 @@ def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         ["pgrep", "-f", str(tmp_path / "nats")], capture_output=True, check=False
     )
     assert leftovers.stdout == b"", "nats-server outlived bus up"
+
+
+def ready_line(output: Path, timeout: float = 30) -> dict[str, object]:
+    """The status line `bus up --json` prints among its JSON log lines."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in output.read_text().splitlines():
+            if line.startswith("{") and "edge_url" in (found := json.loads(line)):
+                return found  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise AssertionError(f"bus up printed no status line:\n{output.read_text()[-2000:]}")
 
 
 def _exercise_demo(data_dir: Path) -> None:

@@ -8,11 +8,14 @@ Projections: `task` (task id → status, title, attempts, version) and `task_cou
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 
 from bus import App, Envelope, Event, StreamSpec, current_bus
 from bus.projection import Projection
 
+log = logging.getLogger("tasks")
 MAX_DELIVER = 5
 
 
@@ -113,3 +116,4 @@ async def run_task(event: TaskCreated, envelope: Envelope[TaskCreated]) -> None:
         await bus.publish(TaskFailed(attempt=attempt, reason="asked to fail"), task_id)
         raise DemoFailure(f"task {task_id}: failing attempt {attempt} of {event.fail_times}")
     await bus.publish(TaskCompleted(attempts=attempt), task_id)
+    log.info("task %s completed on attempt %d", task_id, attempt)

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from bus import Bus
 from bus.app import App
 from bus.live_view import LiveView
+from observability import tracing
 
 from . import (
     asyncapi,
@@ -107,4 +108,5 @@ def create_app(
     for module in (health, metrics, events, projections, catalogue, asyncapi, tail):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
+    tracing.instrument(api)
     return api

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
+
+from bus.app import App
+from services.settings import Settings
 
 
 class EdgeServer(uvicorn.Server):
@@ -34,3 +37,23 @@ async def start_edge(api: Any, host: str, port: int) -> tuple[EdgeServer, asynci
 async def stop_edge(server: EdgeServer, task: asyncio.Task[None]) -> None:
     server.should_exit = True
     await task
+
+
+async def serve_edge(settings: Settings, app: App, show_key: Callable[[str], None]) -> None:
+    """`bus edge`: the edge alone until a signal, then a graceful stop (exit status 0)."""
+    from services import telemetry
+    from services.lifecycle import until_signalled
+
+    from .app import create_app
+
+    flush = telemetry.setup(f"{app.name}-edge")
+    try:
+        api = create_app(app, settings.resolve_nats_url(), **settings.edge_options())
+        if api.state.dev_key:
+            show_key(api.state.dev_key)
+        async with until_signalled() as stop:
+            server, task, _ = await start_edge(api, settings.edge_host, settings.edge_port)
+            await stop.wait()
+            await stop_edge(server, task)
+    finally:
+        flush()

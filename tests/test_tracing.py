@@ -1,0 +1,180 @@
+"""One trace across every hop: the edge, a worker and a projector, each its own process,
+exporting OTLP/HTTP to a receiver run by the test; and the log lines carry the trace id."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from bus.server import EmbeddedServer, free_port
+
+BUS = str(Path(sys.executable).with_name("bus"))
+KEY = "trace-key"
+
+
+class Receiver(ThreadingHTTPServer):
+    """An OTLP/HTTP trace endpoint that keeps every span it is sent, with its service."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.spans: list[tuple[str, Span]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = ExportTraceServiceRequest.FromString(body)
+        with self.server.lock:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                )
+                for scope in resource_spans.scope_spans:
+                    self.server.spans.extend((service, span) for span in scope.spans)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _start(verb: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own handle
+        return subprocess.Popen(
+            [BUS, verb, "--app", "services.demo:app"], env=env, stdout=out, stderr=out
+        )
+
+
+@pytest.mark.slow
+def test_one_trace_from_http_through_worker_and_projector(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    port = free_port()
+    with EmbeddedServer(store_dir=tmp_path / "nats") as server:
+        env = {
+            **os.environ,
+            "BUS_NATS_URL": server.url,
+            "BUS_DATA_DIR": str(tmp_path),
+            "BUS_EDGE_PORT": str(port),
+            "BUS_API_KEYS": f"{KEY}:read+write",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        env.pop("OTEL_SERVICE_NAME", None)
+        procs = [_start(verb, env, tmp_path / f"{verb}.log") for verb in ("worker", "projector")]
+        time.sleep(1.5)  # they create the stream and consumers before the edge publishes
+        procs.append(_start("edge", env, tmp_path / "edge.log"))
+        try:
+            base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
+            _wait_ready(base)
+            posted = httpx.post(
+                f"{base}/api/v1/events/tasks.tr1.created", json={"title": "traced"}, headers=auth
+            )
+            assert posted.status_code == 201, posted.text
+            got = httpx.get(
+                f"{base}/api/v1/projections/task/tr1",
+                params={"after_seq": posted.json()["seq"]},
+                headers=auth,
+                timeout=10,
+            )
+            assert got.status_code == 200
+            spans = _collect(receiver, {"tasks-edge", "tasks-worker", "tasks-projector"})
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                assert proc.wait(20) == 0
+
+    server_span = next(
+        s for svc, s in spans if svc == "tasks-edge" and s.kind == Span.SPAN_KIND_SERVER
+    )
+    trace_id = server_span.trace_id
+    in_trace = [(svc, s) for svc, s in spans if s.trace_id == trace_id]
+    assert {svc for svc, _ in in_trace} >= {"tasks-edge", "tasks-worker", "tasks-projector"}
+
+    publish = next(
+        s for svc, s in in_trace if svc == "tasks-edge" and s.name == "publish tasks.{id}.created"
+    )
+    assert publish.kind == Span.SPAN_KIND_PRODUCER
+    assert publish.parent_span_id  # under the HTTP request's span
+    process = next(s for svc, s in in_trace if s.name == "process tasks-worker")
+    assert process.kind == Span.SPAN_KIND_CONSUMER
+    assert process.parent_span_id == publish.span_id  # a child of the producer...
+    assert [link.span_id for link in process.links] == [publish.span_id]  # ...and linked
+    follow_up = next(s for svc, s in in_trace if s.name == "publish tasks.{id}.completed")
+    assert follow_up.parent_span_id == process.span_id
+    projected = [s for svc, s in in_trace if svc == "tasks-projector" and s.name == "process task"]
+    assert projected
+    assert any(link.span_id == publish.span_id for s in projected for link in s.links)
+
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "worker.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    done = next(line for line in lines if "completed" in line.get("event", ""))
+    assert done["trace_id"] == trace_id.hex()
+    assert done["component"] == "tasks-worker"
+    assert done["event_id"] == posted.json()["id"]
+
+
+def _wait_ready(base: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the edge did not become ready")
+
+
+def _collect(receiver: Receiver, services: set[str]) -> list[tuple[str, Span]]:
+    """The spans once every service has exported some (batches leave every 100 ms)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with receiver.lock:
+            spans = list(receiver.spans)
+        if services <= {svc for svc, _ in spans} and any(
+            s.name == "process task" for _, s in spans
+        ):
+            time.sleep(0.5)  # the rest of the batches
+            with receiver.lock:
+                return list(receiver.spans)
+        time.sleep(0.1)
+    raise AssertionError(f"spans only from {sorted({svc for svc, _ in receiver.spans})}")
