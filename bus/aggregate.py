@@ -150,7 +150,9 @@ class Repository(Generic[A]):
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await ensure_bucket(self._bus.js, f"snapshots_{self._type.__domain__}")
+            self._kv = await ensure_bucket(
+                self._bus.js, f"snapshots_{self._type.__domain__}", replicas=self._bus.replicas
+            )
         return self._kv
 
     async def _read_snapshot(self, aggregate_id: str) -> _Snapshot | None:

@@ -124,8 +124,12 @@ class Bus:
         publish_timeout: float = 5.0,
         drain_timeout: float = 10.0,
         connect_timeout: float = 2.0,
+        replicas: int = 1,
     ) -> None:
+        if replicas not in (1, 3, 5):
+            raise ConfigError("replicas must be 1, 3 or 5")
         self.urls = split_urls(servers)
+        self.replicas = replicas  # of the KV buckets this bus creates (read models, registry...)
         self._connect_opts = (credentials or Credentials()).connect_options()
         self.name = name
         self.registry = registry if registry is not None else EventRegistry()

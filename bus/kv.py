@@ -31,7 +31,12 @@ def from_kv_key(stored: str) -> str:
 
 
 async def ensure_bucket(
-    js: JetStreamContext, name: str, *, history: int = 1, ttl: float | None = None
+    js: JetStreamContext,
+    name: str,
+    *,
+    history: int = 1,
+    ttl: float | None = None,
+    replicas: int = 1,
 ) -> KeyValue:
     """The bucket `name`, created if missing (with direct get on, which our reads use)."""
     try:
@@ -40,7 +45,12 @@ async def ensure_bucket(
         pass
     try:
         config = KeyValueConfig(
-            name, history=history, storage=StorageType.FILE, direct=True, ttl=ttl
+            name,
+            history=history,
+            storage=StorageType.FILE,
+            direct=True,
+            ttl=ttl,
+            replicas=replicas,
         )
         return await js.create_key_value(config)
     except nats.errors.Error as exc:

@@ -33,7 +33,9 @@ class Lease:
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await ensure_bucket(self._bus.js, BUCKET, ttl=self.ttl)
+            self._kv = await ensure_bucket(
+                self._bus.js, BUCKET, ttl=self.ttl, replicas=self._bus.replicas
+            )
         return self._kv
 
     async def acquire(self) -> bool:

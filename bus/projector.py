@@ -64,7 +64,7 @@ class _Generation:
         self._filter = subjects[0] if len(subjects) == 1 else None
 
     async def open(self) -> None:
-        await ensure_bucket(self.bus.js, self.bucket)
+        await ensure_bucket(self.bus.js, self.bucket, replicas=self.bus.replicas)
 
     async def step(self) -> int:
         """Fold one batch; returns how many stream messages it read (0: caught up).
@@ -229,7 +229,7 @@ class Projector:
         if name in self._live:
             return
         projection = self.projections[name]
-        await ensure_bucket(self._bus.js, META_BUCKET)
+        await ensure_bucket(self._bus.js, META_BUCKET, replicas=self._bus.replicas)
         status = await ProjectionView(self._bus, projection).status()
         stream = status.stream or await self._bus.stream_for(projection.subjects[0])
         current = _Generation(self._bus, projection, stream, status.generation)

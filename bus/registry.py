@@ -62,7 +62,9 @@ class Registration:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> Self:
-        self._kv = await ensure_bucket(self._bus.js, BUCKET, ttl=self.ttl)
+        self._kv = await ensure_bucket(
+            self._bus.js, BUCKET, ttl=self.ttl, replicas=self._bus.replicas
+        )
         await self._beat()
         self._task = asyncio.create_task(
             self._heartbeats(), name=f"heartbeat {self.component.name}"

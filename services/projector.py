@@ -113,7 +113,7 @@ async def serve_projector(settings: Settings, app: App) -> None:
     component = f"{app.name}-projector"
     flush = telemetry.setup(component)
     url = settings.resolve_nats_url()
-    bus = Bus(url, name=f"bus-projector-{app.name}", registry=app.registry, streams=app.streams)
+    bus = Bus(url, name=f"bus-projector-{app.name}", **settings.bus_options(app))
     me = Component(
         name=component,
         version=version("bus"),

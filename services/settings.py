@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bus import ConfigError
+from bus.app import App
 
 
 def _port(env: dict[str, str], name: str, default: str) -> int:
@@ -33,6 +35,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # BUS_CORS_ORIGINS: browser origins allowed to call
     allowed_hosts: tuple[str, ...] = ()  # BUS_EDGE_ALLOWED_HOSTS: Host values /mcp accepts
     publish_rate: float = 1000.0  # BUS_PUBLISH_RATE: events per second per key, 0 = unlimited
+    replicas: int = 1  # BUS_REPLICAS: of the app's streams and our KV buckets (3 on a cluster)
     metrics_host: str = "127.0.0.1"  # BUS_METRICS_HOST: where the projector and worker serve
     metrics_port: int | None = None  # BUS_METRICS_PORT: /metrics for them (unset: none)
 
@@ -48,6 +51,9 @@ class Settings:
             publish_rate = -1.0
         if not 0 <= publish_rate < float("inf"):
             raise ConfigError(f"BUS_PUBLISH_RATE must be a number >= 0, not {rate!r}")
+        replicas = env.get("BUS_REPLICAS", "1")
+        if replicas not in ("1", "3", "5"):
+            raise ConfigError(f"BUS_REPLICAS must be 1, 3 or 5, not {replicas!r}")
         reads = env.get("BUS_PUBLIC_READS", "false").lower()
         if reads not in ("true", "false", "1", "0"):
             raise ConfigError(f"BUS_PUBLIC_READS must be true or false, not {reads!r}")
@@ -61,9 +67,18 @@ class Settings:
             cors_origins=_list(env.get("BUS_CORS_ORIGINS", "")),
             allowed_hosts=_list(env.get("BUS_EDGE_ALLOWED_HOSTS", "")),
             publish_rate=publish_rate,
+            replicas=int(replicas),
             metrics_host=env.get("BUS_METRICS_HOST") or "127.0.0.1",
             metrics_port=metrics_port,
         )
+
+    def bus_options(self, app: App) -> dict[str, Any]:
+        """The keyword arguments a service's `Bus` takes from these settings and the app."""
+        return {
+            "registry": app.registry,
+            "streams": [dataclasses.replace(s, replicas=self.replicas) for s in app.streams],
+            "replicas": self.replicas,
+        }
 
     def edge_options(self) -> dict[str, Any]:
         """The keyword arguments `create_app` takes from these settings."""

@@ -92,9 +92,8 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
         bus = Bus(
             url,
             name=f"bus-up-{app.name}",
-            registry=app.registry,
-            streams=app.streams,
             router=app.router,
+            **settings.bus_options(app),
         )
         async with until_signalled() as stop, bus, Registration(bus, _component(app, bus)):
             projecting = asyncio.create_task(ProjectorService(bus, app).run(stop))

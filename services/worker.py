@@ -27,9 +27,8 @@ async def serve_worker(settings: Settings, app: App) -> None:
     bus = Bus(
         settings.resolve_nats_url(),
         name=f"bus-worker-{app.name}",
-        registry=app.registry,
-        streams=app.streams,
         router=app.router,
+        **settings.bus_options(app),
     )
     try:
         async with until_signalled() as stop, bus:

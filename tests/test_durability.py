@@ -11,6 +11,7 @@ import pytest
 
 from bus import (
     Bus,
+    ConfigError,
     EmbeddedCluster,
     EmbeddedServer,
     Envelope,
@@ -18,7 +19,11 @@ from bus import (
     ServerError,
     StreamSpec,
 )
+from bus.projector import Projector
+from bus.registry import Component, Registration
 from bus.server import TLSFiles
+from services import demo
+from services.settings import Settings
 
 from .domain import JOBS, JobCreated, eventually
 
@@ -128,3 +133,21 @@ def test_config_is_durable_by_default(tmp_path: Path) -> None:
     assert 'sync_interval: "always"' in text
     assert '"127.0.0.1:-1"' in text  # loopback only, a free port
     assert 'sync_interval: "2m"' in EmbeddedServer(tmp_path, sync_interval="2m").config_text()
+
+
+async def test_bus_replicas_3_makes_the_apps_streams_and_buckets_r3(
+    nats_cluster: EmbeddedCluster,
+) -> None:
+    """BUS_REPLICAS=3 (docker-compose's cluster): streams, read models and registry on 3 nodes."""
+    settings = Settings.from_env({"BUS_REPLICAS": "3"})
+    async with (
+        Bus(nats_cluster.urls, **settings.bus_options(demo.app)) as bus,
+        Projector(bus, demo.app.projections.values()),
+        Registration(bus, Component(name="r3-check")),
+    ):
+        assert (await bus.streams.info("TASKS")).replicas == 3
+        for stream in ("KV_proj_task_1", "KV_bus_projections", "KV_bus_components"):
+            info = await bus.js.stream_info(stream)
+            assert info.config.num_replicas == 3, stream
+    with pytest.raises(ConfigError, match="BUS_REPLICAS"):
+        Settings.from_env({"BUS_REPLICAS": "2"})

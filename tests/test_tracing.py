@@ -112,6 +112,9 @@ def test_one_trace_from_http_through_worker_and_projector(
                 timeout=10,
             )
             assert got.status_code == 200
+            scraped = httpx.get(
+                f"{base}/metrics", headers={"Accept": "application/openmetrics-text"}
+            ).text
             spans = _collect(receiver, {"tasks-edge", "tasks-worker", "tasks-projector"})
         finally:
             for proc in procs:
@@ -140,6 +143,9 @@ def test_one_trace_from_http_through_worker_and_projector(
     projected = [s for svc, s in in_trace if svc == "tasks-projector" and s.name == "process task"]
     assert projected
     assert any(link.span_id == publish.span_id for s in projected for link in s.links)
+
+    # The publish latency histogram points at the request's trace (an exemplar).
+    assert f'trace_id="{trace_id.hex()}"' in scraped
 
     lines = [
         json.loads(line)
