@@ -252,11 +252,12 @@ def schema(app_ref: str) -> None:
 @main.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["messaging", "state", "http"]),
+    type=click.Choice(["messaging", "state", "http", "tracing"]),
     default="messaging",
     show_default=True,
     help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild; "
-    "http: the edge beside bare FastAPI under wrk, and read-your-writes latency.",
+    "http: the edge beside bare FastAPI under wrk, and read-your-writes latency; "
+    "tracing: publish and consume with tracing off, at 10% and at 100% sampling.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--messages", type=click.IntRange(min=100), default=5000, show_default=True)
@@ -278,9 +279,12 @@ def bench(
     from .bench import run_bench
     from .bench_http import run_http_bench
     from .bench_state import run_state_bench
+    from .bench_tracing import run_tracing_bench
 
     try:
-        if scenario == "http":
+        if scenario == "tracing":
+            run_tracing_bench(runs, messages, as_json)
+        elif scenario == "http":
             run_http_bench(runs, 10, sync_interval, as_json)
         elif scenario == "state":
             run_loop(run_state_bench(runs, events, as_json))

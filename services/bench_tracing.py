@@ -1,0 +1,130 @@
+"""`bus bench --scenario tracing`: what tracing costs, at 0%, 10% and 100% sampling.
+
+Each mode runs in a fresh child process (a process has one tracer provider for good): it
+publishes `--messages` events pipelined, then consumes them with a per-message ack, on the
+same embedded server, and reports msgs/s. "off" installs no SDK at all (the default without
+`OTEL_EXPORTER_OTLP_ENDPOINT`); the sampled modes install the SDK with a parent-based ratio
+sampler and a batch processor whose exporter drops the spans, so the figure is the cost of
+making spans, not of a network. Modes alternate over the runs; medians are compared to off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from bus import Bus, EmbeddedServer, Event, StreamSpec
+
+MODES = {"off": None, "10%": 0.1, "100%": 1.0}
+TARGET = 0.85  # 10% sampling keeps at least this share of the throughput
+STREAM = StreamSpec(name="TRACED", subjects=("traced.>",))
+
+
+class Traced(Event):
+    __domain__ = "traced"
+    __event_name__ = "created"
+    n: int
+
+
+def run_tracing_bench(runs: int, messages: int, as_json: bool) -> None:
+    console = Console(stderr=True)
+    rates: dict[str, dict[str, list[float]]] = {m: {"publish": [], "consume": []} for m in MODES}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedServer(store_dir=f"{tmp}/nats", sync_interval="2m") as server,
+    ):
+        for run in range(runs):
+            console.print(f"run {run + 1}/{runs}…")
+            order = list(MODES) if run % 2 == 0 else list(reversed(MODES))
+            for mode in order:
+                out = subprocess.run(
+                    [sys.executable, "-m", __name__, server.url, mode, str(messages), str(run)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                for name, rate in json.loads(out).items():
+                    rates[mode][name].append(rate)
+    _report(rates, runs, messages, as_json)
+
+
+def _report(rates: dict[str, dict[str, list[float]]], runs: int, n: int, as_json: bool) -> None:
+    medians = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in rates.items()}
+    ratios = {m: {k: v / medians["off"][k] for k, v in r.items()} for m, r in medians.items()}
+    if as_json:
+        print(json.dumps({"runs": rates, "median": medians, "ratio_to_off": ratios}))
+        return
+    table = Table("sampling", "publish msgs/s", "ratio", "consume msgs/s", "ratio",
+                  title=f"tracing cost · median of {runs} runs · {n} messages")  # fmt: skip
+    for mode, figures in medians.items():
+        table.add_row(
+            mode,
+            f"{figures['publish']:,.0f}",
+            f"{ratios[mode]['publish']:.2f}x",
+            f"{figures['consume']:,.0f}",
+            f"{ratios[mode]['consume']:.2f}x",
+        )
+    Console().print(table)
+    worst = min(ratios["10%"].values())
+    mark = "[green]ok[/]" if worst >= TARGET else "[red]missed[/]"
+    Console().print(
+        f"10% sampling keeps {worst:.0%} of the throughput (target >= {TARGET:.0%}) {mark}"
+    )
+
+
+def _install_sdk(ratio: float) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ParentBasedTraceIdRatio(ratio))
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(provider)
+
+
+async def _child(url: str, mode: str, n: int, run: str) -> dict[str, float]:
+    ratio = MODES[mode]
+    if ratio is not None:
+        _install_sdk(ratio)
+    async with Bus(url, streams=[STREAM]) as bus:
+        await bus.js.purge_stream(STREAM.name)
+        start = time.perf_counter()
+        await bus.publish_many((Traced(n=i), f"t{i}") for i in range(n))
+        publish = n / (time.perf_counter() - start)
+        done = asyncio.Event()
+        seen = 0
+
+        async def handle(event: Traced) -> None:
+            nonlocal seen
+            seen += 1
+            if seen >= n:
+                done.set()
+
+        start = time.perf_counter()
+        consumer = await bus.consume(handle, durable=f"traced-{mode.rstrip('%')}-{run}")
+        await done.wait()
+        consume = n / (time.perf_counter() - start)
+        await consumer.stop()
+    return {"publish": publish, "consume": consume}
+
+
+if __name__ == "__main__":
+    from .lifecycle import run as run_loop
+
+    url, mode, count, run_id = sys.argv[1:5]
+    print(msgspec.json.encode(run_loop(_child(url, mode, int(count), run_id))).decode())
