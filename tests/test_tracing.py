@@ -184,3 +184,27 @@ def _collect(receiver: Receiver, services: set[str]) -> list[tuple[str, Span]]:
                 return list(receiver.spans)
         time.sleep(0.1)
     raise AssertionError(f"spans only from {sorted({svc for svc, _ in receiver.spans})}")
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_sampling_follows_the_first_decision_downstream(nats_url: str, ratio: float) -> None:
+    """Unsampled: no span anywhere, yet the trace id reaches the follow-up event (unsampled);
+    sampled: publish, process and the follow-up's publish, all in one trace."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.tracing_child", nats_url, str(ratio)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    ).stdout
+    found = json.loads(out)
+    first, follow_up = found["traceparents"]
+    assert first.split("-")[1] == follow_up.split("-")[1]  # one trace id across the hop
+    sampled = ratio == 1.0
+    assert all((int(tp[-2:], 16) & 1) == sampled for tp in (first, follow_up))
+    if sampled:
+        assert {"publish jobs.{id}.created", "process work", "publish jobs.{id}.done"} <= set(
+            found["spans"]
+        )
+    else:
+        assert found["spans"] == []
