@@ -57,6 +57,9 @@ class _Generation:
         self.failures = 0
         self.last_error = ""
         self._cache: dict[str, Record] = {}
+        # True while the cache holds every key of the bucket (it started empty here and was
+        # never trimmed): a key not in it is new, and needs no read to find that out.
+        self._complete = False
         self._next: asyncio.Task[list[StoredMessage]] | None = None  # the batch being read ahead
         self._decode = msgspec.msgpack.Decoder(projection.state).decode
         self._encode = msgspec.msgpack.Encoder().encode
@@ -65,6 +68,8 @@ class _Generation:
 
     async def open(self) -> None:
         await ensure_bucket(self.bus.js, self.bucket, replicas=self.bus.replicas)
+        info = await self.bus.js.stream_info(f"KV_{self.bucket}")
+        self._complete = info.state.messages == 0
 
     async def step(self) -> int:
         """Fold one batch; returns how many stream messages it read (0: caught up).
@@ -94,7 +99,8 @@ class _Generation:
         """Apply a batch in memory and write each changed key once."""
         projection = self.projection
         keyed = await self._keyed(batch)
-        await self._load([key for _, _, key in keyed if key not in self._cache])
+        if not self._complete:
+            await self._load([key for _, _, key in keyed if key not in self._cache])
         changed: dict[str, tuple[int, Any]] = {}  # key -> (seq, state), encoded once at the end
         for message, envelope, key in keyed:
             if key in changed:
@@ -149,8 +155,6 @@ class _Generation:
 
     async def _load(self, keys: list[str]) -> None:
         """Fetch the records of keys not in memory, a few hundred per request."""
-        if len(self._cache) > CACHE_KEYS:
-            self._cache.clear()
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), KEYS_PER_READ):
             chunk = unique[start : start + KEYS_PER_READ]
@@ -172,6 +176,9 @@ class _Generation:
         with telemetry.step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
             await self.bus.publisher.send_many(outs)
         self._cache.update(changed)
+        if len(self._cache) > CACHE_KEYS:  # memory stays bounded; misses read the bucket
+            self._cache.clear()
+            self._complete = False
 
     async def _reject(self, message: StoredMessage, reason: str) -> None:
         self.failures += 1
