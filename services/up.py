@@ -70,6 +70,8 @@ def _panel(status: dict[str, object]) -> Panel:
     table.add_row("edge", str(status["edge_url"]))
     table.add_row("OpenAPI docs", f"{status['edge_url']}/docs")
     table.add_row("health", f"{status['edge_url']}/health")
+    table.add_row("MCP", f"{status['edge_url']}/mcp")
+    table.add_row("metrics", f"{status['edge_url']}/metrics")
     if status.get("dev_api_key"):
         table.add_row("dev API key", str(status["dev_api_key"]))
     table.add_row("NATS", str(status["nats_url"]))
