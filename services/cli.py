@@ -468,3 +468,55 @@ async def components_verb(as_json: bool) -> None:
         offers = ", ".join(c.capabilities + c.endpoints)
         table.add_row(c.name, c.kind, c.version, c.instance, c.heartbeat_at or "-", offers)
     emit(as_json, found, table)
+
+
+@main.command()
+@app_option
+@json_option
+@run
+async def status(app_ref: str, as_json: bool) -> None:
+    """One table: server, streams, consumers with pending, projections with lag, components."""
+    from .status import collect, render
+
+    app = load_app(app_ref)
+    async with connect(app) as bus:
+        found = await collect(bus, app)
+    emit(as_json, found, render(found))
+
+
+@main.group()
+def demo() -> None:
+    """The demo domain `bus up` runs: load to watch in Grafana."""
+
+
+@demo.command("traffic")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Requests per second.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to run (Ctrl-C ends early).",
+)
+@click.option("--url", help="The edge (default: the running `bus up`'s, else BUS_EDGE_*).")
+@click.option("--key", help="An API key that may write (default: from BUS_API_KEYS).")
+@json_option
+@run
+async def demo_traffic(
+    rate: float, duration: float, url: str | None, key: str | None, as_json: bool
+) -> None:
+    """Create demo tasks and read them back through the HTTP edge, with live progress."""
+    from .demo.traffic import drive, render
+
+    summary = await drive(url, key, rate, duration, quiet=as_json)
+    emit(as_json, summary, render(summary))
+    if summary.errors:
+        raise ValueError(
+            f"{summary.errors} of {summary.sent} requests failed (last: {summary.last_error})"
+        )

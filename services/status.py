@@ -1,0 +1,110 @@
+"""`bus status`: the whole system at a glance, so one command answers "is it working?".
+
+Server, streams, durable consumers with what they still owe, projections with their lag and
+the registered components; KV and object-store streams are internal and left out.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+import nats.errors
+from rich.table import Table
+
+from bus import Bus, StreamError
+from bus.app import App
+from bus.projection import ProjectionStatus, ProjectionView
+from bus.registry import Component, components
+from bus.streams import StreamSummary
+
+INTERNAL = ("KV_", "OBJ_")
+
+
+class Server(msgspec.Struct):
+    url: str
+    version: str
+    jetstream: bool
+
+
+class ConsumerState(msgspec.Struct):
+    stream: str
+    name: str
+    pending: int  # stored messages not yet delivered
+    ack_pending: int  # delivered, not yet acknowledged
+
+
+class Status(msgspec.Struct):
+    server: Server
+    streams: list[StreamSummary]
+    consumers: list[ConsumerState]
+    projections: list[ProjectionStatus]
+    components: list[Component]
+
+
+def _redact(url: str) -> str:
+    """A URL without its user and password: status output gets pasted into chats."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def _version(bus: Bus) -> str:
+    v = bus.nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}" + (f"-{v.dev}" if v.dev else "")
+
+
+async def collect(bus: Bus, app: App) -> Status:
+    try:
+        await bus.js.account_info()
+        jetstream = True
+    except nats.errors.Error:
+        jetstream = False
+    server = Server(
+        url=", ".join(_redact(u) for u in bus.urls),
+        version=_version(bus),
+        jetstream=jetstream,
+    )
+    streams = [s for s in await bus.streams.list() if not s.name.startswith(INTERNAL)]
+    consumers = []
+    for s in streams:
+        try:
+            infos = await bus.js.consumers_info(s.name)
+        except nats.errors.Error as exc:
+            raise StreamError(f"stream {s.name!r}: cannot list its consumers: {exc}") from None
+        consumers += [
+            ConsumerState(s.name, c.name, c.num_pending or 0, c.num_ack_pending or 0)
+            for c in infos
+            if c.config.durable_name
+        ]
+    projections = [await ProjectionView(bus, p).status() for p in app.projections.values()]
+    return Status(server, streams, consumers, projections, await components(bus))
+
+
+def render(status: Status) -> Table:
+    """One table, a section per part, so the eye finds a problem without scrolling."""
+    table = Table("", "name", "state", title="bus status")
+    s = status.server
+    table.add_row(
+        "server",
+        s.url,
+        f"nats-server {s.version}, JetStream {'ok' if s.jetstream else 'UNREACHABLE'}",
+    )
+    table.add_section()
+    for st in status.streams:
+        table.add_row("stream", st.name, f"{st.messages} messages, last #{st.last_seq}")
+    table.add_section()
+    for c in status.consumers:
+        table.add_row(
+            "consumer", f"{c.stream}/{c.name}", f"pending {c.pending}, ack pending {c.ack_pending}"
+        )
+    table.add_section()
+    for p in status.projections:
+        failures = f", {p.failures} failures" if p.failures else ""
+        table.add_row("projection", p.name, f"position {p.position}, lag {p.lag}{failures}")
+    table.add_section()
+    for comp in status.components:
+        table.add_row(
+            "component",
+            comp.name,
+            f"{comp.kind} {comp.instance}, heartbeat {comp.heartbeat_at or '-'}",
+        )
+    return table
