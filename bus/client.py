@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -99,6 +100,11 @@ class Credentials:
         return opts
 
 
+def redact_url(url: str) -> str:
+    """A URL without its user and password, for messages, logs and status output."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
 def split_urls(servers: str | Sequence[str]) -> list[str]:
     urls = [u.strip() for u in servers.split(",")] if isinstance(servers, str) else list(servers)
     urls = [u for u in urls if u]
@@ -174,7 +180,7 @@ class Bus:
                 await self._nc.close()
             cause = self._connect_error or exc  # "no servers available" hides the reason
             raise ConnectError(
-                f"cannot connect to {', '.join(self.urls)}: {_describe(cause)}"
+                f"cannot connect to {self.display_urls}: {_describe(cause)}"
             ) from None
         self._nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect forever
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
@@ -224,6 +230,11 @@ class Bus:
                     await self._nc.drain()
             except (TimeoutError, nats.errors.Error):
                 await self._nc.close()
+
+    @property
+    def display_urls(self) -> str:
+        """The server URLs, comma-separated, with any credentials in them hidden."""
+        return ", ".join(redact_url(u) for u in self.urls)
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -67,6 +67,7 @@ def connect(app: App | None = None) -> Bus:
     settings = Settings.from_env()
     return Bus(
         settings.resolve_nats_url(),
+        credentials=settings.credentials,
         name="bus-cli",
         registry=app.registry if app else None,
         drain_timeout=2.0,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus import ConfigError
+from bus import ConfigError, Credentials
 from bus.app import App
 
 
@@ -35,6 +35,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # BUS_CORS_ORIGINS: browser origins allowed to call
     allowed_hosts: tuple[str, ...] = ()  # BUS_EDGE_ALLOWED_HOSTS: Host values /mcp accepts
     publish_rate: float = 1000.0  # BUS_PUBLISH_RATE: events per second per key, 0 = unlimited
+    credentials: Credentials = field(default_factory=Credentials)  # BUS_NATS_USER, ... below
     replicas: int = 1  # BUS_REPLICAS: of the app's streams and our KV buckets (3 on a cluster)
     metrics_host: str = "127.0.0.1"  # BUS_METRICS_HOST: where the projector and worker serve
     metrics_port: int | None = None  # BUS_METRICS_PORT: /metrics for them (unset: none)
@@ -67,6 +68,16 @@ class Settings:
             cors_origins=_list(env.get("BUS_CORS_ORIGINS", "")),
             allowed_hosts=_list(env.get("BUS_EDGE_ALLOWED_HOSTS", "")),
             publish_rate=publish_rate,
+            credentials=Credentials(
+                user=env.get("BUS_NATS_USER") or None,
+                password=env.get("BUS_NATS_PASSWORD") or None,
+                token=env.get("BUS_NATS_TOKEN") or None,
+                creds=env.get("BUS_NATS_CREDS") or None,
+                nkey_seed=env.get("BUS_NATS_NKEY_SEED") or None,
+                tls_ca=env.get("BUS_NATS_TLS_CA") or None,
+                tls_cert=env.get("BUS_NATS_TLS_CERT") or None,
+                tls_key=env.get("BUS_NATS_TLS_KEY") or None,
+            ),
             replicas=int(replicas),
             metrics_host=env.get("BUS_METRICS_HOST") or "127.0.0.1",
             metrics_port=metrics_port,
@@ -75,6 +86,7 @@ class Settings:
     def bus_options(self, app: App) -> dict[str, Any]:
         """The keyword arguments a service's `Bus` takes from these settings and the app."""
         return {
+            "credentials": self.credentials,
             "registry": app.registry,
             "streams": [dataclasses.replace(s, replicas=self.replicas) for s in app.streams],
             "replicas": self.replicas,
@@ -83,6 +95,7 @@ class Settings:
     def edge_options(self) -> dict[str, Any]:
         """The keyword arguments `create_app` takes from these settings."""
         return {
+            "credentials": self.credentials,
             "api_keys": self.api_keys,
             "public_reads": self.public_reads,
             "cors_origins": list(self.cors_origins),

@@ -6,8 +6,6 @@ the registered components; KV and object-store streams are internal and left out
 
 from __future__ import annotations
 
-import re
-
 import msgspec
 import nats.errors
 from rich.table import Table
@@ -42,11 +40,6 @@ class Status(msgspec.Struct):
     components: list[Component]
 
 
-def _redact(url: str) -> str:
-    """A URL without its user and password: status output gets pasted into chats."""
-    return re.sub(r"//[^/@]*@", "//***@", url)
-
-
 def _version(bus: Bus) -> str:
     v = bus.nc.connected_server_version
     return f"{v.major}.{v.minor}.{v.patch}" + (f"-{v.dev}" if v.dev else "")
@@ -59,7 +52,7 @@ async def collect(bus: Bus, app: App) -> Status:
     except nats.errors.Error:
         jetstream = False
     server = Server(
-        url=", ".join(_redact(u) for u in bus.urls),
+        url=bus.display_urls,
         version=_version(bus),
         jetstream=jetstream,
     )

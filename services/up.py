@@ -55,7 +55,7 @@ def _component(app: App, bus: Bus) -> Component:
 def _status(app: App, url: str, server: EmbeddedServer | None, bus: Bus) -> dict[str, object]:
     return {
         "app": app.name,
-        "nats_url": url,
+        "nats_url": bus.display_urls,
         "nats_monitor_url": server.monitor_url if server else None,
         "embedded": server is not None,
         "streams": [s.name for s in app.streams],

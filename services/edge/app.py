@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import Bus
+from bus import Bus, Credentials
 from bus.app import App
 from bus.live_view import LiveView
 from observability import tracing
@@ -49,6 +49,7 @@ def create_app(
     app: App,
     nats_url: str,
     *,
+    credentials: Credentials | None = None,
     api_keys: str | None = None,
     public_reads: bool = False,
     body_limit: int = BODY_LIMIT,
@@ -73,7 +74,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         async with (
-            Bus(nats_url, name=f"edge-{app.name}", registry=app.registry) as bus,
+            Bus(
+                nats_url, name=f"edge-{app.name}", registry=app.registry, credentials=credentials
+            ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
         ):
