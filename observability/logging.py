@@ -27,8 +27,15 @@ def add_trace(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappin
     return event
 
 
-def setup(component: str, extra: tuple[Processor, ...] = (), level: int = logging.INFO) -> None:
-    """Route all logging through structlog; `extra` processors add fields (e.g. event_id)."""
+def setup(
+    component: str,
+    extra: tuple[Processor, ...] = (),
+    level: int = logging.INFO,
+    json: bool | None = None,
+) -> None:
+    """Route all logging through structlog; `extra` processors add fields (e.g. event_id).
+
+    JSON lines unless stdout is a terminal; `json=True` forces them (`--json` on the CLI)."""
 
     def add_component(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
         event.setdefault("component", component)
@@ -43,7 +50,7 @@ def setup(component: str, extra: tuple[Processor, ...] = (), level: int = loggin
         add_trace,
         *extra,
     ]
-    terminal = sys.stdout.isatty()
+    terminal = sys.stdout.isatty() if json is None else not json
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if terminal else structlog.processors.JSONRenderer()
     )

@@ -297,7 +297,8 @@ def bench(
 
 @main.command()
 @app_option
-def edge(app_ref: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON log lines even on a terminal.")
+def edge(app_ref: str, as_json: bool) -> None:
     """Run the HTTP edge alone on BUS_EDGE_HOST:BUS_EDGE_PORT (keys from BUS_API_KEYS)."""
     from .edge.server import serve_edge
 
@@ -305,7 +306,7 @@ def edge(app_ref: str) -> None:
         err_console.print(f"development API key: [bold]{key}[/]", highlight=False)
 
     try:
-        run_loop(serve_edge(Settings.from_env(), load_app(app_ref), show_key))
+        run_loop(serve_edge(Settings.from_env(), load_app(app_ref), show_key, as_json))
     except (BusError, ValueError, OSError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -314,13 +315,14 @@ def edge(app_ref: str) -> None:
 
 @main.command()
 @app_option
-def projector(app_ref: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON log lines even on a terminal.")
+def projector(app_ref: str, as_json: bool) -> None:
     """Run the app's projections; start several for failover (one is active per projection)."""
     from .projector import serve_projector
 
     try:
         app = load_app(app_ref)
-        run_loop(serve_projector(Settings.from_env(), app))
+        run_loop(serve_projector(Settings.from_env(), app, as_json))
     except (BusError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -329,13 +331,14 @@ def projector(app_ref: str) -> None:
 
 @main.command()
 @app_option
-def worker(app_ref: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON log lines even on a terminal.")
+def worker(app_ref: str, as_json: bool) -> None:
     """Run the app's handlers; start several to share the work."""
     from .worker import serve_worker
 
     try:
         app = load_app(app_ref)
-        run_loop(serve_worker(Settings.from_env(), app))
+        run_loop(serve_worker(Settings.from_env(), app, as_json))
     except (BusError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -374,17 +377,30 @@ async def projections_list(app_ref: str, as_json: bool) -> None:
 @projections.command("get")
 @click.argument("name")
 @click.argument("key")
+@click.option(
+    "--after-seq", type=click.IntRange(min=1), help="Wait until this sequence is applied."
+)
 @app_option
+@json_option
 @run
-async def projections_get(name: str, key: str, app_ref: str) -> None:
-    """The state of KEY in projection NAME, as JSON."""
+async def projections_get(
+    name: str, key: str, after_seq: int | None, app_ref: str, as_json: bool
+) -> None:
+    """The state of KEY in projection NAME (read-your-writes with --after-seq)."""
     app = load_app(app_ref)
     async with connect(app) as bus:
-        found = await ProjectionView(bus, app.projection(name)).get(key)
+        view = ProjectionView(bus, app.projection(name))
+        if after_seq is not None:
+            await view.wait_for(after_seq, timeout=10)
+        found = await view.get(key)
     if found is None:
         raise ValueError(f"projection {name!r} has no key {key!r}")
     state, seq = found
-    click.echo(msgspec.json.encode({"key": key, "seq": seq, "state": state}).decode())
+    body = {"key": key, "seq": seq, "state": msgspec.to_builtins(state)}
+    if as_json:
+        click.echo(msgspec.json.encode(body).decode())
+    else:
+        console.print_json(data=body)
 
 
 @projections.command("rebuild")

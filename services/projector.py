@@ -108,10 +108,10 @@ def _log_rebuild(name: str, task: asyncio.Task[Any]) -> None:
         log.info("rebuild of %s done: generation %d", name, task.result().generation)
 
 
-async def serve_projector(settings: Settings, app: App) -> None:
+async def serve_projector(settings: Settings, app: App, json_logs: bool = False) -> None:
     """`bus projector`: only the projections (no handlers), until a signal."""
     component = f"{app.name}-projector"
-    flush = telemetry.setup(component)
+    flush = telemetry.setup(component, json_logs)
     url = settings.resolve_nats_url()
     bus = Bus(url, name=f"bus-projector-{app.name}", **settings.bus_options(app))
     me = Component(

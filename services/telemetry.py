@@ -33,9 +33,9 @@ def add_event_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
     return event
 
 
-def setup(component: str) -> Callable[[], None]:
+def setup(component: str, json_logs: bool = False) -> Callable[[], None]:
     """Logs, traces and metrics for this process; returns what flushes spans at exit."""
-    logs.setup(component, extra=(add_event_id,))
+    logs.setup(component, extra=(add_event_id,), json=True if json_logs else None)
     provider = tracing.setup(component)
     if not any(isinstance(o, m.Recorder) for o in telemetry.observers):
         telemetry.observers.append(m.Recorder())

@@ -87,7 +87,7 @@ def _panel(status: dict[str, object]) -> Panel:
 
 
 async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) -> None:
-    flush = telemetry.setup(app.name)
+    flush = telemetry.setup(app.name, json_logs=as_json)
     server = None if settings.nats_url else _start_server(settings, fresh)
     url = settings.nats_url or server.url  # type: ignore[union-attr]
     try:

@@ -21,9 +21,9 @@ from .settings import Settings
 log = logging.getLogger("bus.worker")
 
 
-async def serve_worker(settings: Settings, app: App) -> None:
+async def serve_worker(settings: Settings, app: App, json_logs: bool = False) -> None:
     component = f"{app.name}-worker"
-    flush = telemetry.setup(component)
+    flush = telemetry.setup(component, json_logs)
     bus = Bus(
         settings.resolve_nats_url(),
         name=f"bus-worker-{app.name}",

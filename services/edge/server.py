@@ -39,14 +39,16 @@ async def stop_edge(server: EdgeServer, task: asyncio.Task[None]) -> None:
     await task
 
 
-async def serve_edge(settings: Settings, app: App, show_key: Callable[[str], None]) -> None:
+async def serve_edge(
+    settings: Settings, app: App, show_key: Callable[[str], None], json_logs: bool = False
+) -> None:
     """`bus edge`: the edge alone until a signal, then a graceful stop (exit status 0)."""
     from services import telemetry
     from services.lifecycle import until_signalled
 
     from .app import create_app
 
-    flush = telemetry.setup(f"{app.name}-edge")
+    flush = telemetry.setup(f"{app.name}-edge", json_logs)
     try:
         api = create_app(app, settings.resolve_nats_url(), **settings.edge_options())
         if api.state.dev_key:
