@@ -1,86 +1,121 @@
-"""Settings from `BUS_*` environment variables, read once at start-up (names in DESIGN.md)."""
+"""Settings: the `BUS_*` environment variables (names in DESIGN.md), or a TOML file.
+
+The file is `$BUS_CONFIG`, else `./bus.toml` when there is one; its keys are the variable
+names without `BUS_`, in lower case (`edge_port = 8081`). The environment wins over the file.
+Read once at start-up; a bad value stops the process with one line naming the variable.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from bus import ConfigError, Credentials
 from bus.app import App
 
-
-def _port(env: dict[str, str], name: str, default: str) -> int:
-    value = env.get(name, default)
-    if not value.isdigit() or not 0 <= int(value) < 65536:
-        raise ConfigError(f"{name} must be a port number, not {value!r}")
-    return int(value)
+Port = Annotated[int, Field(ge=0, le=65535)]
+Names = Annotated[tuple[str, ...], NoDecode]  # comma-separated in the environment
 
 
-def _list(value: str) -> tuple[str, ...]:
-    return tuple(filter(None, (item.strip() for item in value.split(","))))
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BUS_", env_ignore_empty=True, frozen=True)
 
+    nats_url: str | None = None  # comma-separated; unset: `bus up` starts the embedded server
+    data_dir: Path = Path(".bus")  # the embedded server's store and local state
+    edge_host: str = "127.0.0.1"
+    edge_port: Port = 8080  # 0: a free port
+    api_keys: SecretStr | None = None  # key:read+write+admin,key2:read
+    public_reads: bool = False  # reads without a key
+    cors_origins: Names = ()  # browser origins allowed to call the edge
+    edge_allowed_hosts: Names = ()  # Host values /mcp accepts (DNS-rebinding guard)
+    publish_rate: float = Field(1000.0, ge=0, allow_inf_nan=False)  # per key per s; 0: none
+    replicas: int = 1  # of the app's streams and our KV buckets: 1, 3 (a cluster) or 5
+    metrics_host: str = "127.0.0.1"  # where `bus projector` and `bus worker` serve /metrics
+    metrics_port: Port | None = None  # unset: they serve none
+    nats_user: str | None = None  # how to authenticate to NATS: one of user (+ password),
+    nats_password: SecretStr | None = None  # token, a .creds file or an nkey seed file
+    nats_token: SecretStr | None = None
+    nats_creds: Path | None = None
+    nats_nkey_seed: Path | None = None
+    nats_tls_ca: Path | None = None  # TLS to NATS
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
 
-@dataclass(frozen=True)
-class Settings:
-    nats_url: str | None  # BUS_NATS_URL, comma-separated; None: the embedded server
-    data_dir: Path  # BUS_DATA_DIR: embedded server store and local state
-    edge_host: str  # BUS_EDGE_HOST
-    edge_port: int  # BUS_EDGE_PORT (0: a free port)
-    api_keys: str | None  # BUS_API_KEYS: key:read+write+admin,key2:read
-    public_reads: bool = False  # BUS_PUBLIC_READS: reads without a key
-    cors_origins: tuple[str, ...] = ()  # BUS_CORS_ORIGINS: browser origins allowed to call
-    allowed_hosts: tuple[str, ...] = ()  # BUS_EDGE_ALLOWED_HOSTS: Host values /mcp accepts
-    publish_rate: float = 1000.0  # BUS_PUBLISH_RATE: events per second per key, 0 = unlimited
-    credentials: Credentials = field(default_factory=Credentials)  # BUS_NATS_USER, ... below
-    replicas: int = 1  # BUS_REPLICAS: of the app's streams and our KV buckets (3 on a cluster)
-    metrics_host: str = "127.0.0.1"  # BUS_METRICS_HOST: where the projector and worker serve
-    metrics_port: int | None = None  # BUS_METRICS_PORT: /metrics for them (unset: none)
+    @field_validator("cors_origins", "edge_allowed_hosts", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(filter(None, (item.strip() for item in value.split(","))))
+        return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _odd_quorum(cls, value: int) -> int:
+        if value not in (1, 3, 5):
+            raise ValueError("must be 1, 3 or 5")
+        return value
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        port = _port(env, "BUS_EDGE_PORT", "8080")
-        metrics_port = _port(env, "BUS_METRICS_PORT", "") if env.get("BUS_METRICS_PORT") else None
-        rate = env.get("BUS_PUBLISH_RATE", "1000")
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        chosen = os.environ.get("BUS_CONFIG")
+        path = Path(chosen or "bus.toml")
+        if chosen and not path.is_file():
+            raise ValueError(f"no config file at {path}")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The settings, or a ConfigError whose one line names the variable at fault."""
         try:
-            publish_rate = float(rate)
-        except ValueError:
-            publish_rate = -1.0
-        if not 0 <= publish_rate < float("inf"):
-            raise ConfigError(f"BUS_PUBLISH_RATE must be a number >= 0, not {rate!r}")
-        replicas = env.get("BUS_REPLICAS", "1")
-        if replicas not in ("1", "3", "5"):
-            raise ConfigError(f"BUS_REPLICAS must be 1, 3 or 5, not {replicas!r}")
-        reads = env.get("BUS_PUBLIC_READS", "false").lower()
-        if reads not in ("true", "false", "1", "0"):
-            raise ConfigError(f"BUS_PUBLIC_READS must be true or false, not {reads!r}")
-        return cls(
-            nats_url=env.get("BUS_NATS_URL") or None,
-            data_dir=Path(env.get("BUS_DATA_DIR") or ".bus"),
-            edge_host=env.get("BUS_EDGE_HOST") or "127.0.0.1",
-            edge_port=port,
-            api_keys=env.get("BUS_API_KEYS") or None,
-            public_reads=reads in ("true", "1"),
-            cors_origins=_list(env.get("BUS_CORS_ORIGINS", "")),
-            allowed_hosts=_list(env.get("BUS_EDGE_ALLOWED_HOSTS", "")),
-            publish_rate=publish_rate,
-            credentials=Credentials(
-                user=env.get("BUS_NATS_USER") or None,
-                password=env.get("BUS_NATS_PASSWORD") or None,
-                token=env.get("BUS_NATS_TOKEN") or None,
-                creds=env.get("BUS_NATS_CREDS") or None,
-                nkey_seed=env.get("BUS_NATS_NKEY_SEED") or None,
-                tls_ca=env.get("BUS_NATS_TLS_CA") or None,
-                tls_cert=env.get("BUS_NATS_TLS_CERT") or None,
-                tls_key=env.get("BUS_NATS_TLS_KEY") or None,
-            ),
-            replicas=int(replicas),
-            metrics_host=env.get("BUS_METRICS_HOST") or "127.0.0.1",
-            metrics_port=metrics_port,
+            return cls()
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = f"BUS_{str(error['loc'][0]).upper()}"
+            secret = any(word in name for word in ("PASSWORD", "TOKEN", "KEYS"))
+            shown = "" if secret else f" (got {error.get('input')!r})"
+            raise ConfigError(f"{name}: {error['msg']}{shown}") from None
+        except (OSError, ValueError) as exc:  # an unreadable or malformed config file
+            raise ConfigError(f"BUS_CONFIG: {exc}") from None
+
+    @property
+    def credentials(self) -> Credentials:
+        def path(p: Path | None) -> str | None:
+            return str(p) if p else None
+
+        def secret(s: SecretStr | None) -> str | None:
+            return s.get_secret_value() if s else None
+
+        return Credentials(
+            user=self.nats_user,
+            password=secret(self.nats_password),
+            token=secret(self.nats_token),
+            creds=path(self.nats_creds),
+            nkey_seed=path(self.nats_nkey_seed),
+            tls_ca=path(self.nats_tls_ca),
+            tls_cert=path(self.nats_tls_cert),
+            tls_key=path(self.nats_tls_key),
         )
 
     def bus_options(self, app: App) -> dict[str, Any]:
@@ -96,10 +131,10 @@ class Settings:
         """The keyword arguments `create_app` takes from these settings."""
         return {
             "credentials": self.credentials,
-            "api_keys": self.api_keys,
+            "api_keys": self.api_keys.get_secret_value() if self.api_keys else None,
             "public_reads": self.public_reads,
             "cors_origins": list(self.cors_origins),
-            "allowed_hosts": list(self.allowed_hosts) or None,
+            "allowed_hosts": list(self.edge_allowed_hosts) or None,
             "publish_rate": self.publish_rate,
         }
 

@@ -136,10 +136,11 @@ def test_config_is_durable_by_default(tmp_path: Path) -> None:
 
 
 async def test_bus_replicas_3_makes_the_apps_streams_and_buckets_r3(
-    nats_cluster: EmbeddedCluster,
+    nats_cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """BUS_REPLICAS=3 (docker-compose's cluster): streams, read models and registry on 3 nodes."""
-    settings = Settings.from_env({"BUS_REPLICAS": "3"})
+    monkeypatch.setenv("BUS_REPLICAS", "3")
+    settings = Settings.from_env()
     async with (
         Bus(nats_cluster.urls, **settings.bus_options(demo.app)) as bus,
         Projector(bus, demo.app.projections.values()),
@@ -149,5 +150,6 @@ async def test_bus_replicas_3_makes_the_apps_streams_and_buckets_r3(
         for stream in ("KV_proj_task_1", "KV_bus_projections", "KV_bus_components"):
             info = await bus.js.stream_info(stream)
             assert info.config.num_replicas == 3, stream
+    monkeypatch.setenv("BUS_REPLICAS", "2")
     with pytest.raises(ConfigError, match="BUS_REPLICAS"):
-        Settings.from_env({"BUS_REPLICAS": "2"})
+        Settings.from_env()

@@ -47,7 +47,7 @@ def edge_target(url: str | None, key: str | None) -> tuple[str, str]:
     """The edge and key to use: given, else what a running `bus up` and BUS_* say."""
     settings = Settings.from_env()
     if key is None:
-        key = _write_key(settings.api_keys)
+        key = _write_key(settings.edge_options()["api_keys"])
     if url is None:
         url = _recorded_edge(settings) or f"http://{settings.edge_host}:{settings.edge_port}"
     return url.rstrip("/"), key
