@@ -28,6 +28,7 @@ def _clean_env(data_dir: Path) -> dict[str, str]:
     )
     env["BUS_DATA_DIR"] = str(data_dir)
     env["BUS_EDGE_PORT"] = "0"  # never a fixed port in tests
+    env["BUS_API_KEYS"] = "quickstart-key:read+write+admin"  # what `bus demo traffic` uses
     env[NESTED] = "1"
     return env
 
@@ -45,6 +46,20 @@ def _wait_until_up(data_dir: Path, up: subprocess.Popen[bytes], timeout: float) 
             pass
         time.sleep(0.5)
     raise AssertionError("make up did not become healthy in time")
+
+
+def _assert_caught_up(bus: str, env: dict[str, str]) -> None:
+    """`bus status --json` shows the demo projections with nothing left to apply."""
+    deadline = time.monotonic() + 30
+    while True:
+        status = subprocess.run(
+            [bus, "status", "--json"], env=env, capture_output=True, text=True, check=True
+        )
+        lags = {p["name"]: p["lag"] for p in json.loads(status.stdout)["projections"]}
+        if set(lags) == {"task", "task_counts"} and not any(lags.values()):
+            return
+        assert time.monotonic() < deadline, f"projections not caught up: {lags}"
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -75,22 +90,28 @@ def test_fresh_clone_make_up_then_make_test(tmp_path: Path) -> None:
             state = _wait_until_up(data, up, timeout=600)  # includes creating the venv
             with urllib.request.urlopen(state["edge_url"] + "/readyz", timeout=5) as ready:
                 assert ready.status == 200
+            bus = str(clone / ".venv/bin/bus")
             published = subprocess.run(
-                [
-                    str(clone / ".venv/bin/bus"),
-                    "publish",
-                    "tasks.q1.created",
-                    '{"title": "from a clone"}',
-                ],
+                [bus, "publish", "tasks.q1.created", '{"title": "from a clone"}'],
                 env=env,
                 capture_output=True,
                 text=True,
                 check=False,
             )
             assert published.returncode == 0, published.stderr
+            traffic = subprocess.run(
+                [bus, "demo", "traffic", "--duration", "5", "--rate", "10", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert traffic.returncode == 0, traffic.stderr
+            assert json.loads(traffic.stdout.splitlines()[-1])["errors"] == 0
+            _assert_caught_up(bus, env)
         finally:
             with contextlib.suppress(ProcessLookupError):  # it may have died on its own
-                os.killpg(up.pid, signal.SIGTERM)
+                os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in the terminal running make up
             up.wait(timeout=30)
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, check=False)
     assert leftovers.stdout == b"", "a process outlived make up"
