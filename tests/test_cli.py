@@ -204,3 +204,54 @@ def _exercise_demo(data_dir: Path) -> None:
     tailed = bus_cli(*args, url=None, data_dir=data_dir)
     types = [json.loads(line)["type"] for line in tailed.stdout.splitlines()]
     assert types == ["TaskCreated", "TaskProgressed", "TaskCompleted"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("publish", "tasks.t1.created", '{"title": "x"}'),
+        ("tail", "tasks.>"),
+        ("streams",),
+        ("dlq", "list", "TASKS"),
+        ("dlq", "replay", "TASKS", "--seq", "1"),
+        ("projections", "list"),
+        ("projections", "get", "task", "t1"),
+        ("projections", "rebuild", "task"),
+        ("aggregate", "show", "tasks", "t1"),
+        ("components",),
+        ("status",),
+        ("worker",),
+        ("projector",),
+        ("edge",),
+    ],
+)
+def test_every_verb_says_plainly_when_nats_is_unreachable(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    proc = bus_cli(*args, url="nats://127.0.0.1:1", data_dir=tmp_path)
+    assert "cannot connect to nats://127.0.0.1:1" in one_line_error(proc)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("tail", "tasks.>", "--count", "0"), "--count"),
+        (("tail",), "PATTERN"),
+        (("publish", "tasks.t1.created"), "PAYLOAD"),
+        (("projections", "get", "task"), "KEY"),
+        (("projections", "get", "task", "t1", "--after-seq", "0"), "--after-seq"),
+        (("aggregate", "show", "tasks"), "ID"),
+        (("bench", "--runs", "0"), "--runs"),
+        (("bench", "--scenario", "nope"), "--scenario"),
+        (("demo", "traffic", "--rate", "0"), "--rate"),
+        (("up", "--no-such-option"), "--no-such-option"),
+        (("nope",), "No such command"),
+    ],
+)
+def test_wrong_arguments_are_refused_without_a_traceback(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    proc = bus_cli(*args, url="nats://127.0.0.1:1", data_dir=tmp_path)
+    assert proc.returncode == 2  # click's usage error
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 
+from bus import Bus, ConfigError
 from bus.app import App
 from services.settings import Settings
 
@@ -26,9 +27,10 @@ async def start_edge(api: Any, host: str, port: int) -> tuple[EdgeServer, asynci
     server = EdgeServer(uvicorn.Config(api, host=host, port=port, log_level="warning"))
     task = asyncio.create_task(server.serve(), name="edge")
     while not server.started:
-        if task.done():  # failed to start (port taken...): raise its error
-            await task
-            raise RuntimeError("the edge stopped before it started")
+        if task.done():  # failed to start (port taken...): uvicorn logged why
+            with contextlib.suppress(SystemExit):
+                await task
+            raise ConfigError(f"the edge could not start on {host}:{port} (see the log above)")
         await asyncio.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()[1]
     return server, task, int(bound)
@@ -50,7 +52,10 @@ async def serve_edge(
 
     flush = telemetry.setup(f"{app.name}-edge", json_logs)
     try:
-        api = create_app(app, settings.resolve_nats_url(), **settings.edge_options())
+        url = settings.resolve_nats_url()
+        async with Bus(url, credentials=settings.credentials, name="edge-check"):
+            pass  # unreachable NATS: one clear error now, not a failed start-up later
+        api = create_app(app, url, **settings.edge_options())
         if api.state.dev_key:
             show_key(api.state.dev_key)
         async with until_signalled() as stop:
