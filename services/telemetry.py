@@ -4,6 +4,7 @@ observations recorded as Prometheus metrics, and `/metrics` for processes withou
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
@@ -36,6 +37,8 @@ def add_event_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
 def setup(component: str, json_logs: bool = False) -> Callable[[], None]:
     """Logs, traces and metrics for this process; returns what flushes spans at exit."""
     logs.setup(component, extra=(add_event_id,), json=True if json_logs else None)
+    for chatty in ("mcp", "httpx"):  # their per-session and per-request INFO lines are noise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     provider = tracing.setup(component)
     if not any(isinstance(o, m.Recorder) for o in telemetry.observers):
         telemetry.observers.append(m.Recorder())
