@@ -50,9 +50,14 @@ _parent_decides = False
 
 
 def tracer() -> trace.Tracer | None:
-    """Our tracer, or None while no SDK tracer provider is installed (tracing is off)."""
+    """Our tracer, or None while no SDK tracer provider is installed (tracing is off).
+
+    Reads the API's global directly: `trace.get_tracer_provider()` looks the environment up
+    on every call until a provider is set, which is most of what an off hook would cost."""
     global _tracer, _parent_decides
-    provider = trace.get_tracer_provider()
+    provider = trace._TRACER_PROVIDER  # set once, by trace.set_tracer_provider
+    if provider is None:
+        return None
     if _tracer[0] is not provider:
         off = isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
         _tracer = (provider, None if off else provider.get_tracer("bus"))
