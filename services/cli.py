@@ -295,18 +295,15 @@ def bench(
         fail(str(exc))
 
 
-@main.command()
-@app_option
-@click.option("--json", "as_json", is_flag=True, help="JSON log lines even on a terminal.")
-def edge(app_ref: str, as_json: bool) -> None:
-    """Run the HTTP edge alone on BUS_EDGE_HOST:BUS_EDGE_PORT (keys from BUS_API_KEYS)."""
-    from .edge.server import serve_edge
+logs_option = click.option("--json", "as_json", is_flag=True, help="JSON logs on a terminal too.")
 
-    def show_key(key: str) -> None:  # shown once on the terminal, never logged
-        err_console.print(f"development API key: [bold]{key}[/]", highlight=False)
 
+def serve(
+    service: Callable[[Settings, App, bool], Awaitable[None]], app_ref: str, json: bool
+) -> None:
+    """Run a long-lived service until Ctrl-C or SIGTERM; start-up errors as one line."""
     try:
-        run_loop(serve_edge(Settings.from_env(), load_app(app_ref), show_key, as_json))
+        run_loop(service(Settings.from_env(), load_app(app_ref), json))
     except (BusError, ValueError, OSError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -315,34 +312,35 @@ def edge(app_ref: str, as_json: bool) -> None:
 
 @main.command()
 @app_option
-@click.option("--json", "as_json", is_flag=True, help="JSON log lines even on a terminal.")
-def projector(app_ref: str, as_json: bool) -> None:
-    """Run the app's projections; start several for failover (one is active per projection)."""
-    from .projector import serve_projector
+@logs_option
+def edge(app_ref: str, as_json: bool) -> None:
+    """Run the HTTP edge alone on BUS_EDGE_HOST:BUS_EDGE_PORT (keys from BUS_API_KEYS)."""
+    from .edge.server import serve_edge
 
-    try:
-        app = load_app(app_ref)
-        run_loop(serve_projector(Settings.from_env(), app, as_json))
-    except (BusError, ValueError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        pass
+    def show_key(key: str) -> None:  # shown once on the terminal, never logged
+        err_console.print(f"development API key: [bold]{key}[/]", highlight=False)
+
+    serve(functools.partial(serve_edge, show_key=show_key), app_ref, as_json)
 
 
 @main.command()
 @app_option
-@click.option("--json", "as_json", is_flag=True, help="JSON log lines even on a terminal.")
+@logs_option
+def projector(app_ref: str, as_json: bool) -> None:
+    """Run the app's projections; start several for failover (one is active per projection)."""
+    from .projector import serve_projector
+
+    serve(serve_projector, app_ref, as_json)
+
+
+@main.command()
+@app_option
+@logs_option
 def worker(app_ref: str, as_json: bool) -> None:
     """Run the app's handlers; start several to share the work."""
     from .worker import serve_worker
 
-    try:
-        app = load_app(app_ref)
-        run_loop(serve_worker(Settings.from_env(), app, as_json))
-    except (BusError, ValueError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        pass
+    serve(serve_worker, app_ref, as_json)
 
 
 @main.group()

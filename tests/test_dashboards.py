@@ -4,17 +4,14 @@ both returns data from a real Prometheus scraping a real `bus up` while traffic 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import yaml
 
 from bus.server import EmbeddedServer, free_port
 from observability.dashboards import OUTPUT, render
+from tests.processes import BUS, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy/prometheus/rules/bus.yml"
@@ -93,44 +91,6 @@ def test_alert_rules_pass_promtool() -> None:
     assert checked.returncode == 0, checked.stderr + checked.stdout
 
 
-@contextlib.contextmanager
-def running(
-    args: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A subprocess writing to `log`, stopped with SIGTERM (and reaped) on the way out."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            yield process
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_for(
-    check: Callable[[], object],
-    what: str,
-    process: subprocess.Popen[bytes],
-    log: Path,
-    seconds: float = 30,
-) -> None:
-    """Poll `check()` until it returns something truthy; fail with the process's log if it dies."""
-    deadline = time.monotonic() + seconds
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if check():
-                return
-        assert process.poll() is None, f"{log.name} exited:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, (
-            f"timed out waiting for {what}:\n{log.read_text()[-4000:]}"
-        )
-        time.sleep(0.2)
-
-
 def drive_traffic(edge: httpx.Client) -> None:
     """A success, a handler that fails until it is dead-lettered, reads, a 404 and a 422."""
     ok, poison = uuid.uuid4().hex[:8], uuid.uuid4().hex[:8]
@@ -176,7 +136,7 @@ def test_every_expression_returns_data_from_a_live_prometheus(tmp_path: Path) ->
     with (
         EmbeddedServer(store_dir=tmp_path / "nats") as server,
         running(
-            [str(Path(sys.executable).with_name("bus")), "up"],
+            [BUS, "up"],
             up_log,
             {
                 **os.environ,

@@ -4,14 +4,8 @@ worker) on a real nats-server: no 5xx, and every response matches its documented
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +18,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from bus.server import EmbeddedServer, free_port
+from tests.processes import BUS, running, wait_ready
 
 KEY = "fuzz-key"
 EXCLUDED = "/events"  # an endless SSE stream; tests/test_edge.py covers it
@@ -33,8 +28,7 @@ EXCLUDED = "/events"  # an endless SSE stream; tests/test_edge.py covers it
 def edge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("fuzz")
     port = free_port()
-    log = data / "up.log"
-    with EmbeddedServer(store_dir=data / "nats") as server, log.open("wb") as output:
+    with EmbeddedServer(store_dir=data / "nats") as server:
         env = {
             **os.environ,
             "BUS_NATS_URL": server.url,
@@ -43,30 +37,10 @@ def edge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "BUS_API_KEYS": f"{KEY}:read+write+admin",
             "BUS_PUBLISH_RATE": "0",
         }
-        up = subprocess.Popen(
-            [Path(sys.executable).with_name("bus"), "up"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while not _ready(url):
-                assert up.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "bus up did not become ready"
-                time.sleep(0.1)
+        with running([BUS, "up"], data / "up.log", env) as up:
+            wait_ready(url, up, data / "up.log")
             yield url
-        finally:
-            up.send_signal(signal.SIGTERM)
-            up.wait(20)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.mark.slow

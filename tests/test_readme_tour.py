@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bus.server import free_port
+from tests.processes import BUS, running, wait_ready
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BIN = Path(sys.executable).parent
@@ -46,10 +44,9 @@ def test_the_tour_runs_against_bus_up(tmp_path: Path) -> None:
         "KEY": KEY,
     }
     env.pop("BUS_NATS_URL", None)
-    with (tmp_path / "up.log").open("wb") as log:
-        up = subprocess.Popen([BIN / "bus", "up"], env=env, stdout=log, stderr=log)
-    try:
-        _wait_ready(env["EDGE"], up)
+    log = tmp_path / "up.log"
+    with running([BUS, "up"], log, env) as up:
+        wait_ready(env["EDGE"], up, log)
         for block in tour_blocks():
             ran = subprocess.run(
                 ["bash", "-euo", "pipefail", "-c", block],
@@ -63,19 +60,4 @@ def test_the_tour_runs_against_bus_up(tmp_path: Path) -> None:
                 f"{block}\n--- stdout\n{ran.stdout}\n--- stderr\n{ran.stderr}"
             )
             assert "Traceback" not in ran.stderr
-    finally:
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(30) == 0
-
-
-def _wait_ready(edge: str, up: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert up.poll() is None, "bus up stopped"
-        try:
-            if httpx.get(f"{edge}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("bus up did not become ready")
+    assert up.returncode == 0  # SIGTERM stops it cleanly

@@ -5,9 +5,7 @@ keys, traffic, refusals and a dead letter; then everything it emitted is searche
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +13,9 @@ import httpx
 import pytest
 
 from bus.server import EmbeddedServer, free_port
+from tests.processes import BUS, running, wait_ready
 from tests.test_tracing import Receiver, receiver  # noqa: F401 - the fixture
 
-BUS = str(Path(sys.executable).with_name("bus"))
 PASSWORD = "pw-Zq81-never-print-me"
 API_KEY = "key-Hx72-never-print-me"
 WRONG_KEY = "guess-Wp33-never-print-me"
@@ -41,11 +39,9 @@ def test_no_secret_in_logs_answers_status_or_traces(receiver: Receiver, tmp_path
         }
         emitted: list[str] = []
         log = tmp_path / "up.log"
-        with log.open("wb") as out:
-            up = subprocess.Popen([BUS, "up"], env=env, stdout=out, stderr=out)
-        try:
+        with running([BUS, "up"], log, env) as up:
             base = f"http://127.0.0.1:{port}"
-            _wait_ready(base, up)
+            wait_ready(base, up, log)
             good = {"Authorization": f"Bearer {API_KEY}"}
             bad = {"Authorization": f"Bearer {WRONG_KEY}"}
             answers = [
@@ -81,9 +77,7 @@ def test_no_secret_in_logs_answers_status_or_traces(receiver: Receiver, tmp_path
             )
             assert refused.returncode != 0
             emitted.append(refused.stderr)
-        finally:
-            up.send_signal(signal.SIGTERM)
-            assert up.wait(30) == 0
+        assert up.returncode == 0
         emitted.append(log.read_text())
         emitted += [p.read_text() for p in tmp_path.glob("*.json")]
         with receiver.lock:
@@ -95,16 +89,3 @@ def test_no_secret_in_logs_answers_status_or_traces(receiver: Receiver, tmp_path
         assert secret not in everything, (
             f"a secret leaked: …{everything[everything.find(secret) - 200 :][:300]}"
         )
-
-
-def _wait_ready(base: str, up: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert up.poll() is None, "bus up stopped"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("bus up did not become ready")

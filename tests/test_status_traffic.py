@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from bus.server import EmbeddedServer, free_port
+from tests.processes import BUS, running, wait_ready
 
-BUS = Path(sys.executable).with_name("bus")
 KEY = "traffic-key"
 
 
@@ -47,31 +44,16 @@ def up_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     data = tmp_path_factory.mktemp("traffic")
     port = free_port()
     log = data / "up.log"
-    with EmbeddedServer(store_dir=data / "nats") as server, log.open("wb") as output:
+    with EmbeddedServer(store_dir=data / "nats") as server:
         env = clean_env(
             BUS_NATS_URL=server.url,
             BUS_DATA_DIR=str(data),
             BUS_EDGE_PORT=str(port),
             BUS_API_KEYS=f"{KEY}:read+write+admin",
         )
-        up = subprocess.Popen([BUS, "up"], env=env, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while not _ready(f"http://127.0.0.1:{port}"):
-                assert up.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "bus up did not become ready"
-                time.sleep(0.1)
+        with running([BUS, "up"], log, env) as up:
+            wait_ready(f"http://127.0.0.1:{port}", up, log)
             yield env
-        finally:
-            up.send_signal(signal.SIGTERM)
-            up.wait(20)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _caught_up(status: dict[str, Any]) -> bool:

@@ -3,9 +3,9 @@ exporting OTLP/HTTP to a receiver run by the test; and the log lines carry the t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,8 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from bus.server import EmbeddedServer, free_port
+from tests.processes import BUS, running, wait_ready
 
-BUS = str(Path(sys.executable).with_name("bus"))
 KEY = "trace-key"
 
 
@@ -72,13 +72,6 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
-def _start(verb: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own handle
-        return subprocess.Popen(
-            [BUS, verb, "--app", "services.demo:app"], env=env, stdout=out, stderr=out
-        )
-
-
 @pytest.mark.slow
 def test_one_trace_from_http_through_worker_and_projector(
     receiver: Receiver, tmp_path: Path
@@ -95,12 +88,16 @@ def test_one_trace_from_http_through_worker_and_projector(
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
         env.pop("OTEL_SERVICE_NAME", None)
-        procs = [_start(verb, env, tmp_path / f"{verb}.log") for verb in ("worker", "projector")]
-        time.sleep(1.5)  # they create the stream and consumers before the edge publishes
-        procs.append(_start("edge", env, tmp_path / "edge.log"))
-        try:
+        with contextlib.ExitStack() as stack:
+            procs = [
+                stack.enter_context(running([BUS, verb], tmp_path / f"{verb}.log", env))
+                for verb in ("worker", "projector")
+            ]
+            time.sleep(1.5)  # they create the stream and consumers before the edge publishes
+            log = tmp_path / "edge.log"
+            procs.append(stack.enter_context(running([BUS, "edge"], log, env)))
             base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
-            _wait_ready(base)
+            wait_ready(base, procs[-1], log)
             posted = httpx.post(
                 f"{base}/api/v1/events/tasks.tr1.created", json={"title": "traced"}, headers=auth
             )
@@ -116,11 +113,7 @@ def test_one_trace_from_http_through_worker_and_projector(
                 f"{base}/metrics", headers={"Accept": "application/openmetrics-text"}
             ).text
             spans = _collect(receiver, {"tasks-edge", "tasks-worker", "tasks-projector"})
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                assert proc.wait(20) == 0
+        assert [p.returncode for p in procs] == [0, 0, 0]  # SIGTERM: clean exits
 
     server_span = next(
         s for svc, s in spans if svc == "tasks-edge" and s.kind == Span.SPAN_KIND_SERVER
@@ -156,18 +149,6 @@ def test_one_trace_from_http_through_worker_and_projector(
     assert done["trace_id"] == trace_id.hex()
     assert done["component"] == "tasks-worker"
     assert done["event_id"] == posted.json()["id"]
-
-
-def _wait_ready(base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the edge did not become ready")
 
 
 def _collect(receiver: Receiver, services: set[str]) -> list[tuple[str, Span]]:

@@ -42,7 +42,7 @@ async def stop_edge(server: EdgeServer, task: asyncio.Task[None]) -> None:
 
 
 async def serve_edge(
-    settings: Settings, app: App, show_key: Callable[[str], None], json_logs: bool = False
+    settings: Settings, app: App, json_logs: bool, show_key: Callable[[str], None]
 ) -> None:
     """`bus edge`: the edge alone until a signal, then a graceful stop (exit status 0)."""
     from services import telemetry
