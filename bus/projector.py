@@ -60,7 +60,8 @@ class _Generation:
         # True while the cache holds every key of the bucket (it started empty here and was
         # never trimmed): a key not in it is new, and needs no read to find that out.
         self._complete = False
-        self._next: asyncio.Task[list[StoredMessage]] | None = None  # the batch being read ahead
+        # The batch being read ahead, and the sequence it starts from.
+        self._next: tuple[int, asyncio.Task[list[StoredMessage]]] | None = None
         self._decode = msgspec.msgpack.Decoder(projection.state).decode
         self._encode = msgspec.msgpack.Encoder().encode
         subjects = projection.subjects
@@ -78,30 +79,41 @@ class _Generation:
         server's work with ours).
         """
         projection = self.projection
-        pending, self._next = self._next, None
+        start, pending = self._next or (0, None)
+        self._next = None
+        if pending is not None and start != self.position + 1:  # a stale read-ahead
+            pending.cancel()
+            pending = None
         batch = await (pending or self._read(self.position + 1))
         if not batch:
             self.lag = 0
             return 0
         if len(batch) == projection.batch_size:
-            self._next = asyncio.create_task(self._read(batch[-1].seq + 1))
-        if telemetry.tracer() is None:
-            await self._fold(batch)
-        else:
-            headers = [m.headers for m in batch]
-            with telemetry.processing(projection.name, self.stream, headers):
-                await self._fold(batch)
+            after = batch[-1].seq + 1
+            self._next = (after, asyncio.create_task(self._read(after)))
+        try:
+            if telemetry.tracer() is None:
+                applied = await self._fold(batch)
+            else:
+                headers = [m.headers for m in batch]
+                with telemetry.processing(projection.name, self.stream, headers):
+                    applied = await self._fold(batch)
+        except BaseException:
+            self.close()  # the retry must fold this batch again, not the one read ahead
+            raise
+        self.applied += applied
         self.position = batch[-1].seq
         self.lag = batch[-1].pending
         return len(batch)
 
-    async def _fold(self, batch: list[StoredMessage]) -> None:
-        """Apply a batch in memory and write each changed key once."""
+    async def _fold(self, batch: list[StoredMessage]) -> int:
+        """Apply a batch in memory and write each changed key once; returns events applied."""
         projection = self.projection
         keyed = await self._keyed(batch)
         if not self._complete:
             await self._load([key for _, _, key in keyed if key not in self._cache])
         changed: dict[str, tuple[int, Any]] = {}  # key -> (seq, state), encoded once at the end
+        applied = 0
         for message, envelope, key in keyed:
             if key in changed:
                 seq, state = changed[key]
@@ -117,8 +129,9 @@ class _Generation:
                 await self._reject(message, f"apply failed: {type(exc).__name__}: {exc}")
                 continue
             changed[key] = (message.seq, state)
-            self.applied += 1
+            applied += 1
         await self._write({k: Record(seq, self._encode(st)) for k, (seq, st) in changed.items()})
+        return applied
 
     def _read(self, from_seq: int) -> Any:
         return read_messages(
@@ -127,7 +140,7 @@ class _Generation:
 
     def close(self) -> None:
         if self._next is not None:
-            self._next.cancel()
+            self._next[1].cancel()
             self._next = None
 
     async def _keyed(
@@ -173,8 +186,12 @@ class _Generation:
             Outgoing(f"$KV.{self.bucket}.{kv_key(key)}", encode(record), {}, "")
             for key, record in changed.items()
         ]
-        with telemetry.step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
-            await self.bus.publisher.send_many(outs)
+        try:
+            with telemetry.step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
+                await self.bus.publisher.send_many(outs)
+        except BaseException:
+            self._complete = False  # some keys may be stored that the cache does not hold
+            raise
         self._cache.update(changed)
         if len(self._cache) > CACHE_KEYS:  # memory stays bounded; misses read the bucket
             self._cache.clear()
