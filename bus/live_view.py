@@ -23,7 +23,7 @@ from typing import Any, Generic, Self
 import msgspec
 
 from .client import Bus
-from .errors import BusTimeout, StreamNotFound
+from .errors import StreamNotFound
 from .kv import from_kv_key, kv_key
 from .projection import (
     META_BUCKET,
@@ -33,6 +33,7 @@ from .projection import (
     ProjectionView,
     Record,
     S,
+    not_reached,
 )
 from .reader import read_last
 
@@ -122,9 +123,7 @@ class LiveView(Generic[S]):
                         self._offer(await self.view.status())
             return reached.result()
         except TimeoutError:
-            raise BusTimeout(
-                f"projection {self.projection.name!r} did not reach {seq} in {timeout:g}s"
-            ) from None
+            raise not_reached(self.projection.name, seq, timeout) from None
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(entry)

@@ -96,6 +96,10 @@ class ProjectionStatus(msgspec.Struct, kw_only=True):
     lag: int = 0  # matching events stored after `position`, at the last checkpoint
 
 
+def not_reached(name: str, seq: int, timeout: float) -> BusTimeout:
+    return BusTimeout(f"projection {name!r} did not reach {seq} in {timeout:g}s")
+
+
 _decode_record = msgspec.msgpack.Decoder(Record).decode
 _decode_status = msgspec.json.Decoder(ProjectionStatus).decode
 
@@ -211,9 +215,7 @@ class ProjectionView(Generic[S]):
                         await asyncio.wait_for(asyncio.shield(reached), RECHECK)
             return reached.result()
         except TimeoutError:
-            raise BusTimeout(
-                f"projection {self.projection.name!r} did not reach {seq} in {timeout:g}s"
-            ) from None
+            raise not_reached(self.projection.name, seq, timeout) from None
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
