@@ -5,8 +5,8 @@ its projection's status and to the active generation's keys on direct lanes (no 
 could drop), so:
 
 - `wait_for(seq)` answers from the status in memory, woken by the projector's checkpoint;
-- `get(key)` answers hot keys from a bounded LRU without a round trip; a miss reads the
-  bucket. The projector writes a batch's keys before its checkpoint, and one connection
+- `get(key)` answers recently written or read keys from a bounded LRU without a round trip;
+  a miss reads the bucket. The projector writes a batch's keys before its checkpoint, and one connection
   delivers them in that order, so a key read after `wait_for(seq)` already reflects `seq`.
 
 A reconnect may have lost updates: the first call after one drops the cache and re-reads the
@@ -52,7 +52,6 @@ class LiveView(Generic[S]):
         self._decode_state = msgspec.msgpack.Decoder(projection.state).decode
         self._status = ProjectionStatus(name=projection.name)
         self._records: OrderedDict[str, Record] = OrderedDict()
-        self._fetching: dict[str, int] = {}  # keys being read: their updates are kept too
         self._waiters: list[tuple[int, asyncio.Future[ProjectionStatus]]] = []
         self._epoch = -1  # the connection's reconnect count the memory is valid for
         self._status_lane: Any = None
@@ -129,15 +128,7 @@ class LiveView(Generic[S]):
                 self._waiters.remove(entry)
 
     async def _fetch(self, key: str) -> Record | None:
-        self._fetching[key] = self._fetching.get(key, 0) + 1
-        try:
-            return await self._read(key)
-        finally:
-            self._fetching[key] -= 1
-            if not self._fetching[key]:
-                del self._fetching[key]
-
-    async def _read(self, key: str) -> Record | None:
+        """The bucket's record; an update that overtook the read stays (newer seq wins)."""
         for attempt in (1, 2):
             generation = self._status.generation
             bucket = self.projection.bucket(generation)
@@ -173,7 +164,7 @@ class LiveView(Generic[S]):
         key = from_kv_key(subject[len(self._keys_prefix) :].decode())
         if not data:  # a delete or purge
             self._records.pop(key, None)
-        elif key in self._records or key in self._fetching:  # misses read the bucket
+        else:  # recently written keys are the likeliest reads (read-your-writes)
             self._remember(key, _decode_record(data))
 
     def _on_status(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
