@@ -1,0 +1,316 @@
+"""A 3-node cluster with R3 streams under load: the stream leader killed (kill -9), a node
+paused (SIGSTOP) and continued, the killed node restarted. Nothing acknowledged is lost, a
+handler sees every event, and every node ends with the whole stream.
+
+Each test runs its own cluster (started in ~0.2 s): killing and pausing nodes of the
+session's shared `nats_cluster` would leave leader elections running under other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bus import (
+    Bus,
+    EmbeddedCluster,
+    EmbeddedServer,
+    Event,
+    EventRegistry,
+    NoStreamForSubject,
+    OutboundBufferFull,
+    PublishResult,
+    PublishTimeout,
+    StreamSpec,
+)
+from bus.publish import Outgoing
+from tests.domain import eventually
+
+STREAM = StreamSpec.for_domain("failover", replicas=3)
+KEYS = 16
+CHUNK = 200
+PUBLISH_TIMEOUT = 1.0  # per attempt; the loop tries again with the same event ids
+# What the library raises while a stream has no leader, observed on nats-server 2.15.1:
+# PublishTimeout while the client reconnects or the dead leader owed acks, then
+# NoStreamForSubject (JetStream's "no responders") until a new leader is elected.
+RETRIABLE = (PublishTimeout, NoStreamForSubject, OutboundBufferFull)
+# The issue asks for 5 s. Measured here after kill -9 of the leader: 4.6 to 6.9 s without a
+# leader (the server's election; JetStream answers nothing for the stream meanwhile), so the
+# assertion only bounds "resumes by itself" and the test prints the figure.
+RESUME_BOUND = 15.0
+PAUSE = 10.0  # seconds a node stays stopped
+
+
+class Ticked(Event):
+    __domain__ = "failover"
+    __event_name__ = "ticked"
+    n: int
+
+
+class Load:
+    """Publishes in pipelined chunks; refused events are sent again with the same event ids
+    (JetStream stores an id once), so every event ends acknowledged exactly once."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.acked: dict[str, int] = {}  # event id -> stream sequence
+        self.ack_times: list[float] = []  # monotonic time of each acknowledged chunk attempt
+        self.errors: Counter[str] = Counter()
+        self.duplicates = 0
+        self.sent = 0
+
+    async def publish(self, count: int) -> None:
+        for start in range(self.sent, self.sent + count, CHUNK):
+            outs = [
+                self.bus.publisher.prepare(Ticked(n=n), f"k{n % KEYS}")
+                for n in range(start, start + CHUNK)
+            ]
+            await self._until_acked(outs)
+        self.sent += count
+
+    async def _until_acked(self, outs: list[Outgoing]) -> None:
+        pending = outs
+        while pending:
+            try:
+                results: list[Any] = await self.bus.publisher.send_many(
+                    pending, PUBLISH_TIMEOUT, return_exceptions=True
+                )
+            except RETRIABLE as exc:  # the whole attempt (a timeout)
+                self.errors[type(exc).__name__] += len(pending)
+                await asyncio.sleep(0.05)
+                continue
+            retry = []
+            for out, result in zip(pending, results, strict=True):
+                if isinstance(result, PublishResult):
+                    self.acked[out.event_id] = result.seq
+                    self.duplicates += result.duplicate
+                elif isinstance(result, RETRIABLE):
+                    self.errors[type(result).__name__] += 1
+                    retry.append(out)
+                else:
+                    raise result
+            if len(retry) < len(pending):
+                self.ack_times.append(time.monotonic())
+            pending = retry
+            if retry:
+                await asyncio.sleep(0.05)
+
+    def first_ack_after(self, moment: float) -> float:
+        return min(t for t in self.ack_times if t > moment) - moment
+
+    def longest_gap(self, start: float, end: float) -> float:
+        times = [start, *(t for t in self.ack_times if start < t < end), end]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """Our own three nodes; every node is continued and stopped at the end, whatever happened."""
+    nodes = EmbeddedCluster(base_dir=tmp_path / "cluster")
+    try:
+        yield nodes.start()
+    finally:
+        for node in nodes.nodes:
+            node.resume()  # a stopped process would ignore SIGTERM until continued
+        nodes.stop()
+
+
+@pytest.fixture
+async def monitor() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        yield client
+
+
+async def local_state(monitor: httpx.AsyncClient, node: EmbeddedServer) -> tuple[int, int] | None:
+    """(messages, last sequence) of the stream's replica on `node` itself (its /jsz), or None
+    while the node does not answer or holds no replica yet."""
+    try:
+        jsz = (await monitor.get(f"{node.monitor_url}/jsz?accounts=true&streams=true")).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    for account in jsz.get("account_details") or []:
+        for stream in account.get("stream_detail") or []:
+            if stream["name"] == STREAM.name:
+                return stream["state"]["messages"], stream["state"]["last_seq"]
+    return None
+
+
+async def caught_up(
+    monitor: httpx.AsyncClient, node: EmbeddedServer, target: tuple[int, int], timeout: float
+) -> float:
+    """Seconds until `node`'s own replica holds `target` (messages, last sequence)."""
+    started = time.monotonic()
+    while (await local_state(monitor, node)) != target:
+        if time.monotonic() - started > timeout:
+            raise AssertionError(
+                f"{node.name} holds {await local_state(monitor, node)}, not {target}"
+            )
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def leader_of(bus: Bus, cluster: EmbeddedCluster) -> EmbeddedServer:
+    info = await bus.js.stream_info(STREAM.name)
+    assert info.cluster is not None
+    return next(node for node in cluster.nodes if node.name == info.cluster.leader)
+
+
+def connected_node(bus: Bus, cluster: EmbeddedCluster) -> EmbeddedServer:
+    port = bus.nc.connected_url.port  # type: ignore[union-attr]
+    return next(node for node in cluster.nodes if node.port == port)
+
+
+async def stored_ids(bus: Bus) -> list[str]:
+    ids: list[str] = []
+    while page := await bus.read(STREAM.name, len(ids) + 1, limit=1000):
+        ids += [m.headers["Nats-Msg-Id"] for m in page]
+    return ids
+
+
+@pytest.mark.slow
+async def test_the_stream_leader_killed_mid_load_then_restarted(
+    cluster: EmbeddedCluster, monitor: httpx.AsyncClient
+) -> None:
+    seen: Counter[str] = Counter()
+
+    async def handle(event: Ticked) -> None:
+        seen[str(event.n)] += 1
+
+    registry = EventRegistry([Ticked])
+    async with Bus(cluster.urls, registry=registry, streams=[STREAM], drain_timeout=2.0) as bus:
+        await bus.consume(handle, durable="failover-handler", concurrency=64, ack_wait=5)
+        load = Load(bus)
+        await load.publish(2000)
+        leader = await leader_of(bus, cluster)
+        client_on_leader = connected_node(bus, cluster) is leader
+
+        publishing = asyncio.create_task(load.publish(4000))
+        await eventually(lambda: len(load.acked) >= 3000, timeout=60)
+        acked_before = len(load.acked)
+        killed_at = time.monotonic()
+        leader.kill()
+        await publishing
+        resumed = load.first_ack_after(killed_at)
+        assert resumed < RESUME_BOUND
+
+        new_leader = await leader_of(bus, cluster)
+        assert new_leader is not leader
+        total = (len(load.acked), len(load.acked))
+        for node in cluster.nodes:
+            if node is not leader:
+                await caught_up(monitor, node, total, timeout=30)
+        ids = await stored_ids(bus)
+        assert len(ids) == len(set(ids)) == len(load.acked)  # each event once
+        assert set(ids) == set(load.acked)  # nothing acknowledged lost
+        await eventually(lambda: len(seen) == load.sent, timeout=60)
+
+        # The killed node comes back with its store, rejoins and catches up.
+        restarted_at = time.monotonic()
+        leader.start()
+        rejoined = await caught_up(monitor, leader, total, timeout=60)
+        await load.publish(1000)  # and then follows new writes
+        total = (len(load.acked), len(load.acked))
+        for node in cluster.nodes:
+            await caught_up(monitor, node, total, timeout=30)
+        info = await bus.js.stream_info(STREAM.name)
+        assert info.cluster is not None
+        assert all(peer.current for peer in info.cluster.replicas or [])
+        assert len(info.cluster.replicas or []) == 2
+        await eventually(lambda: len(seen) == load.sent, timeout=60)
+
+    print(
+        f"\nleader kill: client on the leader: {client_on_leader}; acked before the kill "
+        f"{acked_before}; publishing resumed {resumed:.2f} s after it; errors retried "
+        f"{dict(load.errors)}; duplicates answered {load.duplicates}; published "
+        f"{load.sent}, acknowledged {len(load.acked)}, found {len(ids)} (then {total[0]}); "
+        f"handled {len(seen)} ({sum(seen.values()) - len(seen)} redeliveries); "
+        f"restarted node caught up {rejoined:.2f} s after its start "
+        f"(total {time.monotonic() - restarted_at:.2f} s)"
+    )
+
+
+@pytest.mark.slow
+async def test_a_paused_node_catches_up_when_continued(
+    cluster: EmbeddedCluster, monitor: httpx.AsyncClient
+) -> None:
+    seen: set[int] = set()
+
+    async def handle(event: Ticked) -> None:
+        seen.add(event.n)
+
+    registry = EventRegistry([Ticked])
+    async with Bus(cluster.urls, registry=registry, streams=[STREAM], drain_timeout=2.0) as bus:
+        await bus.consume(handle, durable="paused-handler", concurrency=64, ack_wait=5)
+        load = Load(bus)
+        await load.publish(1000)
+        leader = await leader_of(bus, cluster)
+        client = connected_node(bus, cluster)
+        # A follower the client is not connected to: a client on a stopped server would wait
+        # for its ping timeout (minutes) before moving to another.
+        paused = next(node for node in cluster.nodes if node not in (leader, client))
+        before = await local_state(monitor, paused)
+
+        paused_at = time.monotonic()
+        paused.pause()
+        try:
+            while time.monotonic() - paused_at < PAUSE:
+                await load.publish(CHUNK)
+                await asyncio.sleep(0.1)  # ~2k events/s: steady load, not a flood
+            gap = load.longest_gap(paused_at, time.monotonic())
+            assert await local_state(monitor, paused) is None  # it really is stopped
+        finally:
+            paused.resume()
+        continued_at = time.monotonic()
+        total = (len(load.acked), len(load.acked))
+        catch_up = await caught_up(monitor, paused, total, timeout=30)
+        ids = await stored_ids(bus)
+        assert len(ids) == len(set(ids)) == len(load.acked)
+        assert set(ids) == set(load.acked)
+        await eventually(lambda: len(seen) == load.sent, timeout=60)
+        assert time.monotonic() - continued_at < 30
+
+    print(
+        f"\npause: {paused.name} (leader {leader.name}) held {before} before, missed "
+        f"{total[0] - (before or (0, 0))[0]} events while stopped {PAUSE:g} s; longest gap "
+        f"between acks meanwhile {gap:.2f} s; errors retried {dict(load.errors)}; caught up "
+        f"{catch_up:.2f} s after SIGCONT; published {load.sent}, acknowledged "
+        f"{len(load.acked)}, found {len(ids)}, handled {len(seen)}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=(NoStreamForSubject, PublishTimeout),
+    reason=(
+        "bus/publish.py Publisher._send_many/_result: a publish while the stream has no "
+        "leader (after kill -9 of the leader; ~5 s on nats-server 2.15) is sent once and "
+        "never again: JetStream's 503 'no responders' fails it at once as NoStreamForSubject "
+        "('no stream captures subject ... declare or ensure it first', a StreamError, though "
+        "the stream exists), or, sent just as the leader died, it waits out its whole timeout "
+        "(PublishTimeout) although a new leader was elected meanwhile. The library does not "
+        "retry within its timeout (issue 8: 'the client sees retriable errors, the library "
+        "retries')"
+    ),
+)
+async def test_a_publish_during_the_leader_election_waits_for_the_new_leader(
+    cluster: EmbeddedCluster,
+) -> None:
+    registry = EventRegistry([Ticked])
+    async with Bus(cluster.urls, registry=registry, streams=[STREAM]) as setup:
+        await setup.publish(Ticked(n=0), "k0")
+        leader = await leader_of(setup, cluster)
+    others = [node.url for node in cluster.nodes if node is not leader]
+    async with Bus(others, registry=registry, drain_timeout=2.0) as bus:  # not on the leader
+        leader.kill()
+        await asyncio.sleep(0.5)  # the others have seen it go; the election takes ~5 s more
+        result = await bus.publish(Ticked(n=1), "k1", timeout=12)
+        assert result.seq == 2
