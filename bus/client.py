@@ -25,7 +25,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.micro.service import Service
 
-from . import deadletter, rpc
+from . import deadletter, rpc, telemetry
 from .codec import Codec, ContentType
 from .connection import Connection
 from .consumer import Consumer
@@ -39,7 +39,7 @@ from .errors import (
     StreamError,
 )
 from .events import Event, EventRegistry
-from .publish import Publisher, PublishResult
+from .publish import Publisher, PublishResult, template_of
 from .reader import StoredMessage, read_messages
 from .streams import StreamManager, StreamSpec, existing_name
 from .subjects import validate_pattern
@@ -319,9 +319,14 @@ class Bus:
         """Publish `(event, aggregate_id)` pairs pipelined; results in order.
 
         With `return_exceptions=True` a refused event gives its BusError in place of a result.
+        While tracing, the batch is one `publish` span whose context every event carries.
         """
-        outs = [self.publisher.prepare(event, agg) for event, agg in items]
-        return await self.publisher.send_many(outs, timeout, return_exceptions)
+        pairs = list(items)
+        if not pairs:
+            return []
+        with telemetry.publishing_batch(template_of(pairs[0][0]), len(pairs)) as trace:
+            outs = [self.publisher.prepare(e, agg, trace_headers=trace) for e, agg in pairs]
+            return await self.publisher.send_many(outs, timeout, return_exceptions)
 
     # -- consuming ----------------------------------------------------------------------------
 

@@ -301,6 +301,13 @@ class Consumer:
         if telemetry.tracer() is None:
             await self._handle_one(msg, None)
             return
+        token = telemetry.enter_unsampled(msg.headers)
+        if token is not None:  # the cheap path for the traces the sampler left out
+            try:
+                await self._handle_one(msg, None)
+            finally:
+                telemetry.leave_unsampled(token)
+            return
         with telemetry.processing(
             self.spec.durable, self.stream, [msg.headers], msg.subject
         ) as span:

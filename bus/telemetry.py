@@ -12,20 +12,18 @@ linked to it; batches link to every message instead).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import (
     Link,
-    NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
     StatusCode,
-    TraceFlags,
 )
 
 SYSTEM = "nats"
@@ -66,18 +64,39 @@ def tracer() -> trace.Tracer | None:
     return _tracer[1]
 
 
-def _unsampled(traceparent: str | None) -> SpanContext | None:
-    """The context of an unsampled `traceparent` (`00-<trace>-<span>-<flags>`), else None."""
+# The unsampled trace a message being handled belongs to: its `traceparent`, passed on by
+# what the handler publishes. A plain context variable: no span, no OpenTelemetry context.
+_unsampled_parent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "bus_unsampled_parent", default=None
+)
+
+
+def _is_unsampled(traceparent: str | None) -> bool:
+    """`00-<trace>-<span>-<flags>` with the sampled bit of the flags clear."""
     if not traceparent or len(traceparent) != 55:
+        return False
+    return traceparent[-1] in "02468ace"
+
+
+def enter_unsampled(headers: Mapping[str, str]) -> contextvars.Token[str | None] | None:
+    """Handle a message of an unsampled trace without a span (a parent-based sampler would
+    drop it anyway); returns the token to `leave_unsampled`, or None: make a span."""
+    if not _parent_decides:
         return None
-    try:
-        trace_id, span_id = int(traceparent[3:35], 16), int(traceparent[36:52], 16)
-        flags = int(traceparent[53:], 16)
-    except ValueError:
-        return None
-    if flags & TraceFlags.SAMPLED:
-        return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    parent = headers.get("traceparent")
+    return _unsampled_parent.set(parent) if _is_unsampled(parent) else None
+
+
+def leave_unsampled(token: contextvars.Token[str | None]) -> None:
+    _unsampled_parent.reset(token)
+
+
+def _passed_on() -> str | None:
+    """The traceparent to pass on unsampled, if the current work is not sampled."""
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid:
+        return None if current.trace_flags.sampled else _traceparent(current)
+    return _unsampled_parent.get()
 
 
 def _traceparent(context: SpanContext) -> str:
@@ -93,11 +112,9 @@ def start_publish(template: str, event_id: str, headers: dict[str, str], size: i
     tracing = tracer()
     if tracing is None:
         return None
-    if _parent_decides:
-        current = trace.get_current_span().get_span_context()
-        if current.is_valid and not current.trace_flags.sampled:
-            headers["traceparent"] = _traceparent(current)
-            return None
+    if _parent_decides and (parent := _passed_on()):
+        headers["traceparent"] = parent
+        return None
     span = tracing.start_span(
         f"publish {template}", kind=SpanKind.PRODUCER, attributes=_publish_attributes(template)
     )
@@ -107,6 +124,33 @@ def start_publish(template: str, event_id: str, headers: dict[str, str], size: i
     span.set_attributes({"messaging.message.id": event_id, "messaging.message.body.size": size})
     propagate.inject(headers, context=trace.set_span_in_context(span))
     return span
+
+
+@contextlib.contextmanager
+def publishing_batch(template: str, count: int) -> Iterator[dict[str, str] | None]:
+    """One PRODUCER span for a pipelined batch (the conventions' batch "send"), its context
+    for every message of it: the headers to add to each, or None when tracing is off."""
+    tracing = tracer()
+    if tracing is None:
+        yield None
+        return
+    if _parent_decides and (parent := _passed_on()):
+        yield {"traceparent": parent}
+        return
+    attributes = {**_publish_attributes(template), "messaging.batch.message_count": count}
+    span = tracing.start_span(f"publish {template}", kind=SpanKind.PRODUCER, attributes=attributes)
+    headers: dict[str, str] = {}
+    if span.is_recording():
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+    else:
+        headers["traceparent"] = _traceparent(span.get_span_context())
+    try:
+        yield headers
+    except BaseException as exc:
+        failed(span, exc)
+        raise
+    finally:
+        span.end()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -146,13 +190,12 @@ def processing(
         yield None
         return
     headers = list(headers)
-    unsampled = _parent_decides and headers and _unsampled(headers[0].get("traceparent"))
-    if unsampled:  # no span; the handler's own publishes carry the unsampled context on
-        token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(unsampled)))
+    token = enter_unsampled(headers[0]) if headers else None
+    if token is not None:
         try:
             yield None
         finally:
-            otel_context.detach(token)
+            leave_unsampled(token)
         return
     contexts = [propagate.extract(h) for h in headers]
     spans = [trace.get_current_span(c).get_span_context() for c in contexts]
