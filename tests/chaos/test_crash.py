@@ -118,10 +118,6 @@ def skipped_batch(fold: dict[str, Tally], state: dict[str, Tally], keys: list[st
     return ""
 
 
-# A real bug in bus/projector.py, found by the kill -9 below (3 runs in 15 here): see the
-# deterministic reproduction at the end of this module.
-
-
 @pytest.mark.slow
 async def test_kill_9_under_load_loses_nothing_acknowledged_and_everything_resumes(
     nats_server: EmbeddedServer,
@@ -274,4 +270,4 @@ async def test_a_batch_whose_write_failed_is_folded_again_not_skipped(
                 await bus.js.update_stream(config)
                 await ProjectionView(bus, TALLY).wait_for(2 * batch, timeout=10)
                 state = await projected(bus)
-    assert sum(t.count for t in state.values()) == 2 * batch  # observed: batch (the first lost)
+    assert sum(t.count for t in state.values()) == 2 * batch  # was batch: the first one skipped
