@@ -217,10 +217,11 @@ class Bus:
 
     async def close(self) -> None:
         """Stop consumers (in-flight handlers finish), stop services, drain, close."""
-        if self._state == "closed":
+        if self._state in ("closing", "closed"):
             return
-        self._state = "closed"
+        self._state = "closing"  # handlers still in flight may publish while they finish
         await asyncio.gather(*(c.stop(self.drain_timeout) for c in self.consumers))
+        self._state = "closed"
         for svc in self._services:
             with contextlib.suppress(Exception):
                 await svc.stop()
@@ -245,7 +246,7 @@ class Bus:
     @property
     def nc(self) -> Connection:
         """The underlying nats-py client, for what `bus` does not wrap."""
-        if self._nc is None or self._state != "running":
+        if self._nc is None or self._state not in ("running", "closing"):
             raise BusClosed("the Bus is not running; use `async with Bus(...)` or `await start()`")
         return self._nc
 

@@ -13,6 +13,8 @@ from bus import Bus, ConfigError
 from bus.app import App
 from services.settings import Settings
 
+GRACE = 3.0  # seconds open connections (live tails never end by themselves) get at a stop
+
 
 class EdgeServer(uvicorn.Server):
     """uvicorn without its own signal handling, for running beside other services."""
@@ -24,7 +26,10 @@ class EdgeServer(uvicorn.Server):
 
 async def start_edge(api: Any, host: str, port: int) -> tuple[EdgeServer, asyncio.Task[None], int]:
     """Serve `api` in this event loop; returns the server, its task and the bound port."""
-    server = EdgeServer(uvicorn.Config(api, host=host, port=port, log_level="warning"))
+    config = uvicorn.Config(
+        api, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACE
+    )
+    server = EdgeServer(config)
     task = asyncio.create_task(server.serve(), name="edge")
     while not server.started:
         if task.done():  # failed to start (port taken...): uvicorn logged why

@@ -113,16 +113,6 @@ async def test_sigterm_to_a_worker_mid_handler(nats_server: EmbeddedServer, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bus/client.py Bus.close() sets self._state = 'closed' before awaiting the consumers' "
-        "stop(), so a handler still in flight during the drain gets BusClosed from "
-        "current_bus().publish (Bus.publisher -> Bus.nc refuses unless the state is "
-        "'running'): it fails, is nak'ed and redone by another worker; a handler that "
-        "publishes (the demo's run_task) never finishes during a graceful stop"
-    ),
-)
 async def test_handlers_in_flight_at_sigterm_finish_their_work(
     nats_server: EmbeddedServer, tmp_path: Path
 ) -> None:
@@ -225,17 +215,6 @@ async def test_sigterm_to_the_edge_mid_requests(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "services/edge/server.py start_edge: uvicorn.Config without timeout_graceful_shutdown, "
-        "and the SSE tail (services/edge/tail.py, GET /events) never ends by itself; on "
-        "SIGTERM uvicorn waits for open connections to close, so `bus edge` (and `bus up`) "
-        "with one SSE client connected never exits (killed here after 15 s; a WebSocket tail "
-        "is closed with 1012 and the edge exits in ~0.4 s)"
-    ),
-)
 async def test_sigterm_to_the_edge_with_a_live_tail_open(
     nats_server: EmbeddedServer, tmp_path: Path
 ) -> None:
