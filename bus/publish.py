@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from . import headers as h
 from . import telemetry
@@ -31,6 +32,7 @@ from .errors import (
 from .events import Event, new_event_id
 from .subjects import validate_token
 
+RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
 
@@ -155,40 +157,84 @@ class Publisher:
     async def _send_many(
         self, outs: Sequence[Outgoing], timeout: float | None
     ) -> list[PublishResult | BusError]:
+        """Send, and send again what is not acknowledged within the timeout.
+
+        A stream between leaders (its old one just died) answers "no responders", or nothing;
+        a new leader is usually there within seconds. `Nats-Msg-Id` makes a repeat safe: one
+        that was stored after all is answered as a duplicate, with its sequence.
+        """
         if self._nc.is_closed or self._nc.is_draining:
             raise BusClosed("the connection is closed")
         timeout = self.timeout if timeout is None else timeout
         if not self._inbox:
             self._inbox = self._nc.new_inbox()
             await self._nc.open_lane(f"{self._inbox}.*", self._on_ack)
+        blocks = [encode_headers(out.headers) if out.headers else b"" for out in outs]
+        for out, block in zip(outs, blocks, strict=True):
+            if len(block) + len(out.payload) > self._nc.max_payload:
+                raise PublishError(out.subject, "maximum payload exceeded")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        replies: list[bytes | None] = [None] * len(outs)
+        todo = list(range(len(outs)))
+        pause = 0.05
+        while True:
+            wait = min(max(RETRY_AFTER, timeout / 4), deadline - loop.time())
+            got = await self._attempt([outs[i] for i in todo], [blocks[i] for i in todo], wait)
+            for i, data in zip(todo, got, strict=True):
+                replies[i] = data
+            todo = [i for i in todo if not await self._settled(outs[i], replies[i])]
+            if not todo or loop.time() + pause >= deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+        results: list[PublishResult | BusError] = []
+        for out, data in zip(outs, replies, strict=True):
+            try:
+                if data is None:
+                    raise PublishTimeout(out.subject, timeout)
+                results.append(_result(out, data))
+            except BusError as exc:
+                results.append(exc)
+        return results
+
+    async def _attempt(
+        self, outs: Sequence[Outgoing], blocks: Sequence[bytes], wait: float
+    ) -> list[bytes | None]:
+        """Send each once; the acks that came within `wait` (None where none did)."""
         batch = _Batch(len(outs))
         tokens: list[int] = []
         try:
-            for i, out in enumerate(outs):
-                block = encode_headers(out.headers) if out.headers else b""
-                if len(block) + len(out.payload) > self._nc.max_payload:
-                    raise PublishError(out.subject, "maximum payload exceeded")
+            for i, (out, block) in enumerate(zip(outs, blocks, strict=True)):
                 await self._window.acquire()
                 token = next(self._tokens)
                 self._waiting[token] = (batch, i)
                 tokens.append(token)
                 await self._nc.send(out.subject, out.payload, f"{self._inbox}.{token}", block)
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(wait, 0)):
                 await batch.done
         except TimeoutError:
-            missing = next(o.subject for o, r in zip(outs, batch.replies, strict=True) if r is None)
-            raise PublishTimeout(missing, timeout) from None
+            pass
         finally:
             for token in tokens:
                 if self._waiting.pop(token, None) is not None:
                     self._window.release()  # never acked: free its window slot
-        results: list[PublishResult | BusError] = []
-        for out, data in zip(outs, batch.replies, strict=True):
-            try:
-                results.append(_result(out, data or b""))
-            except BusError as exc:
-                results.append(exc)
-        return results
+        return batch.replies
+
+    async def _settled(self, out: Outgoing, reply: bytes | None) -> bool:
+        """Whether this reply is final: not a missing ack, and "no responders" only when no
+        stream captures the subject (else its stream is between leaders: send again)."""
+        if reply is None:
+            return False
+        if reply is not _NO_RESPONDERS:
+            return True
+        try:
+            answer = await self._nc.request(
+                "$JS.API.STREAM.NAMES", _encode_json({"subject": out.subject}), timeout=1
+            )
+        except nats.errors.Error:
+            return False  # JetStream itself is busy electing: try again
+        return not msgspec.json.decode(answer.data).get("streams")
 
     async def send_atomic(
         self, outs: Sequence[Outgoing], timeout: float | None = None
@@ -295,6 +341,7 @@ class _Batch:
 
 
 _NO_RESPONDERS = b'{"error":{"code":503,"description":"no responders"}}'
+_encode_json = msgspec.json.encode
 
 
 def _result(out: Outgoing, data: bytes) -> PublishResult:

@@ -287,20 +287,6 @@ async def test_a_paused_node_catches_up_when_continued(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=(NoStreamForSubject, PublishTimeout),
-    reason=(
-        "bus/publish.py Publisher._send_many/_result: a publish while the stream has no "
-        "leader (after kill -9 of the leader; ~5 s on nats-server 2.15) is sent once and "
-        "never again: JetStream's 503 'no responders' fails it at once as NoStreamForSubject "
-        "('no stream captures subject ... declare or ensure it first', a StreamError, though "
-        "the stream exists), or, sent just as the leader died, it waits out its whole timeout "
-        "(PublishTimeout) although a new leader was elected meanwhile. The library does not "
-        "retry within its timeout (issue 8: 'the client sees retriable errors, the library "
-        "retries')"
-    ),
-)
 async def test_a_publish_during_the_leader_election_waits_for_the_new_leader(
     cluster: EmbeddedCluster,
 ) -> None:
