@@ -535,3 +535,46 @@ async def demo_traffic(
         raise ValueError(
             f"{summary.errors} of {summary.sent} requests failed (last: {summary.last_error})"
         )
+
+
+@main.command()
+@click.option("--duration", default="10m", show_default=True, help="How long: 90s, 10m, 2h.")
+@click.option(
+    "--restart-every",
+    default="60s",
+    show_default=True,
+    help="Restart the embedded server this often, kill -9 and SIGTERM in turn (0: never).",
+)
+@click.option(
+    "--every", "report_every", default="10s", show_default=True, help="Print figures this often."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Demo tasks created per second through the edge.",
+)
+@json_option
+def soak(duration: str, restart_every: str, report_every: str, rate: float, as_json: bool) -> None:
+    """Demo traffic through worker, projector and edge with server restarts; RSS, open files,
+    lag and dead letters over time, then a verdict: nothing lost, nothing growing (not for CI)."""
+    from .soak import parse_duration, render, run_soak
+
+    try:
+        verdict = run_loop(
+            run_soak(
+                parse_duration(duration),
+                parse_duration(restart_every),
+                parse_duration(report_every),
+                rate,
+                as_json,
+            )
+        )
+    except (BusError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    emit(as_json, verdict, render(verdict))
+    if not verdict.ok:
+        fail("; ".join(verdict.problems))

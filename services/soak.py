@@ -1,0 +1,574 @@
+"""`bus soak`: demo traffic for a long run with periodic server restarts, watched over time.
+
+Not for CI. It starts an embedded server (`sync_interval: always`) in a temporary directory
+and `bus worker`, `bus projector` and `bus edge` on the demo app as subprocesses, creates
+tasks through the edge at a steady rate (a few ask to fail, some often enough to be
+dead-lettered), and restarts the server every `restart_every` seconds, by kill -9 and by
+SIGTERM in turn. Every `report_every` seconds it prints each process's RSS and open file
+descriptors, the worker's consumer lag, the projections' lag, dead letters, and the tasks
+published / acknowledged / refused and the events stored.
+
+At the end it stops the traffic, lets the system drain, and checks that every acknowledged
+event is in the stream; every task was handled (completed, or dead-lettered when its
+`fail_times` asked for it); `task_counts` counted each stored event once; the services exit
+0 on SIGTERM; and no service's memory or descriptors kept growing (a heuristic over the
+second half of the run: a short run mostly sees bounded caches filling, a long one tells
+more).
+
+Linux only: the figures come from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import random
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+from rich.console import Console
+from rich.table import Table
+
+from bus import Bus, BusError, ConnectError, EmbeddedServer
+from bus.projection import ProjectionView
+from bus.server import free_port
+from services.demo import MAX_DELIVER, STATUS_OF, app
+from services.demo.traffic import FAIL_TIMES, FAIL_WEIGHTS
+from services.lifecycle import until_signalled
+
+T = TypeVar("T")
+SERVICES = ("worker", "projector", "edge")
+WORKER = "tasks-worker"  # the demo worker's durable consumer
+STREAM = "TASKS"
+IN_FLIGHT = 64  # HTTP requests at once at most
+DOWN_FOR = 1.0  # seconds the server stays down at each restart
+READY_TIMEOUT = 30.0  # seconds for the edge to answer /readyz at the start
+DRAIN_TIMEOUT = 120.0  # seconds the end waits for the worker and projections to catch up
+EXIT_BOUND = 15.0  # seconds a service has to exit after SIGTERM
+PROBE_TIMEOUT = 2.0  # per monitoring request (the server may be restarting)
+# Growth heuristic: the last quarter of the samples against the second quarter (the mean of
+# RSS, the median of open files: a restart's waiting requests are a spike, not a trend).
+GROWTH_RATIO, GROWTH_MB, GROWTH_FDS, MIN_SAMPLES = 1.25, 20.0, 8, 8
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `10m`, `1.5h` or `250ms`."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (try 90s, 10m or 2h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class Sample(msgspec.Struct):
+    """The figures at one moment; None where the server did not answer in time."""
+
+    t: float
+    restarts: int
+    published: int
+    acknowledged: int
+    refused: int
+    stored: int | None
+    consumer_pending: int | None
+    consumer_ack_pending: int | None
+    projection_lag: dict[str, int] | None
+    dead_letters: int | None
+    rss_mb: dict[str, float]
+    fds: dict[str, int]
+
+
+class Verdict(msgspec.Struct):
+    ok: bool
+    problems: list[str]
+    seconds: float
+    restarts: list[str]
+    published: int
+    acknowledged: int
+    refused: dict[str, int]
+    found: int
+    lost: int
+    stored_events: dict[str, int]
+    tasks_completed: int
+    tasks_dead_lettered: int
+    dead_letters_expected: int
+    unhandled: int
+    task_counts: dict[str, int]
+    drained_in: float | None
+    exits: dict[str, str]
+    growth: dict[str, str]
+    errors_logged: dict[str, int]
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """No orphan if the soak itself is killed (Linux parent-death signal)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Service:
+    """One `bus <verb>` subprocess on the demo app, with JSON logs in a file."""
+
+    def __init__(self, verb: str, env: dict[str, str], log: Path) -> None:
+        self.verb, self.log = verb, log
+        command = [str(Path(sys.executable).with_name("bus")), verb, "--json"]
+        with log.open("wb") as output:
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def terminate(self) -> str:
+        """SIGTERM and wait; what happened, in words (killed past EXIT_BOUND)."""
+        if self.process.poll() is not None:
+            return f"had exited already with {self.process.returncode}"
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(self.process.wait, EXIT_BOUND)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return f"still running {EXIT_BOUND:g} s after SIGTERM: killed"
+        return f"exit {code} after {time.monotonic() - started:.2f} s"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def errors_logged(self) -> int:
+        """Log lines at level error or worse (dead letters are logged so: expected ones too)."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return sum(1 for line in lines if re.search(r'"level": "(error|critical)"', line))
+
+
+def rss_mb(pid: int | None) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def open_fds(pid: int | None) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+# -- traffic ---------------------------------------------------------------------------------
+
+
+class Driver:
+    """Creates tasks through the edge at `rate` per second; remembers what was acknowledged."""
+
+    def __init__(self, client: Any, rate: float) -> None:
+        self.client, self.rate = client, rate
+        self.published = 0
+        self.acked: dict[str, str] = {}  # task id -> event id, for every 201
+        self.fail_times: dict[str, int] = {}
+        self.refused: Counter[str] = Counter()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        started = loop.time()
+        async with asyncio.TaskGroup() as group:
+            for n in itertools.count():
+                await slots.acquire()
+                if stop.is_set():
+                    break
+                group.create_task(self._create(n, slots))
+                with contextlib.suppress(TimeoutError):
+                    delay = started + (n + 1) / self.rate - loop.time()
+                    await asyncio.wait_for(stop.wait(), max(0.0, delay))
+
+    async def _create(self, n: int, slots: asyncio.Semaphore) -> None:
+        import httpx
+
+        task = f"soak{n}-{secrets.token_hex(3)}"
+        fail_times = random.choices(FAIL_TIMES, FAIL_WEIGHTS)[0]
+        self.fail_times[task] = fail_times
+        self.published += 1
+        try:
+            answer = await self.client.post(
+                f"/api/v1/events/tasks.{task}.created",
+                json={"title": f"soak task {n}", "fail_times": fail_times},
+            )
+            if answer.status_code == 201:
+                self.acked[task] = answer.json()["id"]
+            else:
+                self.refused[f"HTTP {answer.status_code}"] += 1
+        except httpx.HTTPError as exc:
+            self.refused[type(exc).__name__] += 1
+        finally:
+            slots.release()
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+async def probe(work: Coroutine[Any, Any, T]) -> T | None:
+    """The figure, or None when the server does not answer in time (a restart)."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT * 2):
+            return await work
+    except (BusError, nats.errors.Error, OSError, TimeoutError):
+        return None
+
+
+async def messages_in(bus: Bus, stream: str) -> int:
+    return (await bus.streams.info(stream)).messages
+
+
+async def projection_lag(bus: Bus) -> dict[str, int]:
+    last = (await bus.streams.info(STREAM)).last_seq
+    lag = {}
+    for name, projection in app.projections.items():
+        lag[name] = last - (await ProjectionView(bus, projection).status()).position
+    return lag
+
+
+async def consumer_lag(bus: Bus) -> tuple[int, int]:
+    info = await bus.js.consumer_info(STREAM, WORKER)
+    return info.num_pending or 0, info.num_ack_pending or 0
+
+
+def growth(samples: list[Sample], name: str) -> tuple[str, bool]:
+    """ "rss a→b MB, fds c→d" from the second quarter to the last, and whether it grew."""
+    rss = [s.rss_mb[name] for s in samples if name in s.rss_mb]
+    fds = [s.fds[name] for s in samples if name in s.fds]
+    if min(len(rss), len(fds)) < MIN_SAMPLES:
+        return f"{len(rss)} samples: too few to tell", False
+    q = len(rss) // 4
+    early, late = statistics.mean(rss[q : 2 * q]), statistics.mean(rss[-q:])
+    fd_early, fd_late = statistics.median(fds[q : 2 * q]), statistics.median(fds[-q:])
+    grew_rss = late > early * GROWTH_RATIO and late - early > GROWTH_MB
+    grew_fds = fd_late > fd_early + GROWTH_FDS
+    text = f"rss {early:.0f}→{late:.0f} MB, fds {fd_early:g}→{fd_late:g}"
+    return text, grew_rss or grew_fds
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+class Soak:
+    def __init__(
+        self,
+        server: EmbeddedServer,
+        monitor: Bus,
+        driver: Driver,
+        restart_every: float,
+        report_every: float,
+    ) -> None:
+        self.server, self.monitor, self.driver = server, monitor, driver
+        self.restart_every, self.report_every = restart_every, report_every
+        self.services: dict[str, Service] = {}
+        self.restarts: list[str] = []
+        self.samples: list[Sample] = []
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 1)
+
+    async def restart_loop(self, stop: asyncio.Event) -> None:
+        if self.restart_every <= 0:
+            return
+        for n in itertools.count(1):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.restart_every)
+            if stop.is_set():
+                return
+            kill = n % 2 == 1
+            await asyncio.to_thread(self.server.kill if kill else self.server.stop)
+            at = self.elapsed()
+            await asyncio.sleep(DOWN_FOR)
+            await asyncio.to_thread(self.server.start)
+            self.restarts.append(f"{at:g}s {'kill -9' if kill else 'SIGTERM'}")
+
+    async def report_loop(self, stop: asyncio.Event, out: Callable[[Sample], None]) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.report_every)
+            sample = await self.sample()
+            self.samples.append(sample)
+            out(sample)
+
+    async def sample(self) -> Sample:
+        pids = {name: service.pid for name, service in self.services.items()}
+        if self.server.pid is not None:
+            pids["nats-server"] = self.server.pid
+        lag = await probe(consumer_lag(self.monitor))
+        return Sample(
+            t=self.elapsed(),
+            restarts=len(self.restarts),
+            published=self.driver.published,
+            acknowledged=len(self.driver.acked),
+            refused=sum(self.driver.refused.values()),
+            stored=await probe(messages_in(self.monitor, STREAM)),
+            consumer_pending=lag[0] if lag else None,
+            consumer_ack_pending=lag[1] if lag else None,
+            projection_lag=await probe(projection_lag(self.monitor)),
+            dead_letters=await probe(messages_in(self.monitor, f"DLQ_{STREAM}")),
+            rss_mb={n: v for n, pid in pids.items() if (v := rss_mb(pid)) is not None},
+            fds={n: v for n, pid in pids.items() if (v := open_fds(pid)) is not None},
+        )
+
+    async def drain(self) -> float | None:
+        """Seconds until the worker owes nothing and the projections are caught up."""
+        started = time.monotonic()
+        while time.monotonic() - started < DRAIN_TIMEOUT:
+            lag = await probe(consumer_lag(self.monitor))
+            projections = await probe(projection_lag(self.monitor))
+            if lag == (0, 0) and projections is not None and not any(projections.values()):
+                return round(time.monotonic() - started, 2)
+            await asyncio.sleep(0.5)
+        return None
+
+    async def verdict(self, seconds: float) -> Verdict:
+        problems: list[str] = []
+        drained_in = await self.drain()
+        if drained_in is None:
+            problems.append(f"not drained within {DRAIN_TIMEOUT:g} s")
+
+        # The stream: every event by name, the created events' ids, the completed tasks.
+        stored: Counter[str] = Counter()
+        created_ids: set[str] = set()
+        completed: set[str] = set()
+        next_seq = 1
+        while page := await self.monitor.read(STREAM, next_seq, limit=1000):
+            for m in page:
+                name = m.subject.rsplit(".", 1)[-1]
+                stored[name] += 1
+                if name == "created":
+                    created_ids.add(m.headers.get("Nats-Msg-Id", ""))
+                elif name == "completed":
+                    completed.add(m.subject.split(".")[1])
+            next_seq = page[-1].seq + 1
+        dead: set[str] = set()
+        next_seq = 1
+        while letters := await self.monitor.dead_letters(STREAM, next_seq, 1000):
+            dead |= {d.original_subject.split(".")[1] for d in letters if d.consumer == WORKER}
+            next_seq = letters[-1].seq + 1
+
+        acked = self.driver.acked
+        found = sum(1 for event_id in acked.values() if event_id in created_ids)
+        if found < len(acked):
+            problems.append(f"{len(acked) - found} acknowledged events are not in the stream")
+        should_die = {t for t in acked if self.driver.fail_times[t] >= MAX_DELIVER}
+        unhandled = [t for t in acked if t not in completed and t not in dead]
+        if unhandled:
+            problems.append(f"{len(unhandled)} tasks neither completed nor dead-lettered")
+        if early := {t for t in acked if t in dead} - should_die:
+            problems.append(f"{len(early)} tasks dead-lettered though they were to complete")
+        if late := should_die - dead:
+            problems.append(f"{len(late)} tasks asked to fail for good were not dead-lettered")
+
+        counts: dict[str, int] = {}
+        view = ProjectionView(self.monitor, app.projection("task_counts"))
+        for event_name, status in STATUS_OF.items():
+            found_count = await view.get(status)
+            counts[status] = found_count[0].count if found_count else 0
+            if counts[status] != stored[event_name]:
+                problems.append(
+                    f"task_counts[{status}] is {counts[status]}, the stream holds "
+                    f"{stored[event_name]} {event_name} events"
+                )
+
+        exits = {name: await service.terminate() for name, service in self.services.items()}
+        problems += [f"bus {n}: {e}" for n, e in exits.items() if not e.startswith("exit 0")]
+        grown = {name: growth(self.samples, name) for name in self.services}
+        problems += [f"bus {n} kept growing: {text}" for n, (text, grew) in grown.items() if grew]
+
+        return Verdict(
+            ok=not problems,
+            problems=problems,
+            seconds=seconds,
+            restarts=self.restarts,
+            published=self.driver.published,
+            acknowledged=len(acked),
+            refused=dict(self.driver.refused),
+            found=found,
+            lost=len(acked) - found,
+            stored_events=dict(stored),
+            tasks_completed=len(completed & acked.keys()),
+            tasks_dead_lettered=len(dead & acked.keys()),
+            dead_letters_expected=len(should_die),
+            unhandled=len(unhandled),
+            task_counts=counts,
+            drained_in=drained_in,
+            exits=exits,
+            growth={name: text for name, (text, _) in grown.items()},
+            errors_logged={n: s.errors_logged() for n, s in self.services.items()},
+        )
+
+
+async def wait_ready(client: Any, edge: Service) -> None:
+    import httpx
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if edge.process.poll() is not None:
+            break
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        await asyncio.sleep(0.2)
+    log = edge.log.read_text(errors="replace").strip().splitlines()[-5:]
+    raise ConnectError(f"bus edge did not get ready: {' | '.join(log) or 'no output'}")
+
+
+async def run_soak(
+    duration: float,
+    restart_every: float,
+    report_every: float,
+    rate: float,
+    as_json: bool,
+) -> Verdict:
+    """Run the soak; prints a line (or a JSON object) per sample, returns the verdict."""
+    try:
+        import httpx
+    except ImportError:
+        raise ConnectError("bus soak needs httpx: pip install httpx") from None
+    if not sys.platform.startswith("linux"):
+        raise ValueError("bus soak reads /proc: Linux only")
+    console = Console(highlight=False, soft_wrap=True)
+    # Our own monitoring connection warns at each restart; the figures say it better.
+    logging.getLogger("bus").setLevel(logging.ERROR)
+    out = (lambda s: print(msgspec.json.encode(s).decode(), flush=True)) if as_json else None
+    with tempfile.TemporaryDirectory(prefix="bus-soak-") as tmp:
+        server = EmbeddedServer(store_dir=Path(tmp) / "nats").start()
+        services: dict[str, Service] = {}
+        try:
+            key = f"soak-{secrets.token_hex(8)}"
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if k != "BUS_METRICS_PORT"}
+            env |= {
+                "BUS_NATS_URL": server.url,
+                "BUS_EDGE_HOST": "127.0.0.1",
+                "BUS_EDGE_PORT": str(port),
+                "BUS_API_KEYS": f"{key}:read+write",
+                "BUS_PUBLISH_RATE": "0",
+            }
+            async with (
+                Bus(
+                    server.url,
+                    name="bus-soak",
+                    registry=app.registry,
+                    streams=app.streams,  # declared before the edge checks they exist
+                    publish_timeout=PROBE_TIMEOUT,
+                    drain_timeout=2.0,
+                ) as monitor,
+                httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{port}",
+                    headers={"Authorization": f"Bearer {key}"},
+                    limits=httpx.Limits(max_connections=IN_FLIGHT),
+                    timeout=10,
+                ) as client,
+            ):
+                for verb in SERVICES:
+                    services[verb] = Service(verb, env, Path(tmp) / f"{verb}.log")
+                await wait_ready(client, services["edge"])
+                driver = Driver(client, rate)
+                soak = Soak(server, monitor, driver, restart_every, report_every)
+                soak.services = services
+                if out is None:
+                    console.print(
+                        f"bus soak: {duration:g} s at {rate:g} tasks/s, server restarts every "
+                        f"{restart_every:g} s; figures every {report_every:g} s (Ctrl-C ends early)"
+                    )
+                    out = lambda s: console.print(render_sample(s))  # noqa: E731
+                stop = asyncio.Event()
+                async with until_signalled() as interrupted:
+
+                    async def timer() -> None:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(interrupted.wait(), duration)
+                        stop.set()
+
+                    await asyncio.gather(
+                        timer(),
+                        driver.run(stop),
+                        soak.restart_loop(stop),
+                        soak.report_loop(stop, out),
+                    )
+                seconds = soak.elapsed()
+                return await soak.verdict(seconds)
+        finally:
+            for service in services.values():
+                service.kill()
+            server.stop()
+
+
+def render_sample(s: Sample) -> str:
+    def show(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    lag = "-" if s.projection_lag is None else str(max(s.projection_lag.values(), default=0))
+    rss = " ".join(f"{n} {v:.0f}" for n, v in s.rss_mb.items())
+    fds = " ".join(f"{n} {v}" for n, v in s.fds.items())
+    return (
+        f"{s.t:>7.0f}s  restarts {s.restarts}  tasks {s.published} sent, {s.acknowledged} "
+        f"acked, {s.refused} refused  stored {show(s.stored)}  worker lag "
+        f"{show(s.consumer_pending)}+{show(s.consumer_ack_pending)}  projection lag {lag}  "
+        f"dead letters {show(s.dead_letters)}  RSS MB: {rss}  FDs: {fds}"
+    )
+
+
+def render(v: Verdict) -> Table:
+    table = Table(
+        show_header=False, title=f"bus soak · {v.seconds:g} s · {'OK' if v.ok else 'FAILED'}"
+    )
+    table.add_row("server restarts", ", ".join(v.restarts) or "none")
+    table.add_row("tasks sent", str(v.published))
+    table.add_row("acknowledged (201)", str(v.acknowledged))
+    table.add_row("refused", ", ".join(f"{k} {n}" for k, n in v.refused.items()) or "0")
+    table.add_row("acknowledged found in the stream", f"{v.found} (lost {v.lost})")
+    table.add_row("events stored", ", ".join(f"{k} {n}" for k, n in v.stored_events.items()))
+    table.add_row("tasks completed", str(v.tasks_completed))
+    table.add_row(
+        "tasks dead-lettered", f"{v.tasks_dead_lettered} (expected {v.dead_letters_expected})"
+    )
+    table.add_row("tasks unhandled", str(v.unhandled))
+    table.add_row("task_counts", ", ".join(f"{k} {n}" for k, n in v.task_counts.items()))
+    table.add_row("drained in", "-" if v.drained_in is None else f"{v.drained_in:g} s")
+    for name, text in v.exits.items():
+        table.add_row(f"bus {name} on SIGTERM", text)
+    for name, text in v.growth.items():
+        table.add_row(f"bus {name}", text)
+    table.add_row("error lines logged", ", ".join(f"{k} {n}" for k, n in v.errors_logged.items()))
+    for problem in v.problems:
+        table.add_row("[bold red]problem[/]", problem)
+    return table
