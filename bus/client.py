@@ -100,6 +100,9 @@ class Credentials:
         return opts
 
 
+PING_INTERVAL = 1  # seconds
+
+
 def redact_url(url: str) -> str:
     """A URL without its user and password, for messages, logs and status output."""
     return re.sub(r"//[^/@]*@", "//***@", url)
@@ -209,6 +212,10 @@ class Bus:
             allow_reconnect=True,
             max_reconnect_attempts=INITIAL_CONNECT_ROUNDS,
             reconnect_time_wait=0.25,  # type: ignore[arg-type] # float works
+            # A server that stops answering without closing the connection (frozen, cut
+            # off) is left after two unanswered pings: ~2-3 s, not nats-py's 4 minutes.
+            ping_interval=PING_INTERVAL,
+            max_outstanding_pings=2,
             drain_timeout=int(self.drain_timeout),
             error_cb=self._on_error,
             reconnected_cb=self._on_reconnect,

@@ -183,7 +183,12 @@ class Publisher:
             got = await self._attempt([outs[i] for i in todo], [blocks[i] for i in todo], wait)
             for i, data in zip(todo, got, strict=True):
                 replies[i] = data
-            todo = [i for i in todo if not await self._settled(outs[i], replies[i])]
+            unsettled = []
+            for i in todo:
+                if not await self._settled(outs[i], replies[i]):
+                    replies[i] = None  # if it stays so, the publish timed out
+                    unsettled.append(i)
+            todo = unsettled
             if not todo or loop.time() + pause >= deadline:
                 break
             await asyncio.sleep(pause)
