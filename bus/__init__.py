@@ -2,9 +2,10 @@
 
 from .aggregate import Aggregate, Repository
 from .app import App
-from .client import Bus, Credentials, current_bus
+from .client import Bus, current_bus
 from .codec import Codec, json_schema
 from .consumer import Consumer
+from .credentials import Credentials
 from .deadletter import DeadLetter
 from .envelope import Envelope, current_envelope
 from .errors import (

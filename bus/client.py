@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 import nats.errors
@@ -29,6 +26,7 @@ from . import deadletter, rpc, telemetry
 from .codec import Codec, ContentType
 from .connection import Connection
 from .consumer import Consumer
+from .credentials import Credentials, redact_url, split_urls
 from .envelope import Envelope, open_message
 from .errors import (
     BusClosed,
@@ -50,6 +48,7 @@ R = TypeVar("R")
 
 TAIL_PAGE = 256  # messages a tail reads per round trip (and holds at most)
 TAIL_IDLE = 2.0  # seconds a caught-up tail waits for a wake-up before looking again
+PING_INTERVAL = 1  # seconds
 INITIAL_CONNECT_ROUNDS = 2  # tries per server before start() gives up; then reconnects are endless
 
 _current_bus: ContextVar[Bus] = ContextVar("current_bus")
@@ -61,59 +60,6 @@ def current_bus() -> Bus:
         return _current_bus.get()
     except LookupError:
         raise BusClosed("current_bus() is only available inside a handler") from None
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """How to authenticate and encrypt; set at most one of user/token/creds/nkey_seed."""
-
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    creds: str | None = None  # path of a .creds file (JWT + nkey seed)
-    nkey_seed: str | None = None  # path of an nkey seed file
-    tls: ssl.SSLContext | None = None
-    tls_ca: str | None = None  # or build the context from files
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-    def connect_options(self) -> dict[str, Any]:
-        chosen = [n for n in ("user", "token", "creds", "nkey_seed") if getattr(self, n)]
-        if len(chosen) > 1:
-            raise ConfigError(f"choose one way to authenticate, not {' and '.join(chosen)}")
-        opts: dict[str, Any] = {}
-        if self.user:
-            opts.update(user=self.user, password=self.password or "")
-        if self.token:
-            opts["token"] = self.token
-        if self.creds:
-            opts["user_credentials"] = self.creds
-        if self.nkey_seed:
-            opts["nkeys_seed"] = self.nkey_seed
-        tls = self.tls
-        if tls is None and (self.tls_ca or self.tls_cert):
-            tls = ssl.create_default_context(cafile=self.tls_ca)
-            if self.tls_cert:
-                tls.load_cert_chain(self.tls_cert, self.tls_key)
-        if tls is not None:
-            opts["tls"] = tls
-        return opts
-
-
-PING_INTERVAL = 1  # seconds
-
-
-def redact_url(url: str) -> str:
-    """A URL without its user and password, for messages, logs and status output."""
-    return re.sub(r"//[^/@]*@", "//***@", url)
-
-
-def split_urls(servers: str | Sequence[str]) -> list[str]:
-    urls = [u.strip() for u in servers.split(",")] if isinstance(servers, str) else list(servers)
-    urls = [u for u in urls if u]
-    if not urls:
-        raise ConfigError("no NATS server URL given")
-    return urls
 
 
 class Bus:
