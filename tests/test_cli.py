@@ -223,6 +223,7 @@ def _exercise_demo(data_dir: Path) -> None:
         ("worker",),
         ("projector",),
         ("edge",),
+        ("up",),
     ],
 )
 def test_every_verb_says_plainly_when_nats_is_unreachable(
