@@ -1,77 +1,37 @@
-"""The `bus` command. Every verb takes `--json` for scripts; errors print one line, exit 1."""
+"""The `bus` command. Every verb takes `--json` for scripts; errors print one line, exit 1.
+
+The verbs about what the bus holds live here; those that run something, in cli_run."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
 import msgspec
 import nats.errors
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from bus import Bus, BusError, EventStore, StoredMessage
-from bus.app import App, load_app
+from bus.app import load_app
 from bus.projection import ProjectionStatus, ProjectionView
 from bus.subjects import parse_event_subject
 
-from .lifecycle import run as run_loop
-from .settings import Settings
-
-DEFAULT_APP = "services.demo:app"
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    sys.exit(1)
-
-
-def run(coro_fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run an async verb; turn our errors (and Ctrl-C) into one line and an exit code."""
-
-    @functools.wraps(coro_fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            run_loop(coro_fn(*args, **kwargs))
-        except (BusError, ValueError) as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:
-            sys.exit(130)
-
-    return wrapper
-
-
-def emit(as_json: bool, data: Any, table: Table | str | None = None) -> None:
-    if as_json:
-        click.echo(msgspec.json.encode(data).decode())
-    elif table is not None:
-        console.print(table)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-app_option = click.option(
-    "--app", "app_ref", default=DEFAULT_APP, show_default=True, help="module:attr of a bus.App."
+from . import cli_run
+from .console import (
+    app_option,
+    connect,
+    console,
+    emit,
+    err_console,
+    fail,
+    json_option,
+    run,
 )
-
-
-def connect(app: App | None = None) -> Bus:
-    settings = Settings.from_env()
-    return Bus(
-        settings.resolve_nats_url(),
-        credentials=settings.credentials,
-        name="bus-cli",
-        registry=app.registry if app else None,
-        drain_timeout=2.0,
-    )
 
 
 @click.group()
@@ -80,21 +40,8 @@ def main() -> None:
     """bus: typed events on NATS JetStream. Settings come from BUS_* variables."""
 
 
-@main.command()
-@app_option
-@click.option("--fresh", is_flag=True, help="Wipe the embedded server's data first.")
-@json_option
-def up(app_ref: str, fresh: bool, as_json: bool) -> None:
-    """Start the whole backbone: embedded NATS (unless BUS_NATS_URL) and the app's services."""
-    from .up import run_up
-
-    try:
-        app = load_app(app_ref)
-        run_loop(run_up(Settings.from_env(), app, fresh=fresh, as_json=as_json))
-    except (BusError, ValueError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        pass
+for verb in cli_run.VERBS:
+    main.add_command(verb)
 
 
 @main.command()
@@ -248,99 +195,6 @@ def schema(app_ref: str) -> None:
         click.echo(json.dumps(json_schema(load_app(app_ref).registry), indent=2))
     except (BusError, ValueError) as exc:
         fail(str(exc))
-
-
-@main.command()
-@click.option(
-    "--scenario",
-    type=click.Choice(["messaging", "state", "http", "tracing"]),
-    default="messaging",
-    show_default=True,
-    help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild; "
-    "http: the edge beside bare FastAPI under wrk, and read-your-writes latency; "
-    "tracing: publish and consume with tracing off, at 10% and at 100% sampling.",
-)
-@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--messages", type=click.IntRange(min=100), default=5000, show_default=True)
-@click.option(
-    "--events",
-    type=click.IntRange(min=1000),
-    default=1_000_000,
-    show_default=True,
-    help="Events replayed by the state scenario's rebuild.",
-)
-@click.option(
-    "--sync-interval", default="2m", show_default=True, help="Of the compared server (see docs)."
-)
-@json_option
-def bench(
-    scenario: str, runs: int, messages: int, events: int, sync_interval: str, as_json: bool
-) -> None:
-    """Measure bus against raw nats-py on one embedded server, in one run."""
-    from .bench import run_bench
-    from .bench_http import run_http_bench
-    from .bench_state import run_state_bench
-    from .bench_tracing import run_tracing_bench
-
-    try:
-        if scenario == "tracing":
-            run_tracing_bench(runs, messages, as_json)
-        elif scenario == "http":
-            run_http_bench(runs, 10, sync_interval, as_json)
-        elif scenario == "state":
-            run_loop(run_state_bench(runs, events, as_json))
-        else:
-            run_loop(run_bench(runs, messages, sync_interval, as_json))
-    except (BusError, ValueError) as exc:
-        fail(str(exc))
-
-
-logs_option = click.option("--json", "as_json", is_flag=True, help="JSON logs on a terminal too.")
-
-
-def serve(
-    service: Callable[[Settings, App, bool], Awaitable[None]], app_ref: str, json: bool
-) -> None:
-    """Run a long-lived service until Ctrl-C or SIGTERM; start-up errors as one line."""
-    try:
-        run_loop(service(Settings.from_env(), load_app(app_ref), json))
-    except (BusError, ValueError, OSError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        pass
-
-
-@main.command()
-@app_option
-@logs_option
-def edge(app_ref: str, as_json: bool) -> None:
-    """Run the HTTP edge alone on BUS_EDGE_HOST:BUS_EDGE_PORT (keys from BUS_API_KEYS)."""
-    from .edge.server import serve_edge
-
-    def show_key(key: str) -> None:  # shown once on the terminal, never logged
-        err_console.print(f"development API key: [bold]{key}[/]", highlight=False)
-
-    serve(functools.partial(serve_edge, show_key=show_key), app_ref, as_json)
-
-
-@main.command()
-@app_option
-@logs_option
-def projector(app_ref: str, as_json: bool) -> None:
-    """Run the app's projections; start several for failover (one is active per projection)."""
-    from .projector import serve_projector
-
-    serve(serve_projector, app_ref, as_json)
-
-
-@main.command()
-@app_option
-@logs_option
-def worker(app_ref: str, as_json: bool) -> None:
-    """Run the app's handlers; start several to share the work."""
-    from .worker import serve_worker
-
-    serve(serve_worker, app_ref, as_json)
 
 
 @main.group()
@@ -497,84 +351,3 @@ async def status(app_ref: str, as_json: bool) -> None:
     async with connect(app) as bus:
         found = await collect(bus, app)
     emit(as_json, found, render(found))
-
-
-@main.group()
-def demo() -> None:
-    """The demo domain `bus up` runs: load to watch in Grafana."""
-
-
-@demo.command("traffic")
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0, min_open=True),
-    default=20.0,
-    show_default=True,
-    help="Requests per second.",
-)
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds to run (Ctrl-C ends early).",
-)
-@click.option("--url", help="The edge (default: the running `bus up`'s, else BUS_EDGE_*).")
-@click.option("--key", help="An API key that may write (default: from BUS_API_KEYS).")
-@json_option
-@run
-async def demo_traffic(
-    rate: float, duration: float, url: str | None, key: str | None, as_json: bool
-) -> None:
-    """Create demo tasks and read them back through the HTTP edge, with live progress."""
-    from .demo.traffic import drive, render
-
-    summary = await drive(url, key, rate, duration, quiet=as_json)
-    emit(as_json, summary, render(summary))
-    if summary.errors:
-        raise ValueError(
-            f"{summary.errors} of {summary.sent} requests failed (last: {summary.last_error})"
-        )
-
-
-@main.command()
-@click.option("--duration", default="10m", show_default=True, help="How long: 90s, 10m, 2h.")
-@click.option(
-    "--restart-every",
-    default="60s",
-    show_default=True,
-    help="Restart the embedded server this often, kill -9 and SIGTERM in turn (0: never).",
-)
-@click.option(
-    "--every", "report_every", default="10s", show_default=True, help="Print figures this often."
-)
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0, min_open=True),
-    default=50.0,
-    show_default=True,
-    help="Demo tasks created per second through the edge.",
-)
-@json_option
-def soak(duration: str, restart_every: str, report_every: str, rate: float, as_json: bool) -> None:
-    """Demo traffic through worker, projector and edge with server restarts; RSS, open files,
-    lag and dead letters over time, then a verdict: nothing lost, nothing growing (not for CI)."""
-    from .soak import parse_duration, render, run_soak
-
-    try:
-        verdict = run_loop(
-            run_soak(
-                parse_duration(duration),
-                parse_duration(restart_every),
-                parse_duration(report_every),
-                rate,
-                as_json,
-            )
-        )
-    except (BusError, ValueError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    emit(as_json, verdict, render(verdict))
-    if not verdict.ok:
-        fail("; ".join(verdict.problems))
