@@ -9,6 +9,7 @@ session's shared `nats_cluster` would leave leader elections running under other
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import Counter
@@ -286,26 +287,10 @@ async def test_a_paused_node_catches_up_when_continued(
     )
 
 
-@pytest.mark.slow
-async def test_a_publish_during_the_leader_election_waits_for_the_new_leader(
-    cluster: EmbeddedCluster,
-) -> None:
-    registry = EventRegistry([Ticked])
-    async with Bus(cluster.urls, registry=registry, streams=[STREAM]) as setup:
-        await setup.publish(Ticked(n=0), "k0")
-        leader = await leader_of(setup, cluster)
-    others = [node.url for node in cluster.nodes if node is not leader]
-    async with Bus(others, registry=registry, drain_timeout=2.0) as bus:  # not on the leader
-        leader.kill()
-        await asyncio.sleep(0.5)  # the others have seen it go; the election takes ~5 s more
-        result = await bus.publish(Ticked(n=1), "k1", timeout=12)
-        assert result.seq == 2
-
-
-@pytest.mark.slow
-async def test_a_publish_that_times_out_during_the_election_says_it_timed_out(
-    cluster: EmbeddedCluster,
-) -> None:
+@contextlib.asynccontextmanager
+async def leaderless(cluster: EmbeddedCluster) -> AsyncIterator[Bus]:
+    """A Bus on the two followers, just after the stream's leader was killed (the others have
+    seen it go; the election takes ~5 s more)."""
     registry = EventRegistry([Ticked])
     async with Bus(cluster.urls, registry=registry, streams=[STREAM]) as setup:
         await setup.publish(Ticked(n=0), "k0")
@@ -314,6 +299,23 @@ async def test_a_publish_that_times_out_during_the_election_says_it_timed_out(
     async with Bus(others, registry=registry, drain_timeout=2.0) as bus:
         leader.kill()
         await asyncio.sleep(0.5)
+        yield bus
+
+
+@pytest.mark.slow
+async def test_a_publish_during_the_leader_election_waits_for_the_new_leader(
+    cluster: EmbeddedCluster,
+) -> None:
+    async with leaderless(cluster) as bus:
+        result = await bus.publish(Ticked(n=1), "k1", timeout=12)
+        assert result.seq == 2
+
+
+@pytest.mark.slow
+async def test_a_publish_that_times_out_during_the_election_says_it_timed_out(
+    cluster: EmbeddedCluster,
+) -> None:
+    async with leaderless(cluster) as bus:
         with pytest.raises(PublishTimeout):  # the election takes ~5 s; this waits 2
             await bus.publish(Ticked(n=1), "k1", timeout=2)
 
