@@ -3,11 +3,10 @@ the CLI verbs on projections and aggregates."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,41 +16,28 @@ from bus import Bus
 from bus.lease import BUCKET as LEASES
 from bus.projection import ProjectionView
 from services.demo import TaskCreated, app
-
-BUS = str(Path(sys.executable).parent / "bus")
+from tests.processes import BUS, running
 
 
 class Projectors:
-    """`bus projector` processes against one server, killed at teardown."""
+    """`bus projector` processes against one server, stopped at teardown."""
 
-    def __init__(self, url: str, tmp: Path) -> None:
-        self.url, self.tmp = url, tmp
+    def __init__(self, url: str, tmp: Path, stack: contextlib.ExitStack) -> None:
+        self.url, self.tmp, self.stack = url, tmp, stack
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "BUS_NATS_URL": self.url}
-        log = (self.tmp / f"projector{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen([BUS, "projector"], env=env, stdout=log, stderr=log)
-        log.close()
+        log = self.tmp / f"projector{len(self.procs)}.log"
+        proc = self.stack.enter_context(running([BUS, "projector"], log, env))
         self.procs.append(proc)
         return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 @pytest.fixture
 def projectors(nats_url: str, tmp_path: Path) -> Iterator[Projectors]:
-    group = Projectors(nats_url, tmp_path)
-    yield group
-    group.stop_all()
+    with contextlib.ExitStack() as stack:
+        yield Projectors(nats_url, tmp_path, stack)
 
 
 @pytest.fixture
