@@ -184,8 +184,9 @@ class Publisher:
             for i, data in zip(todo, got, strict=True):
                 replies[i] = data
             unsettled = []
-            for i in todo:
-                if not await self._settled(outs[i], replies[i]):
+            for i in todo:  # an ack is final; so is "no responders" where no stream captures
+                reply = replies[i]
+                if reply is None or (reply is _NO_RESPONDERS and await self._led(outs[i])):
                     replies[i] = None  # if it stays so, the publish timed out
                     unsettled.append(i)
             todo = unsettled
@@ -226,20 +227,16 @@ class Publisher:
                     self._window.release()  # never acked: free its window slot
         return batch.replies
 
-    async def _settled(self, out: Outgoing, reply: bytes | None) -> bool:
-        """Whether this reply is final: not a missing ack, and "no responders" only when no
-        stream captures the subject (else its stream is between leaders: send again)."""
-        if reply is None:
-            return False
-        if reply is not _NO_RESPONDERS:
-            return True
+    async def _led(self, out: Outgoing) -> bool:
+        """After "no responders": whether a stream captures the subject (then it is between
+        leaders, and the publish goes again), asked of JetStream."""
         try:
             answer = await self._nc.request(
                 "$JS.API.STREAM.NAMES", _encode_json({"subject": out.subject}), timeout=1
             )
         except nats.errors.Error:
-            return False  # JetStream itself is busy electing: try again
-        return not msgspec.json.decode(answer.data).get("streams")
+            return True  # JetStream itself is busy electing: try again
+        return bool(msgspec.json.decode(answer.data).get("streams"))
 
     async def send_atomic(
         self, outs: Sequence[Outgoing], timeout: float | None = None
