@@ -5,6 +5,10 @@ so every message and status is matched to the request that asked for it. A pull 
 for more messages than there are free handler slots, which bounds memory and in-flight work.
 Pull requests carry an idle heartbeat: when the server goes quiet (restart, leader change)
 the requests are forgotten and reissued, so the consumer resumes by itself.
+
+Handlers run in `concurrency` long-lived worker tasks fed from a queue, not in a task per
+message: a handler that never waits costs no task at all, and one that waits hands the queue
+to the next worker. Each message still gets a fresh copy of the starter's context.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import contextvars
 import itertools
 import logging
 import time
+from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 import msgspec
@@ -91,6 +97,10 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._batch: list[Delivery] = []
+        self._ready: deque[Delivery | list[Delivery]] = deque()  # jobs for the workers
+        self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers' wake-ups
+        self._rousing = False  # a worker was woken and has not looked at the queue yet
+        self._workers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._context = contextvars.copy_context()
@@ -135,6 +145,10 @@ class Consumer:
         await self.ensure()
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.open_lane(f"{self._inbox}.*", self._on_message)
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"handle {self.spec.durable}")
+            for _ in range(self.spec.concurrency)
+        ]
         self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull {self.spec.durable}")
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -152,7 +166,7 @@ class Consumer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
-        for task in list(self._tasks):
+        for task in [*self._workers, *self._tasks]:
             task.cancel()
         if self._sub is not None:
             self._nc.close_lane(self._sub)
@@ -237,7 +251,7 @@ class Consumer:
             return
         self.delivered += 1
         if not self.spec.batch:
-            self._spawn(self._run_one(msg), 1)
+            self._enqueue(msg, 1)
             return
         self._batch.append(msg)
         if len(self._batch) >= self.spec.batch_size:
@@ -248,28 +262,56 @@ class Consumer:
     def _flush_batch(self) -> None:
         if self._batch:
             batch, self._batch = self._batch, []
-            self._spawn(self._run_batch(batch), len(batch))
+            self._enqueue(batch, len(batch))
 
     async def _recreate(self) -> None:
         with contextlib.suppress(BusError):
             await self.ensure()
 
-    def _spawn(self, coro: Any, messages: int) -> None:
-        """Run a handler task that holds `messages` slots until it finishes."""
+    def _enqueue(self, job: Delivery | list[Delivery], messages: int) -> None:
+        """Queue a message (or a batch) for the workers; it holds `messages` slots until done."""
         self._in_flight += messages
         self._idle.clear()
-        task = asyncio.create_task(coro, context=self._context.copy())
-        self._tasks.add(task)
+        self._ready.append(job)
+        self._rouse()
 
-        def done(task: asyncio.Task[None]) -> None:
-            self._tasks.discard(task)
-            self._in_flight -= messages
-            if self._in_flight == 0:
-                self._idle.set()
-            if self._free() >= self._low_water:
-                self._wake.set()
+    def _rouse(self) -> None:
+        """Wake one sleeping worker, unless one is already on its way. A worker that leaves
+        jobs behind rouses the next, so handlers that wait overlap, while handlers that never
+        wait run back to back in one worker without a trip through the event loop."""
+        if not self._rousing and self._sleepers:
+            self._rousing = True
+            self._sleepers.popleft().set_result(None)
 
-        task.add_done_callback(done)
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._ready:
+                wake_up = loop.create_future()
+                self._sleepers.append(wake_up)
+                await wake_up
+                self._rousing = False
+                continue
+            job = self._ready.popleft()
+            if self._ready:
+                self._rouse()
+            if isinstance(job, Delivery):
+                run, messages = self._run_one(job), 1
+            else:
+                run, messages = self._run_batch(job), len(job)
+            try:
+                await _InContext(run, self._context.copy())
+            except Exception:  # a bug of ours: say so, and keep the worker
+                log.exception("consumer %s: handling a message failed", self.spec.durable)
+            finally:
+                self._release(messages)
+
+    def _release(self, messages: int) -> None:
+        self._in_flight -= messages
+        if self._in_flight == 0:
+            self._idle.set()
+        if self._free() >= self._low_water:
+            self._wake.set()
 
     # -- handling -----------------------------------------------------------------------------
 
@@ -428,6 +470,30 @@ class Consumer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _InContext:
+    """Awaits a coroutine with each of its steps run in `context`, as a task of its own would
+    run it (its context variables stay its own), inside the worker's task."""
+
+    __slots__ = ("_context", "_coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
+        self._coro, self._context = coro, context
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        run, send, throw = self._context.run, self._coro.send, self._coro.throw
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = run(send, value) if error is None else run(throw, error)
+            except StopIteration:
+                return
+            try:
+                value, error = (yield step), None
+            except BaseException as exc:  # cancellation, thrown in by the worker's task
+                value, error = None, exc
 
 
 def _ack_metadata(reply: str) -> tuple[int, int]:

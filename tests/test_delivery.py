@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 
 import pytest
@@ -144,6 +145,30 @@ async def test_concurrency_bounds_messages_in_flight(jobs: Bus) -> None:
     # The server may serve the next pull before it has processed the acks sent ahead of it,
     # so its count can briefly include the finished batch: at most twice the slots.
     assert 0 < max(ack_pending) <= 8
+
+
+LEAK: contextvars.ContextVar[str] = contextvars.ContextVar("leak", default="")
+
+
+async def test_each_message_has_its_own_context_and_its_own_timeouts(jobs: Bus) -> None:
+    """Handlers share long-lived workers: what one sets in a context variable stays its own,
+    and a timeout inside one cancels that handler alone (its message is retried)."""
+    seen: dict[str, str] = {}
+    attempts: dict[str, int] = {}
+
+    async def handle(event: JobCreated) -> None:
+        seen[event.title] = LEAK.get()
+        LEAK.set(event.title)  # never reset: must not reach the next message
+        attempts[event.title] = attempts.get(event.title, 0) + 1
+        if event.title == "t0" and attempts["t0"] == 1:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(10)
+
+    await jobs.consume(handle, durable="isolated", concurrency=1, backoff=FAST)
+    await jobs.publish_many((JobCreated(title=f"t{i}"), f"i{i}") for i in range(20))
+    await eventually(lambda: len(seen) == 20 and attempts["t0"] == 2)
+    assert set(seen.values()) == {""}
+    assert attempts == {f"t{i}": 2 if i == 0 else 1 for i in range(20)}
 
 
 async def test_envelope_and_causal_ids_flow_into_caused_events(jobs: Bus) -> None:
