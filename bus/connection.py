@@ -56,11 +56,18 @@ class Connection(Client):
     async def send(
         self, subject: str, payload: bytes, reply: str = "", headers: bytes | None = None
     ) -> None:
-        """Publish straight into the pending buffer, with a ready-made header block if any.
+        """Publish straight into the pending buffer (see `buffer`), and have it flushed."""
+        self.buffer(subject, payload, reply, headers)
+        await self.flush_soon()
+
+    def buffer(
+        self, subject: str, payload: bytes, reply: str = "", headers: bytes | None = None
+    ) -> None:
+        """Add a publish to the pending buffer, with a ready-made header block if any.
 
         Used for acks, pull requests and our publishes: it skips nats-py's per-call checks and
-        header encoding. Buffered like any publish while disconnected, and coalesced into one
-        write with whatever else is pending when the flusher runs.
+        header encoding. Buffered like any publish while disconnected (up to nats-py's
+        pending limit), and written with whatever else is pending when the flusher runs.
         """
         target = f"{subject} {reply}" if reply else subject
         if headers:
@@ -73,7 +80,10 @@ class Connection(Client):
             raise OutboundBufferFull(self._max_pending_size)
         self._pending.append(cmd)
         self._pending_data_size += len(cmd)
-        if self._flush_queue is None or self._flush_queue.empty():  # else a flush is due anyway
+
+    async def flush_soon(self) -> None:
+        """Wake the flusher, unless a flush is already due: it writes all that is pending."""
+        if self._flush_queue is None or self._flush_queue.empty():
             await self._flush_pending()
 
 

@@ -33,6 +33,7 @@ from .events import Event, new_event_id
 from .subjects import validate_token
 
 RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
+YIELD_EVERY = 256  # publishes buffered before the flusher gets a turn (server and us overlap)
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
 
@@ -87,7 +88,9 @@ class Publisher:
         self._nc = nc
         self._codec = codec
         self.timeout = timeout
-        self._window = asyncio.Semaphore(max_pending)
+        self._max_pending = max_pending  # publishes sent and not yet acknowledged, at most
+        self._unacked = 0
+        self._room: asyncio.Future[None] | None = None  # set when the window opens again
         self._inbox = ""
         self._waiting: dict[int, tuple[_Batch, int]] = {}
         self._tokens = itertools.count()
@@ -211,21 +214,40 @@ class Publisher:
         batch = _Batch(len(outs))
         tokens: list[int] = []
         try:
-            for i, (out, block) in enumerate(zip(outs, blocks, strict=True)):
-                await self._window.acquire()
-                token = next(self._tokens)
-                self._waiting[token] = (batch, i)
-                tokens.append(token)
-                await self._nc.send(out.subject, out.payload, f"{self._inbox}.{token}", block)
             async with asyncio.timeout(max(wait, 0)):
+                for i, (out, block) in enumerate(zip(outs, blocks, strict=True)):
+                    if self._unacked >= self._max_pending:
+                        await self._window_opens()
+                    elif i % YIELD_EVERY == YIELD_EVERY - 1:
+                        await self._nc.flush_soon()
+                        await asyncio.sleep(0)
+                    token = next(self._tokens)
+                    self._waiting[token] = (batch, i)
+                    self._unacked += 1
+                    tokens.append(token)
+                    self._nc.buffer(out.subject, out.payload, f"{self._inbox}.{token}", block)
+                await self._nc.flush_soon()
                 await batch.done
         except TimeoutError:
             pass
         finally:
             for token in tokens:
                 if self._waiting.pop(token, None) is not None:
-                    self._window.release()  # never acked: free its window slot
+                    self._acked()  # never acked: free its window slot
         return batch.replies
+
+    async def _window_opens(self) -> None:
+        """Wait until half the window is acknowledged (not a wake-up per ack)."""
+        await self._nc.flush_soon()
+        if self._room is None:
+            self._room = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._room)
+
+    def _acked(self) -> None:
+        self._unacked -= 1
+        if self._room is not None and self._unacked <= self._max_pending // 2:
+            self._room.set_result(None)
+            self._room = None
 
     async def _led(self, out: Outgoing) -> bool:
         """After "no responders": whether a stream captures the subject (then it is between
@@ -286,7 +308,7 @@ class Publisher:
         waiting = self._waiting.pop(token, None)
         if waiting is None:
             return  # a late ack for a publish that already timed out
-        self._window.release()
+        self._acked()
         batch, i = waiting
         no_stream = raw is not None and raw[9:12] == b"503"
         batch.replies[i] = _NO_RESPONDERS if no_stream else data

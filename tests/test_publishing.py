@@ -25,6 +25,7 @@ from bus import (
     StreamNotFound,
     StreamSpec,
 )
+from bus.publish import Publisher
 
 from .domain import JOBS, JobCreated, JobDone, eventually
 
@@ -135,6 +136,26 @@ async def test_an_unreachable_server_bounds_what_waits_to_be_sent(
         await eventually(lambda: bus.connected)
         done = await bus.publish(JobCreated(title="after"), "a1", timeout=5)
         assert done.stream == "JOBS"
+
+
+async def test_unacknowledged_publishes_are_bounded_by_the_window(
+    nats_server: EmbeddedServer,
+) -> None:
+    """A server that stops answering holds at most `max_pending` publishes in flight; the
+    rest wait for acks (not memory), and everything lands once it answers again."""
+    async with Bus(nats_server.url, streams=[JOBS]) as bus:
+        publisher = Publisher(bus.nc, bus.codec, timeout=20, max_pending=50)
+        outs = [publisher.prepare(JobCreated(title=str(i)), f"w{i}") for i in range(500)]
+        nats_server.pause()
+        try:
+            sending = asyncio.ensure_future(publisher.send_many(outs))
+            await asyncio.sleep(0.3)
+            assert len(publisher._waiting) == 50
+        finally:
+            nats_server.resume()
+        results = await sending
+        assert [r.seq for r in results] == list(range(1, 501))
+        assert len(publisher._waiting) == 0
 
 
 async def test_streams_ensure_update_verify_and_conflicts(nats_url: str) -> None:
