@@ -47,36 +47,40 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"{cls.__name__}.__event_version__ must be an int >= 1")
 
 
-_VERSION_AND_VARIANT = (0x7 << 76) | (0x2 << 62)
-_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
-
-
 class _Entropy:
-    """Random bytes read from the OS a page at a time (one syscall per ~400 ids)."""
+    """Random hex digits read from the OS a page at a time (one syscall per ~200 ids)."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self._page = b""
+        self._page = ""
         self._at = 0
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int) -> str:
         if self._at + n > len(self._page):
-            self._page, self._at = os.urandom(4096), 0
+            self._page, self._at = os.urandom(2048).hex(), 0
         self._at += n
         return self._page[self._at - n : self._at]
 
 
 _entropy = _Entropy()
 os.register_at_fork(after_in_child=_entropy.reset)  # a forked child must not reuse the page
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}  # 0b10xx
+_millisecond: list[Any] = [-1, ""]  # the last millisecond and its id prefix (one per ms)
 
 
 def new_event_id() -> str:
-    """A UUIDv7 string: time-ordered, so ids sort by creation and index well."""
-    rand = int.from_bytes(_entropy.take(10)) & _RANDOM_BITS
-    h = f"{(time.time_ns() // 1_000_000) << 80 | rand | _VERSION_AND_VARIANT:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A UUIDv7 string: time-ordered, so ids sort by creation and index well.
+
+    Written as text directly (48-bit milliseconds, version 7, variant 10, 74 random bits):
+    the timestamp's digits change once a millisecond, so they are formatted once for it."""
+    ms = time.time_ns() // 1_000_000
+    if ms != _millisecond[0]:
+        stamp = f"{ms:012x}"
+        _millisecond[:] = [ms, f"{stamp[:8]}-{stamp[8:]}-7"]
+    r = _entropy.take(19)
+    return f"{_millisecond[1]}{r[:3]}-{_VARIANT[r[3]]}{r[4:7]}-{r[7:]}"
 
 
 class EventRegistry:
