@@ -2,8 +2,9 @@
 
 Per batch it reads up to `batch_size` events by batched direct get, loads the touched keys'
 records in one request, folds in memory, writes each changed key once (pipelined), then
-records the checkpoint. A key's record carries the last sequence applied to it, so after a
-crash at any point the replayed events at or below it are skipped: nothing applies twice.
+records the checkpoint while the next batch is read (a checkpoint is sent only once its keys
+are stored, one at a time). A key's record carries the last sequence applied to it, so after
+a crash at any point the replayed events at or below it are skipped: nothing applies twice.
 An event the projection cannot key or apply goes to the dead-letter stream, named after the
 projection, and the projection goes on (its status counts the failures).
 
@@ -41,19 +42,85 @@ CACHE_KEYS = 50_000  # records kept in memory between batches
 KEYS_PER_READ = 256
 
 Progress = Callable[[ProjectionStatus], None]
+# (generation, position, the records the batch wrote): told once a batch's keys are stored
+Applied = Callable[[int, int, dict[str, Record]], None]
 _encode_status = msgspec.json.Encoder().encode
 _decode_record = msgspec.msgpack.Decoder(Record).decode
+
+
+class _Shared:
+    """What a Projector's projections share: one wake-up lane per subject, and one direct get
+    for those asking for the same page of a stream at once (projections of one stream
+    usually stand at the same position and wake on the same event)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._rings = 0  # wake-ups so far
+        self._lanes: dict[str, tuple[Any, set[asyncio.Event]]] = {}
+        self._reads: dict[tuple[Any, ...], asyncio.Task[list[StoredMessage]]] = {}
+
+    async def listen(self, subject: str, wake: asyncio.Event) -> None:
+        """Set `wake` on every new message on `subject`."""
+        if subject in self._lanes:
+            self._lanes[subject][1].add(wake)
+            return
+        wakes = {wake}
+
+        def ring(*_: object) -> None:
+            self._rings += 1
+            for each in wakes:
+                each.set()
+
+        self._lanes[subject] = (None, wakes)  # who listens meanwhile joins these wakes
+        try:
+            lane = await self._bus.nc.open_lane(subject, ring)
+        except BaseException:
+            del self._lanes[subject]
+            raise
+        self._lanes[subject] = (lane, wakes)
+
+    async def unlisten(self, subject: str, wake: asyncio.Event) -> None:
+        lane, wakes = self._lanes[subject]
+        wakes.discard(wake)
+        if not wakes:
+            del self._lanes[subject]
+            self._bus.nc.close_lane(lane)
+            with contextlib.suppress(nats.errors.Error):
+                await lane.unsubscribe()
+
+    async def read(
+        self, stream: str, from_seq: int, limit: int, subject: str | None
+    ) -> list[StoredMessage]:
+        """Up to `limit` messages from `from_seq`, joining an identical read in flight only
+        if no wake-up came since it was sent (so it answers for every event the caller was
+        woken for, as its own read would)."""
+        key = (stream, from_seq, limit, subject, self._rings)
+        task = self._reads.get(key)
+        if task is None:
+            read = read_messages(self._bus.nc, stream, from_seq, limit, subject)
+            task = self._reads[key] = asyncio.create_task(read)
+            task.add_done_callback(lambda done: self._settled(key, done))
+        return await asyncio.shield(task)  # a reader that gives up cancels only itself
+
+    def _settled(self, key: tuple[Any, ...], task: asyncio.Task[list[StoredMessage]]) -> None:
+        self._reads.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every reader may have given up on it
 
 
 class _Generation:
     """One generation of one projection: its bucket, position and cached records."""
 
-    def __init__(self, bus: Bus, projection: Projection[Any], stream: str, number: int) -> None:
+    def __init__(
+        self, bus: Bus, shared: _Shared, projection: Projection[Any], stream: str, number: int
+    ) -> None:
         self.bus, self.projection, self.stream, self.number = bus, projection, stream, number
+        self._shared = shared
         self.bucket = projection.bucket(number)
         self.position = 0
         self.lag = 0
         self.applied = 0
+        self.written: dict[str, Record] = {}  # the last batch's records, as stored
         self.failures = 0
         self.last_error = ""
         self._cache: dict[str, Record] = {}
@@ -134,9 +201,7 @@ class _Generation:
         return applied
 
     def _read(self, from_seq: int) -> Any:
-        return read_messages(
-            self.bus.nc, self.stream, from_seq, self.projection.batch_size, self._filter
-        )
+        return self._shared.read(self.stream, from_seq, self.projection.batch_size, self._filter)
 
     def close(self) -> None:
         if self._next is not None:
@@ -179,6 +244,7 @@ class _Generation:
                     self._cache[key] = _decode_record(by_subject[subject])
 
     async def _write(self, changed: dict[str, Record]) -> None:
+        self.written = {}
         if not changed:
             return
         encode = msgspec.msgpack.encode
@@ -193,6 +259,7 @@ class _Generation:
             self._complete = False  # some keys may be stored that the cache does not hold
             raise
         self._cache.update(changed)
+        self.written = changed
         if len(self._cache) > CACHE_KEYS:  # memory stays bounded; misses read the bucket
             self._cache.clear()
             self._complete = False
@@ -225,7 +292,7 @@ class _Live:
         self.switch: asyncio.Future[ProjectionStatus] | None = None
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.subs: list[Any] = []
+        self.saving: asyncio.Task[ProjectionStatus] | None = None  # the checkpoint in flight
 
 
 class Projector:
@@ -239,6 +306,14 @@ class Projector:
         self._bus = bus
         self.projections = {p.name: p for p in projections}
         self._live: dict[str, _Live] = {}
+        self._shared = _Shared(bus)
+        self._observers: dict[str, list[Applied]] = {}
+
+    def observe(self, name: str, observer: Applied) -> None:
+        """Tell `observer` of every batch of `name` applied to the generation queries read,
+        once its keys are stored and before its checkpoint is: a view in this process (`bus
+        up`'s edge) learns of it a round trip sooner than from the checkpoint."""
+        self._observers.setdefault(name, []).append(observer)
 
     @property
     def running(self) -> list[str]:
@@ -256,17 +331,13 @@ class Projector:
         await ensure_bucket(self._bus.js, META_BUCKET, replicas=self._bus.replicas)
         status = await ProjectionView(self._bus, projection).status()
         stream = status.stream or await self._bus.stream_for(projection.subjects[0])
-        current = _Generation(self._bus, projection, stream, status.generation)
+        current = _Generation(self._bus, self._shared, projection, stream, status.generation)
         current.position = status.position
         current.applied, current.failures = status.applied, status.failures
         await current.open()
         live = self._live[name] = _Live(current)
         for subject in projection.subjects:  # a wake-up on every new event, no polling
-
-            def ring(*_: object, wake: asyncio.Event = live.wake) -> None:
-                wake.set()
-
-            live.subs.append(await self._bus.nc.open_lane(subject, ring))
+            await self._shared.listen(subject, live.wake)
         live.task = asyncio.create_task(self._run(live), name=f"projection {name}")
 
     async def halt(self, name: str) -> None:
@@ -281,10 +352,9 @@ class Projector:
         live.current.close()
         if live.rebuild is not None:
             live.rebuild.close()
-        for sub in live.subs:
-            self._bus.nc.close_lane(sub)
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        await self._saved(live)  # a clean stop records where the last batch left off
+        for subject in live.current.projection.subjects:
+            await self._shared.unlisten(subject, live.wake)
 
     async def stop(self) -> None:
         for name in list(self._live):
@@ -308,7 +378,9 @@ class Projector:
         if live.rebuild is not None:
             raise ConfigError(f"projection {name!r} is already rebuilding")
         current = live.current
-        fresh = _Generation(self._bus, current.projection, current.stream, current.number + 1)
+        fresh = _Generation(
+            self._bus, self._shared, current.projection, current.stream, current.number + 1
+        )
         with contextlib.suppress(nats.errors.Error):  # leftovers of an interrupted rebuild
             await self._bus.js.delete_key_value(fresh.bucket)
         await fresh.open()
@@ -348,7 +420,13 @@ class Projector:
             try:
                 read = await live.current.step()
                 if read:
-                    await self._checkpoint(live)
+                    current = live.current
+                    for observer in self._observers.get(current.projection.name, ()):
+                        observer(current.number, current.position, current.written)
+                    await self._saved(live)  # one checkpoint in flight, written in order
+                    live.saving = asyncio.create_task(
+                        self._checkpoint(live), name=current.projection.name
+                    )
             except BusError as exc:  # NATS away: try again shortly, nothing is lost
                 log.warning("projection %s paused: %s", live.current.projection.name, exc)
                 read = 0
@@ -366,6 +444,7 @@ class Projector:
         assert fresh is not None
         assert switch is not None
         try:
+            await self._saved(live)
             while await fresh.step():
                 pass
             old, live.current = live.current, fresh
@@ -391,6 +470,18 @@ class Projector:
             rebuild_position=fresh.position if fresh else 0,
             lag=current.lag,
         )
+
+    async def _saved(self, live: _Live) -> None:
+        """Wait for the checkpoint in flight: the next batch is read while it is written.
+
+        One that failed is only logged: the next one covers it (keys carry their sequence,
+        so a replay from an older checkpoint applies nothing twice)."""
+        saving, live.saving = live.saving, None
+        if saving is not None:
+            try:
+                await saving
+            except BusError as exc:
+                log.warning("projection %s: checkpoint not written: %s", saving.get_name(), exc)
 
     async def _checkpoint(self, live: _Live) -> ProjectionStatus:
         status = self._status(live)

@@ -226,3 +226,41 @@ def test_live_rebuild_and_crash_resume_agree(
                     assert await snapshot(view) == want
 
     asyncio.run(check())
+
+
+async def test_projections_of_one_stream_share_wake_ups_and_reads(counters: Bus) -> None:
+    first, second = totals(), totals()
+    views = [ProjectionView(counters, p) for p in (first, second)]
+    ops = [("a", 1), ("b", 2), ("a", 3)] * 5
+    async with Projector(counters, [first, second]) as projector:
+        last = await publish_ops(counters, ops)
+        for view in views:
+            await view.wait_for(last, timeout=10)
+            assert await snapshot(view) == expected(ops)
+        # both idle now: two identical reads at once are one request to the server
+        spy = await counters.nc.subscribe(f"$JS.API.DIRECT.GET.{COUNTERS.name}")
+        await counters.nc.flush()
+        shared = projector._shared
+        a, b = await asyncio.gather(*(shared.read(COUNTERS.name, 1, 7, "cnt.>") for _ in "ab"))
+        assert a == b
+        assert [m.seq for m in a] == list(range(1, 8))
+        await spy.next_msg(timeout=1)
+        with pytest.raises(TimeoutError):
+            await spy.next_msg(timeout=0.3)
+        await spy.unsubscribe()
+        # halting one leaves the other woken by the lane they shared, and it comes back
+        await projector.halt(first.name)
+        later = await publish_ops(counters, [("c", 4)])
+        await views[1].wait_for(later, timeout=10)
+        assert (await views[0].status()).position == last
+        await projector.run(first.name)
+        await views[0].wait_for(later, timeout=10)
+
+
+async def test_a_clean_stop_leaves_the_last_checkpoint_written(counters: Bus) -> None:
+    """Checkpoints are written while the next batch is read; stopping waits for the last."""
+    projection = totals()
+    async with Projector(counters, [projection]) as projector:
+        last = await publish_ops(counters, [("s", n) for n in range(1, 30)])
+        await eventually(lambda: projector.status(projection.name).position >= last)
+    assert (await ProjectionView(counters, projection).status()).position == last
