@@ -4,7 +4,8 @@ Every write to a KV bucket is also a message on `$KV.<bucket>.<key>`. `LiveView`
 its projection's status and to the active generation's keys on direct lanes (no queue that
 could drop), so:
 
-- `wait_for(seq)` answers from the status in memory, woken by the projector's checkpoint;
+- `wait_for(seq)` answers from the status in memory, woken by the projector's checkpoint,
+  or sooner by a projector in the same process (`applied`);
 - `get(key)` answers recently written or read keys from a bounded LRU without a round trip;
   a miss reads the bucket. The projector writes a batch's keys before its checkpoint, and one connection
   delivers them in that order, so a key read after `wait_for(seq)` already reflects `seq`.
@@ -157,6 +158,17 @@ class LiveView(Generic[S]):
         self._records.move_to_end(key)
         while len(self._records) > self._max_keys:
             self._records.popitem(last=False)
+
+    def applied(self, generation: int, position: int, records: dict[str, Record]) -> None:
+        """A projector in this process stored `records` and reached `position`
+        (`Projector.observe`): waiters need not wait for the checkpoint to come back, and
+        what they read next was acknowledged by the bucket, so it is stored."""
+        if generation != self._status.generation:
+            return  # a switch is learnt from its checkpoint, with the new bucket followed
+        for key, record in records.items():
+            self._remember(key, record)
+        if position > self._status.position:
+            self._offer(msgspec.structs.replace(self._status, position=position))
 
     def _on_key(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if not subject.startswith(self._keys_prefix):

@@ -98,9 +98,12 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
             **settings.bus_options(app),
         )
         async with until_signalled() as stop, bus, Registration(bus, _component(app, bus)):
-            projecting = asyncio.create_task(ProjectorService(bus, app).run(stop))
+            projector = ProjectorService(bus, app)
+            projecting = asyncio.create_task(projector.run(stop))
             api = create_app(app, url, **settings.edge_options())
             edge, serving, port = await start_edge(api, settings.edge_host, settings.edge_port)
+            for name, view in api.state.views.items():  # reads learn of a batch as it is stored
+                projector.projector.observe(name, view.applied)
             status = _status(app, url, server, bus)
             status["edge_url"] = f"http://{settings.edge_host}:{port}"
             status["dev_api_key"] = api.state.dev_key

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from bus import Bus, BusTimeout
 from bus.live_view import LiveView
-from bus.projection import ProjectionView
+from bus.projection import ProjectionView, Record
 from bus.projector import Projector
-from services.demo import TaskCompleted, TaskCreated, TaskProgressed, app
+from services.demo import TaskCompleted, TaskCreated, TaskProgressed, TaskView, app
 
 task = app.projections["task"]
 
@@ -74,3 +75,46 @@ async def test_follows_a_rebuild_to_the_new_generation(nats_url: str) -> None:
         found = await live.get("r1")
         assert found is not None
         assert found[1] == after.seq
+
+
+async def test_applied_answers_waiters_and_reads_without_the_checkpoint(nats_url: str) -> None:
+    """What a projector in the same process reports as stored is served at once; a report
+    for another generation is not (the view follows a switch from its checkpoint)."""
+    async with (
+        Bus(nats_url, registry=app.registry, streams=app.streams) as bus,
+        LiveView(bus, task) as live,  # no projector runs: only `applied` moves it
+    ):
+        generation = (await live.status()).generation
+        state = TaskView(status="created", title="told", version=5)
+        live.applied(generation, 5, {"a1": Record(5, msgspec.msgpack.encode(state))})
+        assert (await live.wait_for(5, timeout=1)).position == 5
+        assert await live.get("a1") == (state, 5)
+        live.applied(generation + 1, 9, {"a2": Record(9, msgspec.msgpack.encode(state))})
+        with pytest.raises(BusTimeout):
+            await live.wait_for(9, timeout=0.3)
+
+
+async def test_an_observed_projector_tells_the_view_what_it_stored(nats_url: str) -> None:
+    async with (
+        Bus(nats_url, registry=app.registry, streams=app.streams) as bus,
+        Projector(bus, [task]) as projector,
+        LiveView(bus, task) as live,
+    ):
+        told: list[tuple[int, int, dict[str, Record]]] = []
+        projector.observe("task", live.applied)
+        projector.observe("task", lambda *batch: told.append(batch))
+        for i in range(5):
+            done = await bus.publish(TaskCreated(title=f"o{i}"), f"o{i}")
+            await live.wait_for(done.seq)
+            found = await live.get(f"o{i}")
+            assert found is not None
+            assert (found[0].title, found[1]) == (f"o{i}", done.seq)
+        assert told
+        assert told[-1][1] == done.seq
+        stored = ProjectionView(bus, task)
+        for generation, _, records in told:  # each report names records the bucket holds
+            assert generation == 1
+            for key, record in records.items():
+                held = await stored.get(key)
+                assert held is not None
+                assert held[1] >= record.seq
