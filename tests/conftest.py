@@ -1,7 +1,8 @@
 """Test settings (Hypothesis without wall-clock limits: the machine is shared and noisy) and
-the fixtures shared by the edge and MCP tests."""
+the fixtures shared by the edge, MCP, tracing and shutdown tests."""
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from bus.projector import Projector
 from services.demo import app
 from services.edge import create_app
 from tests.edge import KEYS, serve
+from tests.otlp import Receiver
 
 settings.register_profile(
     "bus", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200
@@ -34,3 +36,14 @@ async def edge(tasks: Bus, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """The demo edge under uvicorn, with a 64 KiB body limit."""
     async for client in serve(create_app(app, nats_url, api_keys=KEYS, body_limit=64 * 1024)):
         yield client
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """An OTLP/HTTP trace receiver serving on a thread for the test's duration."""
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -8,68 +8,18 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from bus.server import EmbeddedServer, free_port
+from tests.otlp import Receiver
 from tests.processes import BUS, running, wait_ready
 
 KEY = "trace-key"
-
-
-class Receiver(ThreadingHTTPServer):
-    """An OTLP/HTTP trace endpoint that keeps every span it is sent, with its service."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.spans: list[tuple[str, Span]] = []
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = ExportTraceServiceRequest.FromString(body)
-        with self.server.lock:
-            for resource_spans in request.resource_spans:
-                service = next(
-                    a.value.string_value
-                    for a in resource_spans.resource.attributes
-                    if a.key == "service.name"
-                )
-                for scope in resource_spans.scope_spans:
-                    self.server.spans.extend((service, span) for span in scope.spans)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.slow
@@ -155,16 +105,14 @@ def _collect(receiver: Receiver, services: set[str]) -> list[tuple[str, Span]]:
     """The spans once every service has exported some (batches leave every 100 ms)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        with receiver.lock:
-            spans = list(receiver.spans)
+        spans = receiver.received()
         if services <= {svc for svc, _ in spans} and any(
             s.name == "process task" for _, s in spans
         ):
             time.sleep(0.5)  # the rest of the batches
-            with receiver.lock:
-                return list(receiver.spans)
+            return receiver.received()
         time.sleep(0.1)
-    raise AssertionError(f"spans only from {sorted({svc for svc, _ in receiver.spans})}")
+    raise AssertionError(f"spans only from {sorted({svc for svc, _ in receiver.received()})}")
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
