@@ -122,9 +122,9 @@ async def serve_projector(settings: Settings, app: App, json_logs: bool = False)
     try:
         async with (
             until_signalled() as stop,
+            telemetry.serve_metrics(bus, app, settings.metrics_host, settings.metrics_port),
             bus,
             Registration(bus, me),
-            telemetry.serve_metrics(bus, app, settings.metrics_host, settings.metrics_port),
         ):
             service = ProjectorService(bus, app)
             log.info(

@@ -31,16 +31,17 @@ async def serve_worker(settings: Settings, app: App, json_logs: bool = False) ->
         **settings.bus_options(app),
     )
     try:
-        async with until_signalled() as stop, bus:
+        async with (
+            until_signalled() as stop,
+            telemetry.serve_metrics(bus, app, settings.metrics_host, settings.metrics_port),
+            bus,
+        ):
             me = Component(
                 name=component,
                 version=version("bus"),
                 capabilities=[f"handler:{c.spec.durable}" for c in bus.consumers],
             )
-            async with (
-                Registration(bus, me),
-                telemetry.serve_metrics(bus, app, settings.metrics_host, settings.metrics_port),
-            ):
+            async with Registration(bus, me):
                 log.info("worker for %s: %s", app.name, ", ".join(me.capabilities) or "no handlers")
                 await stop.wait()
                 log.info("stopping: draining handlers and the connection")

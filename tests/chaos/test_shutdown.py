@@ -1,10 +1,11 @@
 """SIGTERM to `bus worker`, `bus projector` and `bus edge` while they work: each exits 0
 within a bound, handlers in flight finish or their messages go to another worker, nothing is
-lost."""
+lost, and a worker's spans and metrics leave with it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bus import Bus, EmbeddedServer
 from bus.projection import ProjectionView
@@ -25,6 +27,7 @@ from tests.chaos import slow_app
 from tests.chaos.slow_app import Finished, Job, Started
 from tests.domain import eventually
 from tests.edge import KEYS, WRITE
+from tests.otlp import Receiver
 from tests.processes import BUS, running, wait_ready
 
 EXIT_BOUND = 15.0  # seconds from SIGTERM to exit
@@ -126,6 +129,86 @@ async def test_handlers_in_flight_at_sigterm_finish_their_work(
         assert code == 0
         jobs = await job_log(bus)
     assert all(j["finished"] == [worker.pid] for j in jobs.values()), jobs
+
+
+async def scrape_until_gone(url: str, process: subprocess.Popen[bytes]) -> str:
+    """The last answer of `url` before the process exited."""
+    last = ""
+    async with httpx.AsyncClient(timeout=1) as client:
+        while process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                last = (await client.get(url)).text
+            await asyncio.sleep(0.1)
+    return last
+
+
+def counted(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` with these labels in a Prometheus exposition."""
+    samples = (s for f in text_string_to_metric_families(exposition) for s in f.samples)
+    return next(
+        (s.value for s in samples if s.name == name and labels.items() <= s.labels.items()), None
+    )
+
+
+@pytest.mark.slow
+async def test_sigterm_flushes_a_workers_spans_and_metrics(
+    nats_server: EmbeddedServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Spans are batched for a minute here, so every span the receiver gets was flushed at
+    exit: those of jobs finished before the SIGTERM and of those finished while it drained.
+    The last scrape of /metrics, made while the worker stops, counts every job it did."""
+    port = free_port()
+    env = env_for(
+        nats_server.url,
+        BUS_METRICS_PORT=str(port),
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+    )
+    env.pop("OTEL_SERVICE_NAME", None)
+    app = slow_app.app
+    async with Bus(nats_server.url, registry=app.registry, streams=app.streams) as bus:
+        await bus.publish_many((Job(seconds=JOB_SECONDS), f"j{i}") for i in range(JOBS))
+        log = tmp_path / "worker.log"
+        with running([BUS, "worker", "--app", SLOW_APP], log, env) as worker:
+            jobs = await jobs_until(
+                bus, lambda jobs: len(jobs) == JOBS and any(j["finished"] for j in jobs.values()),
+                log, 60,
+            )  # fmt: skip
+            in_flight = sorted(job for job, j in jobs.items() if not j["finished"])
+            exported_before = [s for service, s in receiver.received() if service == "slow-worker"]
+            scraping = asyncio.create_task(
+                scrape_until_gone(f"http://127.0.0.1:{port}/metrics", worker)
+            )
+            code, seconds = await terminate(worker)
+            last_scrape = await scraping
+        assert code == 0, log.read_text()
+        finished = {
+            m.headers["Nats-Msg-Id"]
+            for m in await bus.read("SLOW", 1, 1000)
+            if isinstance(bus.open(m).event, Finished)
+        }
+    spans = [s for service, s in receiver.received() if service == "slow-worker"]
+    print(
+        f"\nworker SIGTERM with telemetry: exit {code} after {seconds:.2f} s; in flight "
+        f"{in_flight}; spans exported before the SIGTERM {len(exported_before)}, at exit "
+        f"{len(spans)}"
+    )
+    assert in_flight, "the SIGTERM should land while jobs run"
+    assert exported_before == []
+    assert len(finished) == JOBS
+    assert sum(s.name == "process slow-worker" for s in spans) == JOBS
+    published = {
+        a.value.string_value
+        for s in spans
+        if s.name == "publish slow.{id}.finished"
+        for a in s.attributes
+        if a.key == "messaging.message.id"
+    }
+    assert published == finished  # the last of them ended after the SIGTERM
+    consumed = "messaging_client_consumed_messages_total"
+    assert counted(last_scrape, consumed, outcome="ok") == JOBS
+    sent = "messaging_client_sent_messages_total"
+    assert counted(last_scrape, sent, outcome="ok") == 2 * JOBS  # started and finished
 
 
 @pytest.mark.slow
