@@ -14,17 +14,24 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import (
     Link,
+    NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
     StatusCode,
+    TraceFlags,
 )
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 SYSTEM = "nats"
 
@@ -78,13 +85,19 @@ def _is_unsampled(traceparent: str | None) -> bool:
     return traceparent[-1] in "02468ace"
 
 
-def enter_unsampled(headers: Mapping[str, str]) -> contextvars.Token[str | None] | None:
-    """Handle a message of an unsampled trace without a span (a parent-based sampler would
-    drop it anyway); returns the token to `leave_unsampled`, or None: make a span."""
+def _unsampled(headers: Mapping[str, str]) -> str | None:
+    """The message's traceparent if a parent-based sampler would drop its span, else None."""
     if not _parent_decides:
         return None
     parent = headers.get("traceparent")
-    return _unsampled_parent.set(parent) if _is_unsampled(parent) else None
+    return parent if _is_unsampled(parent) else None
+
+
+def enter_unsampled(headers: Mapping[str, str]) -> contextvars.Token[str | None] | None:
+    """Handle a message of an unsampled trace without a span (a parent-based sampler would
+    drop it anyway); returns the token to `leave_unsampled`, or None: make a span."""
+    parent = _unsampled(headers)
+    return None if parent is None else _unsampled_parent.set(parent)
 
 
 def leave_unsampled(token: contextvars.Token[str | None]) -> None:
@@ -99,9 +112,71 @@ def _passed_on() -> str | None:
     return _unsampled_parent.get()
 
 
-def _traceparent(context: SpanContext) -> str:
-    flags = int(context.trace_flags)
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
+def _traceparent(span_context: SpanContext) -> str:
+    flags = int(span_context.trace_flags)
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}"
+
+
+# What the bus itself writes: the one W3C form `propagate.extract` reads the same way, with
+# ids that are not all zero (those mean "no parent"); anything else goes to the propagator.
+_CANONICAL = re.compile(r"00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})")
+_W3C_PROPAGATORS = {TraceContextTextMapPropagator, W3CBaggagePropagator}
+_propagation: tuple[object, bool] = (None, False)  # (global propagator, is W3C trace context)
+
+
+def _w3c() -> bool:
+    """Whether the global propagator is W3C trace context (with or without W3C baggage), so
+    that a `traceparent` alone carries everything it would write or read."""
+    global _propagation
+    textmap = propagate.get_global_textmap()
+    if _propagation[0] is not textmap:
+        parts = textmap._propagators if isinstance(textmap, CompositePropagator) else [textmap]
+        kinds = {type(part) for part in parts}
+        w3c = TraceContextTextMapPropagator in kinds and kinds <= _W3C_PROPAGATORS
+        _propagation = (textmap, w3c)
+    return _propagation[1]
+
+
+def _inject(headers: dict[str, str], span: Span) -> None:
+    """`propagate.inject` of the span's context; written directly when a traceparent is all
+    the propagator would write (no tracestate, no baggage)."""
+    span_context = span.get_span_context()
+    if span_context.trace_state or baggage.get_all() or not _w3c():
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+    else:
+        headers["traceparent"] = _traceparent(span_context)
+
+
+def _extract(headers: Mapping[str, str]) -> tuple[Context, SpanContext]:
+    """`propagate.extract(headers)` and the producer's span context in it; read directly when
+    the message carries a canonical traceparent alone (no tracestate, no baggage) and the
+    propagator is W3C."""
+    parent = headers.get("traceparent")
+    if (
+        parent is not None
+        and len(parent) == 55
+        and "tracestate" not in headers
+        and "baggage" not in headers
+        and _w3c()
+        and (found := _remote(parent)) is not None
+    ):
+        return found
+    extracted = propagate.extract(headers)
+    return extracted, trace.get_current_span(extracted).get_span_context()
+
+
+@functools.lru_cache(maxsize=256)
+def _remote(traceparent: str) -> tuple[Context, SpanContext] | None:
+    """What `_extract` returns for a canonical traceparent, or None for any other form; the
+    messages of a batch share theirs, so it is read once."""
+    match = _CANONICAL.fullmatch(traceparent)
+    if match is None:
+        return None
+    trace_id, span_id, flags = match.groups()
+    producer = SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
+    )
+    return trace.set_span_in_context(NonRecordingSpan(producer), Context()), producer
 
 
 def start_publish(template: str, event_id: str, headers: dict[str, str], size: int) -> Span | None:
@@ -115,15 +190,21 @@ def start_publish(template: str, event_id: str, headers: dict[str, str], size: i
     if _parent_decides and (parent := _passed_on()):
         headers["traceparent"] = parent
         return None
+    name, attributes = _publish_attributes(template)
     span = tracing.start_span(
-        f"publish {template}", kind=SpanKind.PRODUCER, attributes=_publish_attributes(template)
+        name,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            **attributes,
+            "messaging.message.id": event_id,
+            "messaging.message.body.size": size,
+        },
     )
-    if not span.is_recording():
-        headers["traceparent"] = _traceparent(span.get_span_context())
-        return None
-    span.set_attributes({"messaging.message.id": event_id, "messaging.message.body.size": size})
-    propagate.inject(headers, context=trace.set_span_in_context(span))
-    return span
+    if span.is_recording():
+        _inject(headers, span)
+        return span
+    headers["traceparent"] = _traceparent(span.get_span_context())
+    return None
 
 
 @contextlib.contextmanager
@@ -137,11 +218,12 @@ def publishing_batch(template: str, count: int) -> Iterator[dict[str, str] | Non
     if _parent_decides and (parent := _passed_on()):
         yield {"traceparent": parent}
         return
-    attributes = {**_publish_attributes(template), "messaging.batch.message_count": count}
-    span = tracing.start_span(f"publish {template}", kind=SpanKind.PRODUCER, attributes=attributes)
+    name, attributes = _publish_attributes(template)
+    attributes = {**attributes, "messaging.batch.message_count": count}
+    span = tracing.start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
     headers: dict[str, str] = {}
     if span.is_recording():
-        propagate.inject(headers, context=trace.set_span_in_context(span))
+        _inject(headers, span)
     else:
         headers["traceparent"] = _traceparent(span.get_span_context())
     try:
@@ -154,9 +236,10 @@ def publishing_batch(template: str, count: int) -> Iterator[dict[str, str] | Non
 
 
 @functools.lru_cache(maxsize=1024)
-def _publish_attributes(template: str) -> dict[str, Any]:
-    """What samplers see at creation; the same for every event of a type (so made once)."""
-    return {
+def _publish_attributes(template: str) -> tuple[str, dict[str, Any]]:
+    """The span name, and what samplers see at creation; the same for every event of a type
+    (so made once)."""
+    return f"publish {template}", {
         "messaging.system": SYSTEM,
         "messaging.operation.name": "publish",
         "messaging.operation.type": "send",
@@ -170,16 +253,15 @@ def end_publish(
     if error is not None:
         failed(span, error)
     else:
-        span.set_attribute("messaging.nats.stream", stream)
-        span.set_attribute("messaging.nats.sequence", seq)
+        span.set_attributes({"messaging.nats.stream": stream, "messaging.nats.sequence": seq})
     span.end()
 
 
-@contextlib.contextmanager
 def processing(
     consumer: str, stream: str, headers: Iterable[Mapping[str, str]], subject: str = ""
-) -> Iterator[Span | None]:
+) -> contextlib.AbstractContextManager[Span | None]:
     """A CONSUMER span around handling messages, current while it runs; None when off.
+    Use it in a `with` at once: the span starts here.
 
     A child of the (first) message's producer context, and linked to every message's: Tempo
     draws the producer -> consumer edge only for parent-child, and the links keep a batch's
@@ -187,40 +269,73 @@ def processing(
     """
     tracing = tracer()
     if tracing is None:
-        yield None
-        return
+        return _OFF
     headers = list(headers)
-    token = enter_unsampled(headers[0]) if headers else None
-    if token is not None:
-        try:
-            yield None
-        finally:
-            leave_unsampled(token)
-        return
-    contexts = [propagate.extract(h) for h in headers]
-    spans = [trace.get_current_span(c).get_span_context() for c in contexts]
-    links = [Link(s) for s in spans if s.is_valid]
-    attributes: dict[str, Any] = {
+    parent = _unsampled(headers[0]) if headers else None
+    if parent is not None:
+        return _Unsampled(parent)
+    producers = [_extract(h) for h in headers]
+    name, attributes = _process_attributes(consumer, stream)
+    if len(producers) > 1:
+        attributes = {**attributes, "messaging.batch.message_count": len(producers)}
+    elif subject:
+        attributes = {**attributes, "messaging.destination.name": subject}
+    span = tracing.start_span(
+        name,
+        context=producers[0][0] if producers else None,
+        kind=SpanKind.CONSUMER,
+        links=[Link(producer) for _, producer in producers if producer.is_valid],
+        attributes=attributes,
+    )
+    return _Current(span)
+
+
+@functools.lru_cache(maxsize=256)
+def _process_attributes(consumer: str, stream: str) -> tuple[str, dict[str, Any]]:
+    """The span name and the attributes every message of a consumer shares (made once)."""
+    return f"process {consumer}", {
         "messaging.system": SYSTEM,
         "messaging.operation.name": "process",
         "messaging.operation.type": "process",
         "messaging.consumer.group.name": consumer,
         "messaging.nats.stream": stream,
     }
-    if len(contexts) > 1:
-        attributes["messaging.batch.message_count"] = len(contexts)
-    elif subject:
-        attributes["messaging.destination.name"] = subject
-    with tracing.start_as_current_span(
-        f"process {consumer}",
-        context=contexts[0] if contexts else None,
-        kind=SpanKind.CONSUMER,
-        links=links,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        yield span
+
+
+class _Current:
+    """The span current while the block runs, ended after it: `start_as_current_span`
+    without its layers of generators (a sampled message's span is on the hot path)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        self.token = context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, *exc_info: object) -> None:
+        context.detach(self.token)
+        self.span.end()
+
+
+class _Unsampled:
+    """No span, only the unsampled traceparent to pass on (see `enter_unsampled`)."""
+
+    __slots__ = ("parent", "token")
+
+    def __init__(self, parent: str) -> None:
+        self.parent = parent
+
+    def __enter__(self) -> None:
+        self.token = _unsampled_parent.set(self.parent)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _unsampled_parent.reset(self.token)
+
+
+_OFF = contextlib.nullcontext()
 
 
 @contextlib.contextmanager
