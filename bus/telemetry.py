@@ -130,6 +130,7 @@ def _w3c() -> bool:
     global _propagation
     textmap = propagate.get_global_textmap()
     if _propagation[0] is not textmap:
+        # A composite's parts have no public accessor.
         parts = textmap._propagators if isinstance(textmap, CompositePropagator) else [textmap]
         kinds = {type(part) for part in parts}
         w3c = TraceContextTextMapPropagator in kinds and kinds <= _W3C_PROPAGATORS
@@ -149,20 +150,19 @@ def _inject(headers: dict[str, str], span: Span) -> None:
 
 def _extract(headers: Mapping[str, str]) -> tuple[Context, SpanContext]:
     """`propagate.extract(headers)` and the producer's span context in it; read directly when
-    the message carries a canonical traceparent alone (no tracestate, no baggage) and the
-    propagator is W3C."""
-    parent = headers.get("traceparent")
-    if (
-        parent is not None
-        and len(parent) == 55
-        and "tracestate" not in headers
-        and "baggage" not in headers
-        and _w3c()
-        and (found := _remote(parent)) is not None
-    ):
-        return found
+    the propagator is W3C and the message carries no tracestate or baggage, and either no
+    traceparent or a canonical one."""
+    if "tracestate" not in headers and "baggage" not in headers and _w3c():
+        parent = headers.get("traceparent")
+        if parent is None:
+            return _NO_PARENT
+        if len(parent) == 55 and (found := _remote(parent)) is not None:
+            return found
     extracted = propagate.extract(headers)
     return extracted, trace.get_current_span(extracted).get_span_context()
+
+
+_NO_PARENT = (Context(), trace.INVALID_SPAN_CONTEXT)
 
 
 @functools.lru_cache(maxsize=256)

@@ -93,6 +93,12 @@ def test_tracestate_and_baggage_are_carried(extra: dict[str, str]) -> None:
     _same_as_propagator({"traceparent": CANONICAL, **extra})
 
 
+@pytest.mark.parametrize("headers", [{}, {"Nats-Msg-Id": "x"}, {"baggage": "user=alice"}])
+def test_a_message_without_traceparent_has_no_parent(headers: dict[str, str]) -> None:
+    _same_as_propagator(headers)
+    assert not _extract(headers)[1].is_valid
+
+
 class _Marker(textmap.TextMapPropagator):
     """A propagator of another format: reads every message as one fixed parent."""
 
