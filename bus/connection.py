@@ -12,6 +12,7 @@ runs through the lane, so a nats-py release that changes them fails the suite at
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from nats.aio.client import Client
@@ -58,7 +59,7 @@ class Connection(Client):
     ) -> None:
         """Publish straight into the pending buffer (see `buffer`), and have it flushed."""
         self.buffer(subject, payload, reply, headers)
-        await self.flush_soon()
+        self.flush_soon()
 
     def buffer(
         self, subject: str, payload: bytes, reply: str = "", headers: bytes | None = None
@@ -81,10 +82,13 @@ class Connection(Client):
         self._pending.append(cmd)
         self._pending_data_size += len(cmd)
 
-    async def flush_soon(self) -> None:
-        """Wake the flusher, unless a flush is already due: it writes all that is pending."""
-        if self._flush_queue is None or self._flush_queue.empty():
-            await self._flush_pending()
+    def flush_soon(self) -> None:
+        """Wake the flusher, unless a flush is already due: it writes all that is pending.
+
+        While disconnected nothing is written: the reconnect flushes what waits."""
+        queue = self._flush_queue
+        if queue is not None and queue.empty() and self.is_connected:
+            queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
 def parse_headers(raw: bytes) -> tuple[str | None, dict[str, str]]:

@@ -247,7 +247,7 @@ class Consumer:
             if pull.remaining == 0:
                 del self._pulls[pull_id]
         elif self._free() <= 0 or self._stopping:  # from a forgotten pull, and no slot
-            self._spawn_detached(self._settle(msg, b"-NAK"))
+            self._settle(msg, b"-NAK")
             return
         self.delivered += 1
         if not self.spec.batch:
@@ -315,8 +315,8 @@ class Consumer:
 
     # -- handling -----------------------------------------------------------------------------
 
-    async def _admit(self, msg: Delivery) -> Envelope[Event] | None:
-        """The message's envelope, or None once it went to the dead-letter stream."""
+    def _admit(self, msg: Delivery) -> Envelope[Event] | str:
+        """The message's envelope, or why it goes to the dead-letter stream instead."""
         stream_seq, attempt = _ack_metadata(msg.reply)
         try:
             env = open_message(
@@ -332,11 +332,9 @@ class Consumer:
             if not self.spec.accepts(type(env.event)):
                 raise DecodeError(f"{type(env.event).__name__} is not handled here", msg.subject)
         except DecodeError as exc:
-            await self._dead_letter(msg, f"undecodable: {exc.reason}")
-            return None
+            return f"undecodable: {exc.reason}"
         if attempt > self.spec.max_deliver:
-            await self._dead_letter(msg, f"lost during attempt {self.spec.max_deliver} (crash?)")
-            return None
+            return f"lost during attempt {self.spec.max_deliver} (crash?)"
         return env
 
     async def _run_one(self, msg: Delivery) -> None:
@@ -357,8 +355,9 @@ class Consumer:
 
     async def _handle_one(self, msg: Delivery, span: Any) -> None:
         started = time.perf_counter()
-        env = await self._admit(msg)
-        if env is None:
+        env = self._admit(msg)
+        if isinstance(env, str):
+            await self._dead_letter(msg, env)
             return
         token = current_envelope.set(env)
         self._working[msg] = time.monotonic()
@@ -373,7 +372,7 @@ class Consumer:
             telemetry.failed(span, exc)
             await self._failed(msg, env.attempt, exc)
         else:
-            await self._settle(msg, ACK)
+            self._settle(msg, ACK)
         finally:
             del self._working[msg]
             current_envelope.reset(token)
@@ -391,8 +390,10 @@ class Consumer:
     async def _handle_batch(self, msgs: list[Delivery], span: Any) -> None:
         envs: list[tuple[Delivery, Envelope[Event]]] = []
         for msg in msgs:
-            env = await self._admit(msg)
-            if env is not None:
+            env = self._admit(msg)
+            if isinstance(env, str):
+                await self._dead_letter(msg, env)
+            else:
                 envs.append((msg, env))
         if not envs:
             return
@@ -409,7 +410,7 @@ class Consumer:
                 await self._failed(msg, env.attempt, exc)
         else:
             for msg, _ in envs:
-                await self._settle(msg, ACK)
+                self._settle(msg, ACK)
         finally:
             for m, _ in envs:
                 del self._working[m]
@@ -427,7 +428,7 @@ class Consumer:
             "handler %s failed (attempt %d/%d), retry in %.2fs: %s",
             self.spec.durable, attempt, self.spec.max_deliver, delay, reason,
         )  # fmt: skip
-        await self._settle(msg, b"-NAK " + _encode({"delay": int(delay * 1e9)}))
+        self._settle(msg, b"-NAK " + _encode({"delay": int(delay * 1e9)}))
 
     async def _dead_letter(self, msg: Delivery, reason: str) -> None:
         """Copy to the dead-letter stream, then terminate; if the copy fails, retry later."""
@@ -441,17 +442,20 @@ class Consumer:
             log.error(
                 "dead-lettering %s seq %d failed, will retry: %s", self.stream, stream_seq, exc
             )
-            await self._settle(msg, b"-NAK " + _encode({"delay": int(5e9)}))
+            self._settle(msg, b"-NAK " + _encode({"delay": int(5e9)}))
             return
         self.dead_lettered += 1
         telemetry.dead_lettered(self.stream, self.spec.durable, reason)
         log.error("dead-lettered %s seq %d: %s", self.stream, stream_seq, reason)
-        await self._settle(msg, TERM)
+        self._settle(msg, TERM)
 
-    async def _settle(self, msg: Delivery, verb: bytes) -> None:
+    def _settle(self, msg: Delivery, verb: bytes) -> None:
         """Ack, nak or term; a settle lost to a disconnect means a redelivery, never a loss."""
-        with contextlib.suppress(OutboundBufferFull):
-            await self._nc.send(msg.reply, verb)
+        try:  # (not contextlib.suppress: this runs once per message)
+            self._nc.buffer(msg.reply, verb)
+        except OutboundBufferFull:
+            return
+        self._nc.flush_soon()
 
     def _keep_alive(self) -> None:
         """Tell JetStream that handlers running for a while are still working on their message.
@@ -463,7 +467,7 @@ class Consumer:
         for msg, since in self._working.items():
             if since < stale:
                 self._working[msg] = now
-                self._spawn_detached(self._settle(msg, IN_PROGRESS))
+                self._settle(msg, IN_PROGRESS)
 
     def _spawn_detached(self, coro: Any) -> None:
         """Fire-and-forget work that holds no handler slot (settles, consumer re-creation)."""

@@ -219,14 +219,14 @@ class Publisher:
                     if self._unacked >= self._max_pending:
                         await self._window_opens()
                     elif i % YIELD_EVERY == YIELD_EVERY - 1:
-                        await self._nc.flush_soon()
+                        self._nc.flush_soon()
                         await asyncio.sleep(0)
                     token = next(self._tokens)
                     self._waiting[token] = (batch, i)
                     self._unacked += 1
                     tokens.append(token)
                     self._nc.buffer(out.subject, out.payload, f"{self._inbox}.{token}", block)
-                await self._nc.flush_soon()
+                self._nc.flush_soon()
                 await batch.done
         except TimeoutError:
             pass
@@ -238,7 +238,7 @@ class Publisher:
 
     async def _window_opens(self) -> None:
         """Wait until half the window is acknowledged (not a wake-up per ack)."""
-        await self._nc.flush_soon()
+        self._nc.flush_soon()
         if self._room is None:
             self._room = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._room)
