@@ -24,10 +24,18 @@ import nats
 from rich.console import Console
 from rich.table import Table
 
-from bus import Bus, EmbeddedServer, Event, StreamSpec
+from bus import Bus, EmbeddedServer, Envelope, Event, StreamSpec
+
+from .bench_ceiling import consume_ceiling, publish_ceiling
 
 STREAM = StreamSpec(name="BENCH", subjects=("bench.>",), dead_letters=True)
-TARGETS = {"publish awaited": 0.95, "publish pipelined": 1.0, "consume + ack": 1.5}
+# The performance issue's targets (ratio to raw nats-py); None: measured, no target.
+TARGETS: dict[str, float | None] = {
+    "publish awaited": 0.95,
+    "publish pipelined": 2.0,
+    "consume + ack": 3.0,
+    "consume, batch handler": None,
+}
 FSYNC_COST = "fsync cost"
 FETCH_BATCH = 100
 
@@ -47,9 +55,23 @@ class Case(msgspec.Struct):
     name: str
     raw: list[float] = []
     bus: list[float] = []
+    ceiling: list[float] = []  # the same work with no library semantics (bench_ceiling)
 
     def ratio(self) -> float:
         return statistics.median(self.bus) / statistics.median(self.raw)
+
+    def summary(self) -> dict[str, object]:
+        target = TARGETS.get(self.name)
+        row: dict[str, object] = {"case": self.name, "ratio": self.ratio(), "target": target}
+        for side in ("raw", "bus", "ceiling"):
+            if rates := getattr(self, side):
+                row[side] = {
+                    "runs": rates,
+                    "median": statistics.median(rates),
+                    "min": min(rates),
+                    "max": max(rates),
+                }
+        return row
 
 
 async def _rate(n: int, work: Callable[[], Awaitable[None]]) -> float:
@@ -122,19 +144,22 @@ async def _one_run(
 
     await _pair(run, cases["publish awaited"], awaited, raw_awaited, bus_awaited)
     await _pair(run, cases["publish pipelined"], n, raw_pipelined, bus_pipelined)
-    await _pair(run, cases["consume + ack"], n, *await _consumers(run, n, js, bus))
+    cases["publish pipelined"].ceiling.append(await _rate(n, lambda: publish_ceiling(bus, n)))
+    await bus.publish_many((_event(i), f"c{i}") for i in range(n))
+    raw_consume = _raw_consume(f"raw{run}", n, js)
+    await _pair(run, cases["consume + ack"], n, raw_consume, _bus_consume(f"bus{run}", n, bus))
+    ceiling = _rate(n, lambda: consume_ceiling(bus, STREAM.name, f"ceiling{run}", n))
+    cases["consume + ack"].ceiling.append(await ceiling)
+    batched = _bus_consume(f"batch{run}", n, bus, batch=True)
+    await _pair(run, cases["consume, batch handler"], n, _raw_consume(f"r{run}", n, js), batched)
     await bus.js.purge_stream(STREAM.name)
 
 
-async def _consumers(
-    run: int, n: int, js: object, bus: Bus
-) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
-    """Two fresh durables over the same `n` stored messages."""
-    await bus.publish_many((_event(i), f"c{i}") for i in range(n))
-    subject = "bench.*.created"
+def _raw_consume(durable: str, n: int, js: object) -> Callable[[], Awaitable[None]]:
+    """A fresh raw nats-py durable fetching and acking the `n` stored messages."""
 
-    async def raw_consume() -> None:
-        psub = await js.pull_subscribe(subject, durable=f"raw{run}", stream=STREAM.name)  # type: ignore[attr-defined]
+    async def consume() -> None:
+        psub = await js.pull_subscribe("bench.*.created", durable=durable, stream=STREAM.name)  # type: ignore[attr-defined]
         done = 0
         while done < n:
             for msg in await psub.fetch(FETCH_BATCH, timeout=5):
@@ -142,22 +167,39 @@ async def _consumers(
                 done += 1
         await psub.unsubscribe()
 
-    async def bus_consume() -> None:
+    return consume
+
+
+def _bus_consume(
+    durable: str, n: int, bus: Bus, batch: bool = False
+) -> Callable[[], Awaitable[None]]:
+    """A fresh bus durable handling the `n` stored messages one by one, or in lists of 100."""
+
+    async def consume() -> None:
         finished = asyncio.Event()
         count = 0
 
-        async def handle(event: BenchEvent) -> None:
+        async def one(event: BenchEvent) -> None:
             nonlocal count
             count += 1
             if count >= n:
                 finished.set()
 
+        async def many(envelopes: list[Envelope[BenchEvent]]) -> None:
+            nonlocal count
+            count += len(envelopes)
+            if count >= n:
+                finished.set()
+
         # As many messages in flight as raw's fetch(100) holds unacknowledged.
-        consumer = await bus.consume(handle, durable=f"bus{run}", concurrency=FETCH_BATCH)
+        if batch:
+            consumer = await bus.consume(many, durable=durable, batch_size=FETCH_BATCH)
+        else:
+            consumer = await bus.consume(one, durable=durable, concurrency=FETCH_BATCH)
         await finished.wait()
         await consumer.stop()
 
-    return raw_consume, bus_consume
+    return consume
 
 
 async def _pair(
@@ -179,28 +221,19 @@ def _msg_id() -> dict[str, str]:
     return {"Nats-Msg-Id": str(uuid.uuid4())}
 
 
+def _spread(rates: list[float]) -> str:
+    return f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+
+
 def _report(
     cases: dict[str, Case], fsync: Case, runs: int, messages: int, sync_interval: str, as_json: bool
 ) -> None:
     if as_json:
-        rows = [
-            {
-                "case": c.name,
-                "raw_msgs_per_s": c.raw,
-                "bus_msgs_per_s": c.bus,
-                "raw_median": statistics.median(c.raw),
-                "bus_median": statistics.median(c.bus),
-                "ratio": c.ratio(),
-                "target": TARGETS[c.name],
-            }
-            for c in cases.values()
-        ]
-        fsync_row = {
-            "sync_2m_msgs_per_s": statistics.median(fsync.raw),
-            "sync_always_msgs_per_s": statistics.median(fsync.bus),
-            "ratio": fsync.ratio(),
+        report = {
+            "sync_interval": sync_interval,
+            "cases": [c.summary() for c in cases.values()],
+            "fsync_cost": fsync.summary(),
         }
-        report = {"sync_interval": sync_interval, "cases": rows, "fsync_cost": fsync_row}
         print(msgspec.json.encode(report).decode())
         return
     table = Table(
@@ -209,20 +242,27 @@ def _report(
         "bus msgs/s",
         "ratio",
         "target",
-        title=f"median of {runs} runs · {messages} messages · sync_interval={sync_interval}",
+        title=f"median (min-max) of {runs} runs · {messages} messages · "
+        f"sync_interval={sync_interval}",
     )
     for c in cases.values():
-        ratio = c.ratio()
-        mark = "[green]ok[/]" if ratio >= TARGETS[c.name] else "[red]below[/]"
-        table.add_row(
-            c.name,
-            f"{statistics.median(c.raw):,.0f}",
-            f"{statistics.median(c.bus):,.0f}",
-            f"{ratio:.2f}x",
-            f">= {TARGETS[c.name]}x {mark}",
-        )
-    Console().print(table)
-    Console().print(
+        ratio, target = c.ratio(), TARGETS[c.name]
+        if target is None:
+            verdict = "-"
+        else:
+            verdict = f">= {target}x " + ("[green]ok[/]" if ratio >= target else "[red]below[/]")
+        table.add_row(c.name, _spread(c.raw), _spread(c.bus), f"{ratio:.2f}x", verdict)
+    console = Console()
+    console.print(table)
+    for c in cases.values():
+        if c.ceiling:
+            ceiling = statistics.median(c.ceiling)
+            console.print(
+                f"ceiling for {c.name} (no ids, no decoding, no results: bench_ceiling): "
+                f"{_spread(c.ceiling)} msgs/s = {ceiling / statistics.median(c.raw):.2f}x raw; "
+                f"bus reaches {statistics.median(c.bus) / ceiling:.0%} of it"
+            )
+    console.print(
         f"fsync cost (bus, awaited): {statistics.median(fsync.raw):,.0f} msgs/s with "
         f"sync_interval=2m, {statistics.median(fsync.bus):,.0f} with always "
         f"({fsync.ratio():.2f}x)"

@@ -256,3 +256,22 @@ def test_wrong_arguments_are_refused_without_a_traceback(
     assert proc.returncode == 2  # click's usage error
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_messaging_bench_measures_every_case_on_both_sides(tmp_path: Path) -> None:
+    """A tiny `bus bench --json`: every case has raw and bus rates, the ceilings ran too.
+    (Figures are the harness's business, never asserted.)"""
+    proc = bus_cli("bench", "--runs", "2", "--messages", "300", "--json", url=None,
+                   data_dir=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    cases = {case["case"]: case for case in report["cases"]}
+    assert set(cases) == {
+        "publish awaited", "publish pipelined", "consume + ack", "consume, batch handler"
+    }  # fmt: skip
+    for case in cases.values():
+        assert len(case["raw"]["runs"]) == len(case["bus"]["runs"]) == 2
+        assert case["raw"]["min"] > 0
+        assert case["bus"]["min"] > 0
+    assert len(cases["publish pipelined"]["ceiling"]["runs"]) == 2
+    assert len(cases["consume + ack"]["ceiling"]["runs"]) == 2
