@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats.errors
 import pytest
 
 from bus import (
@@ -43,9 +45,12 @@ PUBLISH_TIMEOUT = 5.0  # the library's default: it re-sends what is unacknowledg
 # (the last answer missing, or JetStream's "no responders"): the loop below sends those
 # events again with the same ids. With a timeout longer than the election nothing reaches it.
 RETRIABLE = (PublishTimeout, NoStreamForSubject, OutboundBufferFull)
-# The issue asks for 5 s. Measured here after kill -9 of the leader: 4.6 to 7.2 s without a
-# leader (the server's election; JetStream answers nothing for the stream meanwhile), so the
-# assertion only bounds "resumes by itself" and the test prints the figure.
+# The issue asks for 5 s; the server's election alone usually takes longer: its raft waits a
+# random 4-9 s without a leader's heartbeat before a follower stands (minElectionTimeout and
+# maxElectionTimeout in server/raft.go; no option sets them), the first of two followers
+# after ~5.7 s on average. After kill -9 of the leader a publish can succeed again 4.0-8.6 s
+# later here (median 6.3 s over 36 kills, 25 of them over 5 s). The assertion only bounds
+# "resumes by itself"; the test prints both figures.
 RESUME_BOUND = 15.0
 PAUSE = 10.0  # seconds a node stays stopped
 
@@ -104,9 +109,6 @@ class Load:
             if retry:
                 await asyncio.sleep(0.05)
 
-    def first_ack_after(self, moment: float) -> float:
-        return min(t for t in self.ack_times if t > moment) - moment
-
     def longest_gap(self, start: float, end: float) -> float:
         times = [start, *(t for t in self.ack_times if start < t < end), end]
         return max(b - a for a, b in itertools.pairwise(times))
@@ -164,6 +166,17 @@ async def leader_of(bus: Bus, cluster: EmbeddedCluster) -> EmbeddedServer:
     return next(node for node in cluster.nodes if node.name == info.cluster.leader)
 
 
+async def elected(bus: Bus, old: EmbeddedServer, since: float) -> float:
+    """Seconds from `since` until the stream's leader, other than `old`, answers STREAM.INFO."""
+    while True:
+        with contextlib.suppress(nats.errors.Error):
+            answer = await bus.nc.request(f"$JS.API.STREAM.INFO.{STREAM.name}", b"", timeout=0.1)
+            leader = (json.loads(answer.data).get("cluster") or {}).get("leader")
+            if leader and leader != old.name:
+                return time.monotonic() - since
+        await asyncio.sleep(0.02)
+
+
 def connected_node(bus: Bus, cluster: EmbeddedCluster) -> EmbeddedServer:
     port = bus.nc.connected_url.port  # type: ignore[union-attr]
     return next(node for node in cluster.nodes if node.port == port)
@@ -198,9 +211,12 @@ async def test_the_stream_leader_killed_mid_load_then_restarted(
         acked_before = len(load.acked)
         killed_at = time.monotonic()
         leader.kill()
+        election = await asyncio.wait_for(elected(bus, leader, killed_at), RESUME_BOUND)
         await publishing
-        resumed = load.first_ack_after(killed_at)
-        assert resumed < RESUME_BOUND
+        # Acks the old leader sent just before dying may still come in after the kill: the
+        # stall is the longest gap between acks from the kill on, not the first ack after it.
+        stalled = load.longest_gap(killed_at, time.monotonic())
+        assert stalled < RESUME_BOUND
 
         new_leader = await leader_of(bus, cluster)
         assert new_leader is not leader
@@ -229,7 +245,8 @@ async def test_the_stream_leader_killed_mid_load_then_restarted(
 
     print(
         f"\nleader kill: client on the leader: {client_on_leader}; acked before the kill "
-        f"{acked_before}; publishing resumed {resumed:.2f} s after it; errors retried "
+        f"{acked_before}; a new leader {election:.2f} s after it; publishing stalled for "
+        f"{stalled:.2f} s; errors retried "
         f"{dict(load.errors)}; duplicates answered {load.duplicates}; published "
         f"{load.sent}, acknowledged {len(load.acked)}, found {len(ids)} (then {total[0]}); "
         f"handled {len(seen)} ({sum(seen.values()) - len(seen)} redeliveries); "
