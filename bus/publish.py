@@ -7,10 +7,11 @@ an event once within the stream's duplicate window and answers the retry with `d
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 import msgspec
 import nats.errors
@@ -108,12 +109,7 @@ class Publisher:
     ) -> Outgoing:
         """The event ready for the wire; `trace_headers` (a batch span's context) replace the
         span of its own an event otherwise gets while tracing is on."""
-        if not isinstance(event, Event):
-            raise TypeError(f"expected an Event, got {type(event).__name__}")
-        if not (event.__domain__ and event.__event_name__):
-            raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
-        # Domain and event name were validated when the class was made; only the id is new.
-        validate_token(aggregate_id, "aggregate id")
+        check_publishable(event, aggregate_id)
         subject = f"{event.__domain__}.{aggregate_id}.{event.__event_name__}"
         event_id = event_id or new_event_id()
         hdrs = build_headers(event, event_id, self._codec.mime, correlation_id, causation_id)
@@ -128,6 +124,15 @@ class Publisher:
             return Outgoing(subject, payload, hdrs, event_id)
         span = telemetry.start_publish(template_of(event), event_id, hdrs, len(payload))
         return Outgoing(subject, payload, hdrs, event_id, span)
+
+    def prepare_lazily(
+        self, pairs: Sequence[tuple[Event, str]], trace_headers: dict[str, str] | None
+    ) -> Sequence[Outgoing]:
+        """`(event, aggregate_id)` pairs checked now, prepared as the send loop reaches them:
+        the server stores the first while later ones are still being encoded."""
+        for event, aggregate_id in pairs:
+            check_publishable(event, aggregate_id)
+        return _Prepared(functools.partial(self.prepare, trace_headers=trace_headers), pairs)
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
@@ -172,10 +177,7 @@ class Publisher:
         if not self._inbox:
             self._inbox = self._nc.new_inbox()
             await self._nc.open_lane(f"{self._inbox}.*", self._on_ack)
-        blocks = [encode_headers(out.headers) if out.headers else b"" for out in outs]
-        for out, block in zip(outs, blocks, strict=True):
-            if len(block) + len(out.payload) > self._nc.max_payload:
-                raise PublishError(out.subject, "maximum payload exceeded")
+        blocks: list[bytes | None] = [None] * len(outs)  # header blocks, made once
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         replies: list[bytes | None] = [None] * len(outs)
@@ -183,7 +185,7 @@ class Publisher:
         pause = 0.05
         while True:
             wait = min(max(RETRY_AFTER, timeout / 4), deadline - loop.time())
-            got = await self._attempt([outs[i] for i in todo], [blocks[i] for i in todo], wait)
+            got = await self._attempt(outs, todo, blocks, wait)
             for i, data in zip(todo, got, strict=True):
                 replies[i] = data
             unsettled = []
@@ -208,21 +210,29 @@ class Publisher:
         return results
 
     async def _attempt(
-        self, outs: Sequence[Outgoing], blocks: Sequence[bytes], wait: float
+        self, outs: Sequence[Outgoing], todo: list[int], blocks: list[bytes | None], wait: float
     ) -> list[bytes | None]:
-        """Send each once; the acks that came within `wait` (None where none did)."""
-        batch = _Batch(len(outs))
+        """Send `outs[i]` for each i in `todo` once; the acks that came within `wait`, in
+        `todo`'s order (None where none did). A message the server could never take is
+        refused here, alone, and never sent."""
+        batch = _Batch(len(todo))
         tokens: list[int] = []
         try:
             async with asyncio.timeout(max(wait, 0)):
-                for i, (out, block) in enumerate(zip(outs, blocks, strict=True)):
+                for k, i in enumerate(todo):
                     if self._unacked >= self._max_pending:
                         await self._window_opens()
-                    elif i % YIELD_EVERY == YIELD_EVERY - 1:
+                    elif k % YIELD_EVERY == YIELD_EVERY - 1:
                         self._nc.flush_soon()
                         await asyncio.sleep(0)
+                    out, block = outs[i], blocks[i]
+                    if block is None:
+                        block = blocks[i] = encode_headers(out.headers) if out.headers else b""
+                    if len(block) + len(out.payload) > self._nc.max_payload:
+                        batch.settle(k, _TOO_LARGE)
+                        continue
                     token = next(self._tokens)
-                    self._waiting[token] = (batch, i)
+                    self._waiting[token] = (batch, k)
                     self._unacked += 1
                     tokens.append(token)
                     self._nc.buffer(out.subject, out.payload, f"{self._inbox}.{token}", block)
@@ -311,10 +321,43 @@ class Publisher:
         self._acked()
         batch, i = waiting
         no_stream = raw is not None and raw[9:12] == b"503"
-        batch.replies[i] = _NO_RESPONDERS if no_stream else data
-        batch.acked += 1
-        if batch.acked == len(batch.replies) and not batch.done.done():
-            batch.done.set_result(None)
+        batch.settle(i, _NO_RESPONDERS if no_stream else data)
+
+
+def check_publishable(event: Event, aggregate_id: str) -> None:
+    """What prepare refuses before anything is encoded (so publish_many refuses it before
+    anything is sent)."""
+    if not isinstance(event, Event):
+        raise TypeError(f"expected an Event, got {type(event).__name__}")
+    if not (event.__domain__ and event.__event_name__):
+        raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
+    # Domain and event name were validated when the class was made; only the id is new.
+    validate_token(aggregate_id, "aggregate id")
+
+
+class _Prepared(Sequence[Outgoing]):
+    """Outgoing events made on first access, in the order the send loop asks for them."""
+
+    def __init__(
+        self, prepare: Callable[[Event, str], Outgoing], pairs: Sequence[tuple[Event, str]]
+    ) -> None:
+        self._prepare, self._pairs = prepare, pairs
+        self._made: list[Outgoing | None] = [None] * len(pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    @overload
+    def __getitem__(self, i: int) -> Outgoing: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Outgoing]: ...
+    def __getitem__(self, i: int | slice) -> Outgoing | Sequence[Outgoing]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        out = self._made[i]
+        if out is None:
+            out = self._made[i] = self._prepare(*self._pairs[i])
+        return out
 
 
 def template_of(event: Event) -> str:
@@ -363,8 +406,15 @@ class _Batch:
         self.acked = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    def settle(self, i: int, reply: bytes) -> None:
+        self.replies[i] = reply
+        self.acked += 1
+        if self.acked == len(self.replies) and not self.done.done():
+            self.done.set_result(None)
+
 
 _NO_RESPONDERS = b'{"error":{"code":503,"description":"no responders"}}'
+_TOO_LARGE = b'{"error":{"code":413,"description":"maximum payload exceeded"}}'
 _encode_json = msgspec.json.encode
 
 

@@ -17,6 +17,7 @@ from bus import (
     NoResponders,
     NoStreamForSubject,
     OutboundBufferFull,
+    PublishError,
     PublishTimeout,
     RemoteError,
     RequestTimeout,
@@ -136,6 +137,27 @@ async def test_an_unreachable_server_bounds_what_waits_to_be_sent(
         await eventually(lambda: bus.connected)
         done = await bus.publish(JobCreated(title="after"), "a1", timeout=5)
         assert done.stream == "JOBS"
+
+
+async def test_publish_many_refuses_a_bad_pair_before_sending_and_a_huge_event_alone(
+    jobs: Bus,
+) -> None:
+    """Events are encoded as they are sent; what cannot be an event at all stops the call
+    before anything is sent, and an event too large for the server fails alone."""
+    good = [(JobCreated(title=str(i)), f"g{i}") for i in range(3)]
+    with pytest.raises(InvalidSubject):
+        await jobs.publish_many([*good, (JobCreated(title="x"), "bad id")])
+    with pytest.raises(TypeError):
+        await jobs.publish_many([*good, ({"title": "x"}, "a1")])  # type: ignore[list-item]
+    assert (await jobs.streams.info("JOBS")).messages == 0
+    huge = (JobCreated(title="x" * 2_000_000), "h1")  # past the server's 1 MiB max_payload
+    results = await jobs.publish_many([good[0], huge, good[1]], return_exceptions=True)
+    assert [r.seq for r in (results[0], results[2])] == [1, 2]
+    assert isinstance(results[1], PublishError)
+    assert "maximum payload exceeded" in str(results[1])
+    with pytest.raises(PublishError, match="maximum payload exceeded"):
+        await jobs.publish(*huge)
+    assert (await jobs.streams.info("JOBS")).messages == 2
 
 
 async def test_unacknowledged_publishes_are_bounded_by_the_window(
