@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 import nats
@@ -27,6 +28,9 @@ from rich.table import Table
 from bus import Bus, EmbeddedServer, Envelope, Event, StreamSpec
 
 from .bench_ceiling import consume_ceiling, publish_ceiling
+
+if TYPE_CHECKING:
+    from .bench_memory import Peaks
 
 STREAM = StreamSpec(name="BENCH", subjects=("bench.>",), dead_letters=True)
 # The performance issue's targets (ratio to raw nats-py); None: measured, no target.
@@ -81,6 +85,8 @@ async def _rate(n: int, work: Callable[[], Awaitable[None]]) -> float:
 
 
 async def run_bench(runs: int, messages: int, sync_interval: str, as_json: bool) -> None:
+    from .bench_memory import probe  # it imports the event class from here
+
     console = Console(stderr=True)
     cases = {name: Case(name) for name in TARGETS}
     fsync = Case(FSYNC_COST)
@@ -98,11 +104,13 @@ async def run_bench(runs: int, messages: int, sync_interval: str, as_json: bool)
                     console.print(f"run {run + 1}/{runs}…")
                     await _one_run(run, messages, nc, js, bus, cases)
                     await _pair(run, fsync, *_fsync_cost(messages, bus, synced))
+                console.print("memory: a consumer's peak RSS over a small and a large backlog…")
+                peaks = await probe(server.url, STREAM, backlog=20 * messages)
             await nc.close()
         finally:
             server.stop()
             durable.stop()
-    _report(cases, fsync, runs, messages, sync_interval, as_json)
+    _report(cases, fsync, peaks, runs, messages, sync_interval, as_json)
 
 
 def _fsync_cost(
@@ -226,13 +234,20 @@ def _spread(rates: list[float]) -> str:
 
 
 def _report(
-    cases: dict[str, Case], fsync: Case, runs: int, messages: int, sync_interval: str, as_json: bool
+    cases: dict[str, Case],
+    fsync: Case,
+    peaks: Peaks,
+    runs: int,
+    messages: int,
+    sync_interval: str,
+    as_json: bool,
 ) -> None:
     if as_json:
         report = {
             "sync_interval": sync_interval,
             "cases": [c.summary() for c in cases.values()],
             "fsync_cost": fsync.summary(),
+            "consumer_memory": peaks,
         }
         print(msgspec.json.encode(report).decode())
         return
@@ -266,4 +281,8 @@ def _report(
         f"fsync cost (bus, awaited): {statistics.median(fsync.raw):,.0f} msgs/s with "
         f"sync_interval=2m, {statistics.median(fsync.bus):,.0f} with always "
         f"({fsync.ratio():.2f}x)"
+    )
+    console.print(
+        f"consumer peak RSS, backlog of {peaks.backlog:,}: {peaks.peak_rss_mb_few:.0f} MB "
+        f"handling {peaks.handled_few:,}, {peaks.peak_rss_mb_all:.0f} MB handling all of them"
     )

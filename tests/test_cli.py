@@ -259,7 +259,8 @@ def test_wrong_arguments_are_refused_without_a_traceback(
 
 
 def test_the_messaging_bench_measures_every_case_on_both_sides(tmp_path: Path) -> None:
-    """A tiny `bus bench --json`: every case has raw and bus rates, the ceilings ran too.
+    """A tiny `bus bench --json`: every case has raw and bus rates; the ceilings and the
+    memory probe ran too.
     (Figures are the harness's business, never asserted.)"""
     proc = bus_cli("bench", "--runs", "2", "--messages", "300", "--json", url=None,
                    data_dir=tmp_path, timeout=120)  # fmt: skip
@@ -275,3 +276,7 @@ def test_the_messaging_bench_measures_every_case_on_both_sides(tmp_path: Path) -
         assert case["bus"]["min"] > 0
     assert len(cases["publish pipelined"]["ceiling"]["runs"]) == 2
     assert len(cases["consume + ack"]["ceiling"]["runs"]) == 2
+    memory = report["consumer_memory"]
+    assert (memory["backlog"], memory["handled_few"]) == (6000, 60)
+    assert memory["peak_rss_mb_few"] > 0
+    assert memory["peak_rss_mb_all"] > 0

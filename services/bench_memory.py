@@ -1,0 +1,75 @@
+"""`bus bench`'s memory probe: a consumer's peak RSS does not grow with the backlog.
+
+A child process (a fresh interpreter, so its peak is its own) consumes a stored backlog with a
+bus handler, handling either a few messages or all of them, and reports its peak RSS. A pull
+consumer asks for no more than its free handler slots, so both peaks should be alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import subprocess
+import sys
+
+import msgspec
+
+from bus import Bus, StreamSpec
+
+from .bench import BenchEvent, _event
+
+
+class Peaks(msgspec.Struct):
+    backlog: int
+    handled_few: int
+    handled_all: int
+    peak_rss_mb_few: float
+    peak_rss_mb_all: float
+
+
+async def probe(url: str, stream: StreamSpec, backlog: int) -> Peaks:
+    """Store `backlog` events, then measure a child handling 1% of them and one handling all."""
+    few = max(1, backlog // 100)
+    async with Bus(url, streams=[stream]) as bus:
+        await bus.js.purge_stream(stream.name)
+        for first in range(0, backlog, 10_000):
+            chunk = range(first, min(first + 10_000, backlog))
+            await bus.publish_many((_event(i), f"m{i}") for i in chunk)
+        peaks = [await asyncio.to_thread(_child, url, stream.name, n) for n in (few, backlog)]
+        await bus.js.purge_stream(stream.name)
+    return Peaks(backlog, few, backlog, *peaks)
+
+
+def _child(url: str, stream: str, handle: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", __name__, url, stream, str(handle)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out)
+
+
+async def _consume(url: str, stream: str, handle: int) -> None:
+    async with Bus(url) as bus:
+        done = asyncio.Event()
+        seen = 0
+
+        async def count(event: BenchEvent) -> None:
+            nonlocal seen
+            seen += 1
+            if seen >= handle:
+                done.set()
+
+        consumer = await bus.consume(count, durable=f"memory{handle}", concurrency=100)
+        await done.wait()
+        await consumer.stop()
+        await bus.js.delete_consumer(stream, f"memory{handle}")
+
+
+if __name__ == "__main__":
+    from .lifecycle import run
+
+    url, stream_name, count = sys.argv[1:4]
+    run(_consume(url, stream_name, int(count)))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
