@@ -78,19 +78,16 @@ _unsampled_parent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-def _is_unsampled(traceparent: str | None) -> bool:
-    """`00-<trace>-<span>-<flags>` with the sampled bit of the flags clear."""
-    if not traceparent or len(traceparent) != 55:
-        return False
-    return traceparent[-1] in "02468ace"
-
-
 def _unsampled(headers: Mapping[str, str]) -> str | None:
-    """The message's traceparent if a parent-based sampler would drop its span, else None."""
+    """The message's traceparent if a parent-based sampler would drop its span, else None:
+    a canonical one with the sampled flag clear (a malformed one names no parent at all).
+    Read whatever the propagator: the bus writes unsampled traceparents itself."""
     if not _parent_decides:
         return None
     parent = headers.get("traceparent")
-    return parent if _is_unsampled(parent) else None
+    if parent is None or len(parent) != 55 or parent[-1] not in "02468ace":
+        return None
+    return parent if _CANONICAL.fullmatch(parent) else None
 
 
 def enter_unsampled(headers: Mapping[str, str]) -> contextvars.Token[str | None] | None:

@@ -16,7 +16,8 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from bus.telemetry import _extract, _inject
+from bus import telemetry
+from bus.telemetry import _extract, _inject, enter_unsampled, leave_unsampled
 
 from . import tracing_child
 
@@ -83,6 +84,31 @@ _TRACEPARENTS = st.text(max_size=60) | st.builds(
 @given(_TRACEPARENTS)
 def test_any_traceparent_is_read_as_the_propagator_reads_it(traceparent: str) -> None:
     _same_as_propagator({"traceparent": traceparent})
+
+
+def _skips_the_span(traceparent: str) -> bool:
+    """Whether a consumer behind a parent-based sampler takes the unsampled fast path (no
+    span, the traceparent passed on as it came)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(telemetry, "_parent_decides", True)
+        token = enter_unsampled({"traceparent": traceparent})
+    if token is None:
+        return False
+    leave_unsampled(token)
+    return True
+
+
+@pytest.mark.parametrize(("flags", "skipped"), [("00", True), ("02", True), ("01", False)])
+def test_an_unsampled_parent_skips_the_span(flags: str, skipped: bool) -> None:
+    assert _skips_the_span(f"00-{TRACE}-{SPAN}-{flags}") is skipped
+
+
+@given(_TRACEPARENTS | st.builds(lambda tp: tp[:-1] + "0", _TRACEPARENTS))
+def test_nothing_else_skips_the_span(traceparent: str) -> None:
+    if _skips_the_span(traceparent):
+        parent = trace.get_current_span(propagate.extract({"traceparent": traceparent}))
+        assert parent.get_span_context().is_valid
+        assert not parent.get_span_context().trace_flags.sampled
 
 
 @pytest.mark.parametrize(
