@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from bus.server import EmbeddedServer, free_port
+from tests import tracing_child
 from tests.otlp import Receiver
 from tests.processes import BUS, running, wait_ready
 
@@ -119,14 +118,7 @@ def _collect(receiver: Receiver, services: set[str]) -> list[tuple[str, Span]]:
 def test_sampling_follows_the_first_decision_downstream(nats_url: str, ratio: float) -> None:
     """Unsampled: no span anywhere, yet the trace id reaches the follow-up event (unsampled);
     sampled: publish, process and the follow-up's publish, all in one trace."""
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.tracing_child", nats_url, str(ratio)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parents[1],
-    ).stdout
-    found = json.loads(out)
+    found = tracing_child.run(nats_url, ratio)
     first, follow_up = found["traceparents"]
     assert first.split("-")[1] == follow_up.split("-")[1]  # one trace id across the hop
     sampled = ratio == 1.0
