@@ -7,11 +7,10 @@ an event once within the stream's duplicate window and answers the retry with `d
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, overload
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -109,7 +108,12 @@ class Publisher:
     ) -> Outgoing:
         """The event ready for the wire; `trace_headers` (a batch span's context) replace the
         span of its own an event otherwise gets while tracing is on."""
-        check_publishable(event, aggregate_id)
+        if not isinstance(event, Event):
+            raise TypeError(f"expected an Event, got {type(event).__name__}")
+        if not (event.__domain__ and event.__event_name__):
+            raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
+        # Domain and event name were validated when the class was made; only the id is new.
+        validate_token(aggregate_id, "aggregate id")
         subject = f"{event.__domain__}.{aggregate_id}.{event.__event_name__}"
         event_id = event_id or new_event_id()
         hdrs = build_headers(event, event_id, self._codec.mime, correlation_id, causation_id)
@@ -124,15 +128,6 @@ class Publisher:
             return Outgoing(subject, payload, hdrs, event_id)
         span = telemetry.start_publish(template_of(event), event_id, hdrs, len(payload))
         return Outgoing(subject, payload, hdrs, event_id, span)
-
-    def prepare_lazily(
-        self, pairs: Sequence[tuple[Event, str]], trace_headers: dict[str, str] | None
-    ) -> Sequence[Outgoing]:
-        """`(event, aggregate_id)` pairs checked now, prepared as the send loop reaches them:
-        the server stores the first while later ones are still being encoded."""
-        for event, aggregate_id in pairs:
-            check_publishable(event, aggregate_id)
-        return _Prepared(functools.partial(self.prepare, trace_headers=trace_headers), pairs)
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
@@ -217,6 +212,7 @@ class Publisher:
         refused here, alone, and never sent."""
         batch = _Batch(len(todo))
         tokens: list[int] = []
+        largest = self._nc.max_payload
         try:
             async with asyncio.timeout(max(wait, 0)):
                 for k, i in enumerate(todo):
@@ -228,7 +224,7 @@ class Publisher:
                     out, block = outs[i], blocks[i]
                     if block is None:
                         block = blocks[i] = encode_headers(out.headers) if out.headers else b""
-                    if len(block) + len(out.payload) > self._nc.max_payload:
+                    if len(block) + len(out.payload) > largest:
                         batch.settle(k, _TOO_LARGE)
                         continue
                     token = next(self._tokens)
@@ -322,42 +318,6 @@ class Publisher:
         batch, i = waiting
         no_stream = raw is not None and raw[9:12] == b"503"
         batch.settle(i, _NO_RESPONDERS if no_stream else data)
-
-
-def check_publishable(event: Event, aggregate_id: str) -> None:
-    """What prepare refuses before anything is encoded (so publish_many refuses it before
-    anything is sent)."""
-    if not isinstance(event, Event):
-        raise TypeError(f"expected an Event, got {type(event).__name__}")
-    if not (event.__domain__ and event.__event_name__):
-        raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
-    # Domain and event name were validated when the class was made; only the id is new.
-    validate_token(aggregate_id, "aggregate id")
-
-
-class _Prepared(Sequence[Outgoing]):
-    """Outgoing events made on first access, in the order the send loop asks for them."""
-
-    def __init__(
-        self, prepare: Callable[[Event, str], Outgoing], pairs: Sequence[tuple[Event, str]]
-    ) -> None:
-        self._prepare, self._pairs = prepare, pairs
-        self._made: list[Outgoing | None] = [None] * len(pairs)
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    @overload
-    def __getitem__(self, i: int) -> Outgoing: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[Outgoing]: ...
-    def __getitem__(self, i: int | slice) -> Outgoing | Sequence[Outgoing]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        out = self._made[i]
-        if out is None:
-            out = self._made[i] = self._prepare(*self._pairs[i])
-        return out
 
 
 def template_of(event: Event) -> str:

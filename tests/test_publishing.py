@@ -142,8 +142,8 @@ async def test_an_unreachable_server_bounds_what_waits_to_be_sent(
 async def test_publish_many_refuses_a_bad_pair_before_sending_and_a_huge_event_alone(
     jobs: Bus,
 ) -> None:
-    """Events are encoded as they are sent; what cannot be an event at all stops the call
-    before anything is sent, and an event too large for the server fails alone."""
+    """What cannot be an event at all stops the call before anything is sent; an event too
+    large for the server fails alone (header blocks are made as the send loop reaches them)."""
     good = [(JobCreated(title=str(i)), f"g{i}") for i in range(3)]
     with pytest.raises(InvalidSubject):
         await jobs.publish_many([*good, (JobCreated(title="x"), "bad id")])
