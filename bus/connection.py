@@ -18,6 +18,8 @@ from collections.abc import Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import ProtocolError
+from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
 from .errors import OutboundBufferFull
 
@@ -33,17 +35,25 @@ class Connection(Client):
     def __init__(self) -> None:
         super().__init__()
         self._lanes: dict[int, Lane] = {}
+        self._ps = _LaneParser(self)
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
+        if not self.to_lane(sid, subject, reply, data, headers):
+            await super()._process_msg(sid, subject, reply, data, headers)
+
+    def to_lane(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> bool:
+        """Hand a message to its lane, if its subscription has one."""
         lane = self._lanes.get(sid)
         if lane is None:
-            await super()._process_msg(sid, subject, reply, data, headers)
-            return
+            return False
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
         lane(subject, reply, data, headers or None)
+        return True
 
     async def open_lane(self, subject: str, lane: Lane) -> Subscription:
         """Subscribe `lane` to `subject`; nats-py still resubscribes it after reconnects."""
@@ -89,6 +99,56 @@ class Connection(Client):
         queue = self._flush_queue
         if queue is not None and queue.empty() and self.is_connected:
             queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+class _LaneParser(Parser):
+    """nats-py's protocol parser with a fast path for the messages themselves (MSG, HMSG):
+    the control line split rather than matched by regular expressions (two per message), and
+    lane messages handed over without a coroutine. Every other line goes the usual way."""
+
+    nc: Connection
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        while buf:
+            if self.state == AWAITING_CONTROL_LINE:
+                kind = buf[:4]
+                if kind != b"HMSG" and kind != b"MSG ":
+                    await super().parse()  # PING, INFO, +OK, -ERR...: the usual way
+                    return
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    return  # the rest of the line is still on its way
+                self._control_line(bytes(buf[4:end]).split(), headed=kind == b"HMSG")
+                del buf[: end + 2]
+            needed = self.needed
+            if len(buf) < needed + 2:
+                return  # the rest of the payload is still on its way
+            size = self.header_needed
+            headers = bytes(buf[:size]) if size else None
+            payload = bytes(buf[size:needed])
+            del buf[: needed + 2]
+            self.header_needed = 0
+            self.state = AWAITING_CONTROL_LINE
+            arg = self.msg_arg
+            sid, subject, reply = arg["sid"], arg["subject"], arg["reply"]
+            if not self.nc.to_lane(sid, subject, reply, payload, headers):
+                await self.nc._process_msg(sid, subject, reply, payload, headers)  # type: ignore[arg-type]
+
+    def _control_line(self, args: list[bytes], headed: bool) -> None:
+        """`MSG <subject> <sid> [reply] <size>`, `HMSG ... [reply] <header size> <size>`."""
+        try:
+            self.needed = int(args.pop())
+            self.header_needed = int(args.pop()) if headed else 0
+            if len(args) not in (2, 3):
+                raise ValueError
+            self.msg_arg["subject"] = args[0]
+            self.msg_arg["sid"] = int(args[1])
+            self.msg_arg["reply"] = args[2] if len(args) == 3 else b""
+        except (ValueError, IndexError):
+            raise ProtocolError("nats: malformed MSG") from None
+        self.state = AWAITING_MSG_PAYLOAD
 
 
 def parse_headers(raw: bytes) -> tuple[str | None, dict[str, str]]:
