@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,7 @@ import nats.errors
 
 from . import telemetry
 from .client import Bus
+from .connection import parse_headers
 from .deadletter import dead_letter_message
 from .envelope import Envelope
 from .errors import BusError, ConfigError, DecodeError
@@ -38,6 +40,8 @@ from .subjects import matches
 
 log = logging.getLogger("bus.projector")
 IDLE_CHECK = 2.0  # seconds between looks at the stream when no wake-up arrived
+TAIL_HEARTBEAT = 1.0  # seconds between the server's heartbeats on a quiet tail
+TAIL_BACKLOG = 4096  # pushed messages held unfolded before reading is the better way
 CACHE_KEYS = 50_000  # records kept in memory between batches
 KEYS_PER_READ = 256
 
@@ -108,6 +112,132 @@ class _Shared:
             task.exception()  # retrieved: every reader may have given up on it
 
 
+class _Tail:
+    """A stream's new messages pushed as they are stored (an ordered push consumer that
+    acknowledges nothing): a caught-up projection folds them without a read round trip.
+
+    It only ever answers with an unbroken chain of the consumer's deliveries; a gap, a
+    reconnect, silence past two heartbeats or a backlog past `TAIL_BACKLOG` ends it, and the
+    projection reads again (then follows anew once caught up)."""
+
+    def __init__(self, bus: Bus, stream: str, subject: str | None, wake: asyncio.Event) -> None:
+        self._bus, self._stream, self._subject, self._wake = bus, stream, subject, wake
+        self._buffer: deque[StoredMessage] = deque()
+        self._delivered = 0  # the consumer's sequence of the last message pushed
+        self._heard = 0.0  # loop time of the last message or heartbeat
+        self._epoch = bus.nc.stats["reconnects"]
+        self._lane: Any = None
+        self._consumer = ""
+        self._answers: set[asyncio.Task[None]] = set()
+        self.broken = False
+
+    async def start(self, after: int) -> bool:
+        """Follow from the message after stream sequence `after`; False if it could not.
+
+        The creation is asked on a lane of its own, not with `nc.request`: on Python 3.11
+        its `wait_for` can swallow the cancellation that stops a projection. The messages
+        come on a subscription to exactly the deliver subject (JetStream does not count a
+        wildcard one as interest at once)."""
+        nc = self._bus.nc
+        loop = asyncio.get_running_loop()
+        inbox = nc.new_inbox()
+        self._lane = await nc.open_lane(inbox, self._receive)
+        created: asyncio.Future[bytes] = loop.create_future()
+
+        def answered(subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
+            if not created.done():
+                created.set_result(b"" if raw else data)  # a status (503): no JetStream
+
+        answers = await nc.open_lane(f"{inbox}.created", answered)
+        config: dict[str, object] = {
+            "deliver_subject": inbox,
+            "deliver_policy": "by_start_sequence",
+            "opt_start_seq": after + 1,
+            "ack_policy": "none",
+            "flow_control": True,
+            "idle_heartbeat": int(TAIL_HEARTBEAT * 1e9),
+            "mem_storage": True,
+            "num_replicas": 1,
+        }
+        if self._subject:
+            config["filter_subject"] = self._subject
+        request = {"stream_name": self._stream, "config": config}
+        self._heard = loop.time()
+        create = f"$JS.API.CONSUMER.CREATE.{self._stream}"
+        try:
+            await nc.send(create, _encode_status(request), f"{inbox}.created")
+            async with asyncio.timeout(2):
+                answer = await created
+            self._consumer = msgspec.json.decode(answer).get("name", "")
+        except (BusError, msgspec.DecodeError, TimeoutError):
+            pass
+        finally:
+            nc.close_lane(answers)
+            with contextlib.suppress(nats.errors.Error):
+                await answers.unsubscribe()
+        if not self._consumer:
+            await self.stop()
+            return False
+        return True
+
+    def following(self) -> bool:
+        if self.broken or self._bus.nc.stats["reconnects"] != self._epoch:
+            return False
+        return asyncio.get_running_loop().time() - self._heard < 2 * TAIL_HEARTBEAT
+
+    def take(self, position: int, limit: int) -> list[StoredMessage]:
+        """Up to `limit` pushed messages after stream sequence `position`: the consumer
+        started at or before it and delivered without a gap, so they are the next ones."""
+        buffer = self._buffer
+        while buffer and buffer[0].seq <= position:  # already read while catching up
+            buffer.popleft()
+        return [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+
+    async def stop(self) -> None:
+        self.broken = True
+        self._buffer.clear()
+        nc = self._bus.nc
+        if self._lane is not None:
+            nc.close_lane(self._lane)
+            with contextlib.suppress(nats.errors.Error):
+                await self._lane.unsubscribe()
+        if self._consumer:  # the server would drop it once no one listens; sooner is better
+            with contextlib.suppress(nats.errors.Error):
+                await nc.publish(f"$JS.API.CONSUMER.DELETE.{self._stream}.{self._consumer}")
+
+    def _receive(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
+        status, headers = parse_headers(raw) if raw else (None, {})
+        self._heard = asyncio.get_running_loop().time()
+        if status is not None:  # a heartbeat or a flow control request
+            answer = reply.decode() or headers.get("Nats-Consumer-Stalled", "")
+            if answer:
+                task = asyncio.get_running_loop().create_task(self._bus.nc.publish(answer))
+                self._answers.add(task)
+                task.add_done_callback(self._answers.discard)
+            last = headers.get("Nats-Last-Consumer")
+            if status == "100" and last is not None and int(last) != self._delivered:
+                self._break()
+            return
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or with
+        # <domain>.<account hash> before the stream (and a token after) in the newer form
+        tokens = reply.split(b".")
+        at = 2 if len(tokens) == 9 else 4
+        if int(tokens[at + 4]) != self._delivered + 1 or len(self._buffer) >= TAIL_BACKLOG:
+            self._break()
+            return
+        self._delivered += 1
+        seq, pending = int(tokens[at + 3]), int(tokens[at + 6])
+        # (the stored time is not needed to fold)
+        message = StoredMessage(self._stream, seq, subject.decode(), "", data, headers, pending)
+        self._buffer.append(message)
+        self._wake.set()
+
+    def _break(self) -> None:
+        self.broken = True
+        self._buffer.clear()
+        self._wake.set()  # the projection reads what the tail can no longer vouch for
+
+
 class _Generation:
     """One generation of one projection: its bucket, position and cached records."""
 
@@ -129,6 +259,8 @@ class _Generation:
         self._complete = False
         # The batch being read ahead, and the sequence it starts from.
         self._next: tuple[int, asyncio.Task[list[StoredMessage]]] | None = None
+        self._tail: _Tail | None = None
+        self._follow_after = 0.0  # loop time before which no tail is tried again
         self._decode = msgspec.msgpack.Decoder(projection.state).decode
         self._encode = msgspec.msgpack.Encoder().encode
         subjects = projection.subjects
@@ -139,25 +271,28 @@ class _Generation:
         info = await self.bus.js.stream_info(f"KV_{self.bucket}")
         self._complete = info.state.messages == 0
 
-    async def step(self) -> int:
-        """Fold one batch; returns how many stream messages it read (0: caught up).
+    async def follow(self, wake: asyncio.Event) -> None:
+        """Once caught up: have new messages pushed (and `wake` set) instead of reading."""
+        now = asyncio.get_running_loop().time()
+        if self._tail is None and now >= self._follow_after:
+            tail = _Tail(self.bus, self.stream, self._filter, wake)
+            if await tail.start(self.position):
+                self._tail = tail
+            else:  # JetStream refused (a consumer limit...): read, and try again later
+                self._follow_after = now + IDLE_CHECK
 
-        While a full batch folds, the next one is already being read (replays overlap the
-        server's work with ours).
-        """
+    async def unfollow(self) -> None:
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            await tail.stop()
+
+    async def step(self) -> int:
+        """Fold one batch; returns how many stream messages it took (0: caught up)."""
         projection = self.projection
-        start, pending = self._next or (0, None)
-        self._next = None
-        if pending is not None and start != self.position + 1:  # a stale read-ahead
-            pending.cancel()
-            pending = None
-        batch = await (pending or self._read(self.position + 1))
+        batch = await self._batch()
         if not batch:
             self.lag = 0
             return 0
-        if len(batch) == projection.batch_size:
-            after = batch[-1].seq + 1
-            self._next = (after, asyncio.create_task(self._read(after)))
         try:
             if telemetry.tracer() is None:
                 applied = await self._fold(batch)
@@ -172,6 +307,26 @@ class _Generation:
         self.position = batch[-1].seq
         self.lag = batch[-1].pending
         return len(batch)
+
+    async def _batch(self) -> list[StoredMessage]:
+        """The next batch: pushed, while a tail follows the stream; else read. While a full
+        batch folds, the next one is already being read (replays overlap the server's work
+        with ours)."""
+        batch_size = self.projection.batch_size
+        if self._tail is not None:
+            if self._tail.following():
+                return self._tail.take(self.position, batch_size)
+            await self.unfollow()
+        start, pending = self._next or (0, None)
+        self._next = None
+        if pending is not None and start != self.position + 1:  # a stale read-ahead
+            pending.cancel()
+            pending = None
+        batch: list[StoredMessage] = await (pending or self._read(self.position + 1))
+        if len(batch) == batch_size:
+            after = batch[-1].seq + 1
+            self._next = (after, asyncio.create_task(self._read(after)))
+        return batch
 
     async def _fold(self, batch: list[StoredMessage]) -> int:
         """Apply a batch in memory and write each changed key once; returns events applied."""
@@ -204,9 +359,12 @@ class _Generation:
         return self._shared.read(self.stream, from_seq, self.projection.batch_size, self._filter)
 
     def close(self) -> None:
+        """Forget what was read ahead or pushed: the next step reads from the position."""
         if self._next is not None:
             self._next[1].cancel()
             self._next = None
+        if self._tail is not None:
+            self._tail.broken = True
 
     async def _keyed(
         self, batch: Iterable[StoredMessage]
@@ -350,6 +508,7 @@ class Projector:
             with contextlib.suppress(asyncio.CancelledError):
                 await live.task
         live.current.close()
+        await live.current.unfollow()
         if live.rebuild is not None:
             live.rebuild.close()
         await self._saved(live)  # a clean stop records where the last batch left off
@@ -434,6 +593,8 @@ class Projector:
                 log.exception("projection %s: unexpected error", live.current.projection.name)
                 read = 0
             if read < batch_size:
+                with contextlib.suppress(BusError, nats.errors.Error):
+                    await live.current.follow(live.wake)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(IDLE_CHECK):
                         await live.wake.wait()
@@ -448,6 +609,7 @@ class Projector:
             while await fresh.step():
                 pass
             old, live.current = live.current, fresh
+            await old.unfollow()
             live.rebuild = None
             status = await self._checkpoint(live)
             with contextlib.suppress(nats.errors.Error):

@@ -264,3 +264,44 @@ async def test_a_clean_stop_leaves_the_last_checkpoint_written(counters: Bus) ->
         last = await publish_ops(counters, [("s", n) for n in range(1, 30)])
         await eventually(lambda: projector.status(projection.name).position >= last)
     assert (await ProjectionView(counters, projection).status()).position == last
+
+
+async def test_a_caught_up_projection_folds_pushed_messages_without_reading(
+    counters: Bus,
+) -> None:
+    projection = totals()
+    view = ProjectionView(counters, projection)
+    async with Projector(counters, [projection]) as projector:
+        live = projector._live[projection.name]
+        await view.wait_for(await publish_ops(counters, [("p", 1)]), timeout=10)
+        await eventually(lambda: live.current._tail is not None)
+        spy = await counters.nc.subscribe(f"$JS.API.DIRECT.GET.{COUNTERS.name}")
+        ops = [("p", n) for n in range(2, 12)]
+        for key, n in ops:
+            await view.wait_for(await publish_ops(counters, [(key, n)]), timeout=10)
+        assert await snapshot(view) == expected([("p", 1), *ops])
+        with pytest.raises(TimeoutError):  # every event came pushed: nothing was read
+            await spy.next_msg(timeout=0.3)
+        await spy.unsubscribe()
+
+
+async def test_a_lost_or_overrun_tail_falls_back_to_reading(
+    counters: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer deleted under it, or more pushed than it may hold: the projection reads,
+    misses nothing, and follows again once caught up."""
+    monkeypatch.setattr("bus.projector.TAIL_BACKLOG", 3)
+    projection = totals()
+    view = ProjectionView(counters, projection)
+    ops = [(k, n) for n in range(1, 40) if n != 13 for k in "xyz"]  # 13: refused
+    async with Projector(counters, [projection]) as projector:
+        live = projector._live[projection.name]
+        await view.wait_for(await publish_ops(counters, ops[:3]), timeout=10)
+        await eventually(lambda: live.current._tail is not None)
+        tail = live.current._tail
+        assert tail is not None
+        await counters.js.delete_consumer(COUNTERS.name, tail._consumer)
+        await view.wait_for(await publish_ops(counters, ops[3:6]), timeout=10)
+        await view.wait_for(await publish_ops(counters, ops[6:]), timeout=10)  # overruns it
+        assert await snapshot(view) == expected(ops)
+        await eventually(lambda: live.current._tail not in (None, tail))
