@@ -109,24 +109,30 @@ class LiveView(Generic[S]):
     async def wait_for(self, seq: int, timeout: float = 5.0) -> ProjectionStatus:
         """Return once the projection has applied stream sequence `seq`."""
         await self._check_epoch()
-        if self._status.position >= seq:
-            return self._status
+        try:
+            async with asyncio.timeout(timeout):
+                while self._status.position < seq:
+                    await self._until(seq)
+        except TimeoutError:
+            raise not_reached(self.projection.name, seq, timeout) from None
+        return self._status
+
+    async def _until(self, seq: int) -> None:
+        """Wait for a status reaching `seq`; after RECHECK seconds without one, ask for it (a
+        checkpoint lost to a reconnect). The task awaits the future itself, so it runs the
+        loop turn after the status arrives (a shield and `wait_for` would add two)."""
         reached: asyncio.Future[ProjectionStatus] = asyncio.get_running_loop().create_future()
         entry = (seq, reached)
         self._waiters.append(entry)
         try:
-            async with asyncio.timeout(timeout):
-                while not reached.done():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(reached), RECHECK)
-                    if not reached.done():  # a checkpoint lost to a reconnect: ask again
-                        self._offer(await self.view.status())
-            return reached.result()
+            async with asyncio.timeout(RECHECK):
+                await reached
+            return
         except TimeoutError:
-            raise not_reached(self.projection.name, seq, timeout) from None
+            pass
         finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
+            self._waiters.remove(entry)
+        self._offer(await self.view.status())
 
     async def _fetch(self, key: str) -> Record | None:
         """The bucket's record; an update that overtook the read stays (newer seq wins)."""
