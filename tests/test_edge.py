@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 from bus import Bus
 from bus.server import free_port
+from services import bench_http
 from services.demo import app
 from services.edge import create_app
 from tests.edge import KEYS, READ, WRITE, serve
@@ -312,3 +314,14 @@ async def test_sse_bad_requests(edge: httpx.AsyncClient) -> None:
     for url, headers, status in bad:
         response = await edge.get(url, headers=headers)
         assert response.status_code == status, (url, response.text)
+
+
+async def test_the_http_bench_reads_its_writes_with_both_clients(tasks: Bus, nats_url: str) -> None:
+    """`bus bench --scenario http` times httpx and a bare socket client on the same pairs;
+    both must see each POST's event in the GET that follows it."""
+    api = create_app(app, nats_url, api_keys=f"{bench_http.KEY}:read+write", publish_rate=0)
+    async for client in serve(api):
+        base, port = str(client.base_url), client.base_url.port
+        assert port is not None
+        times = await asyncio.to_thread(bench_http._both_clients, base, port, 2, 1)
+        assert {name: len(pairs) for name, pairs in times.items()} == {"httpx": 2, "bare": 2}
