@@ -33,6 +33,8 @@ from .events import Event, new_event_id
 from .subjects import validate_token
 
 RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
+MAX_PAUSE = 0.1  # seconds between rounds while a stream is between leaders: its election ends
+# at a moment nobody announces, and each pause is that much added to the failover
 YIELD_EVERY = 256  # publishes buffered before the flusher gets a turn (server and us overlap)
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
@@ -183,17 +185,20 @@ class Publisher:
             got = await self._attempt(outs, todo, blocks, wait)
             for i, data in zip(todo, got, strict=True):
                 replies[i] = data
-            unsettled = []
-            for i in todo:  # an ack is final; so is "no responders" where no stream captures
-                reply = replies[i]
-                if reply is None or (reply is _NO_RESPONDERS and await self._led(outs[i])):
-                    replies[i] = None  # if it stays so, the publish timed out
-                    unsettled.append(i)
-            todo = unsettled
+            # An ack is final; so is "no responders" where no stream captures the subject.
+            refused = {
+                _capture_filter(outs[i].subject) for i in todo if replies[i] is _NO_RESPONDERS
+            }
+            led = await self._led(refused, deadline - loop.time()) if refused else set()
+            todo = [
+                i for i in todo if replies[i] is None or _capture_filter(outs[i].subject) in led
+            ]
+            for i in todo:
+                replies[i] = None  # if it stays so, the publish timed out
             if not todo or loop.time() + pause >= deadline:
                 break
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)
+            pause = min(pause * 2, MAX_PAUSE)
         results: list[PublishResult | BusError] = []
         for out, data in zip(outs, replies, strict=True):
             try:
@@ -255,16 +260,22 @@ class Publisher:
             self._room.set_result(None)
             self._room = None
 
-    async def _led(self, out: Outgoing) -> bool:
-        """After "no responders": whether a stream captures the subject (then it is between
-        leaders, and the publish goes again), asked of JetStream."""
-        try:
-            answer = await self._nc.request(
-                "$JS.API.STREAM.NAMES", _encode_json({"subject": out.subject}), timeout=1
-            )
-        except nats.errors.Error:
-            return True  # JetStream itself is busy electing: try again
-        return bool(msgspec.json.decode(answer.data).get("streams"))
+    async def _led(self, filters: set[str], within: float) -> set[str]:
+        """After "no responders": the subject filters a stream captures (it is between leaders,
+        and their publishes go again), asked of JetStream once each, never past `within`."""
+        led: set[str] = set()
+        for subject in filters:
+            try:
+                answer = await self._nc.request(
+                    "$JS.API.STREAM.NAMES",
+                    _encode_json({"subject": subject}),
+                    timeout=min(1.0, max(within, 0.05)),
+                )
+            except nats.errors.Error:
+                return filters  # JetStream itself is busy electing: all of them go again
+            if msgspec.json.decode(answer.data).get("streams"):
+                led.add(subject)
+        return led
 
     async def send_atomic(
         self, outs: Sequence[Outgoing], timeout: float | None = None
@@ -318,6 +329,13 @@ class Publisher:
         batch, i = waiting
         no_stream = raw is not None and raw[9:12] == b"503"
         batch.settle(i, _NO_RESPONDERS if no_stream else data)
+
+
+def _capture_filter(subject: str) -> str:
+    """What to ask JetStream about a refused subject: one question per event type
+    (`<domain>.*.<event>`), not one per aggregate."""
+    tokens = subject.split(".")
+    return f"{tokens[0]}.*.{tokens[2]}" if len(tokens) == 3 else subject
 
 
 def template_of(event: Event) -> str:
