@@ -141,7 +141,6 @@ class _Tail:
         nc = self._bus.nc
         loop = asyncio.get_running_loop()
         inbox = nc.new_inbox()
-        self._lane = await nc.open_lane(inbox, self._receive)
         created: asyncio.Future[bytes] = loop.create_future()
 
         def answered(subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
@@ -165,12 +164,16 @@ class _Tail:
         self._heard = loop.time()
         create = f"$JS.API.CONSUMER.CREATE.{self._stream}"
         try:
+            self._lane = await nc.open_lane(inbox, self._receive)
             await nc.send(create, _encode_status(request), f"{inbox}.created")
             async with asyncio.timeout(2):
                 answer = await created
             self._consumer = msgspec.json.decode(answer).get("name", "")
         except (BusError, msgspec.DecodeError, TimeoutError):
             pass
+        except BaseException:  # cancelled (the projection stops): leave no lane behind
+            await self.stop()
+            raise
         finally:
             nc.close_lane(answers)
             with contextlib.suppress(nats.errors.Error):
@@ -206,6 +209,8 @@ class _Tail:
                 await nc.publish(f"$JS.API.CONSUMER.DELETE.{self._stream}.{self._consumer}")
 
     def _receive(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
+        if self.broken:
+            return  # until it is stopped, nothing it receives is used
         status, headers = parse_headers(raw) if raw else (None, {})
         self._heard = asyncio.get_running_loop().time()
         if status is not None:  # a heartbeat or a flow control request
