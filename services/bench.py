@@ -28,6 +28,7 @@ from rich.table import Table
 from bus import Bus, EmbeddedServer, Envelope, Event, StreamSpec
 
 from .bench_ceiling import consume_ceiling, publish_ceiling
+from .bench_summary import Verdict, at_least
 
 if TYPE_CHECKING:
     from .bench_memory import Peaks
@@ -84,7 +85,7 @@ async def _rate(n: int, work: Callable[[], Awaitable[None]]) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def run_bench(runs: int, messages: int, sync_interval: str, as_json: bool) -> None:
+async def run_bench(runs: int, messages: int, sync_interval: str, as_json: bool) -> list[Verdict]:
     from .bench_memory import probe  # it imports the event class from here
 
     console = Console(stderr=True)
@@ -111,6 +112,14 @@ async def run_bench(runs: int, messages: int, sync_interval: str, as_json: bool)
             server.stop()
             durable.stop()
     _report(cases, fsync, peaks, runs, messages, sync_interval, as_json)
+    return [_verdict(c) for c in cases.values()]
+
+
+def _verdict(case: Case) -> Verdict:
+    target = TARGETS[case.name]
+    if target is None:
+        return Verdict("messaging", case.name, f"{case.ratio():.2f}x", "", None)
+    return at_least("messaging", case.name, case.ratio(), target, "x")
 
 
 def _fsync_cost(

@@ -31,6 +31,7 @@ from bus import Aggregate, Bus, EmbeddedServer, Envelope, Event, EventStore, Rep
 from bus.projection import Projection, ProjectionView
 from bus.projector import Projector
 
+from .bench_summary import Verdict, at_least, at_most
 from .lifecycle import run
 
 DOMAIN, REPLAY = "bst", "brb"
@@ -177,7 +178,7 @@ async def _child(kind: str, url: str, events: int, name: str) -> None:
     print(json.dumps({"rate": events / elapsed, "peak_rss_mb": rss_mb}))
 
 
-async def run_state_bench(runs: int, events: int, as_json: bool) -> None:
+async def run_state_bench(runs: int, events: int, as_json: bool) -> list[Verdict]:
     console = Console(stderr=True)
     occ: list[tuple[float, float]] = []
     loads: list[tuple[float, float]] = []
@@ -206,7 +207,7 @@ async def run_state_bench(runs: int, events: int, as_json: bool) -> None:
                 rebuilds.append((ours, raw))
         finally:
             server.stop()
-    _report(occ, loads, rebuilds, events, as_json)
+    return _report(occ, loads, rebuilds, events, as_json)
 
 
 def _median(values: list[float]) -> float:
@@ -219,7 +220,7 @@ def _report(
     rebuilds: list[tuple[dict[str, float], dict[str, float]]],
     events: int,
     as_json: bool,
-) -> None:
+) -> list[Verdict]:
     result = {
         "occ_appends": {
             "bus_events_per_s": _median([o[0] for o in occ]),
@@ -240,11 +241,19 @@ def _report(
             "target_peak_rss_mb": 300,
         },
     }
+    o, ld, rb = result["occ_appends"], result["load_1000_events_ms"], result["rebuild"]
+    verdicts = [
+        at_least("state", "OCC appends, 1,000 aggregates", o["bus_events_per_s"], 40_000, "ev/s"),
+        Verdict("state", "load 1,000 events, snapshot / none",
+                f"{ld['with_snapshot']:.1f} / {ld['without_snapshot']:.1f} ms", "", None),
+        at_least("state", f"rebuild {events:,} events vs raw",
+                 rb["bus_events_per_s"] / rb["raw_events_per_s"], 0.8, "x"),
+        at_most("state", "rebuild peak RSS", rb["bus_peak_rss_mb"], 300, "MB"),
+    ]  # fmt: skip
     if as_json:
         print(json.dumps(result))
-        return
+        return verdicts
     table = Table("scenario", "bus", "raw nats-py", "ratio", "target", title="state (medians)")
-    o, ld, rb = result["occ_appends"], result["load_1000_events_ms"], result["rebuild"]
     table.add_row(
         "OCC appends, 1,000 aggregates",
         f"{o['bus_events_per_s']:,.0f} ev/s",
@@ -267,6 +276,7 @@ def _report(
         ">= 0.8x, < 300 MB",
     )
     Console().print(table)
+    return verdicts
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from rich.table import Table
 
 from bus import Bus, EmbeddedServer, Event, StreamSpec
 
+from .bench_summary import Verdict, at_least
+
 MODES = {"off": None, "10%": 0.1, "100%": 1.0}
 TARGET = 0.85  # 10% sampling keeps at least this share of the throughput
 CHUNK = 100  # events per publish_many call, each call one trace
@@ -43,7 +45,7 @@ class Traced(Event):
     n: int
 
 
-def run_tracing_bench(runs: int, messages: int, as_json: bool) -> None:
+def run_tracing_bench(runs: int, messages: int, as_json: bool) -> list[Verdict]:
     console = Console(stderr=True)
     results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in FIGURES} for m in MODES}
     with (
@@ -62,15 +64,19 @@ def run_tracing_bench(runs: int, messages: int, as_json: bool) -> None:
                 ).stdout
                 for name, rate in json.loads(out).items():
                     results[mode][name].append(rate)
-    _report(results, runs, messages, as_json)
+    return _report(results, runs, messages, as_json)
 
 
-def _report(results: dict[str, dict[str, list[float]]], runs: int, n: int, as_json: bool) -> None:
+def _report(
+    results: dict[str, dict[str, list[float]]], runs: int, n: int, as_json: bool
+) -> list[Verdict]:
     medians = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in results.items()}
     ratios = {m: {k: r[k] / medians["off"][k] for k in RATES} for m, r in medians.items()}
+    verdicts = [at_least("tracing", f"{k} at 10% sampling vs off", ratios["10%"][k], TARGET, "x")
+                for k in RATES]  # fmt: skip
     if as_json:
         print(json.dumps({"runs": results, "median": medians, "ratio_to_off": ratios}))
-        return
+        return verdicts
     table = Table("sampling", "publish msgs/s", "ratio", "CPU µs/msg", "consume msgs/s", "ratio",
                   "CPU µs/msg", title=f"tracing cost · median of {runs} runs · {n} messages")  # fmt: skip
     for mode, figures in medians.items():
@@ -92,6 +98,7 @@ def _report(results: dict[str, dict[str, list[float]]], runs: int, n: int, as_js
     Console().print(
         f"10% sampling keeps {worst:.0%} of the throughput (target >= {TARGET:.0%}) {mark}"
     )
+    return verdicts
 
 
 def _install_sdk(ratio: float) -> None:
