@@ -41,6 +41,8 @@ from rich.table import Table
 from bus import ConfigError, EmbeddedServer
 from bus.server import free_port
 
+from .bench_summary import Verdict, at_least, at_most
+
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CONNECTIONS = 32
@@ -193,7 +195,7 @@ def _both_clients(base: str, port: int, rounds: int, pairs: int) -> dict[str, li
     return times
 
 
-def run_http_bench(runs: int, seconds: int, sync_interval: str, as_json: bool) -> None:
+def run_http_bench(runs: int, seconds: int, sync_interval: str, as_json: bool) -> list[Verdict]:
     if shutil.which("wrk") is None:
         raise ConfigError("wrk is not installed (Debian: apt-get install wrk; `make bench` does)")
     console = Console(stderr=True)
@@ -244,7 +246,7 @@ def run_http_bench(runs: int, seconds: int, sync_interval: str, as_json: bool) -
                     results.append(_wrk(url, seconds))
             console.print("read-your-writes…")
             ryw = _both_clients(edge, edge_port, 4, 250)
-    _report(
+    return _report(
         ours, theirs, ryw, f"{runs} runs of {seconds}s · sync_interval={sync_interval}", as_json
     )
 
@@ -255,7 +257,7 @@ def _report(
     ryw: dict[str, list[float]],
     title: str,
     as_json: bool,
-) -> None:
+) -> list[Verdict]:
     def median(rows: list[Wrk], field: str) -> float:
         return statistics.median(getattr(r, field) for r in rows)
 
@@ -271,9 +273,15 @@ def _report(
         suffix = "" if client == "httpx" else f" ({client} client)"
         figures[f"ryw p50 ms{suffix}"] = statistics.median(times)
         figures[f"ryw p99 ms{suffix}"] = statistics.quantiles(times, n=100)[98]
+    verdicts = [
+        at_least("http", "GET projection key vs bare FastAPI", figures["get ratio"], 1.2, "x"),
+        at_most("http", "GET p99, 32 connections", figures["get p99 ms"], 6.0, "ms"),
+        at_most("http", "POST -> GET after_seq p50 (httpx)", figures["ryw p50 ms"], 3.0, "ms"),
+        at_most("http", "POST -> GET after_seq p99 (httpx)", figures["ryw p99 ms"], 10.0, "ms"),
+    ]
     if as_json:
         print(msgspec.json.encode(figures).decode())
-        return
+        return verdicts
     table = Table(
         "figure",
         "bus edge",
@@ -304,3 +312,4 @@ def _report(
             label, f"{value:.2f}", bare_col, f"{'>=' if better == 'high' else '<='} {target} {mark}"
         )
     Console().print(table)
+    return verdicts

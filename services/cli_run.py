@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -45,12 +46,13 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
 @click.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["messaging", "state", "http", "tracing"]),
-    default="messaging",
+    type=click.Choice(["all", "messaging", "state", "http", "tracing"]),
+    default="all",
     show_default=True,
     help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild; "
     "http: the edge beside bare FastAPI under wrk, and read-your-writes latency; "
-    "tracing: publish and consume with tracing off, at 10% and at 100% sampling.",
+    "tracing: publish and consume with tracing off, at 10% and at 100% sampling; "
+    "all: each of them, then a summary of every target.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--messages", type=click.IntRange(min=100), default=5000, show_default=True)
@@ -72,17 +74,22 @@ def bench(
     from .bench import run_bench
     from .bench_http import run_http_bench
     from .bench_state import run_state_bench
+    from .bench_summary import Verdict, show
     from .bench_tracing import run_tracing_bench
 
+    scenarios: dict[str, Callable[[], list[Verdict]]] = {
+        "messaging": lambda: run_loop(run_bench(runs, messages, sync_interval, as_json)),
+        "state": lambda: run_loop(run_state_bench(runs, events, as_json)),
+        "http": lambda: run_http_bench(runs, 10, sync_interval, as_json),
+        "tracing": lambda: run_tracing_bench(runs, messages, as_json),
+    }
     try:
-        if scenario == "tracing":
-            run_tracing_bench(runs, messages, as_json)
-        elif scenario == "http":
-            run_http_bench(runs, 10, sync_interval, as_json)
-        elif scenario == "state":
-            run_loop(run_state_bench(runs, events, as_json))
-        else:
-            run_loop(run_bench(runs, messages, sync_interval, as_json))
+        if scenario != "all":
+            scenarios[scenario]()
+            return
+        show(
+            [verdict for run_scenario in scenarios.values() for verdict in run_scenario()], as_json
+        )
     except (BusError, ValueError) as exc:
         fail(str(exc))
 

@@ -262,8 +262,8 @@ def test_the_messaging_bench_measures_every_case_on_both_sides(tmp_path: Path) -
     """A tiny `bus bench --json`: every case has raw and bus rates; the ceilings and the
     memory probe ran too.
     (Figures are the harness's business, never asserted.)"""
-    proc = bus_cli("bench", "--runs", "2", "--messages", "300", "--json", url=None,
-                   data_dir=tmp_path, timeout=120)  # fmt: skip
+    args = ("--scenario", "messaging", "--runs", "2", "--messages", "300", "--json")
+    proc = bus_cli("bench", *args, url=None, data_dir=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     cases = {case["case"]: case for case in report["cases"]}
