@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from bus.server import EmbeddedServer, free_port
+from tests.otlp import Receiver
 from tests.processes import BUS, running, wait_ready
-from tests.test_tracing import Receiver, receiver  # noqa: F401 - the fixture
 
 PASSWORD = "pw-Zq81-never-print-me"
 API_KEY = "key-Hx72-never-print-me"
@@ -23,7 +23,7 @@ SECRETS = (PASSWORD, API_KEY, WRONG_KEY)
 
 
 @pytest.mark.slow
-def test_no_secret_in_logs_answers_status_or_traces(receiver: Receiver, tmp_path: Path) -> None:  # noqa: F811
+def test_no_secret_in_logs_answers_status_or_traces(receiver: Receiver, tmp_path: Path) -> None:
     port = free_port()
     with EmbeddedServer(store_dir=tmp_path / "nats", user="svc", password=PASSWORD) as server:
         env = {
