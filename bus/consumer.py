@@ -106,6 +106,7 @@ class Consumer:
         self._context = contextvars.copy_context()
         self._sub: Any = None
         self._stopping = False
+        self._stopped = False  # the workers are gone: what still arrives is handed back
         self.delivered = 0  # counters, for tests and metrics
         self.dead_lettered = 0
 
@@ -158,6 +159,7 @@ class Consumer:
         them after `ack_wait`, to this process or another.
         """
         self._stopping = True
+        self._flush_batch()  # a partial batch waiting for company is handled now, not after
         self._wake.set()
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -166,6 +168,7 @@ class Consumer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
+        self._stopped = True
         for task in [*self._workers, *self._tasks]:
             task.cancel()
         if self._sub is not None:
@@ -270,6 +273,10 @@ class Consumer:
 
     def _enqueue(self, job: Delivery | list[Delivery], messages: int) -> None:
         """Queue a message (or a batch) for the workers; it holds `messages` slots until done."""
+        if self._stopped:  # too late to handle here: JetStream delivers it again at once
+            for msg in [job] if isinstance(job, Delivery) else job:
+                self._settle(msg, b"-NAK")
+            return
         self._in_flight += messages
         self._idle.clear()
         self._ready.append(job)
@@ -279,9 +286,11 @@ class Consumer:
         """Wake one sleeping worker, unless one is already on its way. A worker that leaves
         jobs behind rouses the next, so handlers that wait overlap, while handlers that never
         wait run back to back in one worker without a trip through the event loop."""
-        if not self._rousing and self._sleepers:
-            self._rousing = True
-            self._sleepers.popleft().set_result(None)
+        while not self._rousing and self._sleepers:
+            wake_up = self._sleepers.popleft()
+            if not wake_up.done():  # (a stopped worker's is cancelled)
+                self._rousing = True
+                wake_up.set_result(None)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

@@ -233,6 +233,31 @@ async def test_batch_handler_gets_bounded_lists_and_retries_failed_batches(jobs:
     assert sorted(set(titles), key=int) == [str(i) for i in range(35)]
 
 
+async def test_stopping_handles_a_partial_batch_still_waiting_for_company(
+    jobs: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch shorter than batch_size waits BATCH_LINGER for more; a stop in that moment
+    handles it (and nothing fires into the stopped consumer afterwards)."""
+    monkeypatch.setattr("bus.consumer.BATCH_LINGER", 0.5)
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+    handled: list[str] = []
+
+    async def index(batch: list[Envelope[JobCreated]]) -> None:
+        handled.extend(env.event.title for env in batch)
+
+    await jobs.publish_many((JobCreated(title=str(i)), f"p{i}") for i in range(5))
+    consumer = await jobs.consume(index, durable="lingering", batch_size=100)
+    await eventually(lambda: consumer.delivered == 5)
+    assert handled == []  # still lingering
+    await consumer.stop()
+    assert sorted(handled) == ["0", "1", "2", "3", "4"]
+    await asyncio.sleep(0.6)  # past the linger: its timer finds nothing to do
+    assert errors == []
+    info = await jobs.js.consumer_info("JOBS", "lingering")
+    assert info.num_ack_pending == 0
+
+
 async def test_a_long_handler_keeps_its_message_alive(jobs: Bus) -> None:
     calls = 0
 
