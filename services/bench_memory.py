@@ -16,7 +16,7 @@ import msgspec
 
 from bus import Bus, StreamSpec
 
-from .bench import BenchEvent, _event
+from .bench import _bus_consume, _event
 
 
 class Peaks(msgspec.Struct):
@@ -52,18 +52,7 @@ def _child(url: str, stream: str, handle: int) -> float:
 
 async def _consume(url: str, stream: str, handle: int) -> None:
     async with Bus(url) as bus:
-        done = asyncio.Event()
-        seen = 0
-
-        async def count(event: BenchEvent) -> None:
-            nonlocal seen
-            seen += 1
-            if seen >= handle:
-                done.set()
-
-        consumer = await bus.consume(count, durable=f"memory{handle}", concurrency=100)
-        await done.wait()
-        await consumer.stop()
+        await _bus_consume(f"memory{handle}", handle, bus)()
         await bus.js.delete_consumer(stream, f"memory{handle}")
 
 
