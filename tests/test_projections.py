@@ -290,7 +290,7 @@ async def test_a_lost_or_overrun_tail_falls_back_to_reading(
 ) -> None:
     """A consumer deleted under it, or more pushed than it may hold: the projection reads,
     misses nothing, and follows again once caught up."""
-    monkeypatch.setattr("bus.projector.TAIL_BACKLOG", 3)
+    monkeypatch.setattr("bus.feed.TAIL_BACKLOG", 3)
     projection = totals()
     view = ProjectionView(counters, projection)
     ops = [(k, n) for n in range(1, 40) if n != 13 for k in "xyz"]  # 13: refused
