@@ -5,22 +5,17 @@ so every message and status is matched to the request that asked for it. A pull 
 for more messages than there are free handler slots, which bounds memory and in-flight work.
 Pull requests carry an idle heartbeat: when the server goes quiet (restart, leader change)
 the requests are forgotten and reissued, so the consumer resumes by itself.
-
-Handlers run in `concurrency` long-lived worker tasks fed from a queue, not in a task per
-message: a handler that never waits costs no task at all, and one that waits hands the queue
-to the next worker. Each message still gets a fresh copy of the starter's context.
+Handlers run in `concurrency` long-lived workers (bus.workers), not in a task per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import itertools
 import logging
 import time
-from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -38,6 +33,7 @@ from .errors import BusError, DecodeError, OutboundBufferFull, StreamError
 from .events import Event, EventRegistry
 from .publish import Publisher
 from .subscribe import HandlerSpec
+from .workers import Workers
 
 log = logging.getLogger("bus.consumer")
 
@@ -97,13 +93,11 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._batch: list[Delivery] = []
-        self._ready: deque[Delivery | list[Delivery]] = deque()  # jobs for the workers
-        self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers' wake-ups
-        self._rousing = False  # a worker was woken and has not looked at the queue yet
-        self._workers: list[asyncio.Task[None]] = []
+        self._workers: Workers[Delivery | list[Delivery]] = Workers(
+            spec.concurrency, self._run, self._finished, spec.durable
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._context = contextvars.copy_context()
         self._sub: Any = None
         self._stopping = False
         self._stopped = False  # the workers are gone: what still arrives is handed back
@@ -140,16 +134,12 @@ class Consumer:
             raise StreamError(f"consumer {self.spec.durable!r} on {self.stream!r}: {exc}") from None
 
     async def start(self) -> None:
-        # Handlers run in a copy of the starter's context (as tasks it created would), not
-        # in the connection's reader task where the lane delivers.
-        self._context = contextvars.copy_context()
         await self.ensure()
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.open_lane(f"{self._inbox}.*", self._on_message)
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"handle {self.spec.durable}")
-            for _ in range(self.spec.concurrency)
-        ]
+        # Handlers run in copies of the starter's context (as tasks it created would), not
+        # in the connection's reader task where the lane delivers.
+        self._workers.start()
         self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull {self.spec.durable}")
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -169,7 +159,8 @@ class Consumer:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         self._stopped = True
-        for task in [*self._workers, *self._tasks]:
+        self._workers.stop()
+        for task in self._tasks:
             task.cancel()
         if self._sub is not None:
             self._nc.close_lane(self._sub)
@@ -279,41 +270,13 @@ class Consumer:
             return
         self._in_flight += messages
         self._idle.clear()
-        self._ready.append(job)
-        self._rouse()
+        self._workers.put(job)
 
-    def _rouse(self) -> None:
-        """Wake one sleeping worker, unless one is already on its way. A worker that leaves
-        jobs behind rouses the next, so handlers that wait overlap, while handlers that never
-        wait run back to back in one worker without a trip through the event loop."""
-        while not self._rousing and self._sleepers:
-            wake_up = self._sleepers.popleft()
-            if not wake_up.done():  # (a stopped worker's is cancelled)
-                self._rousing = True
-                wake_up.set_result(None)
+    def _run(self, job: Delivery | list[Delivery]) -> Coroutine[Any, Any, None]:
+        return self._run_one(job) if isinstance(job, Delivery) else self._run_batch(job)
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._ready:
-                wake_up = loop.create_future()
-                self._sleepers.append(wake_up)
-                await wake_up
-                self._rousing = False
-                continue
-            job = self._ready.popleft()
-            if self._ready:
-                self._rouse()
-            if isinstance(job, Delivery):
-                run, messages = self._run_one(job), 1
-            else:
-                run, messages = self._run_batch(job), len(job)
-            try:
-                await _InContext(run, self._context.copy())
-            except Exception:  # a bug of ours: say so, and keep the worker
-                log.exception("consumer %s: handling a message failed", self.spec.durable)
-            finally:
-                self._release(messages)
+    def _finished(self, job: Delivery | list[Delivery]) -> None:
+        self._release(1 if isinstance(job, Delivery) else len(job))
 
     def _release(self, messages: int) -> None:
         self._in_flight -= messages
@@ -483,30 +446,6 @@ class Consumer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-class _InContext:
-    """Awaits a coroutine with each of its steps run in `context`, as a task of its own would
-    run it (its context variables stay its own), inside the worker's task."""
-
-    __slots__ = ("_context", "_coro")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
-        self._coro, self._context = coro, context
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        run, send, throw = self._context.run, self._coro.send, self._coro.throw
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = run(send, value) if error is None else run(throw, error)
-            except StopIteration:
-                return
-            try:
-                value, error = (yield step), None
-            except BaseException as exc:  # cancellation, thrown in by the worker's task
-                value, error = None, exc
 
 
 def _ack_metadata(reply: str) -> tuple[int, int]:

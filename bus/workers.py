@@ -1,0 +1,106 @@
+"""Handler workers: a fixed number of long-lived tasks fed from a queue, not a task per job.
+
+A handler that never waits costs no task and no trip through the event loop: jobs run back
+to back in one worker. A worker that leaves jobs behind rouses the next, so handlers that do
+wait overlap, up to the number of workers. Each job still runs as a task of its own would: in
+a fresh copy of the starter's context (what it sets in a context variable stays its own), in
+a task it has to itself while it waits (so `asyncio.timeout` cancels that job alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar
+
+J = TypeVar("J")
+log = logging.getLogger("bus.consumer")
+
+
+class Workers(Generic[J]):
+    """Runs `handle(job)` for every job `put`, then `done(job)`, in `count` worker tasks."""
+
+    def __init__(
+        self,
+        count: int,
+        handle: Callable[[J], Coroutine[Any, Any, None]],
+        done: Callable[[J], None],
+        name: str,
+    ) -> None:
+        self._count, self._handle, self._done, self._name = count, handle, done, name
+        self._ready: deque[J] = deque()
+        self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers' wake-ups
+        self._rousing = False  # a worker was woken and has not looked at the queue yet
+        self._tasks: list[asyncio.Task[None]] = []
+        self._context = contextvars.copy_context()
+
+    def start(self) -> None:
+        """Start the workers; jobs run in copies of the caller's context."""
+        self._context = contextvars.copy_context()
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"handle {self._name}")
+            for _ in range(self._count)
+        ]
+
+    def put(self, job: J) -> None:
+        self._ready.append(job)
+        self._rouse()
+
+    def stop(self) -> None:
+        """Cancel the workers; jobs still queued are dropped (their messages redelivered)."""
+        for task in self._tasks:
+            task.cancel()
+
+    def _rouse(self) -> None:
+        """Wake one sleeping worker, unless one is already on its way."""
+        while not self._rousing and self._sleepers:
+            wake_up = self._sleepers.popleft()
+            if not wake_up.done():  # (a stopped worker's is cancelled)
+                self._rousing = True
+                wake_up.set_result(None)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._ready:
+                wake_up = loop.create_future()
+                self._sleepers.append(wake_up)
+                await wake_up
+                self._rousing = False
+                continue
+            job = self._ready.popleft()
+            if self._ready:
+                self._rouse()
+            try:
+                await _InContext(self._handle(job), self._context.copy())
+            except Exception:  # a bug of ours: say so, and keep the worker
+                log.exception("consumer %s: handling a message failed", self._name)
+            finally:
+                self._done(job)
+
+
+class _InContext:
+    """Awaits a coroutine with each of its steps run in `context`, as a task of its own would
+    run it (its context variables stay its own), inside the worker's task."""
+
+    __slots__ = ("_context", "_coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
+        self._coro, self._context = coro, context
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        run, send, throw = self._context.run, self._coro.send, self._coro.throw
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = run(send, value) if error is None else run(throw, error)
+            except StopIteration:
+                return
+            try:
+                value, error = (yield step), None
+            except BaseException as exc:  # cancellation, thrown in by the worker's task
+                value, error = None, exc
