@@ -187,12 +187,12 @@ class Publisher:
                 replies[i] = data
             # An ack is final; so is "no responders" where no stream captures the subject.
             refused = {
-                _capture_filter(outs[i].subject) for i in todo if replies[i] is _NO_RESPONDERS
+                i: _capture_filter(outs[i].subject) for i in todo if replies[i] is _NO_RESPONDERS
             }
-            led = await self._led(refused, deadline - loop.time()) if refused else set()
-            todo = [
-                i for i in todo if replies[i] is None or _capture_filter(outs[i].subject) in led
-            ]
+            led = (
+                await self._led(set(refused.values()), deadline - loop.time()) if refused else set()
+            )
+            todo = [i for i in todo if replies[i] is None or refused.get(i) in led]
             for i in todo:
                 replies[i] = None  # if it stays so, the publish timed out
             if not todo or loop.time() + pause >= deadline:
