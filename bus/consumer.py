@@ -2,7 +2,9 @@
 
 Pulls go out as plain `$JS.API.CONSUMER.MSG.NEXT` requests, each with its own reply subject,
 so every message and status is matched to the request that asked for it. A pull never asks
-for more messages than there are free handler slots, which bounds memory and in-flight work.
+for more messages than the consumer may hold: its handler slots, plus as many as the handlers
+get through in `AHEAD_SECONDS` (at most `MAX_AHEAD`). Fast handlers then never wait for a
+pull's round trip, slow ones hold little more than they can start, and memory stays bounded.
 Pull requests carry an idle heartbeat: when the server goes quiet (restart, leader change)
 the requests are forgotten and reissued, so the consumer resumes by itself.
 Handlers run in `concurrency` long-lived workers (bus.workers), not in a task per message.
@@ -39,6 +41,8 @@ log = logging.getLogger("bus.consumer")
 
 ACK, TERM, IN_PROGRESS = b"+ACK", b"+TERM", b"+WPI"
 BATCH_LINGER = 0.02  # seconds a partial batch waits for more messages
+AHEAD_SECONDS = 0.05  # hold, beyond the handler slots, what the handlers get through in this
+MAX_AHEAD = 512  # messages
 _encode = msgspec.json.Encoder().encode
 
 
@@ -88,8 +92,9 @@ class Consumer:
         self._requested = 0  # messages asked for and not yet delivered
         self._in_flight = 0
         self._wake = asyncio.Event()
-        self._low_water = max(1, spec.slots // 4)  # pull again once this many slots are free
-        self._working: dict[Delivery, float] = {}  # in the handler since (monotonic)
+        self._capacity = spec.slots  # messages it may hold (see `_hold`)
+        self._low_water = max(1, spec.slots // 4)  # pull again once this many are free
+        self._held: dict[Delivery, float] = {}  # queued or in a handler, since (monotonic)
         self._idle = asyncio.Event()
         self._idle.set()
         self._batch: list[Delivery] = []
@@ -107,6 +112,11 @@ class Consumer:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def capacity(self) -> int:
+        """Messages it may hold now: its handler slots plus the read-ahead (see `_hold`)."""
+        return self._capacity
 
     def consumer_config(self) -> ConsumerConfig:
         subjects = list(self.spec.subjects)
@@ -176,12 +186,21 @@ class Consumer:
     # -- pulling ------------------------------------------------------------------------------
 
     def _free(self) -> int:
-        return self.spec.slots - self._in_flight - len(self._batch) - self._requested
+        return self._capacity - self._in_flight - len(self._batch) - self._requested
+
+    def _hold(self) -> None:
+        """How many messages to hold: the handler slots, and what the handlers get through in
+        AHEAD_SECONDS by their measured pace (none until a job has been timed)."""
+        per_job = self._workers.seconds_per_job
+        jobs = self.spec.concurrency * AHEAD_SECONDS / per_job if per_job else 0
+        self._capacity = self.spec.slots + min(MAX_AHEAD, int(jobs) * self.spec.batch_size)
+        self._low_water = max(1, self._capacity // 4)
 
     async def _pull_loop(self) -> None:
         while not self._stopping:
             self._expire_silent_pulls()
             self._keep_alive()
+            self._hold()
             free = self._free()
             if free >= self._low_water or (free > 0 and not self._pulls):
                 await self._request(free)
@@ -270,13 +289,25 @@ class Consumer:
             return
         self._in_flight += messages
         self._idle.clear()
+        now = time.monotonic()
+        if isinstance(job, Delivery):
+            self._held[job] = now
+        else:
+            for msg in job:
+                self._held[msg] = now
         self._workers.put(job)
 
     def _run(self, job: Delivery | list[Delivery]) -> Coroutine[Any, Any, None]:
         return self._run_one(job) if isinstance(job, Delivery) else self._run_batch(job)
 
     def _finished(self, job: Delivery | list[Delivery]) -> None:
-        self._release(1 if isinstance(job, Delivery) else len(job))
+        if isinstance(job, Delivery):
+            del self._held[job]
+            self._release(1)
+            return
+        for msg in job:
+            del self._held[msg]
+        self._release(len(job))
 
     def _release(self, messages: int) -> None:
         self._in_flight -= messages
@@ -332,7 +363,6 @@ class Consumer:
             await self._dead_letter(msg, env)
             return
         token = current_envelope.set(env)
-        self._working[msg] = time.monotonic()
         outcome = "ok"
         try:
             if self.spec.wants_envelope:
@@ -346,7 +376,6 @@ class Consumer:
         else:
             self._settle(msg, ACK)
         finally:
-            del self._working[msg]
             current_envelope.reset(token)
         if telemetry.observers:
             telemetry.processed(self.spec.durable, outcome, time.perf_counter() - started)
@@ -370,8 +399,6 @@ class Consumer:
         if not envs:
             return
         started = time.monotonic()
-        for m, _ in envs:
-            self._working[m] = started
         outcome = "ok"
         try:
             await self.spec.fn([env for _, env in envs])
@@ -383,9 +410,6 @@ class Consumer:
         else:
             for msg, _ in envs:
                 self._settle(msg, ACK)
-        finally:
-            for m, _ in envs:
-                del self._working[m]
         if telemetry.observers:
             seconds = time.monotonic() - started
             telemetry.processed(self.spec.durable, outcome, seconds, len(envs))
@@ -430,15 +454,16 @@ class Consumer:
         self._nc.flush_soon()
 
     def _keep_alive(self) -> None:
-        """Tell JetStream that handlers running for a while are still working on their message.
+        """Tell JetStream that messages held for a while (queued, or in a handler running for
+        a while) are still being worked on, so they are not delivered again elsewhere.
 
         One sweep per pull-loop turn (at least every heartbeat) instead of a timer per message.
         """
         now = time.monotonic()
         stale = now - self.spec.ack_wait / 4
-        for msg, since in self._working.items():
+        for msg, since in self._held.items():
             if since < stale:
-                self._working[msg] = now
+                self._held[msg] = now
                 self._settle(msg, IN_PROGRESS)
 
     def _spawn_detached(self, coro: Any) -> None:

@@ -1,8 +1,9 @@
 """Handler workers: a fixed number of long-lived tasks fed from a queue, not a task per job.
 
 A handler that never waits costs no task and no trip through the event loop: jobs run back
-to back in one worker. A worker that leaves jobs behind rouses the next, so handlers that do
-wait overlap, up to the number of workers. Each job still runs as a task of its own would: in
+to back in one worker, which lets the loop run every `YIELD_EVERY` jobs so that what they
+settled (acks, the next pull) goes out while the rest are handled. A worker that leaves jobs
+behind rouses the next, so handlers that do wait overlap, up to the number of workers. Each job still runs as a task of its own would: in
 a fresh copy of the starter's context (what it sets in a context variable stays its own), in
 a task it has to itself while it waits (so `asyncio.timeout` cancels that job alone).
 """
@@ -12,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 J = TypeVar("J")
 log = logging.getLogger("bus.consumer")
+YIELD_EVERY = 32  # jobs a worker runs back to back before the loop gets a turn
+_WEIGHT = 0.05  # of the newest job in `seconds_per_job`
 
 
 class Workers(Generic[J]):
@@ -36,6 +40,7 @@ class Workers(Generic[J]):
         self._rousing = False  # a worker was woken and has not looked at the queue yet
         self._tasks: list[asyncio.Task[None]] = []
         self._context = contextvars.copy_context()
+        self.seconds_per_job = 0.0  # a moving mean of how long a job takes; 0 until one has
 
     def start(self) -> None:
         """Start the workers; jobs run in copies of the caller's context."""
@@ -64,21 +69,33 @@ class Workers(Generic[J]):
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        clock = time.perf_counter
+        in_a_row = 0
         while True:
             if not self._ready:
                 wake_up = loop.create_future()
                 self._sleepers.append(wake_up)
                 await wake_up
                 self._rousing = False
+                in_a_row = 0
                 continue
+            if in_a_row == YIELD_EVERY:
+                in_a_row = 0
+                await asyncio.sleep(0)
+                continue
+            in_a_row += 1
             job = self._ready.popleft()
             if self._ready:
                 self._rouse()
+            started = clock()
             try:
                 await _InContext(self._handle(job), self._context.copy())
             except Exception:  # a bug of ours: say so, and keep the worker
                 log.exception("consumer %s: handling a message failed", self._name)
             finally:
+                mean = self.seconds_per_job
+                took = clock() - started
+                self.seconds_per_job = mean + (took - mean) * _WEIGHT if mean else took
                 self._done(job)
 
 

@@ -147,6 +147,54 @@ async def test_concurrency_bounds_messages_in_flight(jobs: Bus) -> None:
     assert 0 < max(ack_pending) <= 8
 
 
+async def test_fast_handlers_read_ahead_and_slow_ones_hold_only_what_they_can_start(
+    jobs: Bus,
+) -> None:
+    """A handler that is quick gets its next messages before it asks (no round trip per
+    pull); one that takes a while is not sent more than it can start soon, so other
+    instances get the rest."""
+    fast_done = 0
+
+    async def fast(event: JobCreated) -> None:
+        nonlocal fast_done
+        fast_done += 1
+
+    await jobs.publish_many((JobCreated(title=str(i)), f"f{i}") for i in range(300))
+    quick = await jobs.consume(fast, durable="quick", concurrency=1)
+    await eventually(lambda: fast_done == 300)
+    assert 1 < quick.capacity <= 1 + 512
+
+    async def slow(event: JobCreated) -> None:
+        await asyncio.sleep(0.1)
+
+    patient = await jobs.consume(slow, durable="patient", concurrency=2)
+    ack_pending = []
+    for _ in range(20):
+        info = await jobs.js.consumer_info("JOBS", "patient")
+        ack_pending.append(info.num_ack_pending)
+        await asyncio.sleep(0.05)
+    assert patient.capacity <= 3  # 2 slots + what 2 handlers of 0.1 s finish in 0.05 s
+    assert 0 < max(ack_pending) <= 2 * patient.capacity  # (acks may trail the next pull)
+
+
+async def test_messages_waiting_behind_a_slow_handler_are_kept_alive(jobs: Bus) -> None:
+    """Messages read ahead wait their turn without being delivered again elsewhere."""
+    handled: list[str] = []
+
+    async def handle(event: JobCreated) -> None:
+        handled.append(event.title)
+        if event.title == "10":
+            await asyncio.sleep(2.5)  # the rest wait behind it, well past ack_wait
+
+    await jobs.publish_many((JobCreated(title=str(i)), f"k{i}") for i in range(40))
+    await jobs.consume(handle, durable="queued", concurrency=1, ack_wait=1.0)
+    await eventually(lambda: len(handled) == 40, timeout=10)
+    await asyncio.sleep(1.5)
+    assert sorted(handled, key=int) == [str(i) for i in range(40)]
+    info = await jobs.js.consumer_info("JOBS", "queued")
+    assert info.num_redelivered == 0
+
+
 LEAK: contextvars.ContextVar[str] = contextvars.ContextVar("leak", default="")
 
 
