@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -87,6 +88,14 @@ class Connection(Client):
             cmd = b"".join((head, headers, payload, b"\r\n"))
         else:
             cmd = b"".join((f"PUB {target} {len(payload)}\r\n".encode(), payload, b"\r\n"))
+        self._pend(cmd)
+
+    def reply(self, subject: bytes, payload: bytes) -> None:
+        """`buffer` for a reply to a message (an ack), its subject still the bytes it came as."""
+        cmd = b"PUB %b %d\r\n%b\r\n" % (subject, len(payload), payload)
+        self._pend(cmd)
+
+    def _pend(self, cmd: bytes) -> None:
         if not self.is_connected and len(cmd) + self._pending_data_size > self._max_pending_size:
             raise OutboundBufferFull(self._max_pending_size)
         self._pending.append(cmd)
@@ -103,38 +112,61 @@ class Connection(Client):
 
 class _LaneParser(Parser):
     """nats-py's protocol parser with a fast path for the messages themselves (MSG, HMSG):
-    the control line split rather than matched by regular expressions (two per message), and
-    lane messages handed over without a coroutine. Every other line goes the usual way."""
+    the control line split rather than matched by regular expressions (two per message), the
+    buffer read through one view and cut once per read rather than once per message, and lane
+    messages handed over without a coroutine. Every other line goes the usual way."""
 
     nc: Connection
 
     async def parse(self, data: bytes = b"") -> None:
+        self.buf.extend(data)
+        while self.buf:
+            if self.state == AWAITING_CONTROL_LINE and self.buf[0] not in b"HM":
+                await super().parse()  # PING, INFO, +OK, -ERR...: the usual way
+                return
+            found = self._deliver()
+            if found is _INCOMPLETE:
+                return
+            if found is not _OTHER:
+                await self.nc._process_msg(*found)  # no lane: the usual way
+
+    def _deliver(self) -> tuple[Any, ...]:
+        """Hand the messages at the front of the buffer to their lanes, up to one without a
+        lane (returned), one not all here yet (_INCOMPLETE), or another kind of line (_OTHER)."""
         buf = self.buf
-        buf.extend(data)
-        while buf:
-            if self.state == AWAITING_CONTROL_LINE:
-                kind = buf[:4]
-                if kind != b"HMSG" and kind != b"MSG ":
-                    await super().parse()  # PING, INFO, +OK, -ERR...: the usual way
-                    return
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    return  # the rest of the line is still on its way
-                self._control_line(bytes(buf[4:end]).split(), headed=kind == b"HMSG")
-                del buf[: end + 2]
-            needed = self.needed
-            if len(buf) < needed + 2:
-                return  # the rest of the payload is still on its way
-            size = self.header_needed
-            headers = bytes(buf[:size]) if size else None
-            payload = bytes(buf[size:needed])
-            del buf[: needed + 2]
-            self.header_needed = 0
-            self.state = AWAITING_CONTROL_LINE
-            arg = self.msg_arg
-            sid, subject, reply = arg["sid"], arg["subject"], arg["reply"]
-            if not self.nc.to_lane(sid, subject, reply, payload, headers):
-                await self.nc._process_msg(sid, subject, reply, payload, headers)  # type: ignore[arg-type]
+        view = memoryview(buf)
+        at, size = 0, len(buf)
+        found = _OTHER
+        try:
+            while at < size:
+                if self.state == AWAITING_CONTROL_LINE:
+                    if buf[at] not in b"HM":
+                        break
+                    eol = buf.find(b"\r\n", at)
+                    if eol < 0:
+                        found = _INCOMPLETE
+                        break
+                    self._control_line(view[at + 4 : eol].tobytes().split(), buf[at] == 72)
+                    at = eol + 2
+                needed = self.needed
+                if size - at < needed + 2:
+                    found = _INCOMPLETE
+                    break
+                head = self.header_needed
+                headers = view[at : at + head].tobytes() if head else None
+                payload = view[at + head : at + needed].tobytes()
+                at += needed + 2
+                self.header_needed = 0
+                self.state = AWAITING_CONTROL_LINE
+                arg = self.msg_arg
+                sid, subject, reply = arg["sid"], arg["subject"], arg["reply"]
+                if not self.nc.to_lane(sid, subject, reply, payload, headers):
+                    found = (sid, subject, reply, payload, headers)
+                    break
+        finally:
+            view.release()
+            del buf[:at]
+        return found
 
     def _control_line(self, args: list[bytes], headed: bool) -> None:
         """`MSG <subject> <sid> [reply] <size>`, `HMSG ... [reply] <header size> <size>`."""
@@ -149,6 +181,10 @@ class _LaneParser(Parser):
         except (ValueError, IndexError):
             raise ProtocolError("nats: malformed MSG") from None
         self.state = AWAITING_MSG_PAYLOAD
+
+
+_INCOMPLETE: tuple[Any, ...] = ()  # (markers `_deliver` returns, told apart by identity)
+_OTHER: tuple[Any, ...] = ("other",)
 
 
 def parse_headers(raw: bytes) -> tuple[str | None, dict[str, str]]:

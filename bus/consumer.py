@@ -55,11 +55,12 @@ class _Pull:
 
 
 class Delivery:
-    """One message as the lane hands it over: no nats-py Msg, headers parsed once."""
+    """One message as the lane hands it over: no nats-py Msg, headers parsed once, the ack
+    subject kept as the bytes it is written back as."""
 
     __slots__ = ("data", "headers", "reply", "subject")
 
-    def __init__(self, subject: str, reply: str, data: bytes, headers: dict[str, str]) -> None:
+    def __init__(self, subject: str, reply: bytes, data: bytes, headers: dict[str, str]) -> None:
         self.subject, self.reply, self.data, self.headers = subject, reply, data, headers
 
 
@@ -250,7 +251,7 @@ class Consumer:
                     if status == "503":  # no responders: the consumer is gone; recreate it
                         self._spawn_detached(self._recreate())
             return
-        msg = Delivery(subject.decode(), reply.decode(), data, headers)
+        msg = Delivery(subject.decode(), reply, data, headers)
         # Messages keep their own subject; JetStream fills waiting pulls oldest first.
         if self._pulls:
             pull_id, pull = next(iter(self._pulls.items()))
@@ -298,7 +299,9 @@ class Consumer:
         self._workers.put(job)
 
     def _run(self, job: Delivery | list[Delivery]) -> Coroutine[Any, Any, None]:
-        return self._run_one(job) if isinstance(job, Delivery) else self._run_batch(job)
+        if not isinstance(job, Delivery):
+            return self._run_batch(job)
+        return self._handle_one(job, None) if telemetry.tracer() is None else self._run_one(job)
 
     def _finished(self, job: Delivery | list[Delivery]) -> None:
         if isinstance(job, Delivery):
@@ -341,9 +344,6 @@ class Consumer:
         return env
 
     async def _run_one(self, msg: Delivery) -> None:
-        if telemetry.tracer() is None:
-            await self._handle_one(msg, None)
-            return
         token = telemetry.enter_unsampled(msg.headers)
         if token is not None:  # the cheap path for the traces the sampler left out
             try:
@@ -448,7 +448,7 @@ class Consumer:
     def _settle(self, msg: Delivery, verb: bytes) -> None:
         """Ack, nak or term; a settle lost to a disconnect means a redelivery, never a loss."""
         try:  # (not contextlib.suppress: this runs once per message)
-            self._nc.buffer(msg.reply, verb)
+            self._nc.reply(msg.reply, verb)
         except OutboundBufferFull:
             return
         self._nc.flush_soon()
@@ -473,8 +473,8 @@ class Consumer:
         task.add_done_callback(self._tasks.discard)
 
 
-def _ack_metadata(reply: str) -> tuple[int, int]:
+def _ack_metadata(reply: bytes) -> tuple[int, int]:
     """(stream sequence, delivery count) from a JetStream ack subject (v1 or v2 form)."""
-    tokens = reply.split(".")
+    tokens = reply.split(b".")
     offset = 2 if len(tokens) >= 11 else 0  # v2 adds domain and account hash
     return int(tokens[5 + offset]), int(tokens[4 + offset])

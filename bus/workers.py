@@ -88,36 +88,59 @@ class Workers(Generic[J]):
             if self._ready:
                 self._rouse()
             started = clock()
+            coro, context = self._handle(job), self._context.copy()
             try:
-                await _InContext(self._handle(job), self._context.copy())
+                step = context.run(coro.send, None)  # most jobs end in their first step
+            except StopIteration:
+                pass
             except Exception:  # a bug of ours: say so, and keep the worker
                 log.exception("consumer %s: handling a message failed", self._name)
-            finally:
-                mean = self.seconds_per_job
-                took = clock() - started
-                self.seconds_per_job = mean + (took - mean) * _WEIGHT if mean else took
-                self._done(job)
+            else:
+                await self._resume(job, coro, context, step, started)
+                continue
+            self._finish(job, clock() - started)
+
+    async def _resume(
+        self,
+        job: J,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+        step: Any,
+        started: float,
+    ) -> None:
+        """The rest of a job that waits: awaited in the worker's task, in the job's context."""
+        try:
+            await _InContext(coro, context, step)
+        except Exception:  # a bug of ours: say so, and keep the worker
+            log.exception("consumer %s: handling a message failed", self._name)
+        finally:
+            self._finish(job, time.perf_counter() - started)
+
+    def _finish(self, job: J, took: float) -> None:
+        mean = self.seconds_per_job
+        self.seconds_per_job = mean + (took - mean) * _WEIGHT if mean else took
+        self._done(job)
 
 
 class _InContext:
-    """Awaits a coroutine with each of its steps run in `context`, as a task of its own would
-    run it (its context variables stay its own), inside the worker's task."""
+    """Awaits the rest of a started coroutine (its first step yielded `step`), each step run
+    in `context` as a task of its own would run it (its context variables stay its own),
+    inside the worker's task."""
 
-    __slots__ = ("_context", "_coro")
+    __slots__ = ("_context", "_coro", "_step")
 
-    def __init__(self, coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
-        self._coro, self._context = coro, context
+    def __init__(self, coro: Coroutine[Any, Any, None], context: contextvars.Context, step: Any):
+        self._coro, self._context, self._step = coro, context, step
 
     def __await__(self) -> Generator[Any, Any, None]:
         run, send, throw = self._context.run, self._coro.send, self._coro.throw
-        value: Any = None
-        error: BaseException | None = None
+        step = self._step
         while True:
-            try:
-                step = run(send, value) if error is None else run(throw, error)
-            except StopIteration:
-                return
             try:
                 value, error = (yield step), None
             except BaseException as exc:  # cancellation, thrown in by the worker's task
                 value, error = None, exc
+            try:
+                step = run(send, value) if error is None else run(throw, error)
+            except StopIteration:
+                return
