@@ -132,57 +132,70 @@ class _LaneParser(Parser):
 
     def _deliver(self) -> tuple[Any, ...]:
         """Hand the messages at the front of the buffer to their lanes, up to one without a
-        lane (returned), one not all here yet (_INCOMPLETE), or another kind of line (_OTHER)."""
-        buf = self.buf
+        lane (returned), one not all here yet (_INCOMPLETE), or another kind of line (_OTHER).
+
+        The message being read lives in locals; nats-py's fields hold it only across reads."""
+        buf, lanes = self.buf, self.nc._lanes
         view = memoryview(buf)
-        at, size = 0, len(buf)
+        at, size, count, volume = 0, len(buf), 0, 0
         found = _OTHER
         try:
             while at < size:
                 if self.state == AWAITING_CONTROL_LINE:
-                    if buf[at] not in b"HM":
+                    kind = buf[at]
+                    if kind != _H and kind != _M:
                         break
                     eol = buf.find(b"\r\n", at)
                     if eol < 0:
                         found = _INCOMPLETE
                         break
-                    self._control_line(view[at + 4 : eol].tobytes().split(), buf[at] == 72)
+                    args = view[at + 4 : eol].tobytes().split()
+                    sid, subject, reply, head, needed = _control_line(args, kind == _H)
                     at = eol + 2
-                needed = self.needed
+                else:  # its control line came with an earlier read
+                    arg, head, needed = self.msg_arg, self.header_needed, self.needed
+                    sid, subject, reply = arg["sid"], arg["subject"], arg["reply"]
+                    self.state, self.header_needed = AWAITING_CONTROL_LINE, 0
                 if size - at < needed + 2:
+                    self.msg_arg.update(sid=sid, subject=subject, reply=reply)
+                    self.header_needed, self.needed = head, needed
+                    self.state = AWAITING_MSG_PAYLOAD
                     found = _INCOMPLETE
                     break
-                head = self.header_needed
                 headers = view[at : at + head].tobytes() if head else None
                 payload = view[at + head : at + needed].tobytes()
                 at += needed + 2
-                self.header_needed = 0
-                self.state = AWAITING_CONTROL_LINE
-                arg = self.msg_arg
-                sid, subject, reply = arg["sid"], arg["subject"], arg["reply"]
-                if not self.nc.to_lane(sid, subject, reply, payload, headers):
+                lane = lanes.get(sid)
+                if lane is None:
                     found = (sid, subject, reply, payload, headers)
                     break
+                count += 1
+                volume += needed - head
+                lane(subject, reply, payload, headers)
         finally:
             view.release()
             del buf[:at]
+            self.nc.stats["in_msgs"] += count
+            self.nc.stats["in_bytes"] += volume
         return found
 
-    def _control_line(self, args: list[bytes], headed: bool) -> None:
-        """`MSG <subject> <sid> [reply] <size>`, `HMSG ... [reply] <header size> <size>`."""
-        try:
-            self.needed = int(args.pop())
-            self.header_needed = int(args.pop()) if headed else 0
-            if len(args) not in (2, 3):
-                raise ValueError
-            self.msg_arg["subject"] = args[0]
-            self.msg_arg["sid"] = int(args[1])
-            self.msg_arg["reply"] = args[2] if len(args) == 3 else b""
-        except (ValueError, IndexError):
-            raise ProtocolError("nats: malformed MSG") from None
-        self.state = AWAITING_MSG_PAYLOAD
+
+def _control_line(args: list[bytes], headed: bool) -> tuple[int, bytes, bytes, int, int]:
+    """(sid, subject, reply, header size, size) from `MSG <subject> <sid> [reply] <size>` or
+    `HMSG <subject> <sid> [reply] <header size> <size>`."""
+    try:
+        needed = int(args.pop())
+        head = int(args.pop()) if headed else 0
+        if len(args) == 2:
+            return int(args[1]), args[0], b"", head, needed
+        if len(args) == 3:
+            return int(args[1]), args[0], args[2], head, needed
+    except (ValueError, IndexError):
+        pass
+    raise ProtocolError("nats: malformed MSG")
 
 
+_H, _M = b"HM"  # what HMSG and MSG lines start with
 _INCOMPLETE: tuple[Any, ...] = ()  # (markers `_deliver` returns, told apart by identity)
 _OTHER: tuple[Any, ...] = ("other",)
 

@@ -47,10 +47,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 class _Pull:
-    __slots__ = ("last_seen", "remaining")
+    __slots__ = ("id", "last_seen", "remaining")
 
-    def __init__(self, size: int) -> None:
-        self.remaining = size
+    def __init__(self, pull_id: str, size: int) -> None:
+        self.id, self.remaining = pull_id, size
         self.last_seen = time.monotonic()
 
 
@@ -217,7 +217,7 @@ class Consumer:
             "expires": int(self._expires * 1e9),
             "idle_heartbeat": int(self._heartbeat * 1e9),
         }
-        self._pulls[pull_id] = _Pull(size)
+        self._pulls[pull_id] = _Pull(pull_id, size)
         self._requested += size
         # While disconnected this waits in the buffer; a pull that never reaches the server
         # is forgotten by the watchdog and asked again.
@@ -252,20 +252,21 @@ class Consumer:
                         self._spawn_detached(self._recreate())
             return
         msg = Delivery(subject.decode(), reply, data, headers)
+        now = time.monotonic()
         # Messages keep their own subject; JetStream fills waiting pulls oldest first.
         if self._pulls:
-            pull_id, pull = next(iter(self._pulls.items()))
+            pull = next(iter(self._pulls.values()))
             pull.remaining -= 1
             self._requested -= 1
-            pull.last_seen = time.monotonic()
+            pull.last_seen = now
             if pull.remaining == 0:
-                del self._pulls[pull_id]
+                del self._pulls[pull.id]
         elif self._free() <= 0 or self._stopping:  # from a forgotten pull, and no slot
             self._settle(msg, b"-NAK")
             return
         self.delivered += 1
         if not self.spec.batch:
-            self._enqueue(msg, 1)
+            self._enqueue(msg, 1, now)
             return
         self._batch.append(msg)
         if len(self._batch) >= self.spec.batch_size:
@@ -276,13 +277,13 @@ class Consumer:
     def _flush_batch(self) -> None:
         if self._batch:
             batch, self._batch = self._batch, []
-            self._enqueue(batch, len(batch))
+            self._enqueue(batch, len(batch), time.monotonic())
 
     async def _recreate(self) -> None:
         with contextlib.suppress(BusError):
             await self.ensure()
 
-    def _enqueue(self, job: Delivery | list[Delivery], messages: int) -> None:
+    def _enqueue(self, job: Delivery | list[Delivery], messages: int, now: float) -> None:
         """Queue a message (or a batch) for the workers; it holds `messages` slots until done."""
         if self._stopped:  # too late to handle here: JetStream delivers it again at once
             for msg in [job] if isinstance(job, Delivery) else job:
@@ -290,7 +291,6 @@ class Consumer:
             return
         self._in_flight += messages
         self._idle.clear()
-        now = time.monotonic()
         if isinstance(job, Delivery):
             self._held[job] = now
         else:
@@ -357,7 +357,7 @@ class Consumer:
             await self._handle_one(msg, span)
 
     async def _handle_one(self, msg: Delivery, span: Any) -> None:
-        started = time.perf_counter()
+        started = time.perf_counter() if telemetry.observers else 0.0
         env = self._admit(msg)
         if isinstance(env, str):
             await self._dead_letter(msg, env)

@@ -10,12 +10,14 @@ from nats.errors import ProtocolError
 from bus.connection import Connection
 
 Received = tuple[bytes, bytes, bytes, bytes | None]
+LANE, PLAIN = 7, 8  # a lane's subscription id, and one nats-py delivers the usual way
 
 
-def wire(messages: list[Received], sid: int = 7) -> bytes:
+def wire(messages: list[Received], sids: list[int] | None = None) -> bytes:
     """The server's MSG / HMSG lines for `messages`, with a +OK between some of them."""
     out = b""
     for n, (subject, reply, payload, headers) in enumerate(messages):
+        sid = sids[n] if sids else LANE
         target = b" ".join([subject, str(sid).encode(), *([reply] if reply else [])])
         if headers is None:
             out += b"MSG %s %d\r\n%s\r\n" % (target, len(payload), payload)
@@ -29,10 +31,25 @@ def wire(messages: list[Received], sid: int = 7) -> bytes:
     return out
 
 
-def receiver() -> tuple[Connection, list[Received]]:
-    conn = Connection()
+class _Recording(Connection):
+    """A connection whose messages without a lane are recorded where nats-py would queue
+    them to a subscription."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain: list[Received] = []
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        if not self.to_lane(sid, subject, reply, data, headers):
+            self.plain.append((subject, reply, data, headers))
+
+
+def receiver() -> tuple[_Recording, list[Received]]:
+    conn = _Recording()
     got: list[Received] = []
-    conn._lanes[7] = lambda *message: got.append(message)  # type: ignore[arg-type,misc]
+    conn._lanes[LANE] = lambda *message: got.append(message)
     return conn, got
 
 
@@ -61,6 +78,28 @@ async def test_messages_survive_any_split_of_the_stream(
     for start, end in zip([0, *points], [*points, len(data)], strict=True):
         await conn._ps.parse(data[start:end])
     assert got == messages
+    assert not conn._ps.buf
+    assert conn.stats["in_msgs"] == len(messages)
+    assert conn.stats["in_bytes"] == sum(len(payload) for _, _, payload, _ in messages)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    messages=messages_strategy,
+    lanes=st.lists(st.booleans(), min_size=12, max_size=12),
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+)
+async def test_lane_and_plain_messages_interleaved_each_reach_their_own(
+    messages: list[Received], lanes: list[bool], cuts: list[int]
+) -> None:
+    sids = [LANE if lane else PLAIN for lane in lanes[: len(messages)]]
+    data = wire(messages, sids)
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    conn, got = receiver()
+    for start, end in zip([0, *points], [*points, len(data)], strict=True):
+        await conn._ps.parse(data[start:end])
+    assert got == [m for m, sid in zip(messages, sids, strict=True) if sid == LANE]
+    assert conn.plain == [m for m, sid in zip(messages, sids, strict=True) if sid == PLAIN]
     assert not conn._ps.buf
 
 
