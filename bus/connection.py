@@ -91,9 +91,9 @@ class Connection(Client):
         self._pend(cmd)
 
     def reply(self, subject: bytes, payload: bytes) -> None:
-        """`buffer` for a reply to a message (an ack), its subject still the bytes it came as."""
-        cmd = b"PUB %b %d\r\n%b\r\n" % (subject, len(payload), payload)
-        self._pend(cmd)
+        """`send` for a reply to a message (an ack), its subject still the bytes it came as."""
+        self._pend(b"PUB %b %d\r\n%b\r\n" % (subject, len(payload), payload))
+        self.flush_soon()
 
     def _pend(self, cmd: bytes) -> None:
         if not self.is_connected and len(cmd) + self._pending_data_size > self._max_pending_size:

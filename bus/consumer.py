@@ -450,8 +450,7 @@ class Consumer:
         try:  # (not contextlib.suppress: this runs once per message)
             self._nc.reply(msg.reply, verb)
         except OutboundBufferFull:
-            return
-        self._nc.flush_soon()
+            pass
 
     def _keep_alive(self) -> None:
         """Tell JetStream that messages held for a while (queued, or in a handler running for
