@@ -13,6 +13,7 @@ on a second server with `sync_interval: always`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import tempfile
 import time
@@ -43,6 +44,7 @@ TARGETS: dict[str, float | None] = {
 }
 FSYNC_COST = "fsync cost"
 FETCH_BATCH = 100
+BACKLOG_RUNS = 5  # the consumer memory probe's backlog, in runs (100,000 events by default)
 
 
 class BenchEvent(Event):
@@ -80,6 +82,7 @@ class Case(msgspec.Struct):
 
 
 async def _rate(n: int, work: Callable[[], Awaitable[None]]) -> float:
+    gc.collect()  # the garbage of what ran before is not this case's to collect
     start = time.perf_counter()
     await work()
     return n / (time.perf_counter() - start)
@@ -106,7 +109,7 @@ async def run_bench(runs: int, messages: int, sync_interval: str, as_json: bool)
                     await _one_run(run, messages, nc, js, bus, cases)
                     await _pair(run, fsync, *_fsync_cost(messages, bus, synced))
                 console.print("memory: a consumer's peak RSS over a small and a large backlog…")
-                peaks = await probe(server.url, STREAM, backlog=20 * messages)
+                peaks = await probe(server.url, STREAM, backlog=BACKLOG_RUNS * messages)
             await nc.close()
         finally:
             server.stop()

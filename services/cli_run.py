@@ -55,7 +55,14 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
     "all: each of them, then a summary of every target.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--messages", type=click.IntRange(min=100), default=5000, show_default=True)
+@click.option(
+    "--messages",
+    type=click.IntRange(min=100),
+    default=20_000,
+    show_default=True,
+    help="Per case and run (messaging, tracing): long enough that starting a consumer (a few "
+    "ms) is not what is measured.",
+)
 @click.option(
     "--events",
     type=click.IntRange(min=1000),
