@@ -66,8 +66,12 @@ class _PubAck(msgspec.Struct):
 _decode_ack = msgspec.json.Decoder(_PubAck).decode
 
 
-class Outgoing(msgspec.Struct, frozen=True):
-    """One event ready for the wire."""
+class Outgoing(msgspec.Struct, frozen=True, gc=False):
+    """One event ready for the wire.
+
+    Not tracked by the garbage collector (it holds no cycles: our header dict, bytes, a span):
+    a publish_many of 20,000 held as many tracked objects, and full collections in the middle
+    of it cost up to 30 ms."""
 
     subject: str
     payload: bytes
