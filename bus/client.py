@@ -279,8 +279,7 @@ class Bus:
         if not pairs:
             return []
         with telemetry.publishing_batch(template_of(pairs[0][0]), len(pairs)) as trace:
-            outs = [self.publisher.prepare(e, agg, trace_headers=trace) for e, agg in pairs]
-            return await self.publisher.send_many(outs, timeout, return_exceptions)
+            return await self.publisher.publish_many(pairs, trace, timeout, return_exceptions)
 
     # -- consuming ----------------------------------------------------------------------------
 

@@ -447,7 +447,7 @@ class Consumer:
 
     def _settle(self, msg: Delivery, verb: bytes) -> None:
         """Ack, nak or term; a settle lost to a disconnect means a redelivery, never a loss."""
-        try:  # (not contextlib.suppress: this runs once per message)
+        try:  # noqa: SIM105 (not contextlib.suppress: this runs once per message)
             self._nc.reply(msg.reply, verb)
         except OutboundBufferFull:
             pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -114,13 +114,7 @@ class Publisher:
     ) -> Outgoing:
         """The event ready for the wire; `trace_headers` (a batch span's context) replace the
         span of its own an event otherwise gets while tracing is on."""
-        if not isinstance(event, Event):
-            raise TypeError(f"expected an Event, got {type(event).__name__}")
-        if not (event.__domain__ and event.__event_name__):
-            raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
-        # Domain and event name were validated when the class was made; only the id is new.
-        validate_token(aggregate_id, "aggregate id")
-        subject = f"{event.__domain__}.{aggregate_id}.{event.__event_name__}"
+        subject, payload = self.encode(event, aggregate_id)
         event_id = event_id or new_event_id()
         hdrs = build_headers(event, event_id, self._codec.mime, correlation_id, causation_id)
         if expected_version is not None:
@@ -128,12 +122,44 @@ class Publisher:
                 raise ValueError("expected_version must be >= 0 (0: the aggregate is new)")
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_version)
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = f"{event.__domain__}.{aggregate_id}.*"
-        payload = self._codec.encode(event)
-        if trace_headers is not None:
-            hdrs.update(trace_headers)
-            return Outgoing(subject, payload, hdrs, event_id)
-        span = telemetry.start_publish(template_of(event), event_id, hdrs, len(payload))
-        return Outgoing(subject, payload, hdrs, event_id, span)
+        return _outgoing(event, subject, payload, event_id, hdrs, trace_headers)
+
+    def encode(self, event: Event, aggregate_id: str) -> tuple[str, bytes]:
+        """The event's subject and payload: what can be wrong with it shows here."""
+        if not isinstance(event, Event):
+            raise TypeError(f"expected an Event, got {type(event).__name__}")
+        if not (event.__domain__ and event.__event_name__):
+            raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
+        # Domain and event name were validated when the class was made; only the id is new.
+        validate_token(aggregate_id, "aggregate id")
+        return f"{event.__domain__}.{aggregate_id}.{event.__event_name__}", self._codec.encode(event)
+
+    async def publish_many(
+        self,
+        pairs: Sequence[tuple[Event, str]],
+        trace_headers: dict[str, str] | None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[PublishResult | BusError]:
+        """`send_many` of the events, each made ready as the send loop reaches it, so the
+        server stores the first while the rest are made. Every event is encoded (and so
+        checked) before any is sent: one that cannot be fails the call with nothing sent."""
+        subjects: list[str] = []
+        payloads: list[bytes] = []  # (two lists, not 20,000 tuples for the collector to scan)
+        for event, aggregate_id in pairs:
+            subject, payload = self.encode(event, aggregate_id)
+            subjects.append(subject)
+            payloads.append(payload)
+        mime = self._codec.mime
+        outs: list[Outgoing] = []
+
+        def more() -> None:
+            for event, _ in pairs[len(outs) : len(outs) + YIELD_EVERY]:
+                n, event_id = len(outs), new_event_id()
+                hdrs = build_headers(event, event_id, mime)
+                outs.append(_outgoing(event, subjects[n], payloads[n], event_id, hdrs, trace_headers))
+
+        return await self.send_many(outs, timeout, return_exceptions, total=len(pairs), more=more)
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
@@ -146,13 +172,19 @@ class Publisher:
         outs: Sequence[Outgoing],
         timeout: float | None = None,
         return_exceptions: bool = False,
+        *,
+        total: int | None = None,
+        more: Callable[[], None] | None = None,
     ) -> list[PublishResult | BusError]:
-        """Publish all without waiting between them, then gather every ack (in order)."""
-        if not outs:
+        """Publish all without waiting between them, then gather every ack (in order).
+
+        `more`, when given, adds the next few of `total` to `outs` (a list), as they are due."""
+        total = len(outs) if total is None else total
+        if not total:
             return []
         started = time.perf_counter()
         try:
-            results = await self._send_many(outs, timeout)
+            results = await self._send_many(outs, timeout, total, more)
         except BusError as exc:
             _report(outs, [exc] * len(outs), started)
             raise
@@ -164,7 +196,11 @@ class Publisher:
         return results
 
     async def _send_many(
-        self, outs: Sequence[Outgoing], timeout: float | None
+        self,
+        outs: Sequence[Outgoing],
+        timeout: float | None,
+        total: int,
+        more: Callable[[], None] | None,
     ) -> list[PublishResult | BusError]:
         """Send, and send again what is not acknowledged within the timeout.
 
@@ -178,15 +214,15 @@ class Publisher:
         if not self._inbox:
             self._inbox = self._nc.new_inbox()
             await self._nc.open_lane(f"{self._inbox}.*", self._on_ack)
-        blocks: list[bytes | None] = [None] * len(outs)  # header blocks, made once
+        blocks: list[bytes | None] = [None] * total  # header blocks, made once
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        replies: list[bytes | None] = [None] * len(outs)
-        todo = list(range(len(outs)))
+        replies: list[bytes | None] = [None] * total
+        todo = list(range(total))
         pause = 0.05
         while True:
             wait = min(max(RETRY_AFTER, timeout / 4), deadline - loop.time())
-            got = await self._attempt(outs, todo, blocks, wait)
+            got = await self._attempt(outs, todo, blocks, wait, more)
             for i, data in zip(todo, got, strict=True):
                 replies[i] = data
             # An ack is final; so is "no responders" where no stream captures the subject.
@@ -203,6 +239,8 @@ class Publisher:
                 break
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_PAUSE)
+        while more is not None and len(outs) < total:  # (never sent: they timed out)
+            more()
         results: list[PublishResult | BusError] = []
         for out, data in zip(outs, replies, strict=True):
             try:
@@ -214,7 +252,12 @@ class Publisher:
         return results
 
     async def _attempt(
-        self, outs: Sequence[Outgoing], todo: list[int], blocks: list[bytes | None], wait: float
+        self,
+        outs: Sequence[Outgoing],
+        todo: list[int],
+        blocks: list[bytes | None],
+        wait: float,
+        more: Callable[[], None] | None,
     ) -> list[bytes | None]:
         """Send `outs[i]` for each i in `todo` once; the acks that came within `wait`, in
         `todo`'s order (None where none did). A message the server could never take is
@@ -230,6 +273,8 @@ class Publisher:
                     elif k % YIELD_EVERY == YIELD_EVERY - 1:
                         self._nc.flush_soon()
                         await asyncio.sleep(0)
+                    while i >= len(outs) and more is not None:
+                        more()
                     out, block = outs[i], blocks[i]
                     if block is None:
                         block = blocks[i] = encode_headers(out.headers) if out.headers else b""
@@ -333,6 +378,23 @@ class Publisher:
         batch, i = waiting
         no_stream = raw is not None and raw[9:12] == b"503"
         batch.settle(i, _NO_RESPONDERS if no_stream else data)
+
+
+def _outgoing(
+    event: Event,
+    subject: str,
+    payload: bytes,
+    event_id: str,
+    hdrs: dict[str, str],
+    trace_headers: dict[str, str] | None,
+) -> Outgoing:
+    """`trace_headers` (a batch span's context) replace the span of its own an event
+    otherwise gets while tracing is on."""
+    if trace_headers is not None:
+        hdrs.update(trace_headers)
+        return Outgoing(subject, payload, hdrs, event_id)
+    span = telemetry.start_publish(template_of(event), event_id, hdrs, len(payload))
+    return Outgoing(subject, payload, hdrs, event_id, span)
 
 
 def _capture_filter(subject: str) -> str:

@@ -142,9 +142,10 @@ async def test_an_unreachable_server_bounds_what_waits_to_be_sent(
 async def test_publish_many_refuses_a_bad_pair_before_sending_and_a_huge_event_alone(
     jobs: Bus,
 ) -> None:
-    """What cannot be an event at all stops the call before anything is sent; an event too
-    large for the server fails alone (header blocks are made as the send loop reaches them)."""
-    good = [(JobCreated(title=str(i)), f"g{i}") for i in range(3)]
+    """What cannot be an event at all stops the call before anything is sent, however far into
+    the batch it is (the rest of an event is made as the send loop reaches it); an event too
+    large for the server fails alone."""
+    good = [(JobCreated(title=str(i)), f"g{i}") for i in range(600)]
     with pytest.raises(InvalidSubject):
         await jobs.publish_many([*good, (JobCreated(title="x"), "bad id")])
     with pytest.raises(TypeError):
@@ -177,6 +178,24 @@ async def test_unacknowledged_publishes_are_bounded_by_the_window(
             nats_server.resume()
         results = await sending
         assert [r.seq for r in results] == list(range(1, 501))
+        assert len(publisher._waiting) == 0
+
+
+async def test_a_publish_many_cut_short_by_its_timeout_reports_every_event(
+    nats_server: EmbeddedServer,
+) -> None:
+    """Events a timed-out call never got to send are reported as timed out too, in order."""
+    async with Bus(nats_server.url, streams=[JOBS]) as bus:
+        publisher = Publisher(bus.nc, bus.codec, timeout=0.5, max_pending=50)
+        pairs = [(JobCreated(title=str(i)), f"t{i}") for i in range(600)]
+        nats_server.pause()
+        try:
+            results = await publisher.publish_many(pairs, None, return_exceptions=True)
+        finally:
+            nats_server.resume()
+        assert len(results) == 600
+        assert all(isinstance(r, PublishTimeout) for r in results)
+        assert [r.subject for r in results] == [f"jobs.t{i}.created" for i in range(600)]  # type: ignore[union-attr]
         assert len(publisher._waiting) == 0
 
 
