@@ -132,7 +132,8 @@ class Publisher:
             raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
         # Domain and event name were validated when the class was made; only the id is new.
         validate_token(aggregate_id, "aggregate id")
-        return f"{event.__domain__}.{aggregate_id}.{event.__event_name__}", self._codec.encode(event)
+        subject = f"{event.__domain__}.{aggregate_id}.{event.__event_name__}"
+        return subject, self._codec.encode(event)
 
     async def publish_many(
         self,
@@ -157,7 +158,9 @@ class Publisher:
             for event, _ in pairs[len(outs) : len(outs) + YIELD_EVERY]:
                 n, event_id = len(outs), new_event_id()
                 hdrs = build_headers(event, event_id, mime)
-                outs.append(_outgoing(event, subjects[n], payloads[n], event_id, hdrs, trace_headers))
+                outs.append(
+                    _outgoing(event, subjects[n], payloads[n], event_id, hdrs, trace_headers)
+                )
 
         return await self.send_many(outs, timeout, return_exceptions, total=len(pairs), more=more)
 
