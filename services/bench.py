@@ -165,6 +165,9 @@ async def _one_run(
     await _pair(run, cases["publish awaited"], awaited, raw_awaited, bus_awaited)
     await _pair(run, cases["publish pipelined"], n, raw_pipelined, bus_pipelined)
     cases["publish pipelined"].ceiling.append(await _rate(n, lambda: publish_ceiling(bus, n)))
+    # Every consumer reads the same n events published by bus (not whichever mix of raw and
+    # bus publishes the run happened to store first: theirs carry fewer headers).
+    await bus.js.purge_stream(STREAM.name)
     await bus.publish_many((_event(i), f"c{i}") for i in range(n))
     raw_consume = _raw_consume(f"raw{run}", n, js)
     await _pair(run, cases["consume + ack"], n, raw_consume, _bus_consume(f"bus{run}", n, bus))
