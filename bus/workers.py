@@ -1,10 +1,11 @@
 """Handler workers: a fixed number of long-lived tasks fed from a queue, not a task per job.
 
-A handler that never waits costs no task and no trip through the event loop: jobs run back
-to back in one worker, which lets the loop run every `YIELD_EVERY` jobs so that what they
-settled (acks, the next pull) goes out while the rest are handled. A worker that leaves jobs
-behind rouses the next, so handlers that do wait overlap, up to the number of workers. Each job still runs as a task of its own would: in
-a fresh copy of the starter's context (what it sets in a context variable stays its own), in
+A handler that never waits costs no task, no awaitable and no trip through the event loop:
+its one step runs in the worker, and jobs run back to back, the loop getting a turn every
+`YIELD_EVERY` jobs so that what they settled (acks, the next pull) goes out while the rest
+are handled. A worker that leaves jobs behind rouses the next, so handlers that do wait
+overlap, up to the number of workers. Each job still runs as a task of its own would: in a
+fresh copy of the starter's context (what it sets in a context variable stays its own), in
 a task it has to itself while it waits (so `asyncio.timeout` cancels that job alone).
 """
 
