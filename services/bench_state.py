@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from bus import Aggregate, Bus, EmbeddedServer, Envelope, Event, EventStore, Rep
 from bus.projection import Projection, ProjectionView
 from bus.projector import Projector
 
+from .bench_memory import peak_rss_mb
 from .bench_summary import Verdict, at_least, at_most
 from .lifecycle import run
 
@@ -174,8 +174,7 @@ async def _child(kind: str, url: str, events: int, name: str) -> None:
         elapsed = time.perf_counter() - start
         await sub.unsubscribe()
         await nc.close()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rate": events / elapsed, "peak_rss_mb": rss_mb}))
+    print(json.dumps({"rate": events / elapsed, "peak_rss_mb": peak_rss_mb()}))
 
 
 async def run_state_bench(runs: int, events: int, as_json: bool) -> list[Verdict]:

@@ -258,6 +258,17 @@ def test_wrong_arguments_are_refused_without_a_traceback(
     assert "Traceback" not in proc.stderr
 
 
+def test_a_bench_child_reports_its_own_peak_memory_not_its_parents() -> None:
+    """The memory figures come from children; Linux's ru_maxrss would report the parent's
+    peak in them (it survives exec), so a child of this 200 MB process must read far less."""
+    ballast = bytearray(200 * 1024 * 1024)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: resident
+    code = "from services.bench_memory import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < float(out.stdout) < 150
+    del ballast
+
+
 def test_the_messaging_bench_measures_every_case_on_both_sides(tmp_path: Path) -> None:
     """A tiny `bus bench --json`: every case has raw and bus rates; the ceilings and the
     memory probe ran too.
