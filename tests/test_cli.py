@@ -258,6 +258,20 @@ def test_wrong_arguments_are_refused_without_a_traceback(
     assert "Traceback" not in proc.stderr
 
 
+def test_the_tracing_bench_measures_every_mode(tmp_path: Path) -> None:
+    """A tiny `bus bench --scenario tracing --json`: off, 0%, 10% and 100% each publish and
+    consume in a child of their own. (Figures are the harness's business, never asserted.)"""
+    args = ("--scenario", "tracing", "--runs", "1", "--messages", "300", "--json")
+    proc = bus_cli("bench", *args, url=None, data_dir=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert set(report["median"]) == {"off", "0%", "10%", "100%"}
+    for figures in report["median"].values():
+        assert figures["publish"] > 0
+        assert figures["consume"] > 0
+    assert report["ratio_to_off"]["off"] == {"publish": 1.0, "consume": 1.0}
+
+
 def test_a_bench_child_reports_its_own_peak_memory_not_its_parents() -> None:
     """The memory figures come from children; Linux's ru_maxrss would report the parent's
     peak in them (it survives exec), so a child of this 200 MB process must read far less."""
