@@ -1,5 +1,6 @@
 """bus: typed events on NATS JetStream, with retries, dead letters and replayable state."""
 
+from .acks import PublishResult
 from .aggregate import Aggregate, Repository
 from .app import App
 from .client import Bus, current_bus
@@ -30,7 +31,6 @@ from .errors import (
     StreamNotFound,
 )
 from .events import Event, EventRegistry, new_event_id
-from .publish import PublishResult
 from .reader import StoredMessage
 from .server import EmbeddedCluster, EmbeddedServer
 from .store import AppendResult, EventStore, History

@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.micro.service import Service
 
 from . import deadletter, rpc, telemetry
+from .acks import PublishResult
 from .codec import Codec, ContentType
 from .connection import Connection
 from .consumer import Consumer
@@ -37,7 +38,7 @@ from .errors import (
     StreamError,
 )
 from .events import Event, EventRegistry
-from .publish import Publisher, PublishResult, template_of
+from .publish import Publisher, template_of
 from .reader import StoredMessage, read_messages
 from .streams import StreamManager, StreamSpec, existing_name
 from .subjects import validate_pattern

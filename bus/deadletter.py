@@ -14,9 +14,10 @@ import msgspec
 import nats.errors
 
 from . import headers as h
+from .acks import PublishResult
 from .connection import Connection
 from .errors import PublishError, StreamNotFound
-from .publish import Outgoing, Publisher, PublishResult
+from .publish import Outgoing, Publisher
 from .reader import StoredMessage, read_messages
 from .streams import dead_letter_stream, dead_letter_subject
 

@@ -17,6 +17,7 @@ import nats.errors
 
 from . import headers as h
 from . import telemetry
+from .acks import NO_RESPONDERS, TOO_LARGE, PublishResult, read_ack
 from .codec import Codec
 from .connection import Connection
 from .envelope import build_headers
@@ -25,7 +26,6 @@ from .errors import (
     BusError,
     ConcurrencyError,
     ConfigError,
-    NoStreamForSubject,
     PublishError,
     PublishTimeout,
 )
@@ -36,34 +36,7 @@ RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
 MAX_PAUSE = 0.1  # seconds between rounds while a stream is between leaders: its election ends
 # at a moment nobody announces, and each pause is that much added to the failover
 YIELD_EVERY = 256  # publishes buffered before the flusher gets a turn (server and us overlap)
-WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
-
-
-class PublishResult(msgspec.Struct, frozen=True):
-    """Where an event landed; `duplicate` means it was already stored (a safe retry)."""
-
-    event_id: str
-    subject: str
-    stream: str
-    seq: int
-    duplicate: bool = False
-
-
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    error: _ApiError | None = None
-
-
-_decode_ack = msgspec.json.Decoder(_PubAck).decode
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
@@ -230,7 +203,7 @@ class Publisher:
                 replies[i] = data
             # An ack is final; so is "no responders" where no stream captures the subject.
             refused = {
-                i: _capture_filter(outs[i].subject) for i in todo if replies[i] is _NO_RESPONDERS
+                i: _capture_filter(outs[i].subject) for i in todo if replies[i] is NO_RESPONDERS
             }
             led = (
                 await self._led(set(refused.values()), deadline - loop.time()) if refused else set()
@@ -249,7 +222,7 @@ class Publisher:
             try:
                 if data is None:
                     raise PublishTimeout(out.subject, timeout)
-                results.append(_result(out, data))
+                results.append(read_ack(out, data))
             except BusError as exc:
                 results.append(exc)
         return results
@@ -282,7 +255,7 @@ class Publisher:
                     if block is None:
                         block = blocks[i] = encode_headers(out.headers) if out.headers else b""
                     if len(block) + len(out.payload) > largest:
-                        batch.settle(k, _TOO_LARGE)
+                        batch.settle(k, TOO_LARGE)
                         continue
                     token = next(self._tokens)
                     self._waiting[token] = (batch, k)
@@ -380,7 +353,7 @@ class Publisher:
         self._acked()
         batch, i = waiting
         no_stream = raw is not None and raw[9:12] == b"503"
-        batch.settle(i, _NO_RESPONDERS if no_stream else data)
+        batch.settle(i, NO_RESPONDERS if no_stream else data)
 
 
 def _outgoing(
@@ -460,27 +433,4 @@ class _Batch:
             self.done.set_result(None)
 
 
-_NO_RESPONDERS = b'{"error":{"code":503,"description":"no responders"}}'
-_TOO_LARGE = b'{"error":{"code":413,"description":"maximum payload exceeded"}}'
 _encode_json = msgspec.json.encode
-
-
-def _result(out: Outgoing, data: bytes) -> PublishResult:
-    try:
-        ack = _decode_ack(data)
-    except msgspec.DecodeError:
-        raise PublishError(out.subject, f"unreadable ack {data[:80]!r}") from None
-    if ack.error is not None:
-        err = ack.error
-        if err.err_code == WRONG_LAST_SEQUENCE:
-            expected = int(out.headers.get(h.EXPECTED_LAST_SUBJECT_SEQ, "0"))
-            raise ConcurrencyError(out.subject, expected, _trailing_int(err.description))
-        if err.code == 503:
-            raise NoStreamForSubject(out.subject)
-        raise PublishError(out.subject, err.description, err.err_code or err.code)
-    return PublishResult(out.event_id, out.subject, ack.stream, ack.seq, ack.duplicate)
-
-
-def _trailing_int(text: str) -> int | None:
-    tail = text.rsplit(" ", 1)[-1]
-    return int(tail) if tail.isdigit() else None

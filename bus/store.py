@@ -18,11 +18,11 @@ from collections.abc import AsyncGenerator, Sequence
 import msgspec
 
 from . import headers as h
+from .acks import PublishResult
 from .client import Bus
 from .envelope import Envelope
 from .errors import ConfigError
 from .events import Event
-from .publish import PublishResult
 from .subjects import validate_token
 
 PAGE = 256  # events per direct-get round trip when loading
