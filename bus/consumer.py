@@ -1,12 +1,10 @@
 """The consumer runtime: one durable pull consumer running one handler.
 
-Pulls go out as plain `$JS.API.CONSUMER.MSG.NEXT` requests, each with its own reply subject,
-so every message and status is matched to the request that asked for it. A pull never asks
-for more messages than the consumer may hold: its handler slots, plus as many as the handlers
-get through in `AHEAD_SECONDS` (at most `MAX_AHEAD`). Fast handlers then never wait for a
-pull's round trip, slow ones hold little more than they can start, and memory stays bounded.
-Pull requests carry an idle heartbeat: when the server goes quiet (restart, leader change)
-the requests are forgotten and reissued, so the consumer resumes by itself.
+A pull (bus.pulls) never asks for more messages than the consumer may hold: its handler
+slots, plus as many as the handlers get through in `AHEAD_SECONDS` (at most `MAX_AHEAD`).
+Fast handlers then never wait for a pull's round trip, slow ones hold little more than they
+can start, and memory stays bounded. Pulls the server goes quiet on (restart, leader change)
+are forgotten and asked again, so the consumer resumes by itself.
 Handlers run in `concurrency` long-lived workers (bus.workers), not in a task per message.
 """
 
@@ -14,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Coroutine
@@ -34,6 +31,7 @@ from .envelope import Envelope, current_envelope, open_message
 from .errors import BusError, DecodeError, OutboundBufferFull, StreamError
 from .events import Event, EventRegistry
 from .publish import Publisher
+from .pulls import Pulls
 from .subscribe import HandlerSpec
 from .workers import Workers
 
@@ -44,14 +42,6 @@ BATCH_LINGER = 0.02  # seconds a partial batch waits for more messages
 AHEAD_SECONDS = 0.05  # hold, beyond the handler slots, what the handlers get through in this
 MAX_AHEAD = 512  # messages
 _encode = msgspec.json.Encoder().encode
-
-
-class _Pull:
-    __slots__ = ("id", "last_seen", "remaining")
-
-    def __init__(self, pull_id: str, size: int) -> None:
-        self.id, self.remaining = pull_id, size
-        self.last_seen = time.monotonic()
 
 
 class Delivery:
@@ -84,15 +74,10 @@ class Consumer:
         self._publisher = publisher
         self.spec = spec
         self.stream = stream
-        self._expires, self._heartbeat = expires, heartbeat
         self._tick = min(heartbeat, spec.ack_wait / 4)  # the pull loop's longest sleep
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{spec.durable}"
-        self._inbox = ""
-        self._pulls: dict[str, _Pull] = {}  # in request order
-        self._pull_ids = itertools.count()
-        self._requested = 0  # messages asked for and not yet delivered
-        self._in_flight = 0
         self._wake = asyncio.Event()
+        self._pulls = Pulls(nc, stream, spec.durable, expires, heartbeat, self._wake.set)
+        self._in_flight = 0
         self._capacity = spec.slots  # messages it may hold (see `_hold`)
         self._low_water = max(1, spec.slots // 4)  # pull again once this many are free
         self._held: dict[Delivery, float] = {}  # queued or in a handler, since (monotonic)
@@ -146,8 +131,8 @@ class Consumer:
 
     async def start(self) -> None:
         await self.ensure()
-        self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.open_lane(f"{self._inbox}.*", self._on_message)
+        self._pulls.inbox = self._nc.new_inbox()
+        self._sub = await self._nc.open_lane(f"{self._pulls.inbox}.*", self._on_message)
         # Handlers run in copies of the starter's context (as tasks it created would), not
         # in the connection's reader task where the lane delivers.
         self._workers.start()
@@ -181,13 +166,12 @@ class Consumer:
     def reset_pulls(self) -> None:
         """Forget outstanding pulls (the server lost them) so the loop asks again."""
         self._pulls.clear()
-        self._requested = 0
         self._wake.set()
 
     # -- pulling ------------------------------------------------------------------------------
 
     def _free(self) -> int:
-        return self._capacity - self._in_flight - len(self._batch) - self._requested
+        return self._capacity - self._in_flight - len(self._batch) - self._pulls.requested
 
     def _hold(self) -> None:
         """How many messages to hold: the handler slots, and what the handlers get through in
@@ -199,42 +183,16 @@ class Consumer:
 
     async def _pull_loop(self) -> None:
         while not self._stopping:
-            self._expire_silent_pulls()
+            self._pulls.expire()
             self._keep_alive()
             self._hold()
             free = self._free()
             if free >= self._low_water or (free > 0 and not self._pulls):
-                await self._request(free)
+                await self._pulls.ask(free)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._tick):
                     await self._wake.wait()
-
-    async def _request(self, size: int) -> None:
-        pull_id = str(next(self._pull_ids))
-        body = {
-            "batch": size,
-            "expires": int(self._expires * 1e9),
-            "idle_heartbeat": int(self._heartbeat * 1e9),
-        }
-        self._pulls[pull_id] = _Pull(pull_id, size)
-        self._requested += size
-        # While disconnected this waits in the buffer; a pull that never reaches the server
-        # is forgotten by the watchdog and asked again.
-        with contextlib.suppress(OutboundBufferFull):
-            await self._nc.send(self._next_subject, _encode(body), f"{self._inbox}.{pull_id}")
-
-    def _expire_silent_pulls(self) -> None:
-        deadline = time.monotonic() - max(3 * self._heartbeat, self._expires + self._heartbeat)
-        for pull_id, pull in list(self._pulls.items()):
-            if pull.last_seen < deadline:
-                self._forget(pull_id)
-
-    def _forget(self, pull_id: str) -> None:
-        pull = self._pulls.pop(pull_id, None)
-        if pull is not None:
-            self._requested -= pull.remaining
-            self._wake.set()
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -242,27 +200,14 @@ class Consumer:
         """Called by the parser for every message and status on our inbox (see connection)."""
         status, headers = parse_headers(raw) if raw else (None, {})
         if status is not None:  # statuses come on the pull's own reply subject
-            pull_id = subject.decode()[len(self._inbox) + 1 :]
-            pull = self._pulls.get(pull_id)
-            if pull is not None:
-                pull.last_seen = time.monotonic()
-                if status != "100":  # 100 is a heartbeat; 404/408/409 end the pull
-                    self._forget(pull_id)
-                    if status == "503":  # no responders: the consumer is gone; recreate it
-                        self._spawn_detached(self._recreate())
+            if self._pulls.status(subject, status) and status == "503":
+                self._spawn_detached(self._recreate())  # no responders: the consumer is gone
             return
         msg = Delivery(subject.decode(), reply, data, headers)
         now = time.monotonic()
-        # Messages keep their own subject; JetStream fills waiting pulls oldest first.
-        if self._pulls:
-            pull = next(iter(self._pulls.values()))
-            pull.remaining -= 1
-            self._requested -= 1
-            pull.last_seen = now
-            if pull.remaining == 0:
-                del self._pulls[pull.id]
-        elif self._free() <= 0 or self._stopping:  # from a forgotten pull, and no slot
-            self._settle(msg, b"-NAK")
+        # Messages keep their own subject (not the pull's): they fill the oldest pull.
+        if not self._pulls.delivered(now) and (self._free() <= 0 or self._stopping):
+            self._settle(msg, b"-NAK")  # from a forgotten pull, and no room
             return
         self.delivered += 1
         if not self.spec.batch:
