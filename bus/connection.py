@@ -121,18 +121,18 @@ class _LaneParser(Parser):
     async def parse(self, data: bytes = b"") -> None:
         self.buf.extend(data)
         while self.buf:
-            if self.state == AWAITING_CONTROL_LINE and self.buf[0] not in b"HM":
-                await super().parse()  # PING, INFO, +OK, -ERR...: the usual way
-                return
             found = self._deliver()
             if found is _INCOMPLETE:
                 return
-            if found is not _OTHER:
-                await self.nc._process_msg(*found)  # no lane: the usual way
+            if found is _OTHER:
+                await super().parse()  # PING, INFO, +OK, -ERR...: the usual way
+                return
+            await self.nc._process_msg(*found)  # no lane: the usual way
 
     def _deliver(self) -> tuple[Any, ...]:
         """Hand the messages at the front of the buffer to their lanes, up to one without a
-        lane (returned), one not all here yet (_INCOMPLETE), or another kind of line (_OTHER).
+        lane (returned), one not all here yet (_INCOMPLETE), or another kind of line or the
+        end of the buffer (_OTHER: the usual parser takes what is left, if anything).
 
         The message being read lives in locals; nats-py's fields hold it only across reads."""
         buf, lanes = self.buf, self.nc._lanes

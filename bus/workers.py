@@ -53,8 +53,7 @@ class Workers(Generic[J]):
 
     def put(self, job: J) -> None:
         self._ready.append(job)
-        if not self._rousing and self._sleepers:
-            self._rouse()
+        self._rouse()
 
     def stop(self) -> None:
         """Cancel the workers; jobs still queued are dropped (their messages redelivered)."""
@@ -87,7 +86,7 @@ class Workers(Generic[J]):
                 continue
             in_a_row += 1
             job = self._ready.popleft()
-            if self._ready and not self._rousing and self._sleepers:
+            if self._ready:
                 self._rouse()
             started = clock()
             coro, context = self._handle(job), self._context.copy()
