@@ -2,6 +2,11 @@
 
 One request returns up to `limit` messages followed by an end-of-batch status, so paging
 through a stream costs one round trip per page and creates no consumer.
+
+Direct gets are answered by any replica of a stream, and a follower may not have applied what
+the leader has just acknowledged. `read_from_leader` asks the stream leader itself (the
+JetStream message-get API): one message per request, never older than an acknowledged write.
+Replicated streams use it where a read must be fresh; a single replica is always fresh.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from .connection import Connection, parse_headers
 from .errors import BusTimeout, StreamError, StreamNotFound
 
 _encode = msgspec.json.Encoder().encode
+NO_MESSAGE = 10037  # JetStream err_code: no message found
+STREAM_NOT_FOUND = 10059
 
 
 class StoredMessage(msgspec.Struct, frozen=True):
@@ -105,3 +112,70 @@ def _stored(data: bytes, hdrs: dict[str, str]) -> StoredMessage:
     stamp, pending = pop("Nats-Time-Stamp", ""), pop("Nats-Num-Pending", "0")
     pop("Nats-Last-Sequence", None)
     return StoredMessage(stream, int(seq), subject, stamp, data, hdrs, int(pending))
+
+
+class _LeaderMessage(msgspec.Struct):
+    subject: str
+    seq: int
+    time: str = ""
+    data: bytes = b""  # (base64 in the JSON, decoded by msgspec)
+    hdrs: bytes = b""
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _LeaderAnswer(msgspec.Struct):
+    message: _LeaderMessage | None = None
+    error: _ApiError | None = None
+
+
+_decode_leader = msgspec.json.Decoder(_LeaderAnswer).decode
+
+
+async def read_from_leader(
+    nc: Connection,
+    stream: str,
+    *,
+    last_by_subject: str | None = None,
+    next_by_subject: str | None = None,
+    seq: int | None = None,
+    timeout: float = 5.0,
+) -> StoredMessage | None:
+    """One message as the stream leader has it (None: no such message): the last on
+    `last_by_subject`, or the first from `seq` on (matching `next_by_subject` if given)."""
+    request: dict[str, object] = {}
+    if last_by_subject is not None:
+        request["last_by_subj"] = last_by_subject
+    else:
+        request["seq"] = seq or 1
+        if next_by_subject is not None:
+            request["next_by_subj"] = next_by_subject
+    try:
+        reply = await nc.request(
+            f"$JS.API.STREAM.MSG.GET.{stream}", _encode(request), timeout=timeout
+        )
+    except nats.errors.NoRespondersError:
+        raise StreamNotFound(stream) from None
+    except nats.errors.TimeoutError:
+        raise BusTimeout(f"the leader of {stream!r} did not answer in {timeout:g}s") from None
+    except nats.errors.Error as exc:
+        raise StreamError(f"reading {stream!r} from its leader: {exc}") from None
+    try:
+        answer = _decode_leader(reply.data)
+    except msgspec.DecodeError:
+        raise StreamError(f"reading {stream!r} from its leader: {reply.data[:80]!r}") from None
+    if answer.error is not None:
+        if answer.error.err_code == NO_MESSAGE:
+            return None
+        if answer.error.err_code == STREAM_NOT_FOUND:
+            raise StreamNotFound(stream)
+        raise StreamError(f"reading {stream!r} from its leader: {answer.error.description}")
+    found = answer.message
+    if found is None:
+        return None
+    _, hdrs = parse_headers(found.hdrs) if found.hdrs else (None, {})
+    return StoredMessage(stream, found.seq, found.subject, found.time, found.data, hdrs)
