@@ -15,6 +15,7 @@ BusError
 │   ├── StreamConflict               an existing stream differs in a field that cannot change
 │   └── NoStreamForSubject           JetStream has no stream on that subject
 ├── ConcurrencyError                 expected version differs from the stream's
+├── Fenced                           another instance has taken over what this one ran
 ├── PublishError                     JetStream refused a publish for another reason
 ├── DecodeError(ValueError)          bytes that are not a known, valid event
 └── ServerError                      the embedded nats-server failed to start or stop
@@ -121,6 +122,15 @@ class ConcurrencyError(BusError):
         self.subject = subject
         self.expected = expected
         self.actual = actual
+
+
+class Fenced(BusError):
+    """This instance lost what it ran (a projection) to another, which fenced it off: it can
+    write nothing more there. Nothing is lost: the new holder carries on from the stored state."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} was taken over by another instance")
+        self.what = what
 
 
 class PublishError(BusError):

@@ -31,6 +31,7 @@ REPLAYED_FROM: Final = "Bus-Replayed-From"
 STATUS: Final = "Status"  # JetStream status messages (pull requests, heartbeats)
 DESCRIPTION: Final = "Description"
 PENDING_MESSAGES: Final = "Nats-Pending-Messages"
+UP_TO_SEQUENCE: Final = "Nats-UpTo-Sequence"  # a multi-subject direct get: the replica's last
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"

@@ -12,6 +12,8 @@ could drop), so:
 
 A reconnect may have lost updates: the first call after one drops the cache and re-reads the
 status. A generation switch (a rebuild finished) drops the cache and follows the new bucket.
+What an instance that lost the projection still sends (JetStream refuses its writes, but the
+messages reach subscribers) carries a lower fence than the status in memory and is ignored.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import msgspec
 
 from .client import Bus
 from .errors import StreamNotFound
-from .kv import from_kv_key, kv_key
+from .kv import from_kv_key
 from .projection import (
+    FENCE_KEY,
     META_BUCKET,
     RECHECK,
     Projection,
@@ -35,8 +38,9 @@ from .projection import (
     Record,
     S,
     not_reached,
+    read_records,
+    seen,
 )
-from .reader import read_last
 
 _decode_record = msgspec.msgpack.Decoder(Record).decode
 _decode_status = msgspec.json.Decoder(ProjectionStatus).decode
@@ -107,15 +111,20 @@ class LiveView(Generic[S]):
         return self._decode_state(record.state), record.seq
 
     async def wait_for(self, seq: int, timeout: float = 5.0) -> ProjectionStatus:
-        """Return once the projection has applied stream sequence `seq`."""
+        """Return once the projection has seen stream sequence `seq` (every event up to it
+        that it reads is applied)."""
         await self._check_epoch()
         try:
             async with asyncio.timeout(timeout):
-                while self._status.position < seq:
-                    await self._until(seq)
+                coverage = await self.view.coverage()
+                while (
+                    target := await coverage.unapplied(self._bus, self._status.position, seq)
+                ) is not None:
+                    while self._status.position < target:
+                        await self._until(target)
         except TimeoutError:
             raise not_reached(self.projection.name, seq, timeout) from None
-        return self._status
+        return seen(self._status, seq)
 
     async def _until(self, seq: int) -> None:
         """Wait for a status reaching `seq`; after RECHECK seconds without one, ask for it (a
@@ -135,23 +144,22 @@ class LiveView(Generic[S]):
         self._offer(await self.view.status())
 
     async def _fetch(self, key: str) -> Record | None:
-        """The bucket's record; an update that overtook the read stays (newer seq wins)."""
+        """The bucket's record, at least as fresh as the status in memory; an update that
+        overtook the read stays (newer seq wins)."""
         for attempt in (1, 2):
-            generation = self._status.generation
-            bucket = self.projection.bucket(generation)
+            status = self._status
+            bucket = self.projection.bucket(status.generation)
             try:
-                found = await read_last(
-                    self._bus.nc, f"KV_{bucket}", [f"$KV.{bucket}.{kv_key(key)}"], 1
-                )
+                found = await read_records(self._bus, bucket, [key], status.bucket_seq)
             except StreamNotFound:  # switched generations under us: once more
                 if attempt == 2:
                     return None
                 self._offer(await self.view.status())
                 continue
-            if not found or not found[0].data:
+            record = found.get(key)
+            if record is None:
                 return None
-            record = _decode_record(found[0].data)
-            if generation == self._status.generation:
+            if status.generation == self._status.generation:
                 self._remember(key, record)
             return self._records.get(key, record)
         return None  # pragma: no cover
@@ -179,11 +187,16 @@ class LiveView(Generic[S]):
     def _on_key(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if not subject.startswith(self._keys_prefix):
             return
-        key = from_kv_key(subject[len(self._keys_prefix) :].decode())
+        name = subject[len(self._keys_prefix) :].decode()
+        if name == FENCE_KEY:
+            return
+        key = from_kv_key(name)
         if not data:  # a delete or purge
             self._records.pop(key, None)
-        else:  # recently written keys are the likeliest reads (read-your-writes)
-            self._remember(key, _decode_record(data))
+            return
+        record = _decode_record(data)
+        if record.fence >= self._status.fence:  # recently written keys are the likeliest reads
+            self._remember(key, record)
 
     def _on_status(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if data:
@@ -192,11 +205,13 @@ class LiveView(Generic[S]):
 
     def _offer(self, status: ProjectionStatus) -> None:
         current = self._status
-        if status.generation < current.generation:
-            return  # a checkpoint of the generation a switch retired
+        if status.fence < current.fence or status.generation < current.generation:
+            return  # from an instance that lost the projection, or a retired generation
         if status.generation != current.generation:
             self._records.clear()
             self._following = asyncio.create_task(self._follow(status.generation))
+        elif status.fence > current.fence:  # taken over: what the last writer sent may not
+            self._records.clear()  # have been stored
         elif status.position < current.position:
             return  # an older checkpoint arriving late
         self._status = status

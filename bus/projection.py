@@ -17,6 +17,14 @@ State lives in a KV bucket per projection and generation (`proj_<name>_<generati
 entry per key holding the state and the last stream sequence applied to it. The projector's
 checkpoint and status live in the `bus_projections` bucket under the projection's name: the
 one record that says which generation queries read and how far it has got.
+
+Positions are stream sequences: how far the projection has seen its stream, the events it
+does not read included (bus.coverage), so `wait_for(seq)` answers for any event of it.
+
+Each bucket also holds a fence (`FENCE_KEY`): the instance running the projection writes it
+when it takes the projection over, and writes its keys only while the fence is the one it
+wrote, so an instance that lost the projection (paused past its lease) can write nothing.
+Reads that must be fresh ask for at least the sequence the checkpoint says the bucket had.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -32,15 +40,17 @@ import msgspec
 import nats.errors
 
 from .client import Bus
+from .coverage import Coverage
 from .envelope import Envelope
 from .errors import BusTimeout, ConfigError, StreamNotFound
 from .events import Event
 from .kv import from_kv_key, kv_key
-from .reader import read_last, read_messages
+from .reader import StoredMessage, read_last, read_messages
 from .subjects import validate_pattern, validate_token
 
 S = TypeVar("S")
 META_BUCKET = "bus_projections"
+FENCE_KEY = "b64.fence"  # a key kv_key never makes (five base64 characters encode nothing)
 SCAN_PAGE = 1000
 RECHECK = 0.5  # seconds between re-reads of the status while waiting
 
@@ -75,10 +85,12 @@ class Projection(Generic[S]):
 
 
 class Record(msgspec.Struct, array_like=True):
-    """One key's entry: the last stream sequence applied, and the encoded state."""
+    """One key's entry: the last stream sequence applied, the encoded state, and the fence
+    of the instance that wrote it (see ProjectionStatus.fence)."""
 
     seq: int
     state: bytes
+    fence: int = 0
 
 
 class ProjectionStatus(msgspec.Struct, kw_only=True):
@@ -94,6 +106,10 @@ class ProjectionStatus(msgspec.Struct, kw_only=True):
     rebuilding: int = 0  # the generation being filled, 0 when none
     rebuild_position: int = 0
     lag: int = 0  # matching events stored after `position`, at the last checkpoint
+    # Which instance writes: the revision of the checkpoint it wrote on taking over, higher
+    # for each takeover. Views ignore what an instance with a lower fence still sends.
+    fence: int = 0
+    bucket_seq: int = 0  # the generation bucket's last stored sequence at this checkpoint
 
 
 def not_reached(name: str, seq: int, timeout: float) -> BusTimeout:
@@ -111,6 +127,7 @@ class ProjectionView(Generic[S]):
         self._bus = bus
         self.projection = projection
         self._decode_state = msgspec.msgpack.Decoder(projection.state).decode
+        self._coverage: Coverage | None = None
 
     async def status(self) -> ProjectionStatus:
         subject = f"$KV.{META_BUCKET}.{self.projection.name}"
@@ -122,13 +139,28 @@ class ProjectionView(Generic[S]):
             return ProjectionStatus(name=self.projection.name)
         return _decode_status(found[0].data)
 
+    async def coverage(self) -> Coverage:
+        """The projection's stream and what it reads of it (looked up once)."""
+        if self._coverage is None:
+            stream = (await self.status()).stream
+            stream = stream or await self._bus.stream_for(self.projection.subjects[0])
+            self._coverage = await Coverage.of(self._bus, stream, self.projection.subjects)
+        return self._coverage
+
     async def get(self, key: str) -> tuple[S, int] | None:
         """(state, last sequence applied) for `key`, or None if no event touched it."""
-        entries = await self._read(lambda bucket: [f"$KV.{bucket}.{kv_key(key)}"], 1)
-        if not entries:
-            return None
-        _, record = entries[0]
-        return self._decode_state(record.state), record.seq
+        for attempt in (1, 2):
+            status = await self.status()
+            bucket = self.projection.bucket(status.generation)
+            try:
+                found = await read_records(self._bus, bucket, [key], status.bucket_seq)
+            except StreamNotFound:  # switched generations under us: once more
+                if attempt == 2:
+                    return None
+                continue
+            record = found.get(key)
+            return None if record is None else (self._decode_state(record.state), record.seq)
+        return None  # pragma: no cover
 
     async def list(
         self, prefix: str = "", limit: int = 100, cursor: str | None = None
@@ -136,7 +168,8 @@ class ProjectionView(Generic[S]):
         """Keys in order, from after `cursor`; returns the page and the next cursor (or None).
 
         Reads the whole generation (one record per key) in pages: fine for read models of
-        thousands of keys; an ordered index is future work.
+        thousands of keys; an ordered index is future work. Pages come from any replica, so
+        on a replicated bucket they may trail the last checkpoint by a moment.
         """
         if not 1 <= limit <= 1000:
             raise ConfigError("limit must be between 1 and 1000")
@@ -157,36 +190,32 @@ class ProjectionView(Generic[S]):
         return [(k, self._decode_state(r.state)) for k, r in page], next_cursor
 
     async def _scan(self, bucket: str) -> builtins.list[tuple[str, Record]]:
-        prefix = len(f"$KV.{bucket}.")
         out: builtins.list[tuple[str, Record]] = []
         next_seq = 1
         while True:
             page = await read_messages(self._bus.nc, f"KV_{bucket}", next_seq, SCAN_PAGE)
-            out.extend(
-                (from_kv_key(m.subject[prefix:]), _decode_record(m.data)) for m in page if m.data
-            )
+            out.extend(_records(bucket, page).items())
             if len(page) < SCAN_PAGE:
                 return out
             next_seq = page[-1].seq + 1
 
-    async def _read(
-        self, subjects: Callable[[str], builtins.list[str]], limit: int
-    ) -> builtins.list[tuple[str, Record]]:
-        """Entries of the active generation; retried once if a switch removed the bucket."""
-        for attempt in (1, 2):
-            bucket = self.projection.bucket((await self.status()).generation)
-            try:
-                found = await read_last(self._bus.nc, f"KV_{bucket}", subjects(bucket), limit)
-            except StreamNotFound:
-                if attempt == 2:
-                    return []
-                continue
-            prefix = len(f"$KV.{bucket}.")
-            return [(from_kv_key(m.subject[prefix:]), _decode_record(m.data)) for m in found]
-        return []  # pragma: no cover
-
     async def wait_for(self, seq: int, timeout: float = 5.0) -> ProjectionStatus:
-        """Return once the projection has applied stream sequence `seq`.
+        """Return once the projection has seen stream sequence `seq`: every event up to it
+        that it reads is applied (the events it does not read need nothing)."""
+        try:
+            async with asyncio.timeout(timeout):
+                coverage = await self.coverage()
+                status = await self.status()
+                while (
+                    target := await coverage.unapplied(self._bus, status.position, seq)
+                ) is not None:
+                    status = await self._reach(target)
+        except TimeoutError:
+            raise not_reached(self.projection.name, seq, timeout) from None
+        return seen(status, seq)
+
+    async def _reach(self, seq: int) -> ProjectionStatus:
+        """The status once its position is at least `seq`.
 
         No polling loop: each checkpoint the projector writes arrives here as a message and
         carries the new status itself (reading the bucket right after could still see the
@@ -208,14 +237,39 @@ class ProjectionView(Generic[S]):
         )
         try:
             await self._bus.nc.flush()  # the server has our interest before we read the status
-            async with asyncio.timeout(timeout):
-                while not reached.done():
-                    offer(await self.status())
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(reached), RECHECK)
+            while not reached.done():
+                offer(await self.status())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reached), RECHECK)
             return reached.result()
-        except TimeoutError:
-            raise not_reached(self.projection.name, seq, timeout) from None
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+
+def seen(status: ProjectionStatus, seq: int) -> ProjectionStatus:
+    """`status` as of having seen `seq` (the events between that it reads are applied)."""
+    if status.position >= seq:
+        return status
+    return msgspec.structs.replace(status, position=seq)
+
+
+async def read_records(bus: Bus, bucket: str, keys: list[str], at_least: int) -> dict[str, Record]:
+    """The stored records of `keys`, never older than the bucket's sequence `at_least` (the
+    fence rides along: a replica's answer is then never empty and says how far it is)."""
+    prefix = f"$KV.{bucket}."
+    subjects = [prefix + kv_key(key) for key in keys]
+    if at_least:
+        subjects.append(prefix + FENCE_KEY)
+    found = await read_last(bus.nc, f"KV_{bucket}", subjects, len(subjects), at_least=at_least)
+    return _records(bucket, found)
+
+
+def _records(bucket: str, messages: Iterable[StoredMessage]) -> dict[str, Record]:
+    """The keys' records among stored bucket messages (not the fence, nor deleted keys)."""
+    cut = len(f"$KV.{bucket}.")
+    return {
+        from_kv_key(m.subject[cut:]): _decode_record(m.data)
+        for m in messages
+        if m.data and m.subject[cut:] != FENCE_KEY
+    }

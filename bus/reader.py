@@ -24,6 +24,7 @@ from .errors import BusTimeout, StreamError, StreamNotFound
 _encode = msgspec.json.Encoder().encode
 NO_MESSAGE = 10037  # JetStream err_code: no message found
 STREAM_NOT_FOUND = 10059
+STALE_PATIENCE = 0.5  # seconds a replica that is behind is waited for before asking the leader
 
 
 class StoredMessage(msgspec.Struct, frozen=True):
@@ -52,22 +53,64 @@ async def read_messages(
     request: dict[str, object] = {"seq": from_seq, "batch": limit}
     if subject:
         request["next_by_subj"] = subject
-    return await _direct_get(nc, stream, request, limit, timeout)
+    found, _ = await _direct_get(nc, stream, request, limit, timeout)
+    return found
 
 
 async def read_last(
-    nc: Connection, stream: str, subjects: list[str], limit: int = 1000, timeout: float = 5.0
+    nc: Connection,
+    stream: str,
+    subjects: list[str],
+    limit: int = 1000,
+    timeout: float = 5.0,
+    *,
+    at_least: int = 0,
 ) -> list[StoredMessage]:
-    """The last message on each subject matching `subjects` (wildcards allowed), up to `limit`."""
+    """The last message on each subject matching `subjects` (wildcards allowed), up to `limit`.
+
+    With `at_least`, only as a replica that has stored that stream sequence sees them: one
+    that has not caught up yet (it usually has within milliseconds) is asked again, and past
+    STALE_PATIENCE, or when nothing matched (which says nothing of how far the replica is),
+    the leader answers for each subject (then they must be literal subjects).
+    """
     request = {"multi_last": subjects, "batch": limit}
-    return await _direct_get(nc, stream, request, limit, timeout)
+    if not at_least:
+        found, _ = await _direct_get(nc, stream, request, limit, timeout)
+        return found
+    loop = asyncio.get_running_loop()
+    give_up, pause = loop.time() + STALE_PATIENCE, 0.002
+    while True:
+        found, upto = await _direct_get(nc, stream, request, limit, timeout, to_the_end=True)
+        if upto is None:
+            break  # nothing matched
+        if upto >= at_least:
+            return found
+        if loop.time() + pause > give_up:
+            break
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    leader = [
+        await read_from_leader(nc, stream, last_by_subject=subject, timeout=timeout)
+        for subject in subjects
+    ]
+    return [message for message in leader if message is not None]
 
 
 async def _direct_get(
-    nc: Connection, stream: str, request: dict[str, object], limit: int, timeout: float
-) -> list[StoredMessage]:
-    """One batched direct get, answered on a lane until its end-of-batch status."""
+    nc: Connection,
+    stream: str,
+    request: dict[str, object],
+    limit: int,
+    timeout: float,
+    *,
+    to_the_end: bool = False,
+) -> tuple[list[StoredMessage], int | None]:
+    """One batched direct get, answered on a lane until its end-of-batch status (or its
+    `limit`th message, unless `to_the_end`). Returns the messages and the sequence the
+    answering replica had stored when it read them (from a multi-subject end of batch; None
+    when it does not say)."""
     out: list[StoredMessage] = []
+    upto: list[int] = []
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def receive(subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
@@ -76,9 +119,11 @@ async def _direct_get(
             return
         if status is None:
             out.append(_stored(data, hdrs))
-            if len(out) >= limit:
+            if len(out) >= limit and not to_the_end:
                 done.set_result(None)
         elif status in ("204", "404"):  # end of batch, or nothing matched
+            if h.UP_TO_SEQUENCE in hdrs:
+                upto.append(int(hdrs[h.UP_TO_SEQUENCE]))
             done.set_result(None)
         elif status == "503":
             done.set_exception(StreamNotFound(stream))
@@ -98,7 +143,7 @@ async def _direct_get(
         nc.close_lane(sub)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
-    return out
+    return out, (upto[0] if upto else None)
 
 
 def _stored(data: bytes, hdrs: dict[str, str]) -> StoredMessage:

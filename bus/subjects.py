@@ -86,3 +86,14 @@ def matches(pattern: str, subject: str) -> bool:
         if i >= len(s) or (token != "*" and token != s[i]):
             return False
     return len(p) == len(s)
+
+
+def covers(pattern: str, other: str) -> bool:
+    """Whether `pattern` matches every subject `other` matches (both may have wildcards)."""
+    p, o = pattern.split("."), other.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(o) > i
+        if i >= len(o) or o[i] == ">" or (token != "*" and token != o[i]):
+            return False
+    return len(p) == len(o)

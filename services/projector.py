@@ -69,6 +69,9 @@ class ProjectorService:
                 if not await lease.renew():
                     log.warning("lost the lease of projection %s; standing by", name)
                     await self._let_go(name)
+                elif not self.projector.alive(name):  # fenced off: let it be taken again
+                    await self._let_go(name)
+                    await lease.release()
             elif await lease.acquire():
                 log.info("running projection %s (instance %s)", name, self.instance)
                 await self.projector.run(name)
