@@ -10,6 +10,7 @@ from .credentials import Credentials
 from .deadletter import DeadLetter
 from .envelope import Envelope, current_envelope
 from .errors import (
+    BeyondStreamEnd,
     BusClosed,
     BusError,
     BusTimeout,
@@ -43,6 +44,7 @@ __all__ = (
     "App",
     "AppendResult",
     "Backoff",
+    "BeyondStreamEnd",
     "Bus",
     "BusClosed",
     "BusError",

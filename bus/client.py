@@ -102,6 +102,7 @@ class Bus:
         self._publisher: Publisher | None = None
         self._streams: StreamManager | None = None
         self._services: list[Service] = []
+        self._replicas: dict[str, int] = {}
         self._state = "new"
         self._connect_error: Exception | None = None
 
@@ -321,6 +322,13 @@ class Bus:
             raise NoStreamForSubject(subject) from None
         except nats.errors.Error as exc:
             raise StreamError(f"looking up the stream of {subject!r}: {exc}") from None
+
+    async def replicated(self, stream: str) -> bool:
+        """Whether `stream` has several replicas: then a direct get may be answered by a
+        follower that trails the leader (looked up once per stream)."""
+        if stream not in self._replicas:
+            self._replicas[stream] = (await self.streams.info(stream)).replicas
+        return self._replicas[stream] > 1
 
     # -- reading ------------------------------------------------------------------------------
 

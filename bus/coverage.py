@@ -17,6 +17,7 @@ import asyncio
 from dataclasses import dataclass
 
 from .client import Bus
+from .errors import BeyondStreamEnd
 from .reader import read_from_leader, read_messages
 from .subjects import covers
 
@@ -44,13 +45,21 @@ class Coverage:
 
     async def unapplied(self, bus: Bus, position: int, seq: int) -> int | None:
         """The first event it reads in (position, seq], which it must apply before it has
-        seen `seq`; None once it has. No read when it reads every subject of the stream."""
+        seen `seq`; None once it has. No read when it reads every subject of the stream
+        (then `seq` itself; see `check_stored` for one not stored)."""
         if seq <= position:
             return None
         if self.reads_all:
             return seq
+        await self.check_stored(bus, seq)  # first: what it reads next comes after it
         first = await self.first_after(bus, position)
         return first if first is not None and first <= seq else None
+
+    async def check_stored(self, bus: Bus, seq: int) -> None:
+        """BeyondStreamEnd unless the stream holds sequence `seq` (or held it)."""
+        last = await last_sequence(bus, self.stream)
+        if seq > last:
+            raise BeyondStreamEnd(self.stream, seq, last)
 
     async def _next(self, bus: Bus, position: int, subject: str) -> int | None:
         if self.replicated:

@@ -2,7 +2,8 @@
 
 BusError
 ├── ConfigError(ValueError)          bad settings, subject, name or definition
-│   └── InvalidSubject
+│   ├── InvalidSubject
+│   └── BeyondStreamEnd              a stream sequence not stored (yet)
 ├── ConnectError(ConnectionError)    cannot reach or authenticate to NATS
 ├── BusClosed(RuntimeError)          the Bus was used after close
 ├── BusTimeout(TimeoutError)
@@ -37,6 +38,16 @@ class InvalidSubject(ConfigError):
         super().__init__(f"invalid subject {subject!r}: {reason}")
         self.subject = subject
         self.reason = reason
+
+
+class BeyondStreamEnd(ConfigError):
+    """A position past a stream's last sequence: no event there to wait for."""
+
+    def __init__(self, stream: str, seq: int, last: int) -> None:
+        super().__init__(f"stream {stream!r} has no sequence {seq} (its last is {last})")
+        self.stream = stream
+        self.seq = seq
+        self.last = last
 
 
 class ConnectError(BusError, ConnectionError):

@@ -120,7 +120,9 @@ class LiveView(Generic[S]):
                 while (
                     target := await coverage.unapplied(self._bus, self._status.position, seq)
                 ) is not None:
-                    while self._status.position < target:
+                    await self._until(target)
+                    while self._status.position < target:  # slow: is it stored at all?
+                        await coverage.check_stored(self._bus, target)
                         await self._until(target)
         except TimeoutError:
             raise not_reached(self.projection.name, seq, timeout) from None
@@ -130,6 +132,8 @@ class LiveView(Generic[S]):
         """Wait for a status reaching `seq`; after RECHECK seconds without one, ask for it (a
         checkpoint lost to a reconnect). The task awaits the future itself, so it runs the
         loop turn after the status arrives (a shield and `wait_for` would add two)."""
+        if self._status.position >= seq:
+            return
         reached: asyncio.Future[ProjectionStatus] = asyncio.get_running_loop().create_future()
         entry = (seq, reached)
         self._waiters.append(entry)

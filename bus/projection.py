@@ -209,13 +209,14 @@ class ProjectionView(Generic[S]):
                 while (
                     target := await coverage.unapplied(self._bus, status.position, seq)
                 ) is not None:
-                    status = await self._reach(target)
+                    status = await self._reach(target, coverage)
         except TimeoutError:
             raise not_reached(self.projection.name, seq, timeout) from None
         return seen(status, seq)
 
-    async def _reach(self, seq: int) -> ProjectionStatus:
-        """The status once its position is at least `seq`.
+    async def _reach(self, seq: int, coverage: Coverage) -> ProjectionStatus:
+        """The status once its position is at least `seq` (BeyondStreamEnd if, slow to come,
+        `seq` turns out not to be stored at all).
 
         No polling loop: each checkpoint the projector writes arrives here as a message and
         carries the new status itself (reading the bucket right after could still see the
@@ -237,11 +238,13 @@ class ProjectionView(Generic[S]):
         )
         try:
             await self._bus.nc.flush()  # the server has our interest before we read the status
-            while not reached.done():
+            while True:
                 offer(await self.status())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(reached), RECHECK)
-            return reached.result()
+                if reached.done():
+                    return reached.result()
+                await coverage.check_stored(self._bus, seq)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

@@ -7,11 +7,14 @@ stream. Its version is the stream sequence of its last event (0: it does not exi
     async for envelope in store.read("TASKS", from_seq=1): ...   # catch up, then live
 
 Appending several events is atomic (one JetStream atomic batch), and guarded by the expected
-version of the first; loading reads only the aggregate's subjects (batched direct get).
+version of the first; loading reads only the aggregate's subjects (batched direct get). On a
+replicated stream a load first asks the leader for the aggregate's last event, and reads on
+until it has it: a follower that trails the leader never makes an aggregate look older.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
 
@@ -23,6 +26,7 @@ from .client import Bus
 from .envelope import Envelope
 from .errors import ConfigError
 from .events import Event
+from .reader import STALE_PATIENCE, StoredMessage, read_from_leader
 from .subjects import validate_token
 
 PAGE = 256  # events per direct-get round trip when loading
@@ -91,11 +95,15 @@ class EventStore:
         """The aggregate's events with stream sequence > `since` (a snapshot's version)."""
         stream = self.stream_of(domain)
         subject = f"{domain}.{validate_token(aggregate_id, 'aggregate id')}.*"
+        known = 0  # the sequence of its last event, as the leader has it
+        if await self._bus.replicated(stream):
+            last = await read_from_leader(self._bus.nc, stream, last_by_subject=subject)
+            known = last.seq if last else 0
         events: list[Envelope[Event]] = []
         read = 0
         next_seq = since + 1
         while True:
-            page = await self._bus.read(stream, next_seq, PAGE, subject)
+            page = await self._page(stream, next_seq, subject, known)
             read += len(page)
             events.extend(self._bus.open(m) for m in page)
             if len(page) < PAGE:
@@ -103,6 +111,32 @@ class EventStore:
             next_seq = page[-1].seq + 1
         version = (events[-1].seq or since) if events else since
         return History(events, version, read)
+
+    async def _page(
+        self, stream: str, from_seq: int, subject: str, known: int
+    ) -> list[StoredMessage]:
+        """Up to PAGE of the aggregate's events from `from_seq`, reaching `known` unless the
+        page is full: a follower still catching up is asked again, then the leader is."""
+        loop = asyncio.get_running_loop()
+        give_up, pause = loop.time() + STALE_PATIENCE, 0.002
+        while True:
+            page = await self._bus.read(stream, from_seq, PAGE, subject)
+            if len(page) == PAGE or (page[-1].seq if page else from_seq - 1) >= known:
+                return page
+            if loop.time() + pause > give_up:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        out: list[StoredMessage] = []
+        while len(out) < PAGE:
+            found = await read_from_leader(
+                self._bus.nc, stream, seq=from_seq, next_by_subject=subject
+            )
+            if found is None:
+                break
+            out.append(found)
+            from_seq = found.seq + 1
+        return out
 
     async def read(self, stream: str, from_seq: int = 1) -> AsyncGenerator[Envelope[Event], None]:
         """Every event from `from_seq` on, decoded, then live ones as they arrive."""

@@ -17,11 +17,11 @@ from starlette.datastructures import State
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bus import BusTimeout
+from bus import BeyondStreamEnd, BusTimeout
 
 from . import projections
 from .auth import caller_scopes, check_scope
-from .problems import problem
+from .problems import from_bus_error
 
 TEMPLATE = "/api/v1/projections/{name}/{key}"
 _PATH = re.compile(r"/api/v1/projections/([^/]+)/([^/]+)")
@@ -60,8 +60,8 @@ class HotReads:
             found, stale = await projections.query(
                 state, name, key, q.after_seq, q.timeout, q.stale_ok
             )
-        except BusTimeout as exc:  # answered here: the route would wait all over again
-            return problem(504, "Timed out", str(exc))
+        except (BusTimeout, BeyondStreamEnd) as exc:  # answered here: the route would wait
+            return from_bus_error(exc)  # all over again
         except Exception:  # any refusal: the route answers it (and reports it)
             return None
         headers = {"Bus-Stale": "true"} if stale else None

@@ -81,8 +81,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(BusError)
     async def bus_error(request: Request, exc: BusError) -> JSONResponse:
-        status, title = _status_of(exc)
-        extra: dict[str, Any] = {}
-        if isinstance(exc, ConcurrencyError):
-            extra = {"expected": exc.expected, "actual": exc.actual}
-        return problem(status, title, str(exc), **extra)
+        return from_bus_error(exc)
+
+
+def from_bus_error(exc: BusError) -> JSONResponse:
+    """The problem a BusError is answered with."""
+    status, title = _status_of(exc)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ConcurrencyError):
+        extra = {"expected": exc.expected, "actual": exc.actual}
+    return problem(status, title, str(exc), **extra)
