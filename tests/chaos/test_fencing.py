@@ -1,0 +1,111 @@
+"""Fencing: a projector paused past its lease (SIGSTOP: a GC pause, a stalled VM, a slow
+disk) cannot write what it was folding once it continues.
+
+Two `bus projector` processes on an app whose fold takes 2 ms an event, 8,000 events over
+20 keys. The lease holder is stopped in the middle of a batch; the standby takes the lease
+over and folds everything; the old holder is continued and tries to write its batch. Every
+write stored to the projection's bucket and checkpoint is watched as JetStream stores it: no
+key's sequence ever goes back, the checkpoint never moves back, and the projection ends equal
+to a full fold of the stream. (Before fencing, all 20 keys went back ~6,000 events and
+stayed there.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from bus import Bus
+from bus.kv import ensure_bucket
+from bus.lease import BUCKET as LEASES
+from bus.projection import META_BUCKET, ProjectionStatus, ProjectionView, Record
+from tests.chaos.fence_app import Bumped, Tally, app
+from tests.domain import eventually
+from tests.processes import BUS, running
+from tests.shapes import stored
+
+EVENTS, KEYS = 8000, 20
+BUCKET = app.projection("bumps").bucket(1)
+
+
+class Stored:
+    """Every record and checkpoint as JetStream stores them (ordered push consumers see only
+    what was stored, not what was refused)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, list[int]] = defaultdict(list)
+        self.positions: list[int] = []
+        self.subs: list[Any] = []
+
+    async def watch(self, bus: Bus) -> None:
+        await ensure_bucket(bus.js, BUCKET)
+        await ensure_bucket(bus.js, META_BUCKET)
+        cut = len(f"$KV.{BUCKET}.")
+
+        async def on_key(msg: Any) -> None:
+            if msg.data and not msg.subject.endswith(".fence"):
+                record = msgspec.msgpack.decode(msg.data, type=Record)
+                self.keys[msg.subject[cut:]].append(record.seq)
+
+        async def on_status(msg: Any) -> None:
+            if msg.data:
+                status = msgspec.json.decode(msg.data, type=ProjectionStatus)
+                self.positions.append(status.position)
+
+        self.subs = [
+            await bus.js.subscribe(f"$KV.{BUCKET}.>", cb=on_key, ordered_consumer=True),
+            await bus.js.subscribe(f"$KV.{META_BUCKET}.bumps", cb=on_status, ordered_consumer=True),
+        ]
+
+
+def holder_pid(value: bytes) -> int:
+    return int(value.decode().rsplit("-", 1)[1])
+
+
+@pytest.mark.slow
+async def test_a_projector_paused_past_its_lease_writes_nothing(
+    nats_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "BUS_NATS_URL": nats_url}
+    command = [BUS, "projector", "--app", "tests.chaos.fence_app:app"]
+    async with Bus(nats_url, registry=app.registry, streams=app.streams) as bus:
+        seen = Stored()
+        await seen.watch(bus)
+        results = await bus.publish_many((Bumped(n=n), f"k{n % KEYS}") for n in range(EVENTS))
+        last = results[-1].seq
+        view = ProjectionView(bus, app.projection("bumps"))
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(running(command, tmp_path / "first.log", env))
+            await view.wait_for(1500, timeout=60)  # a few batches in
+            second = stack.enter_context(running(command, tmp_path / "second.log", env))
+            leases = await bus.js.key_value(LEASES)
+            assert holder_pid((await leases.get("projection.bumps")).value or b"") == first.pid
+            await asyncio.sleep(0.3)  # (in the middle of a batch: each folds for a second)
+            first.send_signal(signal.SIGSTOP)
+            try:
+                await view.wait_for(last, timeout=120)  # the standby took over and finished
+                holder = holder_pid((await leases.get("projection.bumps")).value or b"")
+                assert holder == second.pid
+            finally:
+                first.send_signal(signal.SIGCONT)
+            log = tmp_path / "first.log"
+            await eventually(lambda: "taken over by another instance" in log.read_text(), 30)
+            assert first.poll() is None  # standing by again
+        for key, seqs in seen.keys.items():
+            assert seqs == sorted(seqs), f"{key} went back: {seqs}"
+        assert seen.positions == sorted(seen.positions), seen.positions
+        # The full fold, without 16 s of 2 ms folds: each key counts its events, and holds
+        # the sequence of its last one.
+        fold: dict[str, Tally] = {}
+        for n, result in enumerate(results):
+            key = f"k{n % KEYS}"
+            fold[key] = Tally(fold.get(key, Tally()).count + 1, result.seq)
+        assert await stored(bus, app.projection("bumps")) == fold
