@@ -12,7 +12,8 @@ from .errors import ConcurrencyError, NoStreamForSubject, PublishError
 if TYPE_CHECKING:
     from .publish import Outgoing
 
-WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence
+WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence, and the
+WRONG_LAST_SEQUENCE_UNSAID = 10164  # same when it cannot say which (a guarded write in flight)
 # Answers the publisher gives itself: the server's "no responders" status, and a message it
 # never sent because the server could not take it.
 NO_RESPONDERS = b'{"error":{"code":503,"description":"no responders"}}'
@@ -53,7 +54,7 @@ def read_ack(out: Outgoing, data: bytes) -> PublishResult:
         raise PublishError(out.subject, f"unreadable ack {data[:80]!r}") from None
     if ack.error is not None:
         err = ack.error
-        if err.err_code == WRONG_LAST_SEQUENCE:
+        if err.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_UNSAID):
             expected = int(out.headers.get(h.EXPECTED_LAST_SUBJECT_SEQ, "0"))
             raise ConcurrencyError(out.subject, expected, _trailing_int(err.description))
         if err.code == 503:

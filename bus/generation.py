@@ -7,9 +7,10 @@ changed key once (pipelined). A key's record carries the last sequence applied t
 a crash at any point the replayed events at or below it are skipped: nothing applies twice.
 An event it cannot key or apply goes to the dead-letter stream, named after the projection.
 
-Fencing: `open` writes the bucket's fence, and every key write is conditional on the fence
-still being that one (`Nats-Expected-Last-Subject-Sequence` on the fence's subject), so once
-another instance has opened the bucket, whatever this one still sends is refused (`Fenced`).
+Fencing: `open` writes the bucket's fence, and a batch's keys are written as JetStream atomic
+batches, each conditional on the fence still being that one (`Nats-Expected-Last-Subject-
+Sequence` on the fence's subject), so once another instance has opened the bucket, whatever
+this one still sends is refused whole (`Fenced`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import msgspec
 
 from . import headers as h
 from . import telemetry
-from .acks import PublishResult
 from .client import Bus
 from .coverage import Coverage, last_sequence
 from .deadletter import dead_letter_message
@@ -34,7 +34,7 @@ from .events import Event
 from .feed import SharedReads, Tail
 from .kv import ensure_bucket, kv_key
 from .projection import FENCE_KEY, Projection, Record, read_records
-from .publish import Outgoing
+from .publish import MAX_ATOMIC_BATCH, Outgoing
 from .reader import StoredMessage
 from .subjects import matches
 
@@ -86,7 +86,7 @@ class Generation:
     async def open(self) -> None:
         """Create the bucket if need be and fence it: from now on only this instance writes
         there (one that opened it before and still runs is refused from this write on)."""
-        await ensure_bucket(self.bus.js, self.bucket, replicas=self.bus.replicas)
+        await ensure_bucket(self.bus.js, self.bucket, replicas=self.bus.replicas, atomic=True)
         subject = f"$KV.{self.bucket}.{FENCE_KEY}"
         fenced = await self.bus.publisher.send(
             Outgoing(subject, _encode_fence({"fence": self.fence}), {}, "")
@@ -243,24 +243,29 @@ class Generation:
             self._cache.update(await read_records(self.bus, self.bucket, chunk, self.bucket_seq))
 
     async def _write(self, changed: dict[str, Record]) -> None:
+        """Store the changed records: atomic batches of up to MAX_ATOMIC_BATCH, each refused
+        whole unless the fence is still this instance's."""
         self.written = {}
         if not changed:
             return
-        encode, guard = msgspec.msgpack.encode, self._guard
+        encode, prefix = msgspec.msgpack.encode, f"$KV.{self.bucket}."
         outs = [
-            Outgoing(f"$KV.{self.bucket}.{kv_key(key)}", encode(record), guard, "")
+            Outgoing(prefix + kv_key(key), encode(record), {}, "")
             for key, record in changed.items()
         ]
         try:
             with telemetry.step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
-                results = await self.bus.publisher.send_many(outs)
+                for start in range(0, len(outs), MAX_ATOMIC_BATCH):
+                    batch = outs[start : start + MAX_ATOMIC_BATCH]
+                    batch[0] = Outgoing(batch[0].subject, batch[0].payload, self._guard, "")
+                    stored = await self.bus.publisher.send_atomic(batch)
+                    self.bucket_seq = stored[-1].seq
         except ConcurrencyError:
             self._complete = False
             raise Fenced(f"projection {self.projection.name!r}") from None
         except BaseException:
             self._complete = False  # some keys may be stored that the cache does not hold
             raise
-        self.bucket_seq = max(r.seq for r in results if isinstance(r, PublishResult))
         self._cache.update(changed)
         self.written = changed
         if len(self._cache) > CACHE_KEYS:  # memory stays bounded; misses read the bucket

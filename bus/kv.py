@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 
 import nats.errors
@@ -37,13 +38,16 @@ async def ensure_bucket(
     history: int = 1,
     ttl: float | None = None,
     replicas: int = 1,
+    atomic: bool = False,
 ) -> KeyValue:
-    """The bucket `name`, created if missing (with direct get on, which our reads use)."""
+    """The bucket `name`, created if missing (with direct get on, which our reads use).
+
+    `atomic` lets it take JetStream atomic batches (all of the writes or none): a fenced
+    writer's writes on a replicated stream must be one batch guarded once, since JetStream
+    refuses a second guarded write on a subject while the first is in flight."""
     try:
-        return await js.key_value(name)
+        kv = await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
-        pass
-    try:
         config = KeyValueConfig(
             name,
             history=history,
@@ -52,6 +56,19 @@ async def ensure_bucket(
             ttl=ttl,
             replicas=replicas,
         )
-        return await js.create_key_value(config)
+        try:
+            kv = await js.create_key_value(config)
+        except nats.errors.Error as exc:
+            raise StreamError(f"key-value bucket {name!r}: {exc}") from None
+    if atomic:
+        await _allow_atomic(js, f"KV_{name}")
+    return kv
+
+
+async def _allow_atomic(js: JetStreamContext, stream: str) -> None:
+    try:
+        config = (await js.stream_info(stream)).config
+        if not config.allow_atomic:
+            await js.update_stream(dataclasses.replace(config, allow_atomic=True))
     except nats.errors.Error as exc:
-        raise StreamError(f"key-value bucket {name!r}: {exc}") from None
+        raise StreamError(f"key-value bucket stream {stream!r}: {exc}") from None

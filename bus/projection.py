@@ -45,7 +45,7 @@ from .envelope import Envelope
 from .errors import BusTimeout, ConfigError, StreamNotFound
 from .events import Event
 from .kv import from_kv_key, kv_key
-from .reader import StoredMessage, read_last, read_messages
+from .reader import StoredMessage, read_from_leader, read_last, read_messages
 from .subjects import validate_pattern, validate_token
 
 S = TypeVar("S")
@@ -130,14 +130,19 @@ class ProjectionView(Generic[S]):
         self._coverage: Coverage | None = None
 
     async def status(self) -> ProjectionStatus:
-        subject = f"$KV.{META_BUCKET}.{self.projection.name}"
+        """The last checkpoint (from the leader on a replicated bucket: what a read of the
+        projection's keys then asks of a replica must be at least that recent)."""
+        subject, stream = f"$KV.{META_BUCKET}.{self.projection.name}", f"KV_{META_BUCKET}"
         try:
-            found = await read_last(self._bus.nc, f"KV_{META_BUCKET}", [subject], 1)
+            if await self._bus.replicated(stream):
+                found = await read_from_leader(self._bus.nc, stream, last_by_subject=subject)
+            else:
+                found = next(iter(await read_last(self._bus.nc, stream, [subject], 1)), None)
         except StreamNotFound:
-            found = []
-        if not found or not found[0].data:
+            found = None
+        if found is None or not found.data:
             return ProjectionStatus(name=self.projection.name)
-        return _decode_status(found[0].data)
+        return _decode_status(found.data)
 
     async def coverage(self) -> Coverage:
         """The projection's stream and what it reads of it (looked up once)."""
