@@ -134,11 +134,14 @@ def test_the_readme_shop_runs_as_written(tmp_path: Path) -> None:
         assert '"state":{"orders":1,"total":42}' in ran.stdout
         printed = json.loads(ran.stdout[ran.stdout.index("\n{\n") :])
         assert printed == {"key": "all", "seq": 2, "state": {"orders": 2, "total": 50}}
-        components = httpx.get(
-            f"{env['EDGE']}/api/v1/components/shop", headers={"Authorization": f"Bearer {KEY}"}
+        listed = httpx.get(
+            f"{env['EDGE']}/api/v1/components", headers={"Authorization": f"Bearer {KEY}"}
         ).json()
-        [instance] = components["instances"]
-        assert httpx.get(instance["health_url"]).status_code == 200
+        by_name = {c["name"]: c for c in listed}
+        assert set(by_name) == {"shop", "nats-server"}  # bus up and the server it started
+        for component in listed:
+            assert httpx.get(component["health_url"]).status_code == 200, component
+        assert by_name["shop"]["health_url"] == f"{env['EDGE']}/health"
     assert up.returncode == 0
 
 
