@@ -134,6 +134,10 @@ def test_the_readme_shop_runs_as_written(tmp_path: Path) -> None:
         assert '"state":{"orders":1,"total":42}' in ran.stdout
         printed = json.loads(ran.stdout[ran.stdout.index("\n{\n") :])
         assert printed == {"key": "all", "seq": 2, "state": {"orders": 2, "total": 50}}
+        running_app = bus_in(tmp_path, "schema")
+        assert event_types(running_app.stdout) == {"OrderPlaced"}  # the running bus up's
+        told = bus_in(tmp_path, "schema", BUS_APP="services.demo:app")
+        assert "TaskCreated" in event_types(told.stdout)  # BUS_APP comes first
         listed = httpx.get(
             f"{env['EDGE']}/api/v1/components", headers={"Authorization": f"Bearer {KEY}"}
         ).json()

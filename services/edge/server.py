@@ -75,20 +75,27 @@ async def serve_edge(
     flush = telemetry.setup(f"{app.name}-edge", json_logs)
     try:
         url = settings.resolve_nats_url()
-        async with Bus(url, credentials=settings.credentials, name="edge-check"):
-            pass  # unreachable NATS: one clear error now, not a failed start-up later
-        api = create_app(app, url, **settings.edge_options())
-        if api.state.dev_key:
-            show_key(api.state.dev_key)
-        async with until_signalled() as stop:
-            server, task, port = await start_edge(api, settings.edge_host, settings.edge_port)
-            me = edge_component(
-                f"{app.name}-edge", advertised_url(settings.edge_host, port), ["edge"]
-            )
-            try:
-                async with Registration(api.state.bus, me):  # the lifespan's Bus
-                    await stop.wait()
-            finally:
-                await stop_edge(server, task)
+        # Connected first: unreachable NATS is one clear error now, not a failed start-up
+        # later. This connection keeps the registration (with the replicas the settings ask
+        # for, should it create the registry's bucket).
+        async with Bus(
+            url,
+            credentials=settings.credentials,
+            name=f"edge-{app.name}-registry",
+            replicas=settings.replicas,
+        ) as bus:
+            api = create_app(app, url, **settings.edge_options())
+            if api.state.dev_key:
+                show_key(api.state.dev_key)
+            async with until_signalled() as stop:
+                server, task, port = await start_edge(api, settings.edge_host, settings.edge_port)
+                edge_url = advertised_url(settings.edge_host, port)
+                try:
+                    async with Registration(
+                        bus, edge_component(f"{app.name}-edge", edge_url, ["edge"])
+                    ):
+                        await stop.wait()
+                finally:
+                    await stop_edge(server, task)
     finally:
         flush()
