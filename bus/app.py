@@ -50,8 +50,9 @@ class App:
 def load_app(ref: str) -> App:
     """Import `package.module:attribute` and check it is an App."""
     module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"--app takes module:attribute, not {ref!r}")
+    names = [*module_name.split("."), attr]
+    if not module_name or not attr or not all(name.isidentifier() for name in names):
+        raise ConfigError(f"--app takes module:attribute (dotted Python names), not {ref!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

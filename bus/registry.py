@@ -1,9 +1,13 @@
-"""The component registry: who is running, where, and what it offers.
+"""The component registry: who is running, where, how to check its health, what it offers.
 
 Each running component keeps an entry in the `bus_components` KV bucket, renewed every
-third of the TTL; the bucket's TTL removes an entry whose process stopped renewing, and a
-clean stop deletes it at once. `nats.micro` responders are found by `$SRV.INFO` and listed
-beside them, so request/reply services show up without registering twice.
+third of its TTL; a clean stop deletes it at once. A component is *alive* while its last
+heartbeat is younger than its TTL, and *silent* once two beats are missing: it stopped
+without deregistering (crashed, frozen, cut off from NATS). The bucket keeps a silent
+entry for RETAIN seconds, so the edge's `/health` can say what vanished, then drops it.
+Heartbeat ages are measured from the time the server stored the beat, so components on
+hosts with different clocks are judged alike. `nats.micro` responders are found by
+`$SRV.INFO` and listed beside them, so request/reply services show up without registering.
 
     async with Registration(bus, Component(name="worker", version="1.0", ...)):
         ...   # listed by `await components(bus)` and `bus components`
@@ -23,48 +27,82 @@ import nats.errors
 from nats.js.kv import KeyValue
 
 from .client import Bus
-from .errors import StreamNotFound
+from .errors import ConfigError, StreamError, StreamNotFound
 from .kv import ensure_bucket, kv_key
 from .reader import read_messages
+from .subjects import validate_token
 
 BUCKET = "bus_components"
-TTL = 10.0  # seconds an entry outlives its last heartbeat
+TTL = 10.0  # seconds a component counts as alive after its last heartbeat
+RETAIN = 300.0  # seconds the bucket keeps an entry that stopped heartbeating
 MICRO_WINDOW = 0.3  # seconds to gather $SRV.INFO answers
+MAX_NAME = 128
 
 
 class Component(msgspec.Struct, kw_only=True):
+    """One running instance: enough for a person, a dashboard or a health monitor to find it.
+
+    `health_url` answers 200 while the instance is fit to work and 503 when it is not;
+    `ports` name what it listens on (`http`, `nats`...), `endpoints` its URLs and subjects.
+    """
+
     name: str
     version: str = "0.0.0"
     instance: str = msgspec.field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     host: str = msgspec.field(default_factory=socket.gethostname)
-    port: int | None = None
+    port: int | None = None  # the main one, when it has one
+    ports: dict[str, int] = {}
+    health_url: str = ""
     endpoints: list[str] = []
     capabilities: list[str] = []
-    kind: str = "service"  # or "micro" for nats.micro responders
+    kind: str = "service"  # or "micro" for nats.micro responders, "nats-server"
     started_at: str = msgspec.field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
     )
     heartbeat_at: str = ""
+    ttl: float = TTL  # it beats every ttl/3
 
     @property
     def key(self) -> str:
         return kv_key(f"{self.name}.{self.instance}")
 
 
+class Silent(msgspec.Struct, kw_only=True):
+    """A registered instance whose heartbeat stopped without a deregistration."""
+
+    component: Component
+    silent_for: float  # seconds since its last heartbeat was stored
+
+
+def advertised_url(host: str, port: int) -> str:
+    """The base URL others reach a server bound to host:port at: by this machine's name when
+    it listens on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def validate_name(name: str) -> str:
+    """A component name: one subject token (no dots, spaces or wildcards), at most 128 chars."""
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"component name longer than {MAX_NAME} characters")
+    validate_token(name, "component name")
+    return name
+
+
 class Registration:
     """Keeps one component registered while the context is open."""
 
     def __init__(self, bus: Bus, component: Component, ttl: float = TTL) -> None:
+        validate_name(component.name)
         self._bus = bus
         self.component = component
-        self.ttl = ttl
+        self.ttl = component.ttl = ttl
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> Self:
-        self._kv = await ensure_bucket(
-            self._bus.js, BUCKET, ttl=self.ttl, replicas=self._bus.replicas
-        )
+        self._kv = await _bucket(self._bus)
         await self._beat()
         self._task = asyncio.create_task(
             self._heartbeats(), name=f"heartbeat {self.component.name}"
@@ -72,7 +110,7 @@ class Registration:
         return self
 
     async def stop(self) -> None:
-        """Stop heartbeating and deregister now (a crash leaves it to the TTL)."""
+        """Stop heartbeating and deregister now (a crash leaves it silent, then to RETAIN)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -99,14 +137,47 @@ class Registration:
                 await self._beat()
 
 
-async def components(bus: Bus) -> list[Component]:
-    """Registered components plus `nats.micro` services, sorted by name."""
-    found = [*await _registered(bus), *await _micro_services(bus)]
+async def _bucket(bus: Bus) -> KeyValue:
+    """The registry's bucket; one made by an older version (entries gone at the TTL) is
+    given RETAIN, so what stops heartbeating can still be reported."""
+    kv = await ensure_bucket(bus.js, BUCKET, ttl=RETAIN, replicas=bus.replicas)
+    try:
+        info = await bus.js.stream_info(f"KV_{BUCKET}")
+        if info.config.max_age != RETAIN:
+            info.config.max_age = RETAIN
+            await bus.js.update_stream(info.config)
+    except nats.errors.Error as exc:
+        raise StreamError(f"key-value bucket {BUCKET!r}: {exc}") from None
+    return kv
+
+
+async def components(bus: Bus, name: str | None = None) -> list[Component]:
+    """Alive components plus `nats.micro` services (only those called `name`, if given),
+    sorted by name and instance."""
+    if name is not None:
+        validate_name(name)
+    alive = [c for c, age in await _registered(bus) if age <= c.ttl]
+    found = [*alive, *await _micro_services(bus, name)]
+    if name is not None:
+        found = [c for c in found if c.name == name]
     return sorted(found, key=lambda c: (c.name, c.instance))
 
 
-async def _registered(bus: Bus) -> list[Component]:
-    latest: dict[str, bytes] = {}
+async def silent_components(bus: Bus, name: str | None = None) -> list[Silent]:
+    """Registered instances with two heartbeats missing that did not deregister."""
+    return sorted(
+        (
+            Silent(component=c, silent_for=round(age, 1))
+            for c, age in await _registered(bus)
+            if age > 2 * c.ttl / 3 and (name is None or c.name == name)
+        ),
+        key=lambda s: (s.component.name, s.component.instance),
+    )
+
+
+async def _registered(bus: Bus) -> list[tuple[Component, float]]:
+    """Every entry with the seconds since the server stored its last heartbeat."""
+    latest: dict[str, Any] = {}
     next_seq = 1
     while True:
         try:
@@ -114,15 +185,23 @@ async def _registered(bus: Bus) -> list[Component]:
         except StreamNotFound:
             return []
         for message in page:
-            latest[message.subject] = message.data  # empty for a delete marker
+            latest[message.subject] = message  # empty data for a delete marker
         if len(page) < 1000:
             break
         next_seq = page[-1].seq + 1
     decode = msgspec.json.Decoder(Component).decode
-    return [decode(data) for data in latest.values() if data]
+    now = datetime.now(UTC)
+    found = []
+    for message in latest.values():
+        if not message.data:
+            continue
+        with contextlib.suppress(msgspec.DecodeError, ValueError):
+            age = (now - datetime.fromisoformat(message.time)).total_seconds()
+            found.append((decode(message.data), max(0.0, age)))
+    return found
 
 
-async def _micro_services(bus: Bus) -> list[Component]:
+async def _micro_services(bus: Bus, name: str | None = None) -> list[Component]:
     inbox = bus.nc.new_inbox()
     answers: list[Any] = []
 
@@ -132,7 +211,7 @@ async def _micro_services(bus: Bus) -> list[Component]:
 
     sub = await bus.nc.subscribe(inbox, cb=collect)
     try:
-        await bus.nc.publish("$SRV.INFO", b"", reply=inbox)
+        await bus.nc.publish("$SRV.INFO" + (f".{name}" if name else ""), b"", reply=inbox)
         await asyncio.sleep(MICRO_WINDOW)
     finally:
         with contextlib.suppress(nats.errors.Error):

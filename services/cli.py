@@ -332,10 +332,11 @@ async def components_verb(as_json: bool) -> None:
 
     async with connect() as bus:
         found = await components(bus)
-    table = Table("name", "kind", "version", "instance", "heartbeat", "offers")
+    table = Table("name", "kind", "version", "instance", "health", "heartbeat", "offers")
     for c in found:
-        offers = ", ".join(c.capabilities + c.endpoints)
-        table.add_row(c.name, c.kind, c.version, c.instance, c.heartbeat_at or "-", offers)
+        offers = ", ".join(c.capabilities or c.endpoints)
+        heartbeat = c.heartbeat_at or "-"
+        table.add_row(c.name, c.kind, c.version, c.instance, c.health_url, heartbeat, offers)
     emit(as_json, found, table)
 
 

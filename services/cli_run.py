@@ -13,6 +13,7 @@ from bus import BusError
 from bus.app import load_app
 
 from .console import (
+    APP_DIR,
     app_option,
     emit,
     err_console,
@@ -34,9 +35,13 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
     """Start the whole backbone: embedded NATS (unless BUS_NATS_URL) and the app's services."""
     from .up import run_up
 
+    app_dir = click.get_current_context().meta[APP_DIR]
     try:
         app = load_app(app_ref)
-        run_loop(run_up(Settings.from_env(), app, fresh=fresh, as_json=as_json))
+        settings = Settings.from_env()
+        run_loop(
+            run_up(settings, app, fresh=fresh, as_json=as_json, app_ref=app_ref, app_dir=app_dir)
+        )
     except (BusError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,6 +21,7 @@ from .lifecycle import run as run_loop
 from .settings import Settings
 
 DEFAULT_APP = "services.demo:app"
+APP_DIR = "bus.app_dir"  # click context meta: the directory the chosen app is imported from
 console = Console()
 err_console = Console(stderr=True)
 
@@ -52,9 +54,57 @@ def emit(as_json: bool, data: Any, table: Table | str | None = None) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-app_option = click.option(
-    "--app", "app_ref", default=DEFAULT_APP, show_default=True, help="module:attr of a bus.App."
-)
+
+
+def choose_app(app_ref: str | None, app_dir: str) -> tuple[str, Path]:
+    """Which app a verb runs, and the directory its module is imported from: --app, else
+    BUS_APP (or `app` in bus.toml), else the app of the `bus up` running on this data dir,
+    else the demo. Explicit refs are found in `app_dir` (default: here), as uvicorn does."""
+    here = Path(app_dir).resolve()
+    if app_ref:
+        return app_ref, here
+    settings = Settings.from_env()
+    if settings.app:
+        return settings.app, here
+    running = settings.running_up() or {}
+    if running.get("app_ref"):
+        return str(running["app_ref"]), Path(str(running.get("app_dir") or here))
+    return DEFAULT_APP, here
+
+
+def app_option(verb: Callable[..., Any]) -> Callable[..., Any]:
+    """`--app module:attr` and `--app-dir DIR`; the verb gets the chosen ref as `app_ref`,
+    with its directory first on the import path (and in `click`'s context meta)."""
+
+    @functools.wraps(verb)
+    def chosen(*args: Any, app_ref: str | None, app_dir: str, **kwargs: Any) -> Any:
+        try:
+            ref, where = choose_app(app_ref, app_dir)
+        except (BusError, ValueError) as exc:
+            fail(str(exc))
+        if str(where) not in sys.path:
+            sys.path.insert(0, str(where))
+        click.get_current_context().meta[APP_DIR] = where
+        return verb(*args, app_ref=ref, **kwargs)
+
+    options = (
+        click.option(
+            "--app",
+            "app_ref",
+            help=f"module:attr of a bus.App [default: BUS_APP, else the running `bus up`'s, "
+            f"else {DEFAULT_APP}]",
+        ),
+        click.option(
+            "--app-dir",
+            default=".",
+            show_default=True,
+            type=click.Path(file_okay=False),
+            help="Where to import the app's module from.",
+        ),
+    )
+    for option in reversed(options):
+        chosen = option(chosen)
+    return chosen
 
 
 def connect(app: App | None = None) -> Bus:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import socket
-from importlib.metadata import version
 from typing import Any
 
 import msgspec
@@ -22,10 +21,11 @@ from bus import Bus, BusError
 from bus.app import App
 from bus.lease import Lease
 from bus.projector import Projector
-from bus.registry import Component, Registration
+from bus.registry import Registration
 
 from . import telemetry
 from .lifecycle import until_signalled
+from .probes import serve_probes
 from .settings import Settings
 
 log = logging.getLogger("bus.projector")
@@ -117,21 +117,21 @@ async def serve_projector(settings: Settings, app: App, json_logs: bool = False)
     flush = telemetry.setup(component, json_logs)
     url = settings.resolve_nats_url()
     bus = Bus(url, name=f"bus-projector-{app.name}", **settings.bus_options(app))
-    me = Component(
-        name=component,
-        version=version("bus"),
-        capabilities=[f"projection:{name}" for name in app.projections],
-    )
+    capabilities = [f"projection:{name}" for name in app.projections]
     try:
         async with (
             until_signalled() as stop,
-            telemetry.serve_metrics(bus, app, settings.metrics_host, settings.metrics_port),
+            serve_probes(bus, app, settings.metrics_host, settings.metrics_port) as probes,
             bus,
-            Registration(bus, me),
+            Registration(bus, probes.component(component, capabilities)) as registered,
         ):
             service = ProjectorService(bus, app)
             log.info(
-                "projector %s for %s: %s", service.instance, app.name, ", ".join(app.projections)
+                "projector %s for %s: %s; health at %s",
+                service.instance,
+                app.name,
+                ", ".join(app.projections),
+                registered.component.health_url,
             )
             await service.run(stop)
     finally:

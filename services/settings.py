@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BUS_", env_ignore_empty=True, frozen=True)
 
     nats_url: str | None = None  # comma-separated; unset: `bus up` starts the embedded server
+    app: str | None = None  # module:attr of the App every verb runs, unless --app names one
     data_dir: Path = Path(".bus")  # the embedded server's store and local state
     edge_host: str = "127.0.0.1"
     edge_port: Port = 8080  # 0: a free port
@@ -143,17 +144,23 @@ class Settings(BaseSettings):
         """Where `bus up` records the embedded server's URLs for the other verbs."""
         return self.data_dir / "server.json"
 
+    def running_up(self) -> dict[str, Any] | None:
+        """What the `bus up` running on this data dir recorded (None when none runs)."""
+        try:
+            state = json.loads(self.state_file.read_text())
+            os.kill(int(state["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return state if isinstance(state, dict) else None
+
     def resolve_nats_url(self) -> str:
         """BUS_NATS_URL, else the server a running `bus up` recorded."""
         if self.nats_url:
             return self.nats_url
-        try:
-            state = json.loads(self.state_file.read_text())
-            pid = int(state["pid"])
-            os.kill(pid, 0)
-        except (OSError, ValueError, KeyError):
+        state = self.running_up()
+        if state is None or "nats_url" not in state:
             raise ConfigError(
                 f"no NATS server: set BUS_NATS_URL, or start one with `bus up` "
                 f"(none is running for data dir {self.data_dir})"
-            ) from None
+            )
         return str(state["nats_url"])

@@ -1,19 +1,15 @@
 """A service's telemetry: OTLP traces when configured, JSON logs carrying trace ids, the bus's
-observations recorded as Prometheus metrics, and `/metrics` for processes without the edge."""
+observations recorded as Prometheus metrics, and the `/metrics` answer (served by the edge,
+and by `services.probes` for the worker and projector)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from bus import Bus, telemetry
 from bus.app import App
@@ -25,7 +21,6 @@ from observability import metrics as m
 from observability import tracing
 
 INTERNAL = ("KV_", "OBJ_")  # KV buckets and object stores are streams too; not ours to chart
-FINAL_SCRAPE_WAIT = 6.0  # seconds: deploy/prometheus scrapes every 5 s
 
 
 def add_event_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -86,34 +81,3 @@ async def exposition(bus: Bus, app: App, accept: str | None) -> Response:
         await refresh(bus, app)
     body, content_type = m.render(accept)
     return Response(body, media_type=content_type)
-
-
-@contextlib.asynccontextmanager
-async def serve_metrics(bus: Bus, app: App, host: str, port: int | None) -> AsyncIterator[None]:
-    """`/metrics` on host:port for the projector and worker (None: not served).
-
-    Enter it before the Bus and leave it after: what handlers finishing during the drain
-    count is still served. Prometheus pulls, so on the way out the counters wait for one
-    more scrape (up to FINAL_SCRAPE_WAIT) rather than vanish with the process.
-    """
-    if port is None:
-        yield
-        return
-    from .edge.server import start_edge, stop_edge
-
-    scraped = asyncio.Event()
-
-    async def scrape(request: Request) -> Response:
-        response = await exposition(bus, app, request.headers.get("accept"))
-        scraped.set()  # in the same step as the rendering: it saw every count made before
-        return response
-
-    server, task, _ = await start_edge(Starlette(routes=[Route("/metrics", scrape)]), host, port)
-    try:
-        yield
-        scraped.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FINAL_SCRAPE_WAIT):
-                await scraped.wait()
-    finally:
-        await stop_edge(server, task)

@@ -1,7 +1,9 @@
 """`bus up`: the embedded server (unless BUS_NATS_URL), the app's handlers and projector.
 
 The server's data lives under BUS_DATA_DIR and is reused across runs (`--fresh` wipes it);
-its URLs are recorded in `<data dir>/server.json`, which the other verbs read.
+its URLs and the app it runs are recorded in `<data dir>/server.json`, which the other
+verbs read. It registers itself (edge, handlers, projections) and the embedded nats-server
+as components, each with its health URL.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import json
 import logging
 import os
 import shutil
-from importlib.metadata import version
+import socket
+from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
@@ -20,11 +23,12 @@ from rich.table import Table
 
 from bus import Bus, EmbeddedServer
 from bus.app import App
-from bus.registry import Component, Registration
+from bus.registry import Component, Registration, advertised_url
 
 from . import telemetry
 from .edge import create_app
-from .edge.server import start_edge, stop_edge
+from .edge.server import edge_component, start_edge, stop_edge
+from .examples import try_commands
 from .lifecycle import until_signalled
 from .projector import ProjectorService
 from .settings import Settings
@@ -46,10 +50,19 @@ def _start_server(settings: Settings, fresh: bool) -> EmbeddedServer:
         return EmbeddedServer(store_dir=store).start()  # that port is taken now
 
 
-def _component(app: App, bus: Bus) -> Component:
-    capabilities = [f"handler:{c.spec.durable}" for c in bus.consumers]
-    capabilities += [f"projection:{name}" for name in app.projections]
-    return Component(name=app.name, version=version("bus"), capabilities=capabilities)
+def _nats_component(server: EmbeddedServer, bus: Bus) -> Component:
+    """The embedded nats-server, a process `bus up` runs: its health URL is its /healthz."""
+    v = bus.nc.connected_server_version
+    return Component(
+        name="nats-server",
+        kind="nats-server",
+        version=f"{v.major}.{v.minor}.{v.patch}",
+        instance=f"{socket.gethostname()}-{server.pid}",
+        port=server.port,
+        ports={"client": server.port, "monitor": server.monitor_port or 0},
+        health_url=f"{server.monitor_url}/healthz",
+        endpoints=[server.url, f"{server.monitor_url}/varz"],
+    )
 
 
 def _status(app: App, url: str, server: EmbeddedServer | None, bus: Bus) -> dict[str, object]:
@@ -65,7 +78,7 @@ def _status(app: App, url: str, server: EmbeddedServer | None, bus: Bus) -> dict
     }
 
 
-def _panel(status: dict[str, object]) -> Panel:
+def _panel(status: dict[str, object], app: App) -> Panel:
     table = Table.grid(padding=(0, 2))
     table.add_row("edge", str(status["edge_url"]))
     table.add_row("OpenAPI docs", f"{status['edge_url']}/docs")
@@ -80,13 +93,16 @@ def _panel(status: dict[str, object]) -> Panel:
     table.add_row("streams", ", ".join(status["streams"]) or "-")  # type: ignore[arg-type]
     table.add_row("handlers", ", ".join(status["handlers"]) or "-")  # type: ignore[arg-type]
     table.add_row("projections", ", ".join(status["projections"]) or "-")  # type: ignore[arg-type]
-    table.add_row("try", 'bus publish tasks.t1.created \'{"title": "hello"}\'')
-    table.add_row("", "bus tail 'tasks.>' --from-seq 1")
-    table.add_row("", "bus projections get task t1")
+    for i, command in enumerate(try_commands(app)):
+        table.add_row("try" if i == 0 else "", command)
     return Panel(table, title=f"bus up · {status['app']}", subtitle="Ctrl-C stops")
 
 
-async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) -> None:
+async def run_up(
+    settings: Settings, app: App, *, fresh: bool, as_json: bool, app_ref: str, app_dir: Path
+) -> None:
+    """Everything for `app` in this process until a signal; `app_ref` and `app_dir` are
+    recorded so the other verbs run the same app without being told."""
     flush = telemetry.setup(app.name, json_logs=as_json)
     server = None if settings.nats_url else _start_server(settings, fresh)
     url = settings.nats_url or server.url  # type: ignore[union-attr]
@@ -97,28 +113,41 @@ async def run_up(settings: Settings, app: App, *, fresh: bool, as_json: bool) ->
             router=app.router,
             **settings.bus_options(app),
         )
-        async with until_signalled() as stop, bus, Registration(bus, _component(app, bus)):
+        async with until_signalled() as stop, bus, contextlib.AsyncExitStack() as registered:
             projector = ProjectorService(bus, app)
             projecting = asyncio.create_task(projector.run(stop))
             api = create_app(app, url, **settings.edge_options())
             edge, serving, port = await start_edge(api, settings.edge_host, settings.edge_port)
             for name, view in api.state.views.items():  # reads learn of a batch as it is stored
                 projector.projector.observe(name, view.applied)
+            edge_url = advertised_url(settings.edge_host, port)
+            capabilities = ["edge", *(f"handler:{c.spec.durable}" for c in bus.consumers)]
+            capabilities += [f"projection:{name}" for name in app.projections]
+            await registered.enter_async_context(
+                Registration(bus, edge_component(app.name, edge_url, capabilities))
+            )
+            if server is not None:
+                await registered.enter_async_context(
+                    Registration(bus, _nats_component(server, bus))
+                )
             status = _status(app, url, server, bus)
             status["edge_url"] = f"http://{settings.edge_host}:{port}"
             status["dev_api_key"] = api.state.dev_key
-            if server is not None:
-                state = {
-                    k: v for k, v in status.items() if k != "dev_api_key"
-                }  # no secrets on disk
+            state = {k: v for k, v in status.items() if k != "dev_api_key"}  # no secrets on disk
+            state |= {"app_ref": app_ref, "app_dir": str(app_dir)}
+            if server is None:
+                del state["nats_url"]  # the verbs take BUS_NATS_URL (with its credentials)
+            else:
                 state["nats_port"] = server.port
-                settings.state_file.write_text(json.dumps(state))
+            settings.state_file.parent.mkdir(parents=True, exist_ok=True)
+            settings.state_file.write_text(json.dumps(state))
             if as_json:
                 print(json.dumps(status), flush=True)
             else:
-                Console().print(_panel(status))
+                Console().print(_panel(status, app))
             await stop.wait()
             logging.getLogger("bus").info("stopping: draining handlers and the connection")
+            await registered.aclose()
             await stop_edge(edge, serving)
             await projecting
     finally:

@@ -1,21 +1,23 @@
 """`bus worker --app module:attr`: the app's handlers alone (no edge, no projections).
 
-Run as many as the load needs: durable consumers share the work. Registers in the component
-registry with a `handler:<durable>` capability per handler; SIGTERM drains in-flight
-handlers before the connection closes (unfinished messages are redelivered elsewhere).
+Run as many as the load needs: durable consumers share the work. Serves its probes
+(`/livez`, `/readyz`, `/health`, `/metrics`: services.probes) and registers in the component
+registry with them and a `handler:<durable>` capability per handler; SIGTERM drains
+in-flight handlers before the connection closes (unfinished messages are redelivered
+elsewhere).
 """
 
 from __future__ import annotations
 
 import logging
-from importlib.metadata import version
 
 from bus import Bus
 from bus.app import App
-from bus.registry import Component, Registration
+from bus.registry import Registration
 
 from . import telemetry
 from .lifecycle import until_signalled
+from .probes import serve_probes
 from .settings import Settings
 
 log = logging.getLogger("bus.worker")
@@ -33,16 +35,17 @@ async def serve_worker(settings: Settings, app: App, json_logs: bool = False) ->
     try:
         async with (
             until_signalled() as stop,
-            telemetry.serve_metrics(bus, app, settings.metrics_host, settings.metrics_port),
+            serve_probes(bus, app, settings.metrics_host, settings.metrics_port) as probes,
             bus,
         ):
-            me = Component(
-                name=component,
-                version=version("bus"),
-                capabilities=[f"handler:{c.spec.durable}" for c in bus.consumers],
-            )
+            me = probes.component(component, [f"handler:{c.spec.durable}" for c in bus.consumers])
             async with Registration(bus, me):
-                log.info("worker for %s: %s", app.name, ", ".join(me.capabilities) or "no handlers")
+                log.info(
+                    "worker for %s: %s; health at %s",
+                    app.name,
+                    ", ".join(me.capabilities) or "no handlers",
+                    me.health_url,
+                )
                 await stop.wait()
                 log.info("stopping: draining handlers and the connection")
     finally:

@@ -17,11 +17,11 @@ BUS = str(Path(sys.executable).with_name("bus"))
 
 @contextlib.contextmanager
 def running(
-    args: list[str], log: Path, env: dict[str, str] | None = None
+    args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A subprocess writing to `log`, stopped with SIGTERM (and reaped) on the way out."""
     with log.open("wb") as output:
-        process = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(args, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
         try:
             yield process
         finally:

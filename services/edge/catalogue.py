@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 
 from bus import Bus, BusError, json_schema
-from bus.registry import components
+from bus.registry import MAX_NAME, components, silent_components
 
 from .auth import require
 
+NAME_PATTERN = r"^[A-Za-z0-9_\-:~@=+%!]+$"  # one subject token, as bus.registry requires
 router = APIRouter(prefix="/api/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
 
 
@@ -65,6 +66,20 @@ async def stream_page(bus: Bus, name: str, from_seq: int, limit: int) -> dict[st
 @router.get("/components")
 async def list_components(request: Request) -> Response:
     return _json(await components(request.app.state.bus))
+
+
+@router.get("/components/{name}")
+async def one_component(
+    request: Request, name: str = Path(max_length=MAX_NAME, pattern=NAME_PATTERN)
+) -> Response:
+    """The running instances of component `name` (with their health URLs), and those whose
+    heartbeat stopped without a deregistration (`silent`, with seconds since the last)."""
+    bus = request.app.state.bus
+    running = await components(bus, name)
+    silent = [s for s in await silent_components(bus, name) if s.component not in running]
+    if not running and not silent:
+        raise HTTPException(404, f"no component named {name!r} is registered")
+    return _json({"name": name, "instances": running, "silent": silent})
 
 
 @router.get("/schemas")

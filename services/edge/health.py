@@ -1,10 +1,9 @@
 """Health: `/livez` (the process), `/readyz` (NATS, JetStream, streams, projections not stale),
-`/health` (application/health+json: pass|warn|fail per check; fail gives 503)."""
+`/health` (application/health+json: pass|warn|fail per check; fail gives 503), which also
+warns about registered components whose heartbeat stopped."""
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,54 +11,45 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
 from bus import BusError
+from bus.registry import silent_components
+from services.checks import Checks, connection_checks
 
 router = APIRouter(tags=["health"])
 STALE_LAG = 10_000  # events a projection may trail before it is "warn"
 
 
-async def checks(state: State) -> dict[str, list[dict[str, Any]]]:
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    found: dict[str, list[dict[str, Any]]] = {}
-
-    def add(name: str, status: str, value: Any = None, unit: str = "", output: str = "") -> None:
-        entry: dict[str, Any] = {"status": status, "time": now}
-        if value is not None:
-            entry |= {"observedValue": value, "observedUnit": unit}
-        if output:
-            entry["output"] = output
-        found.setdefault(name, []).append(entry)
-
-    bus = state.bus
-    add("nats:connected", "pass" if bus.connected else "fail", bus.connected, "boolean")
-    if not bus.connected:
+async def checks(state: State) -> Checks:
+    found = await connection_checks(state.bus, state.app)
+    if not found.passed("jetstream:responseTime"):
         return found
-    started = time.perf_counter()
-    try:
-        summaries = {s.name: s for s in await bus.streams.list()}
-        add(
-            "jetstream:responseTime", "pass", round((time.perf_counter() - started) * 1000, 2), "ms"
-        )
-    except BusError as exc:
-        add("jetstream:responseTime", "fail", output=str(exc))
-        return found
-    for spec in state.app.streams:
-        exists = spec.name in summaries
-        add(f"stream:{spec.name}", "pass" if exists else "fail", exists, "boolean")
     for projection in state.app.projections.values():
         status = await state.views[projection.name].status()
         verdict = "pass" if status.lag <= STALE_LAG else "warn"
-        add(f"projection:{projection.name}:lag", verdict, status.lag, "events")
+        found.add(f"projection:{projection.name}:lag", verdict, status.lag, "events")
     return found
 
 
-def overall(found: dict[str, list[dict[str, Any]]]) -> str:
-    statuses = {entry["status"] for entries in found.values() for entry in entries}
-    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+async def add_silent_components(state: State, found: Checks) -> None:
+    """A warning for each registered instance whose heartbeat stopped (see bus.registry)."""
+    try:
+        silent = await silent_components(state.bus)
+    except BusError as exc:
+        found.add("components:heartbeats", "warn", output=f"registry unreadable: {exc}")
+        return
+    for s in silent:
+        c = s.component
+        output = (
+            f"instance {c.instance} on {c.host or '?'}: no heartbeat for {s.silent_for:g} s "
+            f"(one every {c.ttl / 3:g} s) and no deregistration"
+        )
+        found.add(f"component:{c.name}", "warn", s.silent_for, "s", output)
 
 
 async def report(state: State) -> dict[str, Any]:
     found = await checks(state)
-    return {"status": overall(found), "serviceId": state.app.name, "checks": found}
+    if found.status != "fail":
+        await add_silent_components(state, found)
+    return {"status": found.status, "serviceId": state.app.name, "checks": found}
 
 
 @router.get("/livez")
@@ -89,7 +79,7 @@ def _documented(media_type: str, schema: dict[str, Any]) -> dict[int | str, dict
 
 @router.get("/readyz", responses=_documented("application/json", STATUS))
 async def readyz(request: Request) -> JSONResponse:
-    status = overall(await checks(request.app.state))
+    status = (await checks(request.app.state)).status
     return JSONResponse({"status": status}, status_code=503 if status == "fail" else 200)
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from typing import Any
 
 import uvicorn
 
 from bus import Bus, ConfigError
 from bus.app import App
+from bus.registry import Component, Registration, advertised_url
 from services.settings import Settings
 
 GRACE = 3.0  # seconds open connections (live tails never end by themselves) get at a stop
+EDGE_PATHS = ("/livez", "/readyz", "/metrics", "/docs", "/mcp")
 
 
 class EdgeServer(uvicorn.Server):
@@ -46,6 +49,20 @@ async def stop_edge(server: EdgeServer, task: asyncio.Task[None]) -> None:
     await task
 
 
+def edge_component(name: str, base_url: str, capabilities: list[str]) -> Component:
+    """The registry entry of a process serving the edge at `base_url`."""
+    port = int(base_url.rsplit(":", 1)[1])
+    return Component(
+        name=name,
+        version=version("bus"),
+        port=port,
+        ports={"http": port},
+        health_url=f"{base_url}/health",
+        endpoints=[base_url, *(f"{base_url}{path}" for path in EDGE_PATHS)],
+        capabilities=capabilities,
+    )
+
+
 async def serve_edge(
     settings: Settings, app: App, json_logs: bool, show_key: Callable[[str], None]
 ) -> None:
@@ -58,14 +75,27 @@ async def serve_edge(
     flush = telemetry.setup(f"{app.name}-edge", json_logs)
     try:
         url = settings.resolve_nats_url()
-        async with Bus(url, credentials=settings.credentials, name="edge-check"):
-            pass  # unreachable NATS: one clear error now, not a failed start-up later
-        api = create_app(app, url, **settings.edge_options())
-        if api.state.dev_key:
-            show_key(api.state.dev_key)
-        async with until_signalled() as stop:
-            server, task, _ = await start_edge(api, settings.edge_host, settings.edge_port)
-            await stop.wait()
-            await stop_edge(server, task)
+        # Connected first: unreachable NATS is one clear error now, not a failed start-up
+        # later. This connection keeps the registration (with the replicas the settings ask
+        # for, should it create the registry's bucket).
+        async with Bus(
+            url,
+            credentials=settings.credentials,
+            name=f"edge-{app.name}-registry",
+            replicas=settings.replicas,
+        ) as bus:
+            api = create_app(app, url, **settings.edge_options())
+            if api.state.dev_key:
+                show_key(api.state.dev_key)
+            async with until_signalled() as stop:
+                server, task, port = await start_edge(api, settings.edge_host, settings.edge_port)
+                edge_url = advertised_url(settings.edge_host, port)
+                try:
+                    async with Registration(
+                        bus, edge_component(f"{app.name}-edge", edge_url, ["edge"])
+                    ):
+                        await stop.wait()
+                finally:
+                    await stop_edge(server, task)
     finally:
         flush()
