@@ -128,6 +128,9 @@ class ProjectionView(Generic[S]):
         self.projection = projection
         self._decode_state = msgspec.msgpack.Decoder(projection.state).decode
         self._coverage: Coverage | None = None
+        # The newest checkpoint seen, stored or on its way (a checkpoint arrives here as it is
+        # sent, before JetStream has stored it): what a key read must be at least as fresh as.
+        self._newest = ProjectionStatus(name=projection.name)
 
     async def status(self) -> ProjectionStatus:
         """The last checkpoint (from the leader on a replicated bucket: what a read of the
@@ -142,7 +145,13 @@ class ProjectionView(Generic[S]):
             found = None
         if found is None or not found.data:
             return ProjectionStatus(name=self.projection.name)
-        return _decode_status(found.data)
+        return self._noted(_decode_status(found.data))
+
+    def _noted(self, status: ProjectionStatus) -> ProjectionStatus:
+        newest = self._newest
+        if (status.generation, status.bucket_seq) > (newest.generation, newest.bucket_seq):
+            self._newest = status
+        return status
 
     async def coverage(self) -> Coverage:
         """The projection's stream and what it reads of it (looked up once)."""
@@ -155,7 +164,8 @@ class ProjectionView(Generic[S]):
     async def get(self, key: str) -> tuple[S, int] | None:
         """(state, last sequence applied) for `key`, or None if no event touched it."""
         for attempt in (1, 2):
-            status = await self.status()
+            await self.status()
+            status = self._newest
             bucket = self.projection.bucket(status.generation)
             try:
                 found = await read_records(self._bus, bucket, [key], status.bucket_seq)
@@ -236,7 +246,7 @@ class ProjectionView(Generic[S]):
 
         async def on_update(msg: Any) -> None:
             with contextlib.suppress(msgspec.DecodeError):
-                offer(_decode_status(msg.data))
+                offer(self._noted(_decode_status(msg.data)))
 
         sub = await self._bus.nc.subscribe(
             f"$KV.{META_BUCKET}.{self.projection.name}", cb=on_update

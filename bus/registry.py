@@ -35,6 +35,7 @@ from .subjects import validate_token
 BUCKET = "bus_components"
 TTL = 10.0  # seconds a component counts as alive after its last heartbeat
 RETAIN = 300.0  # seconds the bucket keeps an entry that stopped heartbeating
+FIRST_BEAT_PATIENCE = 10.0  # seconds a first registration waits for a new bucket to answer
 MICRO_WINDOW = 0.3  # seconds to gather $SRV.INFO answers
 MAX_NAME = 128
 
@@ -103,7 +104,7 @@ class Registration:
 
     async def start(self) -> Self:
         self._kv = await _bucket(self._bus)
-        await self._beat()
+        await self._first_beat()
         self._task = asyncio.create_task(
             self._heartbeats(), name=f"heartbeat {self.component.name}"
         )
@@ -129,6 +130,20 @@ class Registration:
         assert self._kv is not None
         self.component.heartbeat_at = datetime.now(UTC).isoformat(timespec="seconds")
         await self._kv.put(self.component.key, msgspec.json.encode(self.component))
+
+    async def _first_beat(self) -> None:
+        """The first heartbeat, tried for a while: a bucket just made (or updated) on a
+        cluster answers only once its replicas have a leader."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + FIRST_BEAT_PATIENCE
+        while True:
+            try:
+                await self._beat()
+                return
+            except nats.errors.Error as exc:
+                if loop.time() > give_up:
+                    raise StreamError(f"registering {self.component.name}: {exc}") from None
+            await asyncio.sleep(0.25)
 
     async def _heartbeats(self) -> None:
         while True:
