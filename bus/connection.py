@@ -6,8 +6,10 @@ cost of consuming (on the bench machine raw `fetch`+ack tops out near 11k msgs/s
 messages through a direct lane near 100k). A lane receives the raw protocol fields straight
 from the parser; everything else (reconnects, resubscribing, publishing) stays nats-py's.
 
-This leans on nats-py internals (`_process_msg`, the pending buffer). Every consumer test
-runs through the lane, so a nats-py release that changes them fails the suite at once.
+This leans on nats-py internals (`_process_msg`, the parser's fields, the pending buffer).
+Every consumer test runs through the lane, so a nats-py release that changes them fails the
+suite at once; pyproject.toml bounds nats-py to the releases tested, and importing this module
+checks the installed one has them all (bus/_nats_internals.py).
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ProtocolError
-from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
+from nats.protocol import parser as nats_parser
 
+from ._nats_internals import check_nats_internals
 from .errors import OutboundBufferFull
+
+check_nats_internals(Client, Subscription, nats_parser)  # once: a clear error, not a broken lane
+AWAITING_CONTROL_LINE = nats_parser.AWAITING_CONTROL_LINE
+AWAITING_MSG_PAYLOAD = nats_parser.AWAITING_MSG_PAYLOAD
 
 # (subject, reply, payload, raw header block or None)
 Lane = Callable[[bytes, bytes, bytes, bytes | None], None]
@@ -110,7 +117,7 @@ class Connection(Client):
             queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
-class _LaneParser(Parser):
+class _LaneParser(nats_parser.Parser):
     """nats-py's protocol parser with a fast path for the messages themselves (MSG, HMSG):
     the control line split rather than matched by regular expressions (two per message), the
     buffer read through one view and cut once per read rather than once per message, and lane
