@@ -3,8 +3,10 @@
 PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
+LOWEST := .venv-lowest
+LOWEST_STAMP := $(LOWEST)/.installed
 
-.PHONY: up test lint bench clean
+.PHONY: up test test-lowest lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +19,23 @@ up: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
 
+# The lowest release of each dependency pyproject.toml allows (uv's lowest-direct resolution:
+# ours at their floors, theirs the newest that fit), in a venv made afresh whenever
+# pyproject.toml changes. uv comes from PyPI through pip, and is handed pip's package sources;
+# unsafe-best-match takes the best version across them all, as pip does.
+$(LOWEST_STAMP): pyproject.toml
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
+	$(LOWEST)/bin/uv pip install --quiet --python $(LOWEST)/bin/python \
+		--resolution lowest-direct --index-strategy unsafe-best-match \
+		$$($(PYTHON) .ci/uv_sources.py $(LOWEST)/bin/python) -e '.[dev]'
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP)
+	@echo "lowest versions: $$($(LOWEST)/bin/uv pip freeze --quiet --python $(LOWEST)/bin/python | paste -sd ' ')"
+	$(LOWEST)/bin/python -m pytest $(ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -28,4 +47,4 @@ bench: $(STAMP)
 	$(VENV)/bin/bus bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .bus .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) .bus .pytest_cache .mypy_cache .ruff_cache
