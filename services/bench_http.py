@@ -209,19 +209,21 @@ def _read_your_writes(request: Request, case: str, prefix: str, pairs: int) -> l
 
 def _both_clients(base: str, port: int, rounds: int, pairs: int) -> dict[str, list[float]]:
     """Every case timed with httpx and with the bare client, alternating rounds and cases;
-    keys are "<case> <client>"."""
+    keys are "<case> <client>". The bare client connects afresh for each of its rounds: it
+    would idle past the server's keep-alive while httpx has its turn."""
     times: dict[str, list[float]] = {f"{c} {n}": [] for c in PAIRS for n in ("httpx", "bare")}
-    bare = _BareClient(port)
     with httpx.Client(base_url=base, headers=AUTH, timeout=10) as client:
-        clients: list[tuple[str, Request]] = [("httpx", _httpx(client)), ("bare", bare)]
         cases = list(PAIRS)
         for run in range(rounds):
-            for name, request in clients if run % 2 == 0 else reversed(clients):
+            for name in ("httpx", "bare") if run % 2 == 0 else ("bare", "httpx"):
+                bare = _BareClient(port) if name == "bare" else None
+                request: Request = bare or _httpx(client)
                 for case in cases if run % 2 == 0 else reversed(cases):
                     times[f"{case} {name}"] += _read_your_writes(
                         request, case, f"{name}{run}x", pairs
                     )
-    bare.close()
+                if bare is not None:
+                    bare.close()
     return times
 
 
