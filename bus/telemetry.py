@@ -193,19 +193,29 @@ _incoming: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVa
 _W3C_READER = TraceContextTextMapPropagator()
 
 
-@contextlib.contextmanager
-def continuing(carrier: Mapping[str, str]) -> Iterator[None]:
+def continuing(carrier: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
     """Events published inside the block carry the trace context of `carrier` (the headers
     of a request being served) while tracing is off. With tracing on, the request's own span
     (the FastAPI instrumentation's) is their parent instead, and this does nothing."""
-    if tracer() is not None:
-        yield
-        return
-    token = _incoming.set(_pass_on(carrier))
-    try:
-        yield
-    finally:
-        _incoming.reset(token)
+    return _Continuing(carrier)
+
+
+class _Continuing:
+    """`continuing` without a generator's layers (it wraps every publishing request)."""
+
+    __slots__ = ("carrier", "token")
+
+    def __init__(self, carrier: Mapping[str, str]) -> None:
+        self.carrier = carrier
+        self.token: contextvars.Token[dict[str, str] | None] | None = None
+
+    def __enter__(self) -> None:
+        if tracer() is None:
+            self.token = _incoming.set(_pass_on(self.carrier))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.token is not None:
+            _incoming.reset(self.token)
 
 
 def _carried() -> dict[str, str] | None:
