@@ -64,20 +64,26 @@ class EventStore:
         *,
         expected_version: int | None = None,
         correlation_id: str | None = None,
+        event_ids: Sequence[str] | None = None,
     ) -> AppendResult:
         """Append all `events` or none; `expected_version=0` means "must not exist yet".
 
-        A stale `expected_version` raises ConcurrencyError (expected and actual).
+        A stale `expected_version` raises ConcurrencyError (expected and actual). `event_ids`
+        (one per event; new ones if not given) make a repeated append refused by JetStream
+        within the stream's duplicate window.
         """
         if not events:
             raise ConfigError("append needs at least one event")
+        if event_ids is not None and len(event_ids) != len(events):
+            raise ConfigError("append needs one event id per event")
         for event in events:
             if event.__domain__ != domain:
                 raise ConfigError(f"{type(event).__name__} belongs to {event.__domain__!r}")
         publisher = self._bus.publisher
+        ids = event_ids if event_ids is not None else [None] * len(events)
         outs = [
-            publisher.prepare(event, aggregate_id, correlation_id=correlation_id)
-            for event in events
+            publisher.prepare(event, aggregate_id, event_id=event_id, correlation_id=correlation_id)
+            for event, event_id in zip(events, ids, strict=True)
         ]
         if expected_version is not None:
             first = publisher.prepare(

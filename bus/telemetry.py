@@ -3,10 +3,13 @@
 Both are off until a process turns them on: tracing when an SDK tracer provider is installed
 (observability.tracing does it from the `OTEL_*` variables), metrics when an observer is
 registered in `observers` (the services register observability.metrics' recorder). Off, a
-hook costs one check. Span names and attributes follow the OpenTelemetry messaging
-conventions (OBSERVABILITY.md): `publish <subject template>` (PRODUCER, its context injected
-into the headers) and `process <consumer>` (CONSUMER, a child of the producer context and
-linked to it; batches link to every message instead).
+hook costs one check, and a publish passes on the trace context of the work it is part of
+(a request's `traceparent`, a handled message's), so that a traced component downstream
+continues the caller's trace, as the OpenTelemetry API does with no SDK. Span names and
+attributes follow the OpenTelemetry messaging conventions (OBSERVABILITY.md): `publish
+<subject template>` (PRODUCER, its context injected into the headers) and `process
+<consumer>` (CONSUMER, a child of the producer context and linked to it; batches link to
+every message instead).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .envelope import current_envelope
 
 SYSTEM = "nats"
 
@@ -176,13 +181,87 @@ def _remote(traceparent: str) -> tuple[Context, SpanContext] | None:
     return trace.set_span_in_context(NonRecordingSpan(producer), Context()), producer
 
 
+# -- passing a caller's context on while this process traces nothing ------------------------
+# With no SDK the OpenTelemetry API still carries an incoming context (a non-recording span
+# holds it), so a traced component downstream continues the caller's trace. The bus does the
+# same with no API machinery per message: it passes the caller's own `traceparent` (and
+# `tracestate`) on, found where the work being done came from.
+
+_incoming: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "bus_incoming_trace", default=None
+)
+_W3C_READER = TraceContextTextMapPropagator()
+
+
+def continuing(carrier: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
+    """Events published inside the block carry the trace context of `carrier` (the headers
+    of a request being served) while tracing is off. With tracing on, the request's own span
+    (the FastAPI instrumentation's) is their parent instead, and this does nothing."""
+    return _Continuing(carrier)
+
+
+class _Continuing:
+    """`continuing` without a generator's layers (it wraps every publishing request)."""
+
+    __slots__ = ("carrier", "token")
+
+    def __init__(self, carrier: Mapping[str, str]) -> None:
+        self.carrier = carrier
+        self.token: contextvars.Token[dict[str, str] | None] | None = None
+
+    def __enter__(self) -> None:
+        if tracer() is None:
+            self.token = _incoming.set(_pass_on(self.carrier))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.token is not None:
+            _incoming.reset(self.token)
+
+
+def _carried() -> dict[str, str] | None:
+    """The trace context an event published now passes on while tracing is off (not to be
+    changed): the current span's (someone made a caller's context current, as the MCP SDK does
+    with a request's `_meta`), else the request's being served (`continuing`), else the
+    handled message's."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        return _written(span_context)
+    incoming = _incoming.get()
+    if incoming is not None:
+        return incoming
+    envelope = current_envelope.get()
+    return None if envelope is None else _pass_on(envelope.headers)
+
+
+def _pass_on(carrier: Mapping[str, str]) -> dict[str, str] | None:
+    """The W3C trace context of `carrier` as the propagator would write it again, or None
+    when it names no valid parent (a malformed traceparent is not passed on)."""
+    parent = carrier.get("traceparent")
+    if parent is None:
+        return None
+    if "tracestate" not in carrier and len(parent) == 55 and _CANONICAL.fullmatch(parent):
+        return {"traceparent": parent}  # (what a handled message of ours carries)
+    span_context = trace.get_current_span(_W3C_READER.extract(carrier)).get_span_context()
+    return _written(span_context) if span_context.is_valid else None
+
+
+def _written(span_context: SpanContext) -> dict[str, str]:
+    written = {"traceparent": _traceparent(span_context)}
+    if span_context.trace_state:
+        written["tracestate"] = span_context.trace_state.to_header()
+    return written
+
+
 def start_publish(template: str, event_id: str, headers: dict[str, str], size: int) -> Span | None:
-    """A PRODUCER span for one event, its context written into `headers`; None when off.
+    """A PRODUCER span for one event, its context written into `headers`; None when off
+    (then the caller's context, if any, is passed on as it came: see `_carried`).
 
     An unsampled context travels as a bare `traceparent` (what the next hop needs to drop
     its span too), without the SDK's per-message propagation machinery."""
     tracing = tracer()
     if tracing is None:
+        if (carried := _carried()) is not None:
+            headers.update(carried)
         return None
     if _parent_decides and (parent := _passed_on()):
         headers["traceparent"] = parent
@@ -207,10 +286,11 @@ def start_publish(template: str, event_id: str, headers: dict[str, str], size: i
 @contextlib.contextmanager
 def publishing_batch(template: str, count: int) -> Iterator[dict[str, str] | None]:
     """One PRODUCER span for a pipelined batch (the conventions' batch "send"), its context
-    for every message of it: the headers to add to each, or None when tracing is off."""
+    for every message of it: the headers to add to each; when tracing is off, the caller's
+    context passed on (or None: nothing to add)."""
     tracing = tracer()
     if tracing is None:
-        yield None
+        yield _carried()
         return
     if _parent_decides and (parent := _passed_on()):
         yield {"traceparent": parent}

@@ -201,7 +201,7 @@ def test_exports_are_honest_and_errors_share_one_root() -> None:
     modules |= {"errors", "events", "headers", "publish", "reader", "rpc", "server"}
     modules |= {"streams", "subjects", "subscribe", "testing", "store", "aggregate", "kv"}
     modules |= {"projection", "projector", "lease", "registry", "live_view", "telemetry"}
-    modules |= {"credentials", "feed", "workers", "acks", "pulls"}
+    modules |= {"credentials", "feed", "workers", "acks", "pulls", "idempotency"}
     assert public - modules == set(bus.__all__)
     errors = [getattr(bus, n) for n in bus.__all__ if n.endswith(("Error", "Timeout"))]
     errors += [bus.InvalidSubject, bus.BusClosed, bus.StreamNotFound, bus.StreamConflict]
