@@ -202,6 +202,7 @@ def test_exports_are_honest_and_errors_share_one_root() -> None:
     modules |= {"streams", "subjects", "subscribe", "testing", "store", "aggregate", "kv"}
     modules |= {"projection", "projector", "lease", "registry", "live_view", "telemetry"}
     modules |= {"credentials", "feed", "workers", "acks", "pulls", "idempotency"}
+    modules |= {"coverage", "generation"}
     assert public - modules == set(bus.__all__)
     errors = [getattr(bus, n) for n in bus.__all__ if n.endswith(("Error", "Timeout"))]
     errors += [bus.InvalidSubject, bus.BusClosed, bus.StreamNotFound, bus.StreamConflict]
