@@ -13,12 +13,11 @@ on a replicated stream the stream leader answers (`read_from_leader`).
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from .client import Bus
 from .errors import BeyondStreamEnd
-from .reader import read_from_leader, read_messages
+from .reader import StoredMessage, read_firsts, read_from_leader
 from .subjects import covers
 
 
@@ -40,35 +39,46 @@ class Coverage:
     async def first_after(self, bus: Bus, position: int) -> int | None:
         """The sequence of the first event after `position` the projection reads, as the
         stream holds it now (None: there is none)."""
-        found = await asyncio.gather(*(self._next(bus, position, s) for s in self.subjects))
-        return min((seq for seq in found if seq is not None), default=None)
+        return _earliest(await self._firsts(bus, [(position + 1, s) for s in self.subjects]))
 
     async def unapplied(self, bus: Bus, position: int, seq: int) -> int | None:
         """The first event it reads in (position, seq], which it must apply before it has
         seen `seq`; None once it has. No read when it reads every subject of the stream
-        (then `seq` itself; see `check_stored` for one not stored)."""
+        (then `seq` itself; see `check_stored` for one not stored). Else one round trip:
+        is `seq` stored, and then (asked after it) the first event of ours after `position`.
+        """
         if seq <= position:
             return None
         if self.reads_all:
             return seq
-        await self.check_stored(bus, seq)  # first: what it reads next comes after it
-        first = await self.first_after(bus, position)
+        starts = [(seq, None), *((position + 1, s) for s in self.subjects)]
+        stored, *mine = await self._firsts(bus, starts)
+        if stored is None:
+            raise BeyondStreamEnd(self.stream, seq, await last_sequence(bus, self.stream))
+        first = _earliest(mine)
         return first if first is not None and first <= seq else None
 
     async def check_stored(self, bus: Bus, seq: int) -> None:
-        """BeyondStreamEnd unless the stream holds sequence `seq` (or held it)."""
-        last = await last_sequence(bus, self.stream)
-        if seq > last:
-            raise BeyondStreamEnd(self.stream, seq, last)
+        """BeyondStreamEnd unless the stream has stored sequence `seq`."""
+        if (await self._firsts(bus, [(seq, None)]))[0] is None:
+            raise BeyondStreamEnd(self.stream, seq, await last_sequence(bus, self.stream))
 
-    async def _next(self, bus: Bus, position: int, subject: str) -> int | None:
-        if self.replicated:
-            found = await read_from_leader(
-                bus.nc, self.stream, seq=position + 1, next_by_subject=subject
-            )
-            return found.seq if found else None
-        page = await read_messages(bus.nc, self.stream, position + 1, 1, subject)
-        return page[0].seq if page else None
+    async def _firsts(
+        self, bus: Bus, starts: list[tuple[int, str | None]]
+    ) -> list[StoredMessage | None]:
+        """The first message from each (sequence, subject filter), each read seeing at least
+        what the one before it saw: direct gets sent together on a single replica, the
+        leader asked in turn on a replicated stream."""
+        if not self.replicated:
+            return await read_firsts(bus.nc, self.stream, starts)
+        return [
+            await read_from_leader(bus.nc, self.stream, seq=seq, next_by_subject=subject)
+            for seq, subject in starts
+        ]
+
+
+def _earliest(found: list[StoredMessage | None]) -> int | None:
+    return min((m.seq for m in found if m is not None), default=None)
 
 
 async def last_sequence(bus: Bus, stream: str) -> int:

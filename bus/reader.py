@@ -96,6 +96,22 @@ async def read_last(
     return [message for message in leader if message is not None]
 
 
+async def read_firsts(
+    nc: Connection, stream: str, starts: list[tuple[int, str | None]], timeout: float = 5.0
+) -> list[StoredMessage | None]:
+    """The first message from each (sequence, subject filter or None), asked in one go: one
+    round trip, and a server answers one connection's direct gets in the order sent, so a
+    later question sees at least what an earlier one did."""
+    requests: list[dict[str, object]] = []
+    for seq, subject in starts:
+        request: dict[str, object] = {"seq": seq, "batch": 1}
+        if subject:
+            request["next_by_subj"] = subject
+        requests.append(request)
+    answers = await _direct_gets(nc, stream, requests, 1, timeout)
+    return [found[0] if found else None for found, _ in answers]
+
+
 async def _direct_get(
     nc: Connection,
     stream: str,
@@ -105,16 +121,32 @@ async def _direct_get(
     *,
     to_the_end: bool = False,
 ) -> tuple[list[StoredMessage], int | None]:
-    """One batched direct get, answered on a lane until its end-of-batch status (or its
-    `limit`th message, unless `to_the_end`). Returns the messages and the sequence the
-    answering replica had stored when it read them (from a multi-subject end of batch; None
-    when it does not say)."""
-    out: list[StoredMessage] = []
-    upto: list[int] = []
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    """One batched direct get (see `_direct_gets`)."""
+    return (await _direct_gets(nc, stream, [request], limit, timeout, to_the_end=to_the_end))[0]
+
+
+async def _direct_gets(
+    nc: Connection,
+    stream: str,
+    requests: list[dict[str, object]],
+    limit: int,
+    timeout: float,
+    *,
+    to_the_end: bool = False,
+) -> list[tuple[list[StoredMessage], int | None]]:
+    """Batched direct gets sent together, each answered on a lane until its end-of-batch
+    status (or its `limit`th message, unless `to_the_end`). Returns, for each, the messages
+    and the sequence the answering replica had stored when it read them (from a
+    multi-subject end of batch; None when it does not say)."""
+    loop = asyncio.get_running_loop()
+    outs: list[list[StoredMessage]] = [[] for _ in requests]
+    uptos: list[int | None] = [None for _ in requests]
+    dones: list[asyncio.Future[None]] = [loop.create_future() for _ in requests]
 
     def receive(subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
+        i = int(subject[subject.rfind(b".") + 1 :])
         status, hdrs = parse_headers(raw) if raw else (None, {})
+        out, done = outs[i], dones[i]
         if done.done():
             return
         if status is None:
@@ -123,7 +155,7 @@ async def _direct_get(
                 done.set_result(None)
         elif status in ("204", "404"):  # end of batch, or nothing matched
             if h.UP_TO_SEQUENCE in hdrs:
-                upto.append(int(hdrs[h.UP_TO_SEQUENCE]))
+                uptos[i] = int(hdrs[h.UP_TO_SEQUENCE])
             done.set_result(None)
         elif status == "503":
             done.set_exception(StreamNotFound(stream))
@@ -132,18 +164,21 @@ async def _direct_get(
             done.set_exception(StreamError(f"direct get on {stream!r}: {status} {reason}"))
 
     inbox = nc.new_inbox()
-    sub = await nc.open_lane(inbox, receive)
+    sub = await nc.open_lane(f"{inbox}.*", receive)
     try:
-        await nc.send(f"$JS.API.DIRECT.GET.{stream}", _encode(request), inbox)
+        for i, request in enumerate(requests):
+            nc.buffer(f"$JS.API.DIRECT.GET.{stream}", _encode(request), f"{inbox}.{i}")
+        nc.flush_soon()
         async with asyncio.timeout(timeout):
-            await done
+            for done in dones:
+                await done
     except TimeoutError:
         raise BusTimeout(f"direct get on {stream!r} did not answer in {timeout:g}s") from None
     finally:
         nc.close_lane(sub)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
-    return out, (upto[0] if upto else None)
+    return list(zip(outs, uptos, strict=True))
 
 
 def _stored(data: bytes, hdrs: dict[str, str]) -> StoredMessage:
