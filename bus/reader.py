@@ -12,7 +12,10 @@ Replicated streams use it where a read must be fresh; a single replica is always
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -143,8 +146,7 @@ async def _direct_gets(
     uptos: list[int | None] = [None for _ in requests]
     dones: list[asyncio.Future[None]] = [loop.create_future() for _ in requests]
 
-    def receive(subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
-        i = int(subject[subject.rfind(b".") + 1 :])
+    def receive(i: int, data: bytes, raw: bytes | None) -> None:
         status, hdrs = parse_headers(raw) if raw else (None, {})
         out, done = outs[i], dones[i]
         if done.done():
@@ -163,11 +165,11 @@ async def _direct_gets(
             reason = hdrs.get(h.DESCRIPTION, "")
             done.set_exception(StreamError(f"direct get on {stream!r}: {status} {reason}"))
 
-    inbox = nc.new_inbox()
-    sub = await nc.open_lane(f"{inbox}.*", receive)
+    replies = await _replies(nc)
+    tokens = replies.expect(len(requests), receive)
     try:
-        for i, request in enumerate(requests):
-            nc.buffer(f"$JS.API.DIRECT.GET.{stream}", _encode(request), f"{inbox}.{i}")
+        for request, token in zip(requests, tokens, strict=True):
+            nc.buffer(f"$JS.API.DIRECT.GET.{stream}", _encode(request), replies.subject(token))
         nc.flush_soon()
         async with asyncio.timeout(timeout):
             for done in dones:
@@ -175,10 +177,58 @@ async def _direct_gets(
     except TimeoutError:
         raise BusTimeout(f"direct get on {stream!r} did not answer in {timeout:g}s") from None
     finally:
-        nc.close_lane(sub)
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
+        replies.forget(tokens)
     return list(zip(outs, uptos, strict=True))
+
+
+class _Replies:
+    """One inbox lane per connection that every direct get is answered on: a read then
+    costs no subscription of its own (nats-py makes a task for each). Answers find their
+    read by the last token of the reply subject."""
+
+    def __init__(self, nc: Connection) -> None:
+        self._prefix = nc.new_inbox()
+        self._waiting: dict[int, tuple[Callable[[int, bytes, bytes | None], None], int]] = {}
+        self._tokens = itertools.count()
+        self.ready: asyncio.Task[Any] = asyncio.ensure_future(
+            nc.open_lane(f"{self._prefix}.*", self._receive)
+        )
+
+    def subject(self, token: int) -> str:
+        return f"{self._prefix}.{token}"
+
+    def expect(self, count: int, receive: Callable[[int, bytes, bytes | None], None]) -> list[int]:
+        """Tokens for `count` reads, whose answers go to `receive(index, data, headers)`."""
+        tokens = [next(self._tokens) for _ in range(count)]
+        for i, token in enumerate(tokens):
+            self._waiting[token] = (receive, i)
+        return tokens
+
+    def forget(self, tokens: list[int]) -> None:
+        for token in tokens:
+            self._waiting.pop(token, None)
+
+    def _receive(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
+        waiting = self._waiting.get(int(subject[subject.rfind(b".") + 1 :]))
+        if waiting is not None:
+            receive, i = waiting
+            receive(i, data, raw)
+
+
+_lanes: weakref.WeakKeyDictionary[Connection, _Replies] = weakref.WeakKeyDictionary()
+
+
+async def _replies(nc: Connection) -> _Replies:
+    replies = _lanes.get(nc)
+    if replies is None:
+        replies = _lanes[nc] = _Replies(nc)
+    try:
+        await asyncio.shield(replies.ready)
+    except BaseException:
+        if replies.ready.done():  # it could not subscribe: the next read tries again
+            _lanes.pop(nc, None)
+        raise
+    return replies
 
 
 def _stored(data: bytes, hdrs: dict[str, str]) -> StoredMessage:
