@@ -92,8 +92,13 @@ def build_server(state: State) -> MCPServer[Any]:
     async def query_projection(
         name: str, key: str, after_seq: int | None = None, timeout: float = 5.0
     ) -> Any:
-        """One key of a projection; with after_seq, once the projection has applied it."""
-        found, _ = await projections.query(state, name, key, after_seq, min(timeout, 30), False)
+        """One key of a projection; with after_seq (a sequence of its stream), once the
+        projection has seen it."""
+        if after_seq is not None and after_seq < 1:
+            raise HTTPException(422, "after_seq must be a stream sequence (>= 1)")
+        if not 0 < timeout <= 30:
+            raise HTTPException(422, "timeout must be more than 0 and at most 30 seconds")
+        found, _ = await projections.query(state, name, key, after_seq, timeout, False)
         return found
 
     async def list_projections() -> Any:
