@@ -2,6 +2,8 @@
 
 Retrying a publish is always safe: the event id travels as `Nats-Msg-Id`, so JetStream stores
 an event once within the stream's duplicate window and answers the retry with `duplicate`.
+Inside a single-message handler the ids are derived from the handled message (bus.followups),
+so a rerun of the handler is such a retry too.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .errors import (
     PublishTimeout,
 )
 from .events import Event, new_event_id
+from .followups import Run, current_run
+from .reruns import Reruns, capture_filter
 from .subjects import validate_token
 
 RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
@@ -37,6 +41,7 @@ MAX_PAUSE = 0.1  # seconds between rounds while a stream is between leaders: its
 # at a moment nobody announces, and each pause is that much added to the failover
 YIELD_EVERY = 256  # publishes buffered before the flusher gets a turn (server and us overlap)
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
+DUPLICATE_IN_BATCH = 10201  # JetStream err_code: an atomic batch holds a stored message id
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
@@ -51,6 +56,7 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
     headers: dict[str, str]
     event_id: str
     span: Any = None  # the PRODUCER span while tracing is on, ended at the ack
+    rerun_since: int = 0  # a handler's rerun: its message's stored time (see bus.reruns)
 
 
 class Publisher:
@@ -73,6 +79,7 @@ class Publisher:
         self._inbox = ""
         self._waiting: dict[int, tuple[_Batch, int]] = {}
         self._tokens = itertools.count()
+        self._reruns = Reruns(nc)
 
     def prepare(
         self,
@@ -86,16 +93,21 @@ class Publisher:
         trace_headers: dict[str, str] | None = None,
     ) -> Outgoing:
         """The event ready for the wire; `trace_headers` (a batch span's context) replace the
-        span of its own an event otherwise gets while tracing is on."""
+        span of its own an event otherwise gets while tracing is on. Without an `event_id`,
+        a handler's event gets one derived from its message, any other a new UUIDv7."""
         subject, payload = self.encode(event, aggregate_id)
-        event_id = event_id or new_event_id()
+        run = None if event_id else current_run()
+        if run is not None:
+            event_id = run.next_id(subject)
+        elif not event_id:
+            event_id = new_event_id()
         hdrs = build_headers(event, event_id, self._codec.mime, correlation_id, causation_id)
         if expected_version is not None:
             if expected_version < 0:
                 raise ValueError("expected_version must be >= 0 (0: the aggregate is new)")
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_version)
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = f"{event.__domain__}.{aggregate_id}.*"
-        return _outgoing(event, subject, payload, event_id, hdrs, trace_headers)
+        return _outgoing(event, subject, payload, event_id, hdrs, trace_headers, run)
 
     def encode(self, event: Event, aggregate_id: str) -> tuple[str, bytes]:
         """The event's subject and payload: what can be wrong with it shows here."""
@@ -126,22 +138,60 @@ class Publisher:
             payloads.append(payload)
         mime = self._codec.mime
         outs: list[Outgoing] = []
+        run = current_run()  # (its ids are taken now: a handler's publishes count in order)
+        ids = [run.next_id(subject) for subject in subjects] if run is not None else None
 
         def more() -> None:
             for event, _ in pairs[len(outs) : len(outs) + YIELD_EVERY]:
-                n, event_id = len(outs), new_event_id()
+                n = len(outs)
+                event_id = new_event_id() if ids is None else ids[n]
                 hdrs = build_headers(event, event_id, mime)
                 outs.append(
-                    _outgoing(event, subjects[n], payloads[n], event_id, hdrs, trace_headers)
+                    _outgoing(event, subjects[n], payloads[n], event_id, hdrs, trace_headers, run)
                 )
 
+        if run is not None and run.rerun_since:
+            while len(outs) < len(pairs):
+                more()
+            return await self._send_rerun(outs, timeout, return_exceptions)
         return await self.send_many(outs, timeout, return_exceptions, total=len(pairs), more=more)
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
-        result = (await self.send_many([out], timeout))[0]
+        if out.rerun_since:
+            result = (await self._send_rerun([out], timeout, False))[0]
+        else:
+            result = (await self.send_many([out], timeout))[0]
         assert isinstance(result, PublishResult)
         return result
+
+    async def _send_rerun(
+        self, outs: Sequence[Outgoing], timeout: float | None, return_exceptions: bool
+    ) -> list[PublishResult | BusError]:
+        """A handler's rerun: what an earlier run stored (and the stream may have forgotten)
+        is answered as a duplicate, the rest is sent. One refused for its expected version is
+        looked for too: an earlier run's publish moved the version past it."""
+        wait = self.timeout if timeout is None else timeout
+        results: list[PublishResult | BusError | None] = [None] * len(outs)
+        for i, found in (await self._reruns.stored(outs, wait)).items():
+            results[i] = found
+            if outs[i].span is not None:
+                telemetry.end_publish(outs[i].span, found.stream, found.seq)
+        rest = [i for i, result in enumerate(results) if result is None]
+        if rest:
+            sent = await self.send_many([outs[i] for i in rest], timeout, return_exceptions=True)
+            for i, answer in zip(rest, sent, strict=True):
+                results[i] = answer
+        refused = [i for i, result in enumerate(results) if isinstance(result, ConcurrencyError)]
+        if refused:
+            stored = await self._reruns.stored([outs[i] for i in refused], wait, always=True)
+            for k, found in stored.items():
+                results[refused[k]] = found
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BusError):
+                    raise result
+        return [r for r in results if r is not None]
 
     async def send_many(
         self,
@@ -203,7 +253,7 @@ class Publisher:
                 replies[i] = data
             # An ack is final; so is "no responders" where no stream captures the subject.
             refused = {
-                i: _capture_filter(outs[i].subject) for i in todo if replies[i] is NO_RESPONDERS
+                i: capture_filter(outs[i].subject) for i in todo if replies[i] is NO_RESPONDERS
             }
             led = (
                 await self._led(set(refused.values()), deadline - loop.time()) if refused else set()
@@ -314,6 +364,8 @@ class Publisher:
             raise ConfigError(f"an atomic batch holds 1 to {MAX_ATOMIC_BATCH} events")
         if len(outs) == 1:
             return [await self.send(outs[0], timeout)]
+        if outs[0].rerun_since and (stored := await self._stored_batch(outs, timeout)):
+            return stored
         batch_id = new_event_id()
         for i, out in enumerate(outs[:-1], 1):
             block = encode_headers({**out.headers, h.BATCH_ID: batch_id, h.BATCH_SEQ: str(i)})
@@ -328,6 +380,11 @@ class Publisher:
                 Outgoing(last.subject, last.payload, commit, last.event_id, last.span), timeout
             )
         except BusError as exc:
+            repeated = isinstance(exc, PublishError) and exc.code == DUPLICATE_IN_BATCH
+            if repeated and outs[0].rerun_since:  # an earlier run stored it (just now)
+                stored = await self._stored_batch(outs, timeout, always=True)
+                if stored:
+                    return stored
             for out in outs[:-1]:
                 if out.span is not None:
                     telemetry.end_publish(out.span, error=exc)
@@ -344,6 +401,28 @@ class Publisher:
             if out.span is not None:
                 telemetry.end_publish(out.span, result.stream, result.seq)
         return results
+
+    async def _stored_batch(
+        self, outs: Sequence[Outgoing], timeout: float | None, *, always: bool = False
+    ) -> list[PublishResult]:
+        """An atomic batch of a handler's rerun as an earlier run stored it (all of it, or
+        nothing: [])."""
+        found = await self._reruns.stored(
+            outs, self.timeout if timeout is None else timeout, always=always
+        )
+        if not found:
+            return []
+        if len(found) < len(outs):
+            raise PublishError(
+                outs[0].subject,
+                "an earlier run of this handler stored another atomic batch under these ids "
+                "(a handler must publish the same events in the same order when it runs again)",
+            )
+        # (after a refused commit, the commit's span has ended with the refusal)
+        for i, out in enumerate(outs[:-1] if always else outs):
+            if out.span is not None:
+                telemetry.end_publish(out.span, found[i].stream, found[i].seq)
+        return [found[i] for i in range(len(outs))]
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
         token = int(subject[subject.rfind(b".") + 1 :])
@@ -363,21 +442,16 @@ def _outgoing(
     event_id: str,
     hdrs: dict[str, str],
     trace_headers: dict[str, str] | None,
+    run: Run | None = None,
 ) -> Outgoing:
     """`trace_headers` (a batch span's context) replace the span of its own an event
     otherwise gets while tracing is on."""
+    since = 0 if run is None else run.rerun_since
     if trace_headers is not None:
         hdrs.update(trace_headers)
-        return Outgoing(subject, payload, hdrs, event_id)
+        return Outgoing(subject, payload, hdrs, event_id, None, since)
     span = telemetry.start_publish(template_of(event), event_id, hdrs, len(payload))
-    return Outgoing(subject, payload, hdrs, event_id, span)
-
-
-def _capture_filter(subject: str) -> str:
-    """What to ask JetStream about a refused subject: one question per event type
-    (`<domain>.*.<event>`), not one per aggregate."""
-    tokens = subject.split(".")
-    return f"{tokens[0]}.*.{tokens[2]}" if len(tokens) == 3 else subject
+    return Outgoing(subject, payload, hdrs, event_id, span, since)
 
 
 def template_of(event: Event) -> str:

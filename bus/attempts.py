@@ -1,0 +1,61 @@
+"""The attempts record: which attempt of a message last failed cleanly (its handler raised),
+per consumer, in the KV bucket `bus_attempts` (entries kept a day).
+
+A redelivery reads it as its failure epoch (bus.followups): the ids its handler derives then
+differ from those of the failed attempt (a retry's events are new facts) but equal those of
+a run that crashed in the same epoch (a rerun's events are stored once). Only failures write
+and only redeliveries read: a first delivery never touches it.
+"""
+
+from __future__ import annotations
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from .connection import Connection
+from .errors import BusTimeout, StreamError, StreamNotFound
+from .kv import ensure_bucket, kv_key
+from .reader import read_from_leader
+
+BUCKET = "bus_attempts"
+KEEP_FOR = 24 * 3600.0  # seconds an entry lives: far past any redelivery's backoff
+
+
+class AttemptRecord:
+    """The record as one consumer reads and writes it; errors come out as BusError."""
+
+    def __init__(self, nc: Connection, js: JetStreamContext, stream: str, durable: str,
+                 replicas: int = 1) -> None:  # fmt: skip
+        self._nc, self._js, self._replicas = nc, js, replicas
+        self._prefix = f"{stream}.{durable}."
+        self._bucket: KeyValue | None = None
+
+    def key(self, seq: int) -> str:
+        return kv_key(f"{self._prefix}{seq}")
+
+    async def failed(self, seq: int, attempt: int) -> None:
+        """Record that `attempt` of message `seq` failed cleanly (before it is nak'ed)."""
+        try:
+            if self._bucket is None:
+                self._bucket = await ensure_bucket(
+                    self._js, BUCKET, ttl=KEEP_FOR, replicas=self._replicas
+                )
+            await self._bucket.put(self.key(seq), str(attempt).encode())
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"recording a failed attempt in {BUCKET!r} timed out") from None
+        except nats.errors.Error as exc:
+            raise StreamError(f"recording a failed attempt in {BUCKET!r}: {exc}") from None
+
+    async def epoch(self, seq: int) -> int:
+        """The last attempt of message `seq` that failed cleanly (0: none), as the bucket's
+        leader has it: a redelivery right after the failure never reads the value before."""
+        try:
+            found = await read_from_leader(
+                self._nc, f"KV_{BUCKET}", last_by_subject=f"$KV.{BUCKET}.{self.key(seq)}"
+            )
+        except StreamNotFound:
+            return 0  # nothing has failed yet
+        if found is None or not found.data.isdigit():  # (a delete marker has no data)
+            return 0
+        return int(found.data)
