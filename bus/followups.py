@@ -64,11 +64,13 @@ class Handling:
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
-        """Handlers started (their contexts copied) inside this block derive ids from us."""
-        token = _handling.set(self)
+        """Handlers started (their contexts copied) inside this block derive ids from us,
+        and from no message but their own (even when started inside another handler)."""
+        token, outer = _handling.set(self), handled_message.set(None)
         try:
             yield
         finally:
+            handled_message.reset(outer)
             _handling.reset(token)
 
     def run(self, envelope: Envelope[Event], epoch: int, rerun_since: int = 0) -> Run:

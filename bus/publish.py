@@ -96,11 +96,9 @@ class Publisher:
         span of its own an event otherwise gets while tracing is on. Without an `event_id`,
         a handler's event gets one derived from its message, any other a new UUIDv7."""
         subject, payload = self.encode(event, aggregate_id)
-        run = None if event_id else current_run()
-        if run is not None:
-            event_id = run.next_id(subject)
-        elif not event_id:
-            event_id = new_event_id()
+        run = current_run()
+        if not event_id:
+            event_id = new_event_id() if run is None else run.next_id(subject)
         hdrs = build_headers(event, event_id, self._codec.mime, correlation_id, causation_id)
         if expected_version is not None:
             if expected_version < 0:

@@ -248,6 +248,32 @@ async def test_a_rerun_publishing_with_its_first_runs_expected_version(
         assert names(await everything(bus, "SHOP")) == {"o1.ordered": 1, "o1.reserved": 1}
 
 
+@pytest.mark.parametrize("fresh", [True, False])
+async def test_a_rerun_appending_with_an_expected_version(
+    nats_server: EmbeddedServer, fresh: bool
+) -> None:
+    """An append guarded by the version the rerun loads (fresh), or by the one the first run
+    expected: either way the first run's batch is found, not appended again nor refused."""
+
+    async def guarded(bus: Bus, order: str) -> list[PublishResult]:
+        store = EventStore(bus)
+        version = (await store.load("shop", order)).version if fresh else 1
+        events = [Charged(amount=1), Reserved(n=2)]
+        return (await store.append("shop", order, events, expected_version=version)).events
+
+    script = await crash_then_rerun(nats_server.url, {1: "hang"}, events=guarded)
+    assert script.results[2] == [
+        PublishResult(r.event_id, r.subject, r.stream, r.seq, duplicate=True)
+        for r in script.results[1]
+    ]
+    async with Bus(nats_server.url) as bus:
+        assert names(await everything(bus, "SHOP")) == {
+            "o1.ordered": 1,
+            "o1.charged": 1,
+            "o1.reserved": 1,
+        }
+
+
 async def test_an_explicit_event_id_wins(nats_server: EmbeddedServer) -> None:
     async def mine(bus: Bus, order: str) -> list[PublishResult]:
         return [await bus.publish(Reserved(n=0), order, event_id=f"mine-{order}")]
