@@ -6,8 +6,8 @@ Fast handlers then never wait for a pull's round trip, slow ones hold little mor
 can start, and memory stays bounded. Pulls the server goes quiet on (restart, leader change)
 are forgotten and asked again, so the consumer resumes by itself.
 Handlers run in `concurrency` long-lived workers (bus.workers), not in a task per message.
-A handler that raises has its attempt recorded (bus.attempts) before its message is nak'ed;
-a redelivery reads it, so the ids its events get (bus.followups) start a new epoch after a
+A handler that raises has its attempt recorded (bus._attempts) before its message is nak'ed;
+a redelivery reads it, so the ids its events get (bus._followups) start a new epoch after a
 clean failure and repeat the crashed run's after a crash.
 """
 
@@ -27,14 +27,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from . import telemetry
-from .attempts import AttemptRecord
+from ._attempts import UNREACHED, AttemptRecord
+from ._followups import Handling, Run, handled_message
 from .codec import Codec
 from .connection import Connection, parse_headers
 from .deadletter import dead_letter_message
 from .envelope import Envelope, current_envelope, open_message
-from .errors import BusError, BusTimeout, ConnectError, DecodeError, OutboundBufferFull, StreamError
+from .errors import BusError, DecodeError, OutboundBufferFull, StreamError
 from .events import Event, EventRegistry
-from .followups import Handling, Run, handled_message
 from .publish import Publisher
 from .pulls import Pulls
 from .subscribe import HandlerSpec
@@ -46,10 +46,6 @@ ACK, TERM, IN_PROGRESS = b"+ACK", b"+TERM", b"+WPI"
 BATCH_LINGER = 0.02  # seconds a partial batch waits for more messages
 AHEAD_SECONDS = 0.05  # hold, beyond the handler slots, what the handlers get through in this
 MAX_AHEAD = 512  # messages
-RECORD_PAUSE = 0.1, 1.0  # seconds between tries to record a failed attempt: first, longest
-# A handler failing with one of these failed to reach NATS, not by its own decision: its
-# retry is treated as a rerun after a crash (the same ids), not as a new attempt.
-UNREACHED = (BusTimeout, ConnectError, OutboundBufferFull)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -61,7 +57,7 @@ class Delivery:
 
     def __init__(self, subject: str, reply: bytes, data: bytes, headers: dict[str, str]) -> None:
         self.subject, self.reply, self.data, self.headers = subject, reply, data, headers
-        self.run: Run | None = None  # what its handler publishes (bus.followups)
+        self.run: Run | None = None  # what its handler publishes (bus._followups)
 
 
 class Consumer:
@@ -336,7 +332,8 @@ class Consumer:
             outcome = "error"
             telemetry.failed(span, exc)
             if env.attempt < self.spec.max_deliver and not isinstance(exc, UNREACHED):
-                await self._record_failure(env)
+                assert env.seq is not None  # (the message is kept alive while it is recorded)
+                await self._attempts.failed(env.seq, env.attempt, within=self.spec.ack_wait / 2)
             await self._failed(msg, env.attempt, exc)
         else:
             self._settle(msg, ACK)
@@ -397,28 +394,6 @@ class Consumer:
         since = 0 if epoch == env.attempt - 1 else _stored_at(msg.reply)
         msg.run = self._handling.run(env, epoch, since)
         return True
-
-    async def _record_failure(self, env: Envelope[Event]) -> None:
-        """Record the failed attempt before the nak, trying again for a while if NATS is away
-        (the message is kept alive meanwhile); if it cannot, the retry repeats this attempt's
-        ids: what this attempt published is then kept, not stored twice."""
-        assert env.seq is not None
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.spec.ack_wait / 2
-        pause, longest = RECORD_PAUSE
-        while True:
-            try:
-                await self._attempts.failed(env.seq, env.attempt)
-                return
-            except BusError as exc:
-                if loop.time() + pause > give_up or self._stopping:
-                    log.warning(
-                        "consumer %s: recording failed attempt %d of %s seq %d failed: %s",
-                        self.spec.durable, env.attempt, self.stream, env.seq, exc,
-                    )  # fmt: skip
-                    return
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, longest)
 
     async def _failed(self, msg: Delivery, attempt: int, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"

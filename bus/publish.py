@@ -2,7 +2,7 @@
 
 Retrying a publish is always safe: the event id travels as `Nats-Msg-Id`, so JetStream stores
 an event once within the stream's duplicate window and answers the retry with `duplicate`.
-Inside a single-message handler the ids are derived from the handled message (bus.followups),
+Inside a single-message handler the ids are derived from the handled message (bus._followups),
 so a rerun of the handler is such a retry too.
 """
 
@@ -19,6 +19,8 @@ import nats.errors
 
 from . import headers as h
 from . import telemetry
+from ._followups import Run, current_run
+from ._reruns import Reruns, capture_filter
 from .acks import NO_RESPONDERS, TOO_LARGE, PublishResult, read_ack
 from .codec import Codec
 from .connection import Connection
@@ -32,8 +34,6 @@ from .errors import (
     PublishTimeout,
 )
 from .events import Event, new_event_id
-from .followups import Run, current_run
-from .reruns import Reruns, capture_filter
 from .subjects import validate_token
 
 RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
@@ -41,7 +41,6 @@ MAX_PAUSE = 0.1  # seconds between rounds while a stream is between leaders: its
 # at a moment nobody announces, and each pause is that much added to the failover
 YIELD_EVERY = 256  # publishes buffered before the flusher gets a turn (server and us overlap)
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
-DUPLICATE_IN_BATCH = 10201  # JetStream err_code: an atomic batch holds a stored message id
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
@@ -56,7 +55,7 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
     headers: dict[str, str]
     event_id: str
     span: Any = None  # the PRODUCER span while tracing is on, ended at the ack
-    rerun_since: int = 0  # a handler's rerun: its message's stored time (see bus.reruns)
+    rerun_since: int = 0  # a handler's rerun: its message's stored time (see bus._reruns)
 
 
 class Publisher:
@@ -79,7 +78,7 @@ class Publisher:
         self._inbox = ""
         self._waiting: dict[int, tuple[_Batch, int]] = {}
         self._tokens = itertools.count()
-        self._reruns = Reruns(nc)
+        self._reruns = Reruns(nc, self.send_many)
 
     def prepare(
         self,
@@ -151,45 +150,19 @@ class Publisher:
         if run is not None and run.rerun_since:
             while len(outs) < len(pairs):
                 more()
-            return await self._send_rerun(outs, timeout, return_exceptions)
+            wait = self.timeout if timeout is None else timeout
+            return await self._reruns.send(outs, wait, return_exceptions)
         return await self.send_many(outs, timeout, return_exceptions, total=len(pairs), more=more)
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
         if out.rerun_since:
-            result = (await self._send_rerun([out], timeout, False))[0]
+            wait = self.timeout if timeout is None else timeout
+            result = (await self._reruns.send([out], wait, False))[0]
         else:
             result = (await self.send_many([out], timeout))[0]
         assert isinstance(result, PublishResult)
         return result
-
-    async def _send_rerun(
-        self, outs: Sequence[Outgoing], timeout: float | None, return_exceptions: bool
-    ) -> list[PublishResult | BusError]:
-        """A handler's rerun: what an earlier run stored (and the stream may have forgotten)
-        is answered as a duplicate, the rest is sent. One refused for its expected version is
-        looked for too: an earlier run's publish moved the version past it."""
-        wait = self.timeout if timeout is None else timeout
-        results: list[PublishResult | BusError | None] = [None] * len(outs)
-        for i, found in (await self._reruns.stored(outs, wait)).items():
-            results[i] = found
-            if outs[i].span is not None:
-                telemetry.end_publish(outs[i].span, found.stream, found.seq)
-        rest = [i for i, result in enumerate(results) if result is None]
-        if rest:
-            sent = await self.send_many([outs[i] for i in rest], timeout, return_exceptions=True)
-            for i, answer in zip(rest, sent, strict=True):
-                results[i] = answer
-        refused = [i for i, result in enumerate(results) if isinstance(result, ConcurrencyError)]
-        if refused:
-            stored = await self._reruns.stored([outs[i] for i in refused], wait, always=True)
-            for k, found in stored.items():
-                results[refused[k]] = found
-        if not return_exceptions:
-            for result in results:
-                if isinstance(result, BusError):
-                    raise result
-        return [r for r in results if r is not None]
 
     async def send_many(
         self,
@@ -362,7 +335,8 @@ class Publisher:
             raise ConfigError(f"an atomic batch holds 1 to {MAX_ATOMIC_BATCH} events")
         if len(outs) == 1:
             return [await self.send(outs[0], timeout)]
-        if outs[0].rerun_since and (stored := await self._stored_batch(outs, timeout)):
+        wait = self.timeout if timeout is None else timeout
+        if outs[0].rerun_since and (stored := await self._reruns.batch(outs, wait)):
             return stored
         batch_id = new_event_id()
         for i, out in enumerate(outs[:-1], 1):
@@ -378,11 +352,8 @@ class Publisher:
                 Outgoing(last.subject, last.payload, commit, last.event_id, last.span), timeout
             )
         except BusError as exc:
-            repeated = isinstance(exc, PublishError) and exc.code == DUPLICATE_IN_BATCH
-            if repeated and outs[0].rerun_since:  # an earlier run stored it (just now)
-                stored = await self._stored_batch(outs, timeout, always=True)
-                if stored:
-                    return stored
+            if outs[0].rerun_since and (stored := await self._reruns.refused(outs, wait, exc)):
+                return stored  # an earlier run of the handler stored this batch
             for out in outs[:-1]:
                 if out.span is not None:
                     telemetry.end_publish(out.span, error=exc)
@@ -399,28 +370,6 @@ class Publisher:
             if out.span is not None:
                 telemetry.end_publish(out.span, result.stream, result.seq)
         return results
-
-    async def _stored_batch(
-        self, outs: Sequence[Outgoing], timeout: float | None, *, always: bool = False
-    ) -> list[PublishResult]:
-        """An atomic batch of a handler's rerun as an earlier run stored it (all of it, or
-        nothing: [])."""
-        found = await self._reruns.stored(
-            outs, self.timeout if timeout is None else timeout, always=always
-        )
-        if not found:
-            return []
-        if len(found) < len(outs):
-            raise PublishError(
-                outs[0].subject,
-                "an earlier run of this handler stored another atomic batch under these ids "
-                "(a handler must publish the same events in the same order when it runs again)",
-            )
-        # (after a refused commit, the commit's span has ended with the refusal)
-        for i, out in enumerate(outs[:-1] if always else outs):
-            if out.span is not None:
-                telemetry.end_publish(out.span, found[i].stream, found[i].seq)
-        return [found[i] for i in range(len(outs))]
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
         token = int(subject[subject.rfind(b".") + 1 :])

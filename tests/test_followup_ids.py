@@ -30,8 +30,8 @@ from bus import (
     StreamSpec,
     current_bus,
 )
-from bus.attempts import BUCKET, AttemptRecord
-from bus.followups import derived_id
+from bus._attempts import BUCKET, AttemptRecord
+from bus._followups import derived_id
 from services import demo
 from tests.domain import eventually
 

@@ -1,7 +1,7 @@
 """The attempts record: which attempt of a message last failed cleanly (its handler raised),
 per consumer, in the KV bucket `bus_attempts` (entries kept a day).
 
-A redelivery reads it as its failure epoch (bus.followups): the ids its handler derives then
+A redelivery reads it as its failure epoch (bus._followups): the ids its handler derives then
 differ from those of the failed attempt (a retry's events are new facts) but equal those of
 a run that crashed in the same epoch (a rerun's events are stored once). Only failures write
 and only redeliveries read: a first delivery never touches it.
@@ -9,17 +9,32 @@ and only redeliveries read: a first delivery never touches it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from .connection import Connection
-from .errors import BusTimeout, StreamError, StreamNotFound
+from .errors import (
+    BusError,
+    BusTimeout,
+    ConnectError,
+    OutboundBufferFull,
+    StreamError,
+    StreamNotFound,
+)
 from .kv import ensure_bucket, kv_key
 from .reader import read_from_leader
 
+log = logging.getLogger("bus.consumer")
 BUCKET = "bus_attempts"
 KEEP_FOR = 24 * 3600.0  # seconds an entry lives: far past any redelivery's backoff
+PAUSES = 0.1, 1.0  # seconds between tries to record a failed attempt: the first, the longest
+# A handler failing with one of these could not reach NATS; it did not decide to fail. Its
+# retry is not a new attempt but a rerun, as after a crash: nothing is recorded.
+UNREACHED = (BusTimeout, ConnectError, OutboundBufferFull)
 
 
 class AttemptRecord:
@@ -34,8 +49,26 @@ class AttemptRecord:
     def key(self, seq: int) -> str:
         return kv_key(f"{self._prefix}{seq}")
 
-    async def failed(self, seq: int, attempt: int) -> None:
-        """Record that `attempt` of message `seq` failed cleanly (before it is nak'ed)."""
+    async def failed(self, seq: int, attempt: int, within: float) -> None:
+        """Record that `attempt` of message `seq` failed cleanly (before it is nak'ed), trying
+        again for `within` seconds while NATS is away. If it cannot, the retry repeats this
+        attempt's ids: what this attempt published is then kept, not stored twice."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + within
+        pause, longest = PAUSES
+        while True:
+            try:
+                await self._put(seq, attempt)
+                return
+            except BusError as exc:
+                if loop.time() + pause > give_up:
+                    log.warning("recording failed attempt %d of %sseq %d failed: %s",
+                                attempt, self._prefix, seq, exc)  # fmt: skip
+                    return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
+
+    async def _put(self, seq: int, attempt: int) -> None:
         try:
             if self._bucket is None:
                 self._bucket = await ensure_bucket(

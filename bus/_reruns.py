@@ -1,9 +1,10 @@
-"""A handler's rerun that comes after its stream's duplicate window: what it publishes again
-is looked for in the stream instead of being stored twice.
+"""A handler's rerun (bus._followups): what it publishes again is found, not stored twice,
+even after the target stream's duplicate window.
 
 JetStream drops a repeated `Nats-Msg-Id` only within the stream's duplicate window (2 minutes
-by default). A rerun of a handler (bus.followups) usually comes well within it, and then costs
-nothing here. When the handled message was stored longer ago than the target stream's window
+by default). A rerun of a handler usually comes well within it, and then costs nothing here
+but for an atomic batch, which JetStream refuses whole when it holds a stored id (then the
+batch is looked for). When the handled message was stored longer ago than the target stream's window
 (less the publish timeout and some clock slack), an earlier run's events may have been
 forgotten by JetStream: each event is looked for on its own subject among the messages
 stored since the handled message was (a batched direct get from that time, a bounded number
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -26,9 +27,17 @@ import msgspec
 import nats.errors
 
 from . import headers as h
+from . import telemetry
 from .acks import PublishResult
 from .connection import Connection
-from .errors import BusTimeout, StreamError
+from .errors import (
+    BusError,
+    BusTimeout,
+    ConcurrencyError,
+    PublishError,
+    StreamError,
+    StreamNotFound,
+)
 from .reader import _direct_get, read_messages
 
 if TYPE_CHECKING:
@@ -36,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bus.publish")
 
+DUPLICATE_IN_BATCH = 10201  # JetStream err_code: an atomic batch holds a stored message id
 PAGE = 256  # messages per direct get
 MAX_SCAN = 16 * PAGE  # messages looked through on one subject at most; past it, publish
 CLOCK_SLACK = 2.0  # seconds: the handled message's stamp and our clock may differ this much
@@ -58,12 +68,75 @@ _decode_names = msgspec.json.Decoder(_Names).decode
 _decode_info = msgspec.json.Decoder(_Info).decode
 
 
-class Reruns:
-    """Finds, for a late rerun, the events an earlier run of the handler stored already."""
+SendMany = Callable[..., Awaitable[list[PublishResult | BusError]]]
 
-    def __init__(self, nc: Connection) -> None:
-        self._nc = nc
+
+class Reruns:
+    """The publisher's way with a handler's rerun: what an earlier run of the handler stored
+    already is answered as a duplicate instead of being stored again."""
+
+    def __init__(self, nc: Connection, send_many: SendMany) -> None:
+        self._nc, self._send_many = nc, send_many
         self._windows: dict[str, tuple[float, str, float]] = {}  # filter -> (until, stream, s)
+
+    async def send(
+        self, outs: Sequence[Outgoing], timeout: float, return_exceptions: bool
+    ) -> list[PublishResult | BusError]:
+        """Publish a rerun's events: what an earlier run stored (and the stream may have
+        forgotten) is found, the rest sent. One refused for its expected version is looked
+        for too: an earlier run's publish moved the version past it."""
+        results: list[PublishResult | BusError | None] = [None] * len(outs)
+        for i, found in (await self.stored(outs, timeout)).items():
+            results[i] = found
+            if outs[i].span is not None:
+                telemetry.end_publish(outs[i].span, found.stream, found.seq)
+        rest = [i for i, result in enumerate(results) if result is None]
+        if rest:
+            sent = await self._send_many([outs[i] for i in rest], timeout, True)
+            for i, answer in zip(rest, sent, strict=True):
+                results[i] = answer
+        refused = [i for i, result in enumerate(results) if isinstance(result, ConcurrencyError)]
+        if refused:
+            stored = await self.stored([outs[i] for i in refused], timeout, always=True)
+            for k, found in stored.items():
+                results[refused[k]] = found
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BusError):
+                    raise result
+        return [r for r in results if r is not None]
+
+    async def batch(self, outs: Sequence[Outgoing], timeout: float) -> list[PublishResult]:
+        """A rerun's atomic batch as an earlier run stored it, when the stream may have
+        forgotten its ids ([]: not stored)."""
+        return self._whole(outs, await self.stored(outs, timeout), outs)
+
+    async def refused(
+        self, outs: Sequence[Outgoing], timeout: float, exc: BusError
+    ) -> list[PublishResult]:
+        """A rerun's atomic batch JetStream refused for holding a stored id: as the earlier
+        run stored it ([]: refused for another reason). The commit's span ended refused."""
+        if not (isinstance(exc, PublishError) and exc.code == DUPLICATE_IN_BATCH):
+            return []
+        return self._whole(outs, await self.stored(outs, timeout, always=True), outs[:-1])
+
+    @staticmethod
+    def _whole(
+        outs: Sequence[Outgoing], found: dict[int, PublishResult], spans: Sequence[Outgoing]
+    ) -> list[PublishResult]:
+        """All of an atomic batch found, or none of it; a part is an error of the handler."""
+        if not found:
+            return []
+        if len(found) < len(outs):
+            raise PublishError(
+                outs[0].subject,
+                "an earlier run of this handler stored another atomic batch under these ids "
+                "(a handler must publish the same events in the same order when it runs again)",
+            )
+        for i, out in enumerate(spans):
+            if out.span is not None:
+                telemetry.end_publish(out.span, found[i].stream, found[i].seq)
+        return [found[i] for i in range(len(outs))]
 
     async def stored(
         self, outs: Sequence[Outgoing], timeout: float, *, always: bool = False
@@ -87,7 +160,10 @@ class Reruns:
     ) -> dict[int, PublishResult]:
         start = since - int(CLOCK_SLACK * 1e9)
         request = {"start_time": _rfc3339(start), "next_by_subj": subject, "batch": PAGE}
-        page = await _direct_get(self._nc, stream, request, PAGE, timeout)
+        try:
+            page = await _direct_get(self._nc, stream, request, PAGE, timeout)
+        except StreamNotFound:  # (it was just found: no responders while it restarts)
+            raise BusTimeout(f"{stream} did not answer a direct get") from None
         found: dict[int, PublishResult] = {}
         scanned = 0
         while True:

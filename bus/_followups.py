@@ -5,7 +5,7 @@ stores what it publishes once.
 An id is a hash of the consumer (stream, durable), the handled message (stream sequence and
 event id), its failure epoch, the event's subject and how many events this run published on
 that subject before it. A rerun that publishes the same events in the same order gets the
-same ids, and JetStream's `Nats-Msg-Id` dedupe drops them. The failure epoch (bus.attempts)
+same ids, and JetStream's `Nats-Msg-Id` dedupe drops them. The failure epoch (bus._attempts)
 is the last attempt that failed cleanly (the handler raised): a retry after an exception is
 a new epoch whose events are new facts, a rerun after a crash repeats its epoch's ids.
 
