@@ -40,8 +40,9 @@ UNREACHED = (BusTimeout, ConnectError, OutboundBufferFull)
 class AttemptRecord:
     """The record as one consumer reads and writes it; errors come out as BusError."""
 
-    def __init__(self, nc: Connection, js: JetStreamContext, stream: str, durable: str,
-                 replicas: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self, nc: Connection, js: JetStreamContext, stream: str, durable: str, replicas: int = 1
+    ) -> None:
         self._nc, self._js, self._replicas = nc, js, replicas
         self._prefix = f"{stream}.{durable}."
         self._bucket: KeyValue | None = None
@@ -62,8 +63,8 @@ class AttemptRecord:
                 return
             except BusError as exc:
                 if loop.time() + pause > give_up:
-                    log.warning("recording failed attempt %d of %sseq %d failed: %s",
-                                attempt, self._prefix, seq, exc)  # fmt: skip
+                    where = f"{self._prefix}{seq}"
+                    log.warning("recording failed attempt %d of %s: %s", attempt, where, exc)
                     return
             await asyncio.sleep(pause)
             pause = min(pause * 2, longest)

@@ -2,9 +2,9 @@
 even after the target stream's duplicate window.
 
 JetStream drops a repeated `Nats-Msg-Id` only within the stream's duplicate window (2 minutes
-by default). A rerun of a handler usually comes well within it, and then costs nothing here
-but for an atomic batch, which JetStream refuses whole when it holds a stored id (then the
-batch is looked for). When the handled message was stored longer ago than the target stream's window
+by default). A rerun of a handler usually comes well within it, and then costs nothing here,
+but for an atomic batch: JetStream refuses one that holds a stored id, and the batch is then
+looked for. When the handled message was stored longer ago than the target stream's window
 (less the publish timeout and some clock slack), an earlier run's events may have been
 forgotten by JetStream: each event is looked for on its own subject among the messages
 stored since the handled message was (a batched direct get from that time, a bounded number
