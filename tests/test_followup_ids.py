@@ -381,6 +381,21 @@ async def test_the_demo_handler_keeps_each_attempts_events(nats_server: Embedded
     ]  # fmt: skip
 
 
+async def test_what_the_attempts_record_holds_is_read_with_care(bus: Bus) -> None:
+    """Entries written by someone else, garbage, deleted: an epoch of 0, not an error."""
+    record = AttemptRecord(bus.nc, bus.js, "SHOP", "fulfil")
+    assert await record.epoch(1) == 0  # no bucket yet
+    await record.failed(1, 3, within=1.0)
+    assert await record.epoch(1) == 3
+    kv = await bus.js.key_value(BUCKET)
+    for value, epoch in ((b"not a number", 0), (b"", 0), (b"-1", 0), (b"12", 12)):
+        await kv.put(record.key(1), value)
+        assert await record.epoch(1) == epoch
+    await kv.delete(record.key(1))
+    assert await record.epoch(1) == 0
+    assert await record.epoch(2) == 0
+
+
 def test_derived_ids_are_uuids_that_differ_by_every_part() -> None:
     seed = "SHOP\x1ffulfil\x1f7\x1fsome-id\x1f0"
     one = derived_id(seed, "shop.o1.reserved", 0)
