@@ -304,7 +304,14 @@ class Bus:
             self.registry.register(cls)
         stream = await self.stream_for(spec.subjects[0])
         consumer = Consumer(
-            self.nc, self.js, self.registry, self.codec, self.publisher, spec, stream
+            self.nc,
+            self.js,
+            self.registry,
+            self.codec,
+            self.publisher,
+            spec,
+            stream,
+            replicas=self.replicas,
         )
         token = _current_bus.set(self)  # copied into the consumer's tasks as they start
         try:

@@ -6,6 +6,9 @@ Fast handlers then never wait for a pull's round trip, slow ones hold little mor
 can start, and memory stays bounded. Pulls the server goes quiet on (restart, leader change)
 are forgotten and asked again, so the consumer resumes by itself.
 Handlers run in `concurrency` long-lived workers (bus.workers), not in a task per message.
+A handler that raises has its attempt recorded (bus._attempts) before its message is nak'ed;
+a redelivery reads it, so the ids its events get (bus._followups) start a new epoch after a
+clean failure and repeat the crashed run's after a crash.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from . import telemetry
+from ._attempts import UNREACHED, AttemptRecord
+from ._followups import Handling, Run, handled_message
 from .codec import Codec
 from .connection import Connection, parse_headers
 from .deadletter import dead_letter_message
@@ -48,10 +53,11 @@ class Delivery:
     """One message as the lane hands it over: no nats-py Msg, headers parsed once, the ack
     subject kept as the bytes it is written back as."""
 
-    __slots__ = ("data", "headers", "reply", "subject")
+    __slots__ = ("data", "headers", "reply", "run", "subject")
 
     def __init__(self, subject: str, reply: bytes, data: bytes, headers: dict[str, str]) -> None:
         self.subject, self.reply, self.data, self.headers = subject, reply, data, headers
+        self.run: Run | None = None  # what its handler publishes (bus._followups)
 
 
 class Consumer:
@@ -69,11 +75,14 @@ class Consumer:
         *,
         expires: float = 5.0,
         heartbeat: float = 1.0,
+        replicas: int = 1,
     ) -> None:
         self._nc, self._js, self._registry, self._codec = nc, js, registry, codec
         self._publisher = publisher
         self.spec = spec
         self.stream = stream
+        self._handling = Handling(stream, spec.durable)
+        self._attempts = AttemptRecord(nc, js, stream, spec.durable, replicas)
         self._tick = min(heartbeat, spec.ack_wait / 4)  # the pull loop's longest sleep
         self._wake = asyncio.Event()
         self._pulls = Pulls(nc, stream, spec.durable, expires, heartbeat, self._wake.set)
@@ -135,7 +144,8 @@ class Consumer:
         self._sub = await self._nc.open_lane(f"{self._pulls.inbox}.*", self._on_message)
         # Handlers run in copies of the starter's context (as tasks it created would), not
         # in the connection's reader task where the lane delivers.
-        self._workers.start()
+        with self._handling.entered():
+            self._workers.start()
         self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull {self.spec.durable}")
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -307,7 +317,11 @@ class Consumer:
         if isinstance(env, str):
             await self._dead_letter(msg, env)
             return
-        token = current_envelope.set(env)
+        if env.attempt > 1 and not await self._resume(msg, env):
+            return
+        # Each job runs in a fresh copy of the context (bus.workers): nothing to reset.
+        current_envelope.set(env)
+        handled_message.set(msg)
         outcome = "ok"
         try:
             if self.spec.wants_envelope:
@@ -317,11 +331,12 @@ class Consumer:
         except Exception as exc:
             outcome = "error"
             telemetry.failed(span, exc)
+            if env.attempt < self.spec.max_deliver and not isinstance(exc, UNREACHED):
+                assert env.seq is not None  # (the message is kept alive while it is recorded)
+                await self._attempts.failed(env.seq, env.attempt, within=self.spec.ack_wait / 2)
             await self._failed(msg, env.attempt, exc)
         else:
             self._settle(msg, ACK)
-        finally:
-            current_envelope.reset(token)
         if telemetry.observers:
             telemetry.processed(self.spec.durable, outcome, time.perf_counter() - started)
 
@@ -358,6 +373,27 @@ class Consumer:
         if telemetry.observers:
             seconds = time.monotonic() - started
             telemetry.processed(self.spec.durable, outcome, seconds, len(envs))
+
+    async def _resume(self, msg: Delivery, env: Envelope[Event]) -> bool:
+        """Before a redelivery's handler runs: its failure epoch, read from the attempts
+        record. False (and a nak) when that cannot be read now: running it without would
+        give its events ids of another epoch."""
+        assert env.seq is not None
+        try:
+            epoch = await self._attempts.epoch(env.seq)
+        except BusError as exc:
+            delay = self.spec.backoff.delay(env.attempt)
+            log.warning(
+                "consumer %s: the failure epoch of %s seq %d is unreadable, retry in %.2fs: %s",
+                self.spec.durable, self.stream, env.seq, delay, exc,
+            )  # fmt: skip
+            self._settle(msg, b"-NAK " + _encode({"delay": int(delay * 1e9)}))
+            return False
+        # Right after a clean failure (epoch = the attempt before) no run has used this
+        # epoch's ids yet; otherwise runs since the message was stored may have.
+        since = 0 if epoch == env.attempt - 1 else _stored_at(msg.reply)
+        msg.run = self._handling.run(env, epoch, since)
+        return True
 
     async def _failed(self, msg: Delivery, attempt: int, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
@@ -422,3 +458,10 @@ def _ack_metadata(reply: bytes) -> tuple[int, int]:
     tokens = reply.split(b".")
     offset = 2 if len(tokens) >= 11 else 0  # v2 adds domain and account hash
     return int(tokens[5 + offset]), int(tokens[4 + offset])
+
+
+def _stored_at(reply: bytes) -> int:
+    """When the message was stored (ns since the epoch), from its ack subject."""
+    tokens = reply.split(b".")
+    offset = 2 if len(tokens) >= 11 else 0
+    return int(tokens[7 + offset])

@@ -2,6 +2,8 @@
 
 Retrying a publish is always safe: the event id travels as `Nats-Msg-Id`, so JetStream stores
 an event once within the stream's duplicate window and answers the retry with `duplicate`.
+Inside a single-message handler the ids are derived from the handled message (bus._followups),
+so a rerun of the handler is such a retry too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import nats.errors
 
 from . import headers as h
 from . import telemetry
+from ._followups import Run, current_run
+from ._reruns import Reruns, capture_filter
 from .acks import NO_RESPONDERS, TOO_LARGE, PublishResult, read_ack
 from .codec import Codec
 from .connection import Connection
@@ -51,6 +55,7 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
     headers: dict[str, str]
     event_id: str
     span: Any = None  # the PRODUCER span while tracing is on, ended at the ack
+    rerun_since: int = 0  # a handler's rerun: its message's stored time (see bus._reruns)
 
 
 class Publisher:
@@ -73,6 +78,7 @@ class Publisher:
         self._inbox = ""
         self._waiting: dict[int, tuple[_Batch, int]] = {}
         self._tokens = itertools.count()
+        self._reruns = Reruns(nc, self.send_many)
 
     def prepare(
         self,
@@ -86,16 +92,19 @@ class Publisher:
         trace_headers: dict[str, str] | None = None,
     ) -> Outgoing:
         """The event ready for the wire; `trace_headers` (a batch span's context) replace the
-        span of its own an event otherwise gets while tracing is on."""
+        span of its own an event otherwise gets while tracing is on. Without an `event_id`,
+        a handler's event gets one derived from its message, any other a new UUIDv7."""
         subject, payload = self.encode(event, aggregate_id)
-        event_id = event_id or new_event_id()
+        run = current_run()
+        if not event_id:
+            event_id = new_event_id() if run is None else run.next_id(subject)
         hdrs = build_headers(event, event_id, self._codec.mime, correlation_id, causation_id)
         if expected_version is not None:
             if expected_version < 0:
                 raise ValueError("expected_version must be >= 0 (0: the aggregate is new)")
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_version)
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = f"{event.__domain__}.{aggregate_id}.*"
-        return _outgoing(event, subject, payload, event_id, hdrs, trace_headers)
+        return _outgoing(event, subject, payload, event_id, hdrs, trace_headers, run)
 
     def encode(self, event: Event, aggregate_id: str) -> tuple[str, bytes]:
         """The event's subject and payload: what can be wrong with it shows here."""
@@ -126,20 +135,32 @@ class Publisher:
             payloads.append(payload)
         mime = self._codec.mime
         outs: list[Outgoing] = []
+        run = current_run()  # (its ids are taken now: a handler's publishes count in order)
+        ids = [run.next_id(subject) for subject in subjects] if run is not None else None
 
         def more() -> None:
             for event, _ in pairs[len(outs) : len(outs) + YIELD_EVERY]:
-                n, event_id = len(outs), new_event_id()
+                n = len(outs)
+                event_id = new_event_id() if ids is None else ids[n]
                 hdrs = build_headers(event, event_id, mime)
                 outs.append(
-                    _outgoing(event, subjects[n], payloads[n], event_id, hdrs, trace_headers)
+                    _outgoing(event, subjects[n], payloads[n], event_id, hdrs, trace_headers, run)
                 )
 
+        if run is not None and run.rerun_since:
+            while len(outs) < len(pairs):
+                more()
+            wait = self.timeout if timeout is None else timeout
+            return await self._reruns.send(outs, wait, return_exceptions)
         return await self.send_many(outs, timeout, return_exceptions, total=len(pairs), more=more)
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
-        result = (await self.send_many([out], timeout))[0]
+        if out.rerun_since:
+            wait = self.timeout if timeout is None else timeout
+            result = (await self._reruns.send([out], wait, False))[0]
+        else:
+            result = (await self.send_many([out], timeout))[0]
         assert isinstance(result, PublishResult)
         return result
 
@@ -203,7 +224,7 @@ class Publisher:
                 replies[i] = data
             # An ack is final; so is "no responders" where no stream captures the subject.
             refused = {
-                i: _capture_filter(outs[i].subject) for i in todo if replies[i] is NO_RESPONDERS
+                i: capture_filter(outs[i].subject) for i in todo if replies[i] is NO_RESPONDERS
             }
             led = (
                 await self._led(set(refused.values()), deadline - loop.time()) if refused else set()
@@ -314,6 +335,9 @@ class Publisher:
             raise ConfigError(f"an atomic batch holds 1 to {MAX_ATOMIC_BATCH} events")
         if len(outs) == 1:
             return [await self.send(outs[0], timeout)]
+        wait = self.timeout if timeout is None else timeout
+        if outs[0].rerun_since and (stored := await self._reruns.batch(outs, wait)):
+            return stored
         batch_id = new_event_id()
         for i, out in enumerate(outs[:-1], 1):
             block = encode_headers({**out.headers, h.BATCH_ID: batch_id, h.BATCH_SEQ: str(i)})
@@ -328,6 +352,8 @@ class Publisher:
                 Outgoing(last.subject, last.payload, commit, last.event_id, last.span), timeout
             )
         except BusError as exc:
+            if outs[0].rerun_since and (stored := await self._reruns.refused(outs, wait, exc)):
+                return stored  # an earlier run of the handler stored this batch
             for out in outs[:-1]:
                 if out.span is not None:
                     telemetry.end_publish(out.span, error=exc)
@@ -363,21 +389,16 @@ def _outgoing(
     event_id: str,
     hdrs: dict[str, str],
     trace_headers: dict[str, str] | None,
+    run: Run | None = None,
 ) -> Outgoing:
     """`trace_headers` (a batch span's context) replace the span of its own an event
     otherwise gets while tracing is on."""
+    since = 0 if run is None else run.rerun_since
     if trace_headers is not None:
         hdrs.update(trace_headers)
-        return Outgoing(subject, payload, hdrs, event_id)
+        return Outgoing(subject, payload, hdrs, event_id, None, since)
     span = telemetry.start_publish(template_of(event), event_id, hdrs, len(payload))
-    return Outgoing(subject, payload, hdrs, event_id, span)
-
-
-def _capture_filter(subject: str) -> str:
-    """What to ask JetStream about a refused subject: one question per event type
-    (`<domain>.*.<event>`), not one per aggregate."""
-    tokens = subject.split(".")
-    return f"{tokens[0]}.*.{tokens[2]}" if len(tokens) == 3 else subject
+    return Outgoing(subject, payload, hdrs, event_id, span, since)
 
 
 def template_of(event: Event) -> str:

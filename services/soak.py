@@ -10,10 +10,10 @@ published / acknowledged / refused and the events stored.
 
 At the end it stops the traffic, lets the system drain, and checks that every acknowledged
 event is in the stream; every task was handled (completed, or dead-lettered when its
-`fail_times` asked for it); `task_counts` counted each stored event once; the services exit
-0 on SIGTERM; and no service's memory or descriptors kept growing (a heuristic over the
-second half of the run: a short run mostly sees bounded caches filling, a long one tells
-more).
+`fail_times` asked for it); each completed task has one `completed` event (a handler run
+again after a restart stores nothing twice); `task_counts` counted each stored event once;
+the services exit 0 on SIGTERM; and no service's memory or open files trend upwards after
+the warm-up (soak_figures.growth: a short run tells only a fast leak, a long one more).
 
 Linux only: the figures come from /proc.
 """
@@ -240,6 +240,11 @@ class Soak:
             problems.append(f"{len(early)} tasks dead-lettered though they were to complete")
         if late := should_die - dead:
             problems.append(f"{len(late)} tasks asked to fail for good were not dead-lettered")
+        if stored["completed"] != len(completed):
+            problems.append(
+                f"{stored['completed']} completed events stored for {len(completed)} completed "
+                "tasks: a handler's events were stored twice"
+            )
 
         counts: dict[str, int] = {}
         view = ProjectionView(self.monitor, app.projection("task_counts"))
