@@ -38,7 +38,7 @@ from .errors import (
     StreamError,
     StreamNotFound,
 )
-from .reader import _direct_get, read_messages
+from .reader import read_messages
 
 if TYPE_CHECKING:
     from .publish import Outgoing
@@ -159,9 +159,10 @@ class Reruns:
         self, stream: str, subject: str, since: int, ids: dict[str, int], timeout: float
     ) -> dict[int, PublishResult]:
         start = since - int(CLOCK_SLACK * 1e9)
-        request = {"start_time": _rfc3339(start), "next_by_subj": subject, "batch": PAGE}
         try:
-            page = await _direct_get(self._nc, stream, request, PAGE, timeout)
+            page = await read_messages(
+                self._nc, stream, 1, PAGE, subject, timeout, since=_rfc3339(start)
+            )
         except StreamNotFound:  # (it was just found: no responders while it restarts)
             raise BusTimeout(f"{stream} did not answer a direct get") from None
         found: dict[int, PublishResult] = {}

@@ -49,11 +49,15 @@ async def read_messages(
     limit: int = 100,
     subject: str | None = None,
     timeout: float = 5.0,
+    *,
+    since: str | None = None,
 ) -> list[StoredMessage]:
-    """Up to `limit` messages with sequence >= `from_seq` (matching `subject` if given)."""
+    """Up to `limit` messages with sequence >= `from_seq`, or stored at or after `since` (an
+    RFC 3339 time) when given; matching `subject` if given."""
     if from_seq < 1 or limit < 1:
         raise ValueError("from_seq and limit must be >= 1")
-    request: dict[str, object] = {"seq": from_seq, "batch": limit}
+    request: dict[str, object] = {"start_time": since} if since else {"seq": from_seq}
+    request["batch"] = limit
     if subject:
         request["next_by_subj"] = subject
     found, _ = await _direct_get(nc, stream, request, limit, timeout)
