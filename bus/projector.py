@@ -332,8 +332,17 @@ class Projector:
             try:
                 live.revision = await self._write_status(status, live.revision)
             except ConcurrencyError:
-                raise Fenced(f"projection {status.name!r}") from None
+                live.revision = await self._written_by_us(status)
             return status
+
+    async def _written_by_us(self, status: ProjectionStatus) -> int:
+        """After a refused checkpoint: its revision if the stored one is this very status
+        (an attempt whose ack was lost, a server crash say, then sent again), else Fenced."""
+        subject = f"$KV.{META_BUCKET}.{status.name}"
+        found = await read_from_leader(self._bus.nc, f"KV_{META_BUCKET}", last_by_subject=subject)
+        if found is None or found.data != _encode_status(status):
+            raise Fenced(f"projection {status.name!r}")
+        return found.seq
 
     async def _write_status(self, status: ProjectionStatus, revision: int) -> int:
         """Write `status` if its key is still at `revision` (0: absent); the new revision."""
