@@ -21,8 +21,9 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.micro.service import Service
+from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
-from . import deadletter, rpc, telemetry
+from . import deadletter, rpc
 from .acks import PublishResult
 from .codec import Codec, ContentType
 from .connection import Connection
@@ -43,6 +44,7 @@ from .reader import StoredMessage, read_messages
 from .streams import StreamManager, StreamSpec, existing_name
 from .subjects import validate_pattern
 from .subscribe import Handler, Router, handler_spec
+from .telemetry import Observer, Telemetry
 
 log = logging.getLogger("bus")
 R = TypeVar("R")
@@ -81,6 +83,8 @@ class Bus:
         drain_timeout: float = 10.0,
         connect_timeout: float = 2.0,
         replicas: int = 1,
+        observer: Observer | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if replicas not in (1, 3, 5):
             raise ConfigError("replicas must be 1, 3 or 5")
@@ -102,6 +106,9 @@ class Bus:
         self._publisher: Publisher | None = None
         self._streams: StreamManager | None = None
         self._services: list[Service] = []
+        self._observer, self._tracer_provider = observer, tracer_provider
+        # What it reports: its tracer is settled when it starts (tracing set up before that).
+        self.telemetry = Telemetry(NoOpTracerProvider(), observer)
         self._replicas: dict[str, int] = {}
         self._state = "new"
         self._connect_error: Exception | None = None
@@ -135,7 +142,8 @@ class Bus:
             ) from None
         self._nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect forever
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
-        self._publisher = Publisher(self._nc, self.codec, self.publish_timeout)
+        self.telemetry = Telemetry(self._tracer_provider, self._observer)
+        self._publisher = Publisher(self._nc, self.codec, self.telemetry, self.publish_timeout)
         self._streams = StreamManager(self._js)
         self._state = "running"
         try:
@@ -280,7 +288,8 @@ class Bus:
         pairs = list(items)
         if not pairs:
             return []
-        with telemetry.publishing_batch(template_of(pairs[0][0]), len(pairs)) as trace:
+        batch = self.telemetry.publishing_batch(template_of(pairs[0][0]), len(pairs))
+        with batch as trace:
             return await self.publisher.publish_many(pairs, trace, timeout, return_exceptions)
 
     # -- consuming ----------------------------------------------------------------------------
@@ -311,6 +320,7 @@ class Bus:
             self.publisher,
             spec,
             stream,
+            self.telemetry,
             replicas=self.replicas,
         )
         token = _current_bus.set(self)  # copied into the consumer's tasks as they start

@@ -38,6 +38,7 @@ from .events import Event, EventRegistry
 from .publish import Publisher
 from .pulls import Pulls
 from .subscribe import HandlerSpec
+from .telemetry import Telemetry
 from .workers import Workers
 
 log = logging.getLogger("bus.consumer")
@@ -72,6 +73,7 @@ class Consumer:
         publisher: Publisher,
         spec: HandlerSpec,
         stream: str,
+        telemetry: Telemetry,
         *,
         expires: float = 5.0,
         heartbeat: float = 1.0,
@@ -79,6 +81,7 @@ class Consumer:
     ) -> None:
         self._nc, self._js, self._registry, self._codec = nc, js, registry, codec
         self._publisher = publisher
+        self._telemetry = telemetry
         self.spec = spec
         self.stream = stream
         self._handling = Handling(stream, spec.durable)
@@ -256,7 +259,7 @@ class Consumer:
     def _run(self, job: Delivery | list[Delivery]) -> Coroutine[Any, Any, None]:
         if not isinstance(job, Delivery):
             return self._run_batch(job)
-        return self._handle_one(job, None) if telemetry.tracer() is None else self._run_one(job)
+        return self._handle_one(job, None) if self._telemetry.tracer is None else self._run_one(job)
 
     def _finished(self, job: Delivery | list[Delivery]) -> None:
         if isinstance(job, Delivery):
@@ -299,20 +302,21 @@ class Consumer:
         return env
 
     async def _run_one(self, msg: Delivery) -> None:
-        token = telemetry.enter_unsampled(msg.headers)
+        token = self._telemetry.enter_unsampled(msg.headers)
         if token is not None:  # the cheap path for the traces the sampler left out
             try:
                 await self._handle_one(msg, None)
             finally:
                 telemetry.leave_unsampled(token)
             return
-        with telemetry.processing(
+        with self._telemetry.processing(
             self.spec.durable, self.stream, [msg.headers], msg.subject
         ) as span:
             await self._handle_one(msg, span)
 
     async def _handle_one(self, msg: Delivery, span: Any) -> None:
-        started = time.perf_counter() if telemetry.observers else 0.0
+        observer = self._telemetry.observer
+        started = time.perf_counter() if observer is not None else 0.0
         env = self._admit(msg)
         if isinstance(env, str):
             await self._dead_letter(msg, env)
@@ -337,15 +341,15 @@ class Consumer:
             await self._failed(msg, env.attempt, exc)
         else:
             self._settle(msg, ACK)
-        if telemetry.observers:
-            telemetry.processed(self.spec.durable, outcome, time.perf_counter() - started)
+        if observer is not None:
+            observer.processed(self.spec.durable, outcome, time.perf_counter() - started, 1)
 
     async def _run_batch(self, msgs: list[Delivery]) -> None:
-        if telemetry.tracer() is None:
+        if self._telemetry.tracer is None:
             await self._handle_batch(msgs, None)
             return
         headers = [m.headers for m in msgs]
-        with telemetry.processing(self.spec.durable, self.stream, headers) as span:
+        with self._telemetry.processing(self.spec.durable, self.stream, headers) as span:
             await self._handle_batch(msgs, span)
 
     async def _handle_batch(self, msgs: list[Delivery], span: Any) -> None:
@@ -370,9 +374,9 @@ class Consumer:
         else:
             for msg, _ in envs:
                 self._settle(msg, ACK)
-        if telemetry.observers:
+        if (observer := self._telemetry.observer) is not None:
             seconds = time.monotonic() - started
-            telemetry.processed(self.spec.durable, outcome, seconds, len(envs))
+            observer.processed(self.spec.durable, outcome, seconds, len(envs))
 
     async def _resume(self, msg: Delivery, env: Envelope[Event]) -> bool:
         """Before a redelivery's handler runs: its failure epoch, read from the attempts
@@ -422,7 +426,7 @@ class Consumer:
             self._settle(msg, b"-NAK " + _encode({"delay": int(5e9)}))
             return
         self.dead_lettered += 1
-        telemetry.dead_lettered(self.stream, self.spec.durable, reason)
+        self._telemetry.dead_lettered(self.stream, self.spec.durable, reason)
         log.error("dead-lettered %s seq %d: %s", self.stream, stream_seq, reason)
         self._settle(msg, TERM)
 

@@ -24,7 +24,6 @@ from typing import Any
 import msgspec
 
 from . import headers as h
-from . import telemetry
 from .client import Bus
 from .coverage import Coverage, last_sequence
 from .deadletter import dead_letter_message
@@ -122,7 +121,8 @@ class Generation:
             self.lag = 0
             return 0
         try:
-            if telemetry.tracer() is None:
+            telemetry = self.bus.telemetry
+            if telemetry.tracer is None:
                 applied = await self._fold(batch)
             else:
                 headers = [m.headers for m in batch]
@@ -254,7 +254,8 @@ class Generation:
             for key, record in changed.items()
         ]
         try:
-            with telemetry.step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
+            step = self.bus.telemetry.step
+            with step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
                 for start in range(0, len(outs), MAX_ATOMIC_BATCH):
                     batch = outs[start : start + MAX_ATOMIC_BATCH]
                     batch[0] = Outgoing(batch[0].subject, batch[0].payload, self._guard, "")

@@ -27,7 +27,6 @@ import msgspec
 import nats.errors
 
 from . import headers as h
-from . import telemetry
 from .client import Bus
 from .coverage import Coverage
 from .errors import BusError, ConcurrencyError, ConfigError, Fenced
@@ -191,7 +190,8 @@ class Projector:
             await self._bus.js.delete_key_value(fresh.bucket)
         await fresh.open()
         live.rebuild = fresh
-        with telemetry.step(f"rebuild {name}", **{"bus.projection.generation": fresh.number}):
+        step = self._bus.telemetry.step
+        with step(f"rebuild {name}", **{"bus.projection.generation": fresh.number}):
             return await self._fill(live, fresh, progress)
 
     async def _fill(

@@ -35,6 +35,7 @@ from .errors import (
 )
 from .events import Event, new_event_id
 from .subjects import validate_token
+from .telemetry import Telemetry
 
 RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
 MAX_PAUSE = 0.1  # seconds between rounds while a stream is between leaders: its election ends
@@ -67,10 +68,16 @@ class Publisher:
     """
 
     def __init__(
-        self, nc: Connection, codec: Codec, timeout: float = 5.0, max_pending: int = 4096
+        self,
+        nc: Connection,
+        codec: Codec,
+        telemetry: Telemetry,
+        timeout: float = 5.0,
+        max_pending: int = 4096,
     ) -> None:
         self._nc = nc
         self._codec = codec
+        self._telemetry = telemetry
         self.timeout = timeout
         self._max_pending = max_pending  # publishes sent and not yet acknowledged, at most
         self._unacked = 0
@@ -104,7 +111,7 @@ class Publisher:
                 raise ValueError("expected_version must be >= 0 (0: the aggregate is new)")
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_version)
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = f"{event.__domain__}.{aggregate_id}.*"
-        return _outgoing(event, subject, payload, event_id, hdrs, trace_headers, run)
+        return self._outgoing(event, subject, payload, event_id, hdrs, trace_headers, run)
 
     def encode(self, event: Event, aggregate_id: str) -> tuple[str, bytes]:
         """The event's subject and payload: what can be wrong with it shows here."""
@@ -144,7 +151,9 @@ class Publisher:
                 event_id = new_event_id() if ids is None else ids[n]
                 hdrs = build_headers(event, event_id, mime)
                 outs.append(
-                    _outgoing(event, subjects[n], payloads[n], event_id, hdrs, trace_headers, run)
+                    self._outgoing(
+                        event, subjects[n], payloads[n], event_id, hdrs, trace_headers, run
+                    )
                 )
 
         if run is not None and run.rerun_since:
@@ -183,9 +192,9 @@ class Publisher:
         try:
             results = await self._send_many(outs, timeout, total, more)
         except BusError as exc:
-            _report(outs, [exc] * len(outs), started)
+            self._report(outs, [exc] * len(outs), started)
             raise
-        _report(outs, results, started)
+        self._report(outs, results, started)
         if not return_exceptions:
             for result in results:
                 if isinstance(result, BusError):
@@ -371,6 +380,48 @@ class Publisher:
                 telemetry.end_publish(out.span, result.stream, result.seq)
         return results
 
+    def _outgoing(
+        self,
+        event: Event,
+        subject: str,
+        payload: bytes,
+        event_id: str,
+        hdrs: dict[str, str],
+        trace_headers: dict[str, str] | None,
+        run: Run | None = None,
+    ) -> Outgoing:
+        """`trace_headers` (a batch span's context) replace the span of its own an event
+        otherwise gets while tracing is on."""
+        since = 0 if run is None else run.rerun_since
+        if trace_headers is not None:
+            hdrs.update(trace_headers)
+            return Outgoing(subject, payload, hdrs, event_id, None, since)
+        span = self._telemetry.start_publish(template_of(event), event_id, hdrs, len(payload))
+        return Outgoing(subject, payload, hdrs, event_id, span, since)
+
+    def _report(
+        self, outs: Sequence[Outgoing], results: Sequence[PublishResult | BusError], started: float
+    ) -> None:
+        """End the publish spans and count the outcomes (labels: stream, or the subject's domain)."""
+        observer = self._telemetry.observer
+        if observer is None and outs[0].span is None and outs[-1].span is None:
+            return  # telemetry off: nothing to do per message
+        counts: dict[tuple[str, str], int] = {}
+        for out, result in zip(outs, results, strict=True):
+            if isinstance(result, PublishResult):
+                if out.span is not None:
+                    telemetry.end_publish(out.span, result.stream, result.seq)
+                key = (result.stream, "duplicate" if result.duplicate else "ok")
+            else:
+                if out.span is not None:
+                    telemetry.end_publish(out.span, error=result)
+                key = (out.subject.split(".", 1)[0], type(result).__name__)
+            counts[key] = counts.get(key, 0) + 1
+        if observer is not None:
+            seconds = time.perf_counter() - started
+            for (destination, outcome), count in counts.items():
+                observer.published(destination, outcome, seconds, count)
+
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, raw: bytes | None) -> None:
         token = int(subject[subject.rfind(b".") + 1 :])
         waiting = self._waiting.pop(token, None)
@@ -382,51 +433,9 @@ class Publisher:
         batch.settle(i, NO_RESPONDERS if no_stream else data)
 
 
-def _outgoing(
-    event: Event,
-    subject: str,
-    payload: bytes,
-    event_id: str,
-    hdrs: dict[str, str],
-    trace_headers: dict[str, str] | None,
-    run: Run | None = None,
-) -> Outgoing:
-    """`trace_headers` (a batch span's context) replace the span of its own an event
-    otherwise gets while tracing is on."""
-    since = 0 if run is None else run.rerun_since
-    if trace_headers is not None:
-        hdrs.update(trace_headers)
-        return Outgoing(subject, payload, hdrs, event_id, None, since)
-    span = telemetry.start_publish(template_of(event), event_id, hdrs, len(payload))
-    return Outgoing(subject, payload, hdrs, event_id, span, since)
-
-
 def template_of(event: Event) -> str:
     """The subject with the id left out: span names and metrics never carry ids."""
     return f"{event.__domain__}.{{id}}.{event.__event_name__}"
-
-
-def _report(
-    outs: Sequence[Outgoing], results: Sequence[PublishResult | BusError], started: float
-) -> None:
-    """End the publish spans and count the outcomes (labels: stream, or the subject's domain)."""
-    if not telemetry.observers and outs[0].span is None and outs[-1].span is None:
-        return  # telemetry off: nothing to do per message
-    counts: dict[tuple[str, str], int] = {}
-    for out, result in zip(outs, results, strict=True):
-        if isinstance(result, PublishResult):
-            if out.span is not None:
-                telemetry.end_publish(out.span, result.stream, result.seq)
-            key = (result.stream, "duplicate" if result.duplicate else "ok")
-        else:
-            if out.span is not None:
-                telemetry.end_publish(out.span, error=result)
-            key = (out.subject.split(".", 1)[0], type(result).__name__)
-        counts[key] = counts.get(key, 0) + 1
-    if telemetry.observers:
-        seconds = time.perf_counter() - started
-        for (destination, outcome), count in counts.items():
-            telemetry.published(destination, outcome, seconds, count)
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:

@@ -1,15 +1,15 @@
-"""What the bus reports about its work: spans (OpenTelemetry API) and metric observations.
+"""What a Bus reports about its work: spans (OpenTelemetry API) and metric observations.
 
-Both are off until a process turns them on: tracing when an SDK tracer provider is installed
-(observability.tracing does it from the `OTEL_*` variables), metrics when an observer is
-registered in `observers` (the services register observability.metrics' recorder). Off, a
-hook costs one check, and a publish passes on the trace context of the work it is part of
-(a request's `traceparent`, a handled message's), so that a traced component downstream
-continues the caller's trace, as the OpenTelemetry API does with no SDK. Span names and
-attributes follow the OpenTelemetry messaging conventions (OBSERVABILITY.md): `publish
-<subject template>` (PRODUCER, its context injected into the headers) and `process
-<consumer>` (CONSUMER, a child of the producer context and linked to it; batches link to
-every message instead).
+Each Bus has a `Telemetry`: its tracer, from the tracer provider it was given or else the
+API's global one when it starts (an SDK's, installed by observability.tracing from the
+`OTEL_*` variables; none installed: tracing is off), and the metrics observer it was given
+(observability.metrics' recorder in the services; none: no metrics). Off, a hook costs one
+check, and a publish passes on the trace context of the work it is part of (a request's
+`traceparent`, a handled message's), so that a traced component downstream continues the
+caller's trace, as the OpenTelemetry API does with no SDK. Span names and attributes follow
+the OpenTelemetry messaging conventions (OBSERVABILITY.md): `publish <subject template>`
+(PRODUCER, its context injected into the headers) and `process <consumer>` (CONSUMER, a
+child of the producer context and linked to it; batches link to every message instead).
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from opentelemetry import baggage, context, propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -33,6 +31,7 @@ from opentelemetry.trace import (
     SpanKind,
     StatusCode,
     TraceFlags,
+    TracerProvider,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -51,31 +50,6 @@ class Observer(Protocol):
     def dead_lettered(self, stream: str, consumer: str) -> None: ...
 
 
-observers: list[Observer] = []
-_tracer: tuple[Any, trace.Tracer | None] = (None, None)  # (provider, its tracer)
-# With a parent-based sampler (the SDK's default) a child of an unsampled span is dropped
-# anyway: the bus then skips the SDK and only passes the unsampled context on. At 10%
-# sampling that is nine messages in ten, and it is most of what tracing costs.
-_parent_decides = False
-
-
-def tracer() -> trace.Tracer | None:
-    """Our tracer, or None while no SDK tracer provider is installed (tracing is off).
-
-    Reads the API's global directly: `trace.get_tracer_provider()` looks the environment up
-    on every call until a provider is set, which is most of what an off hook would cost."""
-    global _tracer, _parent_decides
-    provider = trace._TRACER_PROVIDER  # set once, by trace.set_tracer_provider
-    if provider is None:
-        return None
-    if _tracer[0] is not provider:
-        off = isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
-        _tracer = (provider, None if off else provider.get_tracer("bus"))
-        sampler = type(getattr(provider, "sampler", None))
-        _parent_decides = any(c.__name__ == "ParentBased" for c in sampler.__mro__)
-    return _tracer[1]
-
-
 # The unsampled trace a message being handled belongs to: its `traceparent`, passed on by
 # what the handler publishes. A plain context variable: no span, no OpenTelemetry context.
 _unsampled_parent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -84,22 +58,13 @@ _unsampled_parent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 def _unsampled(headers: Mapping[str, str]) -> str | None:
-    """The message's traceparent if a parent-based sampler would drop its span, else None:
-    a canonical one with the sampled flag clear (a malformed one names no parent at all).
-    Read whatever the propagator: the bus writes unsampled traceparents itself."""
-    if not _parent_decides:
-        return None
+    """The message's traceparent if it is one of an unsampled trace, else None: a canonical
+    one with the sampled flag clear (a malformed one names no parent at all). Read whatever
+    the propagator: the bus writes unsampled traceparents itself."""
     parent = headers.get("traceparent")
     if parent is None or len(parent) != 55 or parent[-1] not in "02468ace":
         return None
     return parent if _CANONICAL.fullmatch(parent) else None
-
-
-def enter_unsampled(headers: Mapping[str, str]) -> contextvars.Token[str | None] | None:
-    """Handle a message of an unsampled trace without a span (a parent-based sampler would
-    drop it anyway); returns the token to `leave_unsampled`, or None: make a span."""
-    parent = _unsampled(headers)
-    return None if parent is None else _unsampled_parent.set(parent)
 
 
 def leave_unsampled(token: contextvars.Token[str | None]) -> None:
@@ -122,21 +87,19 @@ def _traceparent(span_context: SpanContext) -> str:
 # What the bus itself writes: the one W3C form `propagate.extract` reads the same way, with
 # ids that are not all zero (those mean "no parent"); anything else goes to the propagator.
 _CANONICAL = re.compile(r"00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})")
-_W3C_PROPAGATORS = {TraceContextTextMapPropagator, W3CBaggagePropagator}
+_W3C_FIELDS = {"traceparent", "tracestate", "baggage"}
 _propagation: tuple[object, bool] = (None, False)  # (global propagator, is W3C trace context)
 
 
 def _w3c() -> bool:
-    """Whether the global propagator is W3C trace context (with or without W3C baggage), so
-    that a `traceparent` alone carries everything it would write or read."""
+    """Whether the global propagator carries the W3C trace context (and perhaps W3C baggage)
+    and nothing else, so that a `traceparent` alone carries everything it would write or
+    read (judged by the header fields it declares, the API's public view of it)."""
     global _propagation
     textmap = propagate.get_global_textmap()
     if _propagation[0] is not textmap:
-        # A composite's parts have no public accessor.
-        parts = textmap._propagators if isinstance(textmap, CompositePropagator) else [textmap]
-        kinds = {type(part) for part in parts}
-        w3c = TraceContextTextMapPropagator in kinds and kinds <= _W3C_PROPAGATORS
-        _propagation = (textmap, w3c)
+        fields = set(textmap.fields)
+        _propagation = (textmap, "traceparent" in fields and fields <= _W3C_FIELDS)
     return _propagation[1]
 
 
@@ -193,15 +156,9 @@ _incoming: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVa
 _W3C_READER = TraceContextTextMapPropagator()
 
 
-def continuing(carrier: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
-    """Events published inside the block carry the trace context of `carrier` (the headers
-    of a request being served) while tracing is off. With tracing on, the request's own span
-    (the FastAPI instrumentation's) is their parent instead, and this does nothing."""
-    return _Continuing(carrier)
-
-
 class _Continuing:
-    """`continuing` without a generator's layers (it wraps every publishing request)."""
+    """`Telemetry.continuing` without a generator's layers (it wraps every publishing
+    request)."""
 
     __slots__ = ("carrier", "token")
 
@@ -210,8 +167,7 @@ class _Continuing:
         self.token: contextvars.Token[dict[str, str] | None] | None = None
 
     def __enter__(self) -> None:
-        if tracer() is None:
-            self.token = _incoming.set(_pass_on(self.carrier))
+        self.token = _incoming.set(_pass_on(self.carrier))
 
     def __exit__(self, *exc_info: object) -> None:
         if self.token is not None:
@@ -252,66 +208,6 @@ def _written(span_context: SpanContext) -> dict[str, str]:
     return written
 
 
-def start_publish(template: str, event_id: str, headers: dict[str, str], size: int) -> Span | None:
-    """A PRODUCER span for one event, its context written into `headers`; None when off
-    (then the caller's context, if any, is passed on as it came: see `_carried`).
-
-    An unsampled context travels as a bare `traceparent` (what the next hop needs to drop
-    its span too), without the SDK's per-message propagation machinery."""
-    tracing = tracer()
-    if tracing is None:
-        if (carried := _carried()) is not None:
-            headers.update(carried)
-        return None
-    if _parent_decides and (parent := _passed_on()):
-        headers["traceparent"] = parent
-        return None
-    name, attributes = _publish_attributes(template)
-    span = tracing.start_span(
-        name,
-        kind=SpanKind.PRODUCER,
-        attributes={
-            **attributes,
-            "messaging.message.id": event_id,
-            "messaging.message.body.size": size,
-        },
-    )
-    if span.is_recording():
-        _inject(headers, span)
-        return span
-    headers["traceparent"] = _traceparent(span.get_span_context())
-    return None
-
-
-@contextlib.contextmanager
-def publishing_batch(template: str, count: int) -> Iterator[dict[str, str] | None]:
-    """One PRODUCER span for a pipelined batch (the conventions' batch "send"), its context
-    for every message of it: the headers to add to each; when tracing is off, the caller's
-    context passed on (or None: nothing to add)."""
-    tracing = tracer()
-    if tracing is None:
-        yield _carried()
-        return
-    if _parent_decides and (parent := _passed_on()):
-        yield {"traceparent": parent}
-        return
-    name, attributes = _publish_attributes(template)
-    attributes = {**attributes, "messaging.batch.message_count": count}
-    span = tracing.start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
-    headers: dict[str, str] = {}
-    if span.is_recording():
-        _inject(headers, span)
-    else:
-        headers["traceparent"] = _traceparent(span.get_span_context())
-    try:
-        yield headers
-    except BaseException as exc:
-        failed(span, exc)
-        raise
-    finally:
-        span.end()
-
-
 @functools.lru_cache(maxsize=1024)
 def _publish_attributes(template: str) -> tuple[str, dict[str, Any]]:
     """The span name, and what samplers see at creation; the same for every event of a type
@@ -332,39 +228,6 @@ def end_publish(
     else:
         span.set_attributes({"messaging.nats.stream": stream, "messaging.nats.sequence": seq})
     span.end()
-
-
-def processing(
-    consumer: str, stream: str, headers: Iterable[Mapping[str, str]], subject: str = ""
-) -> contextlib.AbstractContextManager[Span | None]:
-    """A CONSUMER span around handling messages, current while it runs; None when off.
-    Use it in a `with` at once: the span starts here.
-
-    A child of the (first) message's producer context, and linked to every message's: Tempo
-    draws the producer -> consumer edge only for parent-child, and the links keep a batch's
-    other messages one click away.
-    """
-    tracing = tracer()
-    if tracing is None:
-        return _OFF
-    headers = list(headers)
-    parent = _unsampled(headers[0]) if headers else None
-    if parent is not None:
-        return _Unsampled(parent)
-    producers = [_extract(h) for h in headers]
-    name, attributes = _process_attributes(consumer, stream)
-    if len(producers) > 1:
-        attributes = {**attributes, "messaging.batch.message_count": len(producers)}
-    elif subject:
-        attributes = {**attributes, "messaging.destination.name": subject}
-    span = tracing.start_span(
-        name,
-        context=producers[0][0] if producers else None,
-        kind=SpanKind.CONSUMER,
-        links=[Link(producer) for _, producer in producers if producer.is_valid],
-        attributes=attributes,
-    )
-    return _Current(span)
 
 
 @functools.lru_cache(maxsize=256)
@@ -415,38 +278,155 @@ class _Unsampled:
 _OFF = contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def step(name: str, **attributes: Any) -> Iterator[Span | None]:
-    """An INTERNAL span for work worth seeing in a trace (KV writes, rebuilds); None when off."""
-    tracing = tracer()
-    if tracing is None:
-        yield None
-        return
-    with tracing.start_as_current_span(name, attributes=attributes) as span:
-        yield span
-
-
 def failed(span: Span | None, error: BaseException) -> None:
     if span is not None:
         span.set_attribute("error.type", type(error).__qualname__)
         span.set_status(StatusCode.ERROR, str(error)[:200])
 
 
-def dead_lettered(stream: str, consumer: str, reason: str) -> None:
-    """Recorded on the current span (the message's `process` span) and counted."""
-    if tracer() is not None:
-        trace.get_current_span().add_event(
-            "dead_letter", {"bus.dlq.reason": reason[:500], "bus.dlq.stream": stream}
+class Telemetry:
+    """A Bus's spans and metric observations: its tracer (None: tracing is off) and its
+    observer (None: no metrics)."""
+
+    __slots__ = ("observer", "parent_decides", "tracer")
+
+    def __init__(
+        self, tracer_provider: TracerProvider | None = None, observer: Observer | None = None
+    ) -> None:
+        provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        off = isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        self.tracer = None if off else provider.get_tracer("bus")
+        # With a parent-based sampler (the SDK's default) a child of an unsampled span is
+        # dropped anyway: the bus then skips the SDK and only passes the unsampled context
+        # on. At 10% sampling that is nine messages in ten, and most of what tracing costs.
+        sampler = type(getattr(provider, "sampler", None))
+        self.parent_decides = any(c.__name__ == "ParentBased" for c in sampler.__mro__)
+        self.observer = observer
+
+    def continuing(self, carrier: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
+        """Events published inside the block carry the trace context of `carrier` (the
+        headers of a request being served) while tracing is off. With tracing on, the
+        request's own span (the FastAPI instrumentation's) is their parent instead, and this
+        does nothing."""
+        return _OFF if self.tracer is not None else _Continuing(carrier)
+
+    def enter_unsampled(self, headers: Mapping[str, str]) -> contextvars.Token[str | None] | None:
+        """Handle a message of an unsampled trace without a span (a parent-based sampler
+        would drop it anyway); returns the token to `leave_unsampled`, or None: make a span."""
+        parent = _unsampled(headers) if self.parent_decides else None
+        return None if parent is None else _unsampled_parent.set(parent)
+
+    def start_publish(
+        self, template: str, event_id: str, headers: dict[str, str], size: int
+    ) -> Span | None:
+        """A PRODUCER span for one event, its context written into `headers`; None when off
+        (then the caller's context, if any, is passed on as it came: see `_carried`).
+
+        An unsampled context travels as a bare `traceparent` (what the next hop needs to
+        drop its span too), without the SDK's per-message propagation machinery."""
+        tracer = self.tracer
+        if tracer is None:
+            if (carried := _carried()) is not None:
+                headers.update(carried)
+            return None
+        if self.parent_decides and (parent := _passed_on()):
+            headers["traceparent"] = parent
+            return None
+        name, attributes = _publish_attributes(template)
+        span = tracer.start_span(
+            name,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **attributes,
+                "messaging.message.id": event_id,
+                "messaging.message.body.size": size,
+            },
         )
-    for observer in observers:
-        observer.dead_lettered(stream, consumer)
+        if span.is_recording():
+            _inject(headers, span)
+            return span
+        headers["traceparent"] = _traceparent(span.get_span_context())
+        return None
 
+    @contextlib.contextmanager
+    def publishing_batch(self, template: str, count: int) -> Iterator[dict[str, str] | None]:
+        """One PRODUCER span for a pipelined batch (the conventions' batch "send"), its
+        context for every message of it: the headers to add to each; when tracing is off,
+        the caller's context passed on (or None: nothing to add)."""
+        tracer = self.tracer
+        if tracer is None:
+            yield _carried()
+            return
+        if self.parent_decides and (parent := _passed_on()):
+            yield {"traceparent": parent}
+            return
+        name, attributes = _publish_attributes(template)
+        attributes = {**attributes, "messaging.batch.message_count": count}
+        span = tracer.start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
+        headers: dict[str, str] = {}
+        if span.is_recording():
+            _inject(headers, span)
+        else:
+            headers["traceparent"] = _traceparent(span.get_span_context())
+        try:
+            yield headers
+        except BaseException as exc:
+            failed(span, exc)
+            raise
+        finally:
+            span.end()
 
-def published(destination: str, outcome: str, seconds: float, count: int = 1) -> None:
-    for observer in observers:
-        observer.published(destination, outcome, seconds, count)
+    def processing(
+        self,
+        consumer: str,
+        stream: str,
+        headers: Iterable[Mapping[str, str]],
+        subject: str = "",
+    ) -> contextlib.AbstractContextManager[Span | None]:
+        """A CONSUMER span around handling messages, current while it runs; None when off.
+        Use it in a `with` at once: the span starts here.
 
+        A child of the (first) message's producer context, and linked to every message's:
+        Tempo draws the producer -> consumer edge only for parent-child, and the links keep
+        a batch's other messages one click away.
+        """
+        tracer = self.tracer
+        if tracer is None:
+            return _OFF
+        headers = list(headers)
+        parent = _unsampled(headers[0]) if headers and self.parent_decides else None
+        if parent is not None:
+            return _Unsampled(parent)
+        producers = [_extract(h) for h in headers]
+        name, attributes = _process_attributes(consumer, stream)
+        if len(producers) > 1:
+            attributes = {**attributes, "messaging.batch.message_count": len(producers)}
+        elif subject:
+            attributes = {**attributes, "messaging.destination.name": subject}
+        span = tracer.start_span(
+            name,
+            context=producers[0][0] if producers else None,
+            kind=SpanKind.CONSUMER,
+            links=[Link(producer) for _, producer in producers if producer.is_valid],
+            attributes=attributes,
+        )
+        return _Current(span)
 
-def processed(consumer: str, outcome: str, seconds: float, count: int = 1) -> None:
-    for observer in observers:
-        observer.processed(consumer, outcome, seconds, count)
+    @contextlib.contextmanager
+    def step(self, name: str, **attributes: Any) -> Iterator[Span | None]:
+        """An INTERNAL span for work worth seeing in a trace (KV writes, rebuilds); None
+        when off."""
+        if self.tracer is None:
+            yield None
+            return
+        with self.tracer.start_as_current_span(name, attributes=attributes) as span:
+            yield span
+
+    def dead_lettered(self, stream: str, consumer: str, reason: str) -> None:
+        """Recorded on the current span (the message's `process` span) and counted."""
+        if self.tracer is not None:
+            trace.get_current_span().add_event(
+                "dead_letter", {"bus.dlq.reason": reason[:500], "bus.dlq.stream": stream}
+            )
+        if self.observer is not None:
+            self.observer.dead_lettered(stream, consumer)

@@ -114,14 +114,21 @@ def _log_rebuild(name: str, task: asyncio.Task[Any]) -> None:
 async def serve_projector(settings: Settings, app: App, json_logs: bool = False) -> None:
     """`bus projector`: only the projections (no handlers), until a signal."""
     component = f"{app.name}-projector"
-    flush = telemetry.setup(component, json_logs)
+    instruments = telemetry.setup(component, json_logs)
     url = settings.resolve_nats_url()
-    bus = Bus(url, name=f"bus-projector-{app.name}", **settings.bus_options(app))
+    bus = Bus(
+        url,
+        name=f"bus-projector-{app.name}",
+        observer=instruments.metrics,
+        **settings.bus_options(app),
+    )
     capabilities = [f"projection:{name}" for name in app.projections]
     try:
         async with (
             until_signalled() as stop,
-            serve_probes(bus, app, settings.metrics_host, settings.metrics_port) as probes,
+            serve_probes(
+                bus, app, instruments.metrics, settings.metrics_host, settings.metrics_port
+            ) as probes,
             bus,
             Registration(bus, probes.component(component, capabilities)) as registered,
         ):
@@ -135,4 +142,4 @@ async def serve_projector(settings: Settings, app: App, json_logs: bool = False)
             )
             await service.run(stop)
     finally:
-        flush()
+        instruments.flush()

@@ -13,11 +13,13 @@ from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from bus import Bus, Envelope, EventStore, current_bus, telemetry
-from bus.telemetry import _extract, _inject, _pass_on, enter_unsampled, leave_unsampled
+from bus import Bus, Envelope, EventStore, current_bus
+from bus.telemetry import Telemetry, _extract, _inject, _pass_on, leave_unsampled
 
 from . import tracing_child
 from .domain import JOBS, JobCreated, JobDone, eventually
@@ -87,12 +89,13 @@ def test_any_traceparent_is_read_as_the_propagator_reads_it(traceparent: str) ->
     _same_as_propagator({"traceparent": traceparent})
 
 
+PARENT_BASED = Telemetry(TracerProvider(sampler=ParentBased(ALWAYS_ON)))
+
+
 def _skips_the_span(traceparent: str) -> bool:
     """Whether a consumer behind a parent-based sampler takes the unsampled fast path (no
     span, the traceparent passed on as it came)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(telemetry, "_parent_decides", True)
-        token = enter_unsampled({"traceparent": traceparent})
+    token = PARENT_BASED.enter_unsampled({"traceparent": traceparent})
     if token is None:
         return False
     leave_unsampled(token)
@@ -276,8 +279,8 @@ def test_nothing_is_passed_on_without_a_traceparent() -> None:
 
 @pytest.fixture
 async def jobs(nats_url: str) -> AsyncIterator[Bus]:
-    assert telemetry.tracer() is None  # (this process traces nothing)
     async with Bus(nats_url, streams=[JOBS]) as bus:
+        assert bus.telemetry.tracer is None  # (this process traces nothing)
         yield bus
 
 
@@ -288,7 +291,7 @@ async def _traceparents(bus: Bus, count: int) -> list[str | None]:
 
 
 async def test_every_way_of_publishing_passes_a_request_context_on(jobs: Bus) -> None:
-    with telemetry.continuing({"traceparent": CANONICAL}):
+    with jobs.telemetry.continuing({"traceparent": CANONICAL}):
         await jobs.publish(JobCreated(title="one"), "j1")
         await jobs.publish_many([(JobDone(), "j1"), (JobDone(), "j2")])
         await EventStore(jobs).append("jobs", "j3", [JobCreated(title="a"), JobDone()])
@@ -301,7 +304,7 @@ async def test_the_current_span_comes_before_the_request_and_the_message(jobs: B
     current = SpanContext(int(TRACE, 16), 7, False, TraceFlags(0))
     token = context.attach(trace.set_span_in_context(NonRecordingSpan(current)))
     try:
-        with telemetry.continuing({"traceparent": f"00-{'1' * 32}-{'2' * 16}-01"}):
+        with jobs.telemetry.continuing({"traceparent": f"00-{'1' * 32}-{'2' * 16}-01"}):
             await jobs.publish(JobCreated(title="one"), "j1")
     finally:
         context.detach(token)
@@ -319,7 +322,7 @@ async def test_a_handler_passes_its_messages_context_on(jobs: Bus) -> None:
 
     await jobs.consume(work, "jobs.*.created", durable="work")
     await jobs.consume(done, "jobs.*.done", durable="done")
-    with telemetry.continuing({"traceparent": CANONICAL, "tracestate": "vendor=abc"}):
+    with jobs.telemetry.continuing({"traceparent": CANONICAL, "tracestate": "vendor=abc"}):
         await jobs.publish(JobCreated(title="one"), "j1")
     await eventually(lambda: followed)
     created, follow_up = await jobs.read("JOBS", 1, 100)

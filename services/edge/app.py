@@ -14,6 +14,7 @@ from bus.app import App
 from bus.idempotency import DEFAULT_TTL, IdempotencyRecords
 from bus.live_view import LiveView
 from observability import tracing
+from observability.metrics import Metrics
 
 from . import (
     asyncapi,
@@ -24,11 +25,11 @@ from . import (
     health,
     limits,
     mcp_endpoint,
-    metrics,
     problems,
     projections,
     tail,
 )
+from . import metrics as http_metrics
 
 log = logging.getLogger("bus.edge")
 BODY_LIMIT = 1024 * 1024
@@ -62,6 +63,7 @@ def create_app(
     slow_client_timeout: float = 10.0,
     idempotency_ttl: float = DEFAULT_TTL,
     replicas: int = 1,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -69,7 +71,9 @@ def create_app(
     (keys travel as bearer headers, never cookies, so no credentials mode); `publish_rate` is
     events per second per key (0: unlimited); a WebSocket tail client that reads nothing for
     `slow_client_timeout` seconds is disconnected; an `Idempotency-Key` is kept for
-    `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates."""
+    `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
+    `metrics` is where it counts (its own unless the process shares one, as `bus up` does)."""
+    metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
         key = auth.dev_key()
@@ -86,6 +90,7 @@ def create_app(
                 registry=app.registry,
                 credentials=credentials,
                 replicas=replicas,
+                observer=metrics,
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
@@ -124,8 +129,9 @@ def create_app(
             ],
         )
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
-    api.add_middleware(metrics.HttpMetrics)
-    for module in (health, metrics, events, projections, catalogue, asyncapi, tail):
+    api.state.metrics = metrics
+    api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
+    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     tracing.instrument(api)

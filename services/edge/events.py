@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
-from bus import ConfigError, Event, EventStore, telemetry
+from bus import ConfigError, Event, EventStore
 from bus.headers import MSG_ID
 from bus.idempotency import MAX_KEY, check_key, fingerprint
 from bus.publish import MAX_ATOMIC_BATCH
@@ -102,7 +102,7 @@ async def publish_event(
         fields = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    with telemetry.continuing(request.headers):
+    with request.app.state.bus.telemetry.continuing(request.headers):
         answer = await publish_fields(request.app.state, subject, fields, idempotency_key, expected)
     return created(answer)
 
@@ -229,7 +229,7 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
         )
         return _encode(out)
 
-    with telemetry.continuing(request.headers):
+    with state.bus.telemetry.continuing(request.headers):
         if key is None:
             return created(Answer(await attempt(False), False))
         return created(await once(state, key, batch_request(batch), attempt))

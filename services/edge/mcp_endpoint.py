@@ -25,7 +25,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers, State
 from starlette.types import Receive, Scope, Send
 
-from bus import BusError, json_schema, telemetry
+from bus import BusError, json_schema
 from bus.registry import components
 
 from . import catalogue, events, health, projections
@@ -151,7 +151,7 @@ def build_server(state: State) -> MCPServer[Any]:
         caller_scopes(state, authorization)  # the gate let it in; a session must not change that
         token = CALLER.set(authorization)
         try:
-            with telemetry.continuing(headers):
+            with state.bus.telemetry.continuing(headers):
                 return await call_next(ctx)
         finally:
             CALLER.reset(token)
@@ -204,7 +204,7 @@ class Gate:
             return
         token = CALLER.set(authorization or "")
         try:
-            with telemetry.continuing(headers):
+            with self.state.bus.telemetry.continuing(headers):
                 await self.app(scope, receive, send)
         finally:
             CALLER.reset(token)
@@ -259,7 +259,7 @@ async def legacy_call(request: Request) -> Response:
     server: MCPServer[Any] = request.app.state.mcp_server
     token = CALLER.set(request.headers.get("authorization", ""))
     try:
-        with telemetry.continuing(request.headers):
+        with request.app.state.bus.telemetry.continuing(request.headers):
             result = await server.call_tool(call.name, call.arguments)
         out = result.model_dump(mode="json", by_alias=True, exclude_none=True)
     except ToolError as exc:

@@ -72,7 +72,7 @@ async def serve_edge(
 
     from .app import create_app
 
-    flush = telemetry.setup(f"{app.name}-edge", json_logs)
+    instruments = telemetry.setup(f"{app.name}-edge", json_logs)
     try:
         url = settings.resolve_nats_url()
         # Connected first: unreachable NATS is one clear error now, not a failed start-up
@@ -84,7 +84,7 @@ async def serve_edge(
             name=f"edge-{app.name}-registry",
             replicas=settings.replicas,
         ) as bus:
-            api = create_app(app, url, **settings.edge_options())
+            api = create_app(app, url, metrics=instruments.metrics, **settings.edge_options())
             if api.state.dev_key:
                 show_key(api.state.dev_key)
             async with until_signalled() as stop:
@@ -98,4 +98,4 @@ async def serve_edge(
                 finally:
                     await stop_edge(server, task)
     finally:
-        flush()
+        instruments.flush()
