@@ -20,7 +20,6 @@ from typing import Any, Self, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.micro.service import Service
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
 from . import deadletter, rpc
@@ -105,7 +104,7 @@ class Bus:
         self._js: JetStreamContext | None = None
         self._publisher: Publisher | None = None
         self._streams: StreamManager | None = None
-        self._services: list[Service] = []
+        self._responders: list[rpc.Responder] = []
         self._observer, self._tracer_provider = observer, tracer_provider
         # What it reports: its tracer is settled when it starts (tracing set up before that).
         self.telemetry = Telemetry(NoOpTracerProvider(), observer)
@@ -185,9 +184,8 @@ class Bus:
         self._state = "closing"  # handlers still in flight may publish while they finish
         await asyncio.gather(*(c.stop(self.drain_timeout) for c in self.consumers))
         self._state = "closed"
-        for svc in self._services:
-            with contextlib.suppress(Exception):
-                await svc.stop()
+        for responder in self._responders:
+            await responder.stop()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 async with asyncio.timeout(self.drain_timeout):
@@ -230,6 +228,12 @@ class Bus:
         self.nc  # noqa: B018
         assert self._publisher is not None
         return self._publisher
+
+    @property
+    def server_version(self) -> str:
+        """The version of the nats-server this Bus is connected to (`2.15.1`)."""
+        v = self.nc.connected_server_version
+        return f"{v.major}.{v.minor}.{v.patch}" + (f"-{v.dev}" if v.dev else "")
 
     @property
     def connected(self) -> bool:
@@ -435,12 +439,13 @@ class Bus:
         service: str,
         version: str = "0.1.0",
         queue_group: str | None = None,
-    ) -> Service:
-        svc = await rpc.serve(
+    ) -> rpc.Responder:
+        """Answer requests on `subject` with `handler` (see bus.rpc) until stopped."""
+        responder = await rpc.serve(
             self.nc, subject, handler, service=service, version=version, queue_group=queue_group
         )
-        self._services.append(svc)
-        return svc
+        self._responders = [r for r in self._responders if r.running] + [responder]
+        return responder
 
 
 def _is_auth_failure(exc: BaseException | None) -> bool:

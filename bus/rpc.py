@@ -10,6 +10,7 @@ A responder that raises answers with a service error; the caller gets `RemoteErr
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import typing
@@ -53,6 +54,24 @@ async def request(
         raise RemoteError(subject, 502, f"unreadable reply: {exc}") from None
 
 
+class Responder:
+    """A running responder (a `nats.micro` service with one endpoint); `stop()` ends it, and
+    a closing Bus stops those still running."""
+
+    def __init__(self, service: Service) -> None:
+        self._service: Service | None = service
+
+    @property
+    def running(self) -> bool:
+        return self._service is not None
+
+    async def stop(self) -> None:
+        service, self._service = self._service, None
+        if service is not None:
+            with contextlib.suppress(Exception):  # (nats.micro raises its own kinds)
+                await service.stop()
+
+
 async def serve(
     nc: NATS,
     subject: str,
@@ -62,8 +81,8 @@ async def serve(
     version: str = "0.1.0",
     queue_group: str | None = None,
     description: str = "",
-) -> Service:
-    """Start a micro service with one endpoint on `subject`; stop it with `await svc.stop()`."""
+) -> Responder:
+    """Start a micro service with one endpoint on `subject`."""
     validate_pattern(subject)
     request_type = _request_type(handler)
     decoder = msgspec.json.Decoder(request_type)
@@ -92,7 +111,7 @@ async def serve(
         )
     except ValueError as exc:  # nats.micro validates names and versions with ValueError
         raise ConfigError(f"service {service!r}: {exc}") from None
-    return svc
+    return Responder(svc)
 
 
 def _request_type(handler: Callable[..., Any]) -> Any:

@@ -7,6 +7,7 @@ One stream per domain (`TASKS` captures `tasks.>`); each has a dead-letter twin
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -146,6 +147,18 @@ class StreamSummary(msgspec.Struct, frozen=True):
     storage: str
 
 
+class ConsumerSummary(msgspec.Struct, frozen=True):
+    """A consumer of a stream: how far behind it is (`pending`: stored, not yet sent to it)
+    and what it holds (`ack_pending`; `redelivered`: of those, sent more than once)."""
+
+    stream: str
+    name: str
+    durable: bool
+    pending: int
+    ack_pending: int
+    redelivered: int
+
+
 class StreamManager:
     """Create, update, check and inspect streams; errors come out as StreamError."""
 
@@ -192,6 +205,20 @@ class StreamManager:
     async def list(self) -> list[StreamSummary]:
         infos = await self._call(self._js.streams_info(), "*")
         return sorted((_summary(i) for i in infos), key=lambda s: s.name)
+
+    async def consumers(self, name: str) -> builtins.list[ConsumerSummary]:
+        infos = await self._call(self._js.consumers_info(existing_name(name)), name)
+        return [
+            ConsumerSummary(
+                name,
+                info.name,
+                bool(info.config.durable_name),
+                info.num_pending or 0,
+                info.num_ack_pending or 0,
+                info.num_redelivered or 0,
+            )
+            for info in infos
+        ]
 
     async def delete(self, name: str) -> None:
         await self._call(self._js.delete_stream(existing_name(name)), name)

@@ -63,13 +63,13 @@ async def refresh(bus: Bus, app: App, m: Metrics) -> None:
             m.dlq_messages.labels(stream.name.removeprefix("DLQ_")).set(stream.messages)
             continue
         m.stream_messages.labels(stream.name).set(stream.messages)
-        for info in await bus.js.consumers_info(stream.name):
-            if not info.config.durable_name:  # ephemeral names are random: unbounded labels
+        for consumer in await bus.streams.consumers(stream.name):
+            if not consumer.durable:  # ephemeral names are random: unbounded labels
                 continue
-            labels = (stream.name, info.name)
-            m.consumer_pending.labels(*labels).set(info.num_pending or 0)
-            m.consumer_ack_pending.labels(*labels).set(info.num_ack_pending or 0)
-            m.consumer_redelivered.labels(*labels).set(info.num_redelivered or 0)
+            labels = (stream.name, consumer.name)
+            m.consumer_pending.labels(*labels).set(consumer.pending)
+            m.consumer_ack_pending.labels(*labels).set(consumer.ack_pending)
+            m.consumer_redelivered.labels(*labels).set(consumer.redelivered)
     for projection in app.projections.values():
         status = await ProjectionView(bus, projection).status()
         m.projection_position.labels(projection.name).set(status.position)

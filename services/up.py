@@ -52,11 +52,10 @@ def _start_server(settings: Settings, fresh: bool) -> EmbeddedServer:
 
 def _nats_component(server: EmbeddedServer, bus: Bus) -> Component:
     """The embedded nats-server, a process `bus up` runs: its health URL is its /healthz."""
-    v = bus.nc.connected_server_version
     return Component(
         name="nats-server",
         kind="nats-server",
-        version=f"{v.major}.{v.minor}.{v.patch}",
+        version=bus.server_version,
         instance=f"{socket.gethostname()}-{server.pid}",
         port=server.port,
         ports={"client": server.port, "monitor": server.monitor_port or 0},
