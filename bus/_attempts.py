@@ -16,8 +16,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from .connection import Connection
-from .errors import (
+from ._errors import (
     BusError,
     BusTimeout,
     ConnectError,
@@ -25,8 +24,9 @@ from .errors import (
     StreamError,
     StreamNotFound,
 )
-from .kv import ensure_bucket, kv_key
-from .reader import read_from_leader
+from ._kv import ensure_bucket, kv_key
+from ._reader import read_from_leader
+from .connection import Connection
 
 log = logging.getLogger("bus.consumer")
 BUCKET = "bus_attempts"

@@ -26,8 +26,8 @@ from contextvars import ContextVar
 from hashlib import blake2b
 from typing import Protocol
 
-from .envelope import Envelope, current_envelope
-from .events import Event
+from ._envelope import Envelope, current_envelope
+from ._events import Event
 
 
 class Run:

@@ -26,11 +26,9 @@ from typing import TYPE_CHECKING
 import msgspec
 import nats.errors
 
-from . import headers as h
-from . import telemetry
-from .acks import PublishResult
-from .connection import Connection
-from .errors import (
+from . import _headers as h
+from . import _telemetry as telemetry
+from ._errors import (
     BusError,
     BusTimeout,
     ConcurrencyError,
@@ -38,10 +36,12 @@ from .errors import (
     StreamError,
     StreamNotFound,
 )
-from .reader import read_messages
+from ._nats.acks import PublishResult
+from ._reader import read_messages
+from .connection import Connection
 
 if TYPE_CHECKING:
-    from .publish import Outgoing
+    from ._publish import Outgoing
 
 log = logging.getLogger("bus.publish")
 

@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import ProtocolError
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
-from .errors import OutboundBufferFull
+from ._errors import OutboundBufferFull
 
 # (subject, reply, payload, raw header block or None)
 Lane = Callable[[bytes, bytes, bytes, bytes | None], None]

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import msgspec
 
-from bus import App, Envelope, Event
-from bus.projection import Projection
+from bus import App, Envelope, Event, Projection
 from services.demo import app as demo
 
 

@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bus import ConfigError, EmbeddedServer
-from bus.server import free_port
+from bus._server import free_port
 
 from .bench_summary import Verdict, at_least, at_most
 

@@ -26,9 +26,19 @@ from nats.js.api import DeliverPolicy
 from rich.console import Console
 from rich.table import Table
 
-from bus import Aggregate, Bus, EmbeddedServer, Envelope, Event, EventStore, Repository, StreamSpec
-from bus.projection import Projection, ProjectionView
-from bus.projector import Projector
+from bus import (
+    Aggregate,
+    Bus,
+    EmbeddedServer,
+    Envelope,
+    Event,
+    EventStore,
+    Projection,
+    ProjectionView,
+    Projector,
+    Repository,
+    StreamSpec,
+)
 
 from .bench_memory import peak_rss_mb
 from .bench_summary import Verdict, at_least, at_most

@@ -15,10 +15,17 @@ import msgspec
 from rich.progress import Progress
 from rich.table import Table
 
-from bus import Bus, BusError, EventStore, NoResponders, StoredMessage
-from bus.app import load_app
-from bus.projection import ProjectionStatus, ProjectionView
-from bus.subjects import parse_event_subject
+from bus import (
+    Bus,
+    BusError,
+    EventStore,
+    NoResponders,
+    ProjectionStatus,
+    ProjectionView,
+    StoredMessage,
+    load_app,
+    parse_event_subject,
+)
 
 from . import cli_run
 from .console import (
@@ -329,7 +336,7 @@ async def aggregate_show(domain: str, aggregate_id: str, app_ref: str, as_json: 
 @run
 async def components_verb(as_json: bool) -> None:
     """Running components (heartbeating services and nats.micro responders)."""
-    from bus.registry import components
+    from bus import components
 
     async with connect() as bus:
         found = await components(bus)

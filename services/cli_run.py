@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from bus import BusError
-from bus.app import load_app
+from bus import BusError, load_app
 
 from .console import (
     APP_DIR,

@@ -18,13 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bus import Bus
-from bus.app import App
-from bus.registry import Component, advertised_url
+from bus import App, Bus, Component
 from observability.metrics import Metrics
 
 from .checks import connection_checks
-from .edge.server import start_edge, stop_edge
+from .edge.server import advertised_url, start_edge, stop_edge
 from .telemetry import exposition
 
 FINAL_SCRAPE_WAIT = 6.0  # seconds: deploy/prometheus scrapes every 5 s

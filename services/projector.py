@@ -17,12 +17,7 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, BusError
-from bus.app import App
-from bus.lease import Lease
-from bus.projector import Projector
-from bus.registry import Registration
-from bus.rpc import Responder
+from bus import App, Bus, BusError, Lease, Projector, Registration, Responder
 
 from . import telemetry
 from .lifecycle import until_signalled

@@ -22,8 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bus import ConfigError, Credentials
-from bus.app import App
+from bus import App, ConfigError, Credentials
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Names = Annotated[tuple[str, ...], NoDecode]  # comma-separated in the environment

@@ -39,9 +39,8 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
-from bus import Bus, ConnectError, EmbeddedServer
-from bus.projection import ProjectionView
-from bus.server import free_port
+from bus import Bus, ConnectError, EmbeddedServer, ProjectionView
+from bus._server import free_port
 from services.demo import MAX_DELIVER, STATUS_OF, app
 from services.demo.traffic import FAIL_TIMES, FAIL_WEIGHTS
 from services.lifecycle import until_signalled

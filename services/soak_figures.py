@@ -26,8 +26,7 @@ import msgspec
 import nats.errors
 from rich.table import Table
 
-from bus import Bus, BusError
-from bus.projection import ProjectionView
+from bus import Bus, BusError, ProjectionView
 from services.demo import app
 
 T = TypeVar("T")

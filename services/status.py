@@ -9,11 +9,16 @@ from __future__ import annotations
 import msgspec
 from rich.table import Table
 
-from bus import Bus, StreamError
-from bus.app import App
-from bus.projection import ProjectionStatus, ProjectionView
-from bus.registry import Component, components
-from bus.streams import StreamSummary
+from bus import (
+    App,
+    Bus,
+    Component,
+    ProjectionStatus,
+    ProjectionView,
+    StreamError,
+    StreamSummary,
+    components,
+)
 
 INTERNAL = ("KV_", "OBJ_")
 

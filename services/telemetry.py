@@ -12,11 +12,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from bus import Bus
-from bus.app import App
-from bus.envelope import current_envelope
-from bus.projection import ProjectionView
-from bus.registry import components
+from bus import App, Bus, ProjectionView, components, current_envelope
 from observability import logging as logs
 from observability import tracing
 from observability.metrics import Metrics

@@ -21,9 +21,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from bus import Bus, EmbeddedServer
-from bus.app import App
-from bus.registry import Component, Registration, advertised_url
+from bus import App, Bus, Component, EmbeddedServer, Registration
+from services.edge.server import advertised_url
 
 from . import telemetry
 from .edge import create_app

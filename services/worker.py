@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from bus import Bus
-from bus.app import App
-from bus.registry import Registration
+from bus import App, Bus, Registration
 
 from . import telemetry
 from .lifecycle import until_signalled

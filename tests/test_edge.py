@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bus import Bus
-from bus.projector import Projector
-from bus.server import free_port
+from bus import Bus, Projector
+from bus._server import free_port
 from services import bench_http
 from services.demo import TaskCreated, app
 from services.edge import create_app

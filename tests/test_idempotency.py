@@ -17,10 +17,22 @@ import httpx
 import msgspec
 import pytest
 
-from bus import App, Bus, ConfigError, Event, EventStore, StreamNotFound, StreamSpec
-from bus.idempotency import STREAM, Claim, IdempotencyRecords, InFlight, Replay
-from bus.projection import Projection
-from bus.server import EmbeddedCluster
+from bus import (
+    App,
+    Bus,
+    Claim,
+    ConfigError,
+    EmbeddedCluster,
+    Event,
+    EventStore,
+    IdempotencyRecords,
+    InFlight,
+    Projection,
+    Replay,
+    StreamNotFound,
+    StreamSpec,
+)
+from bus._idempotency import STREAM
 from services.demo import app as demo
 from services.edge import create_app
 from services.edge.events import BatchRequest, batch_request, event_request

@@ -26,7 +26,7 @@ from bus import (
     StreamNotFound,
     StreamSpec,
 )
-from bus.publish import Publisher
+from bus._publish import Publisher
 
 from .domain import JOBS, JobCreated, JobDone, eventually
 

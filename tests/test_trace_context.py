@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from bus import Bus, Envelope, EventStore, current_bus
-from bus.telemetry import Telemetry, _extract, _inject, _pass_on, leave_unsampled
+from bus import Bus, Envelope, EventStore, Telemetry, current_bus
+from bus._telemetry import _extract, _inject, _pass_on, leave_unsampled
 
 from . import tracing_child
 from .domain import JOBS, JobCreated, JobDone, eventually

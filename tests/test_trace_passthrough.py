@@ -23,9 +23,8 @@ from mcp.client.streamable_http import streamable_http_client
 from opentelemetry import context, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from bus import Bus
-from bus.reader import StoredMessage
-from bus.server import EmbeddedServer, free_port
+from bus import Bus, EmbeddedServer, StoredMessage
+from bus._server import free_port
 from tests.otlp import Receiver
 from tests.processes import BUS, running, wait_ready
 

@@ -9,10 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import Bus, Credentials
-from bus.app import App
-from bus.idempotency import DEFAULT_TTL, IdempotencyRecords
-from bus.live_view import LiveView
+from bus import App, Bus, Credentials, IdempotencyRecords, LiveView
 from observability import tracing
 from observability.metrics import Metrics
 
@@ -61,7 +58,7 @@ def create_app(
     cors_origins: list[str] | None = None,
     publish_rate: float = PUBLISH_RATE,
     slow_client_timeout: float = 10.0,
-    idempotency_ttl: float = DEFAULT_TTL,
+    idempotency_ttl: float = IdempotencyRecords.DEFAULT_TTL,
     replicas: int = 1,
     metrics: Metrics | None = None,
 ) -> FastAPI:

@@ -10,11 +10,14 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
-from bus import ConfigError, Event, EventStore
-from bus.headers import MSG_ID
-from bus.idempotency import MAX_KEY, check_key, fingerprint
-from bus.publish import MAX_ATOMIC_BATCH
-from bus.subjects import parse_event_subject, validate_token
+from bus import (
+    ConfigError,
+    Event,
+    EventStore,
+    IdempotencyRecords,
+    parse_event_subject,
+    validate_token,
+)
 
 from .auth import require
 from .idempotent import REPLAYED, Answer, once, stored_earlier
@@ -24,7 +27,7 @@ router = APIRouter(prefix="/api/v1", tags=["events"])
 KEY_HEADER = Header(
     default=None,
     description=f"Publish once: the same key and request within BUS_IDEMPOTENCY_TTL (a day by "
-    f"default) answer the first result again. At most {MAX_KEY} characters, one subject token",
+    f"default) answer the first result again. At most {IdempotencyRecords.MAX_KEY} characters, one subject token",
 )
 _encode = msgspec.json.Encoder().encode
 _canonical = msgspec.json.Encoder(order="sorted").encode  # for fingerprints: key order aside
@@ -126,7 +129,7 @@ async def publish_fields(
     domain, aggregate_id, name = parse_event_subject(subject)
     cls = _event_type(state, domain, name)
     if key is not None:
-        check_key(key, key_name)
+        IdempotencyRecords.check_key(key, key_name)
     event = _event(cls, fields)
 
     async def attempt(takeover: bool) -> bytes:
@@ -148,11 +151,11 @@ async def publish_fields(
 def event_request(subject: str, fields: Any, expected: int | None) -> str:
     """The fingerprint of a publish: what makes two requests with one key the same request
     (the JSON's key order and spacing aside)."""
-    return fingerprint("event", subject, str(expected), _canonical(fields))
+    return IdempotencyRecords.fingerprint("event", subject, str(expected), _canonical(fields))
 
 
 def batch_request(batch: BatchRequest) -> str:
-    return fingerprint("batch", _canonical(msgspec.to_builtins(batch)))
+    return IdempotencyRecords.fingerprint("batch", _canonical(msgspec.to_builtins(batch)))
 
 
 def _event_type(state: State, domain: str, name: str) -> type[Event]:
@@ -196,13 +199,17 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
         raise HTTPException(422, f"batch: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    if not 1 <= len(batch.events) <= MAX_ATOMIC_BATCH:
-        raise HTTPException(422, f"a batch holds 1 to {MAX_ATOMIC_BATCH} events")
+    if not 1 <= len(batch.events) <= EventStore.MAX_EVENTS:
+        raise HTTPException(422, f"a batch holds 1 to {EventStore.MAX_EVENTS} events")
     state = request.app.state
     charge(state.publish_buckets, request.headers.get("authorization"), len(batch.events))
     validate_token(batch.domain, "domain")
     validate_token(batch.id, "aggregate id")
-    key = None if idempotency_key is None else check_key(idempotency_key, "Idempotency-Key")
+    key = (
+        None
+        if idempotency_key is None
+        else IdempotencyRecords.check_key(idempotency_key, "Idempotency-Key")
+    )
     events = [
         _event(
             _event_type(state, batch.domain, validate_token(item.event, "event")),
@@ -217,7 +224,7 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
             subject = f"{batch.domain}.{batch.id}.{batch.events[0].event}"
             found = await stored_earlier(state, subject, f"{batch.domain}.{batch.id}.*", ids)
             if found:  # (an atomic batch: all of it)
-                stored = [Published(m.headers[MSG_ID], m.stream, m.seq) for m in found]
+                stored = [Published(m.event_id, m.stream, m.seq) for m in found]
                 return _encode(BatchResult(found[-1].stream, found[-1].seq, stored))
         appended = await EventStore(state.bus).append(
             batch.domain, batch.id, events, expected_version=batch.expected_version, event_ids=ids

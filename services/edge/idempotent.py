@@ -16,10 +16,19 @@ from typing import NamedTuple
 from fastapi import HTTPException
 from starlette.datastructures import State
 
-from bus import BusError, ConcurrencyError, ConfigError, NoStreamForSubject, PublishError
-from bus.idempotency import Claim, InFlight, Mismatch, Replay, find_stored
-from bus.reader import StoredMessage
-from bus.subjects import matches
+from bus import (
+    BusError,
+    Claim,
+    ConcurrencyError,
+    ConfigError,
+    InFlight,
+    Mismatch,
+    NoStreamForSubject,
+    PublishError,
+    Replay,
+    StoredMessage,
+    matches,
+)
 
 log = logging.getLogger("bus.edge")
 REPLAYED = "Idempotent-Replayed"
@@ -74,5 +83,5 @@ async def stored_earlier(
     `subject`); empty when it stored nothing, or no stream of the app takes `subject`."""
     for spec in state.app.streams:
         if any(matches(pattern, subject) for pattern in spec.subjects):
-            return await find_stored(state.bus, spec.name, subjects, event_ids)
+            return await state.idempotency.find_stored(spec.name, subjects, event_ids)
     return []

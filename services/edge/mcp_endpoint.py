@@ -25,8 +25,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers, State
 from starlette.types import Receive, Scope, Send
 
-from bus import BusError, json_schema
-from bus.registry import components
+from bus import BusError, components, json_schema
 
 from . import catalogue, events, health, projections
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require

@@ -21,13 +21,14 @@ from bus import (
     Envelope,
     Event,
     EventRegistry,
+    LiveView,
+    Projection,
+    ProjectionView,
+    Projector,
     PublishResult,
     StreamSpec,
 )
-from bus.kv import ensure_bucket
-from bus.live_view import LiveView
-from bus.projection import Projection, ProjectionView
-from bus.projector import Projector
+from bus._kv import ensure_bucket
 from tests.domain import eventually
 
 # With `sync_interval: always` nats-server (2.15.1) fsyncs once per stored message, whatever

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, BusError, EmbeddedServer
-from bus.projection import ProjectionView
+from bus import Bus, BusError, EmbeddedServer, ProjectionView
 from services import demo
 from tests.processes import BUS, running
 

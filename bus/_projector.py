@@ -26,16 +26,16 @@ from typing import Any
 import msgspec
 import nats.errors
 
-from . import headers as h
-from .client import Bus
-from .coverage import Coverage
-from .errors import BusError, ConcurrencyError, ConfigError, Fenced
-from .feed import SharedReads
-from .generation import IDLE_CHECK, Generation
-from .kv import ensure_bucket
-from .projection import META_BUCKET, Projection, ProjectionStatus, Record
-from .publish import Outgoing
-from .reader import read_from_leader
+from . import _headers as h
+from ._client import Bus
+from ._coverage import Coverage
+from ._errors import BusError, ConcurrencyError, ConfigError, Fenced
+from ._feed import SharedReads
+from ._generation import IDLE_CHECK, Generation
+from ._kv import ensure_bucket
+from ._projection import META_BUCKET, Projection, ProjectionStatus, Record
+from ._publish import Outgoing
+from ._reader import read_from_leader
 
 log = logging.getLogger("bus.projector")
 TAKEOVER_TRIES = 5  # reads of a checkpoint another instance keeps moving, before giving up

@@ -24,8 +24,8 @@ from nats.aio.client import Client as NATS
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from .errors import BusClosed, ConfigError, NoResponders, RemoteError, RequestTimeout
-from .subjects import validate_pattern, validate_subject
+from ._errors import BusClosed, ConfigError, NoResponders, RemoteError, RequestTimeout
+from ._subjects import validate_pattern, validate_subject
 
 log = logging.getLogger("bus.rpc")
 R = TypeVar("R")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from ._errors import ConfigError
 
 
 @dataclass(frozen=True)

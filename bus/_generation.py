@@ -23,19 +23,19 @@ from typing import Any
 
 import msgspec
 
-from . import headers as h
-from .client import Bus
-from .coverage import Coverage, last_sequence
-from .deadletter import dead_letter_message
-from .envelope import Envelope
-from .errors import BusError, ConcurrencyError, DecodeError, Fenced
-from .events import Event
-from .feed import SharedReads, Tail
-from .kv import ensure_bucket, kv_key
-from .projection import FENCE_KEY, Projection, Record, read_records
-from .publish import MAX_ATOMIC_BATCH, Outgoing
-from .reader import StoredMessage
-from .subjects import matches
+from . import _headers as h
+from ._client import Bus
+from ._coverage import Coverage, last_sequence
+from ._deadletter import dead_letter_message
+from ._envelope import Envelope
+from ._errors import BusError, ConcurrencyError, DecodeError, Fenced
+from ._events import Event
+from ._feed import SharedReads, Tail
+from ._kv import ensure_bucket, kv_key
+from ._projection import FENCE_KEY, Projection, Record, read_records
+from ._publish import MAX_ATOMIC_BATCH, Outgoing
+from ._reader import StoredMessage
+from ._subjects import matches
 
 log = logging.getLogger("bus.projector")
 IDLE_CHECK = 2.0  # seconds between looks at the stream when no wake-up arrived

@@ -20,17 +20,17 @@ import contextlib
 import os
 import socket
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import msgspec
 import nats.errors
 from nats.js.kv import KeyValue
 
-from .client import Bus
-from .errors import ConfigError, StreamError, StreamNotFound
-from .kv import ensure_bucket, kv_key
-from .reader import read_messages
-from .subjects import validate_token
+from ._client import Bus
+from ._errors import ConfigError, StreamError, StreamNotFound
+from ._kv import ensure_bucket, kv_key
+from ._reader import read_messages
+from ._subjects import validate_token
 
 BUCKET = "bus_components"
 TTL = 10.0  # seconds a component counts as alive after its last heartbeat
@@ -41,6 +41,7 @@ MAX_NAME = 128
 
 
 class Component(msgspec.Struct, kw_only=True):
+    MAX_NAME: ClassVar[int] = MAX_NAME
     """One running instance: enough for a person, a dashboard or a health monitor to find it.
 
     `health_url` answers 200 while the instance is fit to work and 503 when it is not;
@@ -73,14 +74,6 @@ class Silent(msgspec.Struct, kw_only=True):
 
     component: Component
     silent_for: float  # seconds since its last heartbeat was stored
-
-
-def advertised_url(host: str, port: int) -> str:
-    """The base URL others reach a server bound to host:port at: by this machine's name when
-    it listens on every interface."""
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def validate_name(name: str) -> str:

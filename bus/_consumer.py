@@ -26,20 +26,20 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from . import telemetry
+from . import _telemetry as telemetry
 from ._attempts import UNREACHED, AttemptRecord
+from ._codec import Codec
+from ._deadletter import dead_letter_message
+from ._envelope import Envelope, current_envelope, open_message
+from ._errors import BusError, DecodeError, OutboundBufferFull, StreamError
+from ._events import Event, EventRegistry
 from ._followups import Handling, Run, handled_message
-from .codec import Codec
+from ._nats.pulls import Pulls
+from ._publish import Publisher
+from ._subscribe import HandlerSpec
+from ._telemetry import Telemetry
+from ._workers import Workers
 from .connection import Connection, parse_headers
-from .deadletter import dead_letter_message
-from .envelope import Envelope, current_envelope, open_message
-from .errors import BusError, DecodeError, OutboundBufferFull, StreamError
-from .events import Event, EventRegistry
-from .publish import Publisher
-from .pulls import Pulls
-from .subscribe import HandlerSpec
-from .telemetry import Telemetry
-from .workers import Workers
 
 log = logging.getLogger("bus.consumer")
 

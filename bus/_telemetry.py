@@ -35,7 +35,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .envelope import current_envelope
+from ._envelope import current_envelope
 
 SYSTEM = "nats"
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from .connection import Connection
-from .errors import OutboundBufferFull
+from bus._errors import OutboundBufferFull
+from bus.connection import Connection
 
 _encode = msgspec.json.Encoder().encode
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from .errors import ServerError
+from ._errors import ServerError
 
 
 def server_binary() -> str:

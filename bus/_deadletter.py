@@ -13,13 +13,13 @@ import contextlib
 import msgspec
 import nats.errors
 
-from . import headers as h
-from .acks import PublishResult
+from . import _headers as h
+from ._errors import PublishError, StreamNotFound
+from ._nats.acks import PublishResult
+from ._publish import Outgoing, Publisher
+from ._reader import StoredMessage, read_messages
+from ._streams import dead_letter_stream, dead_letter_subject
 from .connection import Connection
-from .errors import PublishError, StreamNotFound
-from .publish import Outgoing, Publisher
-from .reader import StoredMessage, read_messages
-from .streams import dead_letter_stream, dead_letter_subject
 
 ORIGINAL_MSG_ID = "Bus-Original-Msg-Id"
 _DLQ_ONLY = (h.DLQ_REASON, h.DLQ_CONSUMER, h.ORIGINAL_SUBJECT, h.ORIGINAL_SEQ, ORIGINAL_MSG_ID)

@@ -38,11 +38,11 @@ import msgspec
 import nats.errors
 from nats.js.kv import KeyValue
 
-from .client import Bus
-from .errors import ConcurrencyError, ConfigError
-from .events import Event
-from .kv import ensure_bucket, kv_key
-from .store import AppendResult, EventStore
+from ._client import Bus
+from ._errors import ConcurrencyError, ConfigError
+from ._events import Event
+from ._kv import ensure_bucket, kv_key
+from ._store import AppendResult, EventStore
 
 log = logging.getLogger("bus.aggregate")
 S = TypeVar("S", bound=msgspec.Struct)

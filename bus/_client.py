@@ -22,14 +22,13 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
-from . import deadletter, rpc
-from .acks import PublishResult
-from .codec import Codec, ContentType
-from .connection import Connection
-from .consumer import Consumer
-from .credentials import Credentials, redact_url, split_urls
-from .envelope import Envelope, open_message
-from .errors import (
+from . import _deadletter as deadletter
+from . import _rpc as rpc
+from ._codec import Codec, ContentType
+from ._consumer import Consumer
+from ._credentials import Credentials, redact_url, split_urls
+from ._envelope import Envelope, open_message
+from ._errors import (
     BusClosed,
     BusTimeout,
     ConfigError,
@@ -37,13 +36,15 @@ from .errors import (
     NoStreamForSubject,
     StreamError,
 )
-from .events import Event, EventRegistry
-from .publish import Publisher, template_of
-from .reader import StoredMessage, read_messages
-from .streams import StreamManager, StreamSpec, existing_name
-from .subjects import validate_pattern
-from .subscribe import Handler, Router, handler_spec
-from .telemetry import Observer, Telemetry
+from ._events import Event, EventRegistry
+from ._nats.acks import PublishResult
+from ._publish import Publisher, template_of
+from ._reader import StoredMessage, read_messages
+from ._streams import StreamManager, StreamSpec, existing_name
+from ._subjects import validate_pattern
+from ._subscribe import Handler, Router, handler_spec
+from ._telemetry import Observer, Telemetry
+from .connection import Connection
 
 log = logging.getLogger("bus")
 R = TypeVar("R")

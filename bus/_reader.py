@@ -20,9 +20,9 @@ from typing import Any
 import msgspec
 import nats.errors
 
-from . import headers as h
+from . import _headers as h
+from ._errors import BusTimeout, StreamError, StreamNotFound
 from .connection import Connection, parse_headers
-from .errors import BusTimeout, StreamError, StreamNotFound
 
 _encode = msgspec.json.Encoder().encode
 NO_MESSAGE = 10037  # JetStream err_code: no message found
@@ -40,6 +40,11 @@ class StoredMessage(msgspec.Struct, frozen=True):
     data: bytes
     headers: dict[str, str]
     pending: int = 0  # messages after this one that the read would match (direct get only)
+
+    @property
+    def event_id(self) -> str:
+        """The event id it was published with (`Nats-Msg-Id`; empty if none)."""
+        return self.headers.get(h.MSG_ID, "")
 
 
 async def read_messages(

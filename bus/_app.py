@@ -9,11 +9,11 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .errors import ConfigError
-from .events import Event, EventRegistry
-from .projection import Projection
-from .streams import StreamSpec
-from .subscribe import Handler, Router
+from ._errors import ConfigError
+from ._events import Event, EventRegistry
+from ._projection import Projection
+from ._streams import StreamSpec
+from ._subscribe import Handler, Router
 
 
 class App:

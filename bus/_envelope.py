@@ -13,11 +13,11 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from . import headers as h
-from .codec import Codec
-from .errors import DecodeError, InvalidSubject
-from .events import Event, EventRegistry
-from .subjects import parse_event_subject
+from . import _headers as h
+from ._codec import Codec
+from ._errors import DecodeError, InvalidSubject
+from ._events import Event, EventRegistry
+from ._subjects import parse_event_subject
 
 E = TypeVar("E", bound=Event)
 

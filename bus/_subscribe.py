@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .envelope import Envelope
-from .errors import ConfigError
-from .events import Event
-from .subjects import validate_pattern, validate_token
+from ._envelope import Envelope
+from ._errors import ConfigError
+from ._events import Event
+from ._subjects import validate_pattern, validate_token
 
 Handler = Callable[..., Awaitable[None]]
 

@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from .errors import StreamError
+from ._errors import StreamError
 
 _KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 

@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from . import headers as h
-from .errors import ConfigError, DecodeError
-from .events import Event, EventRegistry
+from . import _headers as h
+from ._errors import ConfigError, DecodeError
+from ._events import Event, EventRegistry
 
 ContentType = Literal["json", "msgpack"]
 _MIME = {"json": h.JSON, "msgpack": h.MSGPACK}

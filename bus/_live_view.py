@@ -25,10 +25,10 @@ from typing import Any, Generic, Self
 
 import msgspec
 
-from .client import Bus
-from .errors import StreamNotFound
-from .kv import from_kv_key
-from .projection import (
+from ._client import Bus
+from ._errors import StreamNotFound
+from ._kv import from_kv_key
+from ._projection import (
     FENCE_KEY,
     META_BUCKET,
     RECHECK,

@@ -39,14 +39,14 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import nats.errors
 
-from .client import Bus
-from .coverage import Coverage
-from .envelope import Envelope
-from .errors import BusTimeout, ConfigError, StreamNotFound
-from .events import Event
-from .kv import from_kv_key, kv_key
-from .reader import StoredMessage, read_from_leader, read_last, read_messages
-from .subjects import validate_pattern, validate_token
+from ._client import Bus
+from ._coverage import Coverage
+from ._envelope import Envelope
+from ._errors import BusTimeout, ConfigError, StreamNotFound
+from ._events import Event
+from ._kv import from_kv_key, kv_key
+from ._reader import StoredMessage, read_from_leader, read_last, read_messages
+from ._subjects import validate_pattern, validate_token
 
 S = TypeVar("S")
 META_BUCKET = "bus_projections"

@@ -17,15 +17,11 @@ from typing import Any
 import msgspec
 import nats.errors
 
-from . import headers as h
-from . import telemetry
-from ._followups import Run, current_run
-from ._reruns import Reruns, capture_filter
-from .acks import NO_RESPONDERS, TOO_LARGE, PublishResult, read_ack
-from .codec import Codec
-from .connection import Connection
-from .envelope import build_headers
-from .errors import (
+from . import _headers as h
+from . import _telemetry as telemetry
+from ._codec import Codec
+from ._envelope import build_headers
+from ._errors import (
     BusClosed,
     BusError,
     ConcurrencyError,
@@ -33,9 +29,13 @@ from .errors import (
     PublishError,
     PublishTimeout,
 )
-from .events import Event, new_event_id
-from .subjects import validate_token
-from .telemetry import Telemetry
+from ._events import Event, new_event_id
+from ._followups import Run, current_run
+from ._nats.acks import NO_RESPONDERS, TOO_LARGE, PublishResult, read_ack
+from ._reruns import Reruns, capture_filter
+from ._subjects import validate_token
+from ._telemetry import Telemetry
+from .connection import Connection
 
 RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
 MAX_PAUSE = 0.1  # seconds between rounds while a stream is between leaders: its election ends

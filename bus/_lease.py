@@ -12,8 +12,8 @@ import contextlib
 import nats.errors
 from nats.js.kv import KeyValue
 
-from .client import Bus
-from .kv import ensure_bucket, kv_key
+from ._client import Bus
+from ._kv import ensure_bucket, kv_key
 
 BUCKET = "bus_leases"
 

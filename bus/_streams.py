@@ -18,8 +18,8 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
-from .errors import ConfigError, StreamConflict, StreamError, StreamNotFound
-from .subjects import validate_pattern
+from ._errors import ConfigError, StreamConflict, StreamError, StreamNotFound
+from ._subjects import validate_pattern
 
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 # What NATS itself refuses in a stream name: such a stream cannot exist, so looking it up is

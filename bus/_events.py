@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from .errors import ConfigError, DecodeError
-from .subjects import validate_token
+from ._errors import ConfigError, DecodeError
+from ._subjects import validate_token
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 

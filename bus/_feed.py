@@ -17,10 +17,10 @@ from typing import Any
 import msgspec
 import nats.errors
 
-from .client import Bus
+from ._client import Bus
+from ._errors import BusError
+from ._reader import StoredMessage, read_messages
 from .connection import parse_headers
-from .errors import BusError
-from .reader import StoredMessage, read_messages
 
 log = logging.getLogger("bus.projector")
 TAIL_HEARTBEAT = 1.0  # seconds between the server's heartbeats on a quiet tail

@@ -20,14 +20,15 @@ from collections.abc import AsyncGenerator, Sequence
 
 import msgspec
 
-from . import headers as h
-from .acks import PublishResult
-from .client import Bus
-from .envelope import Envelope
-from .errors import ConfigError
-from .events import Event
-from .reader import STALE_PATIENCE, StoredMessage, read_from_leader
-from .subjects import validate_token
+from . import _headers as h
+from ._client import Bus
+from ._envelope import Envelope
+from ._errors import ConfigError
+from ._events import Event
+from ._nats.acks import PublishResult
+from ._publish import MAX_ATOMIC_BATCH
+from ._reader import STALE_PATIENCE, StoredMessage, read_from_leader
+from ._subjects import validate_token
 
 PAGE = 256  # events per direct-get round trip when loading
 
@@ -49,6 +50,8 @@ class History(msgspec.Struct, frozen=True):
 
 
 class EventStore:
+    MAX_EVENTS = MAX_ATOMIC_BATCH  # in one append: JetStream's limit on an atomic batch
+
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
 

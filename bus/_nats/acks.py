@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from . import headers as h
-from .errors import ConcurrencyError, NoStreamForSubject, PublishError
+from bus import _headers as h
+from bus._errors import ConcurrencyError, NoStreamForSubject, PublishError
 
 if TYPE_CHECKING:
-    from .publish import Outgoing
+    from bus._publish import Outgoing
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence, and the
 WRONG_LAST_SEQUENCE_UNSAID = 10164  # same when it cannot say which (a guarded write in flight)

@@ -36,12 +36,11 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from . import headers as h
-from .client import Bus
-from .errors import BusError, BusTimeout, ConfigError, StreamError
-from .kv import ensure_bucket, kv_key
-from .reader import StoredMessage, read_from_leader
-from .subjects import validate_token
+from ._client import Bus
+from ._errors import BusError, BusTimeout, ConfigError, StreamError
+from ._kv import ensure_bucket, kv_key
+from ._reader import StoredMessage, read_from_leader
+from ._subjects import validate_token
 
 BUCKET = "bus_idempotency"
 STREAM = f"KV_{BUCKET}"
@@ -117,6 +116,11 @@ class IdempotencyRecords:
     """Records of keyed requests in `bus_idempotency` (created on first use, with `ttl` and
     the bus's replicas; an existing bucket is given this `ttl`)."""
 
+    DEFAULT_TTL = DEFAULT_TTL
+    MAX_KEY = MAX_KEY
+    check_key = staticmethod(check_key)
+    fingerprint = staticmethod(fingerprint)
+
     def __init__(
         self,
         bus: Bus,
@@ -133,6 +137,22 @@ class IdempotencyRecords:
         self._clock = clock  # wall clock: records are compared across processes
         self._kv: KeyValue | None = None
         self._opening = asyncio.Lock()
+
+    async def find_stored(
+        self, stream: str, subjects: str, event_ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        """The messages on `subjects` (an aggregate's, say) whose event ids are `event_ids`,
+        in stream order: what an abandoned attempt stored. Reads every message on
+        `subjects`, a page per round trip: for the rare takeover, not for every request."""
+        wanted = set(event_ids)
+        found: list[StoredMessage] = []
+        seq = 1
+        while True:
+            page = await self._bus.read(stream, seq, PAGE, subjects)
+            found.extend(m for m in page if m.event_id in wanted)
+            if len(page) < PAGE or len(found) == len(wanted):
+                return found
+            seq = page[-1].seq + 1
 
     async def begin(self, key: str, request: str) -> Outcome:
         """Claim `key` for the request with fingerprint `request`, or say why not."""
@@ -232,23 +252,6 @@ class IdempotencyRecords:
                     raise _failed(exc, "") from None
                 self._kv = kv
         return self._kv
-
-
-async def find_stored(
-    bus: Bus, stream: str, subjects: str, event_ids: Sequence[str]
-) -> list[StoredMessage]:
-    """The messages on `subjects` (an aggregate's, say) whose event ids are `event_ids`, in
-    stream order: what an abandoned attempt stored. Reads every message on `subjects`, a
-    page per round trip: for the rare takeover, not for every request."""
-    wanted = set(event_ids)
-    found: list[StoredMessage] = []
-    seq = 1
-    while True:
-        page = await bus.read(stream, seq, PAGE, subjects)
-        found.extend(m for m in page if m.headers.get(h.MSG_ID) in wanted)
-        if len(page) < PAGE or len(found) == len(wanted):
-            return found
-        seq = page[-1].seq + 1
 
 
 def _failed(exc: nats.errors.Error, key: str) -> BusError:

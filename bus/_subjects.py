@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidSubject
+from ._errors import InvalidSubject
 
 # A token is printable ASCII without space, dot or wildcard; '$' leads system subjects.
 _TOKEN = re.compile(r"[A-Za-z0-9_\-:~@=+%!]+")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .client import Bus
-from .errors import BeyondStreamEnd
-from .reader import StoredMessage, read_firsts, read_from_leader
-from .subjects import covers
+from ._client import Bus
+from ._errors import BeyondStreamEnd
+from ._reader import StoredMessage, read_firsts, read_from_leader
+from ._subjects import covers
 
 
 @dataclass(frozen=True)
