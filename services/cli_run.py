@@ -83,11 +83,11 @@ def bench(
     scenario: str, runs: int, messages: int, events: int, sync_interval: str, as_json: bool
 ) -> None:
     """Measure bus against raw nats-py on one embedded server, in one run."""
-    from .bench import run_bench
-    from .bench_http import run_http_bench
-    from .bench_state import run_state_bench
-    from .bench_summary import Verdict, show
-    from .bench_tracing import run_tracing_bench
+    from .bench.http import run_http_bench
+    from .bench.messaging import run_bench
+    from .bench.state import run_state_bench
+    from .bench.summary import Verdict, show
+    from .bench.tracing import run_tracing_bench
 
     scenarios: dict[str, Callable[[], list[Verdict]]] = {
         "messaging": lambda: run_loop(run_bench(runs, messages, sync_interval, as_json)),

@@ -15,7 +15,7 @@ import msgspec
 
 from bus import Bus, StreamSpec
 
-from .bench import _bus_consume, _event
+from .workload import bench_event, bus_consume
 
 
 def peak_rss_mb() -> float:
@@ -45,7 +45,7 @@ async def probe(url: str, stream: StreamSpec, backlog: int) -> Peaks:
         await bus.js.purge_stream(stream.name)
         for first in range(0, backlog, 10_000):
             chunk = range(first, min(first + 10_000, backlog))
-            await bus.publish_many((_event(i), f"m{i}") for i in chunk)
+            await bus.publish_many((bench_event(i), f"m{i}") for i in chunk)
         peaks = [await asyncio.to_thread(_child, url, stream.name, n) for n in (few, backlog)]
         await bus.js.purge_stream(stream.name)
     return Peaks(backlog, few, backlog, *peaks)
@@ -63,12 +63,12 @@ def _child(url: str, stream: str, handle: int) -> float:
 
 async def _consume(url: str, stream: str, handle: int) -> None:
     async with Bus(url) as bus:
-        await _bus_consume(f"memory{handle}", handle, bus)()
+        await bus_consume(f"memory{handle}", handle, bus)()
         await bus.js.delete_consumer(stream, f"memory{handle}")
 
 
 if __name__ == "__main__":
-    from .lifecycle import run
+    from services.lifecycle import run
 
     url, stream_name, count = sys.argv[1:4]
     run(_consume(url, stream_name, int(count)))

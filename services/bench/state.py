@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,24 +30,24 @@ from rich.table import Table
 from bus import Aggregate, Bus, EmbeddedServer, Envelope, Event, EventStore, Repository, StreamSpec
 from bus.projection import Projection, ProjectionView
 from bus.projector import Projector
+from services.lifecycle import run
 
-from .bench_memory import peak_rss_mb
-from .bench_summary import Verdict, at_least, at_most
-from .lifecycle import run
+from .memory import peak_rss_mb
+from .summary import Verdict, at_least, at_most
 
 DOMAIN, REPLAY = "bst", "brb"
 STREAM, REPLAY_STREAM = StreamSpec.for_domain(DOMAIN), StreamSpec.for_domain(REPLAY)
 AGGREGATES = 1000
 
 
-class Ticked(Event):
+class Ticked(Event, frozen=True):
     __domain__ = DOMAIN
     __event_name__ = "ticked"
     n: int
     note: str = "a benchmark event"
 
 
-class Replayed(Event):
+class Replayed(Event, frozen=True):
     __domain__ = REPLAY
     __event_name__ = "ticked"
     n: int
@@ -133,7 +134,7 @@ async def _load_ms(bus: Bus, prefix: str) -> tuple[float, float]:
 
 def _replay_in_child(kind: str, url: str, events: int, name: str) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "services.bench_state", kind, url, str(events), name],
+        [sys.executable, "-m", __name__, kind, url, str(events), name],
         capture_output=True,
         text=True,
         check=True,
@@ -183,7 +184,7 @@ async def run_state_bench(runs: int, events: int, as_json: bool) -> list[Verdict
     loads: list[tuple[float, float]] = []
     rebuilds: list[tuple[dict[str, float], dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedServer(store_dir=tmp, sync_interval="2m").start()
+        server = EmbeddedServer(store_dir=Path(tmp), sync_interval="2m").start()
         try:
             nc = await nats.connect(server.url)
             async with Bus(server.url, streams=[STREAM, REPLAY_STREAM]) as bus:

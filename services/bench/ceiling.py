@@ -17,8 +17,9 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus import Bus
 
-_BATCH = 100  # messages per pull, as the bench's raw fetch
-_PAYLOAD = b'{"title":"benchmark event number 0","n":0}'
+from .workload import FETCH_BATCH, bench_event
+
+_PAYLOAD = msgspec.json.encode(bench_event(0))
 
 
 async def publish_ceiling(bus: Bus, n: int) -> None:
@@ -57,10 +58,10 @@ async def consume_ceiling(bus: Bus, stream: str, durable: str, n: int) -> None:
         stream, ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT)
     )
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-    request = msgspec.json.encode({"batch": _BATCH, "expires": 5_000_000_000})
+    request = msgspec.json.encode({"batch": FETCH_BATCH, "expires": 5_000_000_000})
     inbox = nc.new_inbox()
     seen = 0
-    asked = 2 * _BATCH
+    asked = 2 * FETCH_BATCH
     done = asyncio.Event()
 
     def on_message(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
@@ -71,8 +72,8 @@ async def consume_ceiling(bus: Bus, stream: str, durable: str, n: int) -> None:
         seen += 1
         if seen == n:
             done.set()
-        elif asked - seen <= _BATCH and asked < n:
-            asked += _BATCH
+        elif asked - seen <= FETCH_BATCH and asked < n:
+            asked += FETCH_BATCH
             nc.buffer(next_subject, request, inbox)
         nc.flush_soon()
 
