@@ -13,6 +13,7 @@ import asyncio
 import uuid
 
 import msgspec
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus import Bus
@@ -51,10 +52,13 @@ async def publish_ceiling(bus: Bus, n: int) -> None:
     await sub.unsubscribe()
 
 
-async def consume_ceiling(bus: Bus, stream: str, durable: str, n: int) -> None:
-    """Pull `n` stored messages in batches and ack each; nothing is parsed or decoded."""
+async def consume_ceiling(
+    bus: Bus, js: JetStreamContext, stream: str, durable: str, n: int
+) -> None:
+    """Pull `n` stored messages in batches and ack each; nothing is parsed or decoded. The
+    durable is made on raw nats-py's connection (`js`), the pulls go over the bus's."""
     nc = bus.nc
-    await bus.js.add_consumer(
+    await js.add_consumer(
         stream, ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT)
     )
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"

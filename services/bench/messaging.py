@@ -32,7 +32,7 @@ from bus import Bus, EmbeddedServer, StreamSpec
 from .ceiling import consume_ceiling, publish_ceiling
 from .memory import Peaks, probe
 from .summary import Verdict, at_least
-from .workload import FETCH_BATCH, bench_event, bus_consume
+from .workload import FETCH_BATCH, bench_event, bus_consume, purge
 
 STREAM = StreamSpec(name="BENCH", subjects=("bench.>",), dead_letters=True)
 # The performance issue's targets (ratio to raw nats-py); None: measured, no target.
@@ -153,15 +153,15 @@ async def _one_run(
     cases["publish pipelined"].ceiling.append(await _rate(n, lambda: publish_ceiling(bus, n)))
     # Every consumer reads the same n events published by bus (not whichever mix of raw and
     # bus publishes the run happened to store first: theirs carry fewer headers).
-    await bus.js.purge_stream(STREAM.name)
+    await purge(bus, STREAM.name)
     await bus.publish_many((bench_event(i), f"c{i}") for i in range(n))
     raw_consume = _raw_consume(f"raw{run}", n, js)
     await _pair(run, cases["consume + ack"], n, raw_consume, bus_consume(f"bus{run}", n, bus))
-    ceiling = _rate(n, lambda: consume_ceiling(bus, STREAM.name, f"ceiling{run}", n))
+    ceiling = _rate(n, lambda: consume_ceiling(bus, js, STREAM.name, f"ceiling{run}", n))
     cases["consume + ack"].ceiling.append(await ceiling)
     batched = bus_consume(f"batch{run}", n, bus, batch=True)
     await _pair(run, cases["consume, batch handler"], n, _raw_consume(f"r{run}", n, js), batched)
-    await bus.js.purge_stream(STREAM.name)
+    await purge(bus, STREAM.name)
 
 
 def _raw_consume(durable: str, n: int, js: JetStreamContext) -> Callable[[], Awaitable[None]]:

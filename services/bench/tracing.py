@@ -31,6 +31,7 @@ from rich.table import Table
 from bus import Bus, EmbeddedServer, Event, StreamSpec
 
 from .summary import Verdict, at_least
+from .workload import purge
 
 MODES = {"off": None, "0%": 0.0, "10%": 0.1, "100%": 1.0}
 TARGET = 0.85  # 10% sampling keeps at least this share of the throughput
@@ -134,7 +135,7 @@ async def _child(url: str, mode: str, n: int, run: str) -> dict[str, float]:
     if ratio is not None:
         _install_sdk(ratio)
     async with Bus(url, streams=[STREAM]) as bus:
-        await bus.js.purge_stream(STREAM.name)
+        await purge(bus, STREAM.name)
         start, cpu = time.perf_counter(), time.process_time()
         for first in range(0, n, CHUNK):  # a trace per chunk: the sampler sees n / CHUNK roots
             await bus.publish_many((Traced(n=i), f"t{i}") for i in range(first, first + CHUNK))

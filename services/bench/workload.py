@@ -52,3 +52,11 @@ def bus_consume(
         await consumer.stop()
 
     return consume
+
+
+async def purge(bus: Bus, stream: str) -> None:
+    """Empty `stream`, so the next case reads only what it stores itself.
+
+    Reaches into nats-py (`bus.js`) until `bus` has a public purge; the one place the bench
+    scenarios do so for their own bookkeeping."""
+    await bus.js.purge_stream(stream)
