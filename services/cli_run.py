@@ -199,8 +199,7 @@ async def demo_traffic(
 def soak(duration: str, restart_every: str, report_every: str, rate: float, as_json: bool) -> None:
     """Demo traffic through worker, projector and edge with server restarts; RSS, open files,
     lag and dead letters over time, then a verdict: nothing lost, nothing growing (not for CI)."""
-    from .soak import parse_duration, run_soak
-    from .soak_figures import render
+    from .soak import parse_duration, render, run_soak
 
     try:
         verdict = run_loop(
