@@ -16,7 +16,14 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.api import (
+    ConsumerInfo,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
 
 from ._errors import ConfigError, StreamConflict, StreamError, StreamNotFound
 from ._subjects import validate_pattern
@@ -208,17 +215,17 @@ class StreamManager:
 
     async def consumers(self, name: str) -> builtins.list[ConsumerSummary]:
         infos = await self._call(self._js.consumers_info(existing_name(name)), name)
-        return [
-            ConsumerSummary(
-                name,
-                info.name,
-                bool(info.config.durable_name),
-                info.num_pending or 0,
-                info.num_ack_pending or 0,
-                info.num_redelivered or 0,
-            )
-            for info in infos
-        ]
+        return [_consumer_summary(name, info) for info in infos]
+
+    async def consumer(self, stream: str, name: str) -> ConsumerSummary:
+        """One consumer of `stream` (StreamNotFound if the stream or the consumer is gone)."""
+        info = await self._call(self._js.consumer_info(existing_name(stream), name), stream)
+        return _consumer_summary(stream, info)
+
+    async def purge(self, name: str) -> None:
+        """Remove every message of the stream (its sequence numbers go on from where they
+        were)."""
+        await self._call(self._js.purge_stream(existing_name(name)), name)
 
     async def delete(self, name: str) -> None:
         await self._call(self._js.delete_stream(existing_name(name)), name)
@@ -247,6 +254,17 @@ def _differs(existing: StreamConfig, wanted: StreamConfig, name: str) -> bool:
     if name == "description":
         return bool((have or None) != (want or None))
     return bool(have != want)
+
+
+def _consumer_summary(stream: str, info: ConsumerInfo) -> ConsumerSummary:
+    return ConsumerSummary(
+        stream,
+        info.name,
+        bool(info.config.durable_name),
+        info.num_pending or 0,
+        info.num_ack_pending or 0,
+        info.num_redelivered or 0,
+    )
 
 
 def _plain(value: Any) -> Any:

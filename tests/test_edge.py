@@ -17,7 +17,7 @@ import pytest
 
 from bus import Bus, Projector
 from bus._server import free_port
-from services import bench_http
+from services.bench import http as bench_http
 from services.demo import TaskCreated, app
 from services.edge import create_app
 from tests.edge import KEYS, READ, WRITE, serve
@@ -320,7 +320,7 @@ async def test_the_http_bench_reads_its_writes_with_both_clients(nats_url: str) 
     """`bus bench --scenario http` times httpx and a bare socket client on the same pairs,
     in every form (after_seq on a projection reading the event or not, a plain GET); each
     GET must answer, and with the POSTed event applied where it waits for it."""
-    from services.bench_app import app as bench_app
+    from services.bench.app import app as bench_app
 
     api = create_app(bench_app, nats_url, api_keys=f"{bench_http.KEY}:read+write", publish_rate=0)
     async with (

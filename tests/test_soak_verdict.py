@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from services.soak_figures import Sample, growth, theil_sen, trend
+from services.soak.figures import Sample, growth, theil_sen, trend
 
 EVERY = 10.0  # seconds between samples
 RESTART_EVERY = 40.0

@@ -13,7 +13,7 @@ event is in the stream; every task was handled (completed, or dead-lettered when
 `fail_times` asked for it); each completed task has one `completed` event (a handler run
 again after a restart stores nothing twice); `task_counts` counted each stored event once;
 the services exit 0 on SIGTERM; and no service's memory or open files trend upwards after
-the warm-up (soak_figures.growth: a short run tells only a fast leak, a long one more).
+the warm-up (figures.growth: a short run tells only a fast leak, a long one more).
 
 Linux only: the figures come from /proc.
 """
@@ -25,7 +25,6 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import re
 import secrets
 import sys
@@ -34,17 +33,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+import httpx
 import msgspec
 from rich.console import Console
 
 from bus import Bus, ConnectError, EmbeddedServer, ProjectionView
 from bus._server import free_port
 from services.demo import MAX_DELIVER, STATUS_OF, app
-from services.demo.traffic import FAIL_TIMES, FAIL_WEIGHTS
 from services.lifecycle import until_signalled
-from services.soak_figures import (
+
+from .figures import (
     PROBE_TIMEOUT,
     STREAM,
     WORKER,
@@ -57,10 +56,10 @@ from services.soak_figures import (
     projection_lag,
     render_sample,
 )
-from services.supervised import Service, open_fds, rss_mb
+from .supervised import Service, open_fds, rss_mb
+from .traffic import IN_FLIGHT, Driver
 
 SERVICES = ("worker", "projector", "edge")
-IN_FLIGHT = 64  # HTTP requests at once at most
 DOWN_FOR = 1.0  # seconds the server stays down at each restart
 READY_TIMEOUT = 30.0  # seconds for the edge to answer /readyz at the start
 DRAIN_TIMEOUT = 120.0  # seconds the end waits for the worker and projections to catch up
@@ -74,58 +73,6 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise ValueError(f"not a duration: {text!r} (try 90s, 10m or 2h)")
     return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-# -- traffic ---------------------------------------------------------------------------------
-
-
-class Driver:
-    """Creates tasks through the edge at `rate` per second; remembers what was acknowledged."""
-
-    def __init__(self, client: Any, rate: float) -> None:
-        self.client, self.rate = client, rate
-        self.published = 0
-        self.acked: dict[str, str] = {}  # task id -> event id, for every 201
-        self.fail_times: dict[str, int] = {}
-        self.refused: Counter[str] = Counter()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        slots = asyncio.Semaphore(IN_FLIGHT)
-        started = loop.time()
-        async with asyncio.TaskGroup() as group:
-            for n in itertools.count():
-                await slots.acquire()
-                if stop.is_set():
-                    break
-                group.create_task(self._create(n, slots))
-                with contextlib.suppress(TimeoutError):
-                    delay = started + (n + 1) / self.rate - loop.time()
-                    await asyncio.wait_for(stop.wait(), max(0.0, delay))
-
-    async def _create(self, n: int, slots: asyncio.Semaphore) -> None:
-        import httpx
-
-        task = f"soak{n}-{secrets.token_hex(3)}"
-        fail_times = random.choices(FAIL_TIMES, FAIL_WEIGHTS)[0]
-        self.fail_times[task] = fail_times
-        self.published += 1
-        try:
-            answer = await self.client.post(
-                f"/api/v1/events/tasks.{task}.created",
-                json={"title": f"soak task {n}", "fail_times": fail_times},
-            )
-            if answer.status_code == 201:
-                self.acked[task] = answer.json()["id"]
-            else:
-                self.refused[f"HTTP {answer.status_code}"] += 1
-        except httpx.HTTPError as exc:
-            self.refused[type(exc).__name__] += 1
-        finally:
-            slots.release()
-
-
-# -- the run ---------------------------------------------------------------------------------
 
 
 class Soak:
@@ -284,9 +231,7 @@ class Soak:
         )
 
 
-async def wait_ready(client: Any, edge: Service) -> None:
-    import httpx
-
+async def wait_ready(client: httpx.AsyncClient, edge: Service) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if edge.process.poll() is not None:
@@ -307,10 +252,6 @@ async def run_soak(
     as_json: bool,
 ) -> Verdict:
     """Run the soak; prints a line (or a JSON object) per sample, returns the verdict."""
-    try:
-        import httpx
-    except ImportError:
-        raise ConnectError("bus soak needs httpx: pip install httpx") from None
     if not sys.platform.startswith("linux"):
         raise ValueError("bus soak reads /proc: Linux only")
     console = Console(highlight=False, soft_wrap=True)

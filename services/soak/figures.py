@@ -23,7 +23,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
-import nats.errors
 from rich.table import Table
 
 from bus import Bus, BusError, ProjectionView
@@ -80,12 +79,12 @@ class Verdict(msgspec.Struct):
     errors_logged: dict[str, int]
 
 
-async def probe(work: Coroutine[Any, Any, T]) -> T | None:
+async def probe(work: Coroutine[Any, Any, T | None]) -> T | None:
     """The figure, or None when the server does not answer in time (a restart)."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT * 2):
             return await work
-    except (BusError, nats.errors.Error, OSError, TimeoutError):
+    except (BusError, OSError, TimeoutError):
         return None
 
 
@@ -103,9 +102,13 @@ async def projection_lag(bus: Bus) -> dict[str, int]:
     return {name: last - position for name, position in positions.items()}
 
 
-async def consumer_lag(bus: Bus) -> tuple[int, int]:
-    info = await bus.js.consumer_info(STREAM, WORKER)
-    return info.num_pending or 0, info.num_ack_pending or 0
+async def consumer_lag(bus: Bus) -> tuple[int, int] | None:
+    """(pending, ack pending) of the worker's consumer; None when the server does not answer."""
+    try:
+        consumer = await bus.streams.consumer(STREAM, WORKER)
+    except BusError:
+        return None
+    return consumer.pending, consumer.ack_pending
 
 
 class Trend(msgspec.Struct, frozen=True):

@@ -13,12 +13,14 @@ import asyncio
 import uuid
 
 import msgspec
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus import Bus
 
-_BATCH = 100  # messages per pull, as the bench's raw fetch
-_PAYLOAD = b'{"title":"benchmark event number 0","n":0}'
+from .workload import FETCH_BATCH, bench_event
+
+_PAYLOAD = msgspec.json.encode(bench_event(0))
 
 
 async def publish_ceiling(bus: Bus, n: int) -> None:
@@ -50,17 +52,20 @@ async def publish_ceiling(bus: Bus, n: int) -> None:
     await sub.unsubscribe()
 
 
-async def consume_ceiling(bus: Bus, stream: str, durable: str, n: int) -> None:
-    """Pull `n` stored messages in batches and ack each; nothing is parsed or decoded."""
+async def consume_ceiling(
+    bus: Bus, js: JetStreamContext, stream: str, durable: str, n: int
+) -> None:
+    """Pull `n` stored messages in batches and ack each; nothing is parsed or decoded. The
+    durable is made on raw nats-py's connection (`js`), the pulls go over the bus's."""
     nc = bus.nc
-    await bus.js.add_consumer(
+    await js.add_consumer(
         stream, ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT)
     )
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-    request = msgspec.json.encode({"batch": _BATCH, "expires": 5_000_000_000})
+    request = msgspec.json.encode({"batch": FETCH_BATCH, "expires": 5_000_000_000})
     inbox = nc.new_inbox()
     seen = 0
-    asked = 2 * _BATCH
+    asked = 2 * FETCH_BATCH
     done = asyncio.Event()
 
     def on_message(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
@@ -71,8 +76,8 @@ async def consume_ceiling(bus: Bus, stream: str, durable: str, n: int) -> None:
         seen += 1
         if seen == n:
             done.set()
-        elif asked - seen <= _BATCH and asked < n:
-            asked += _BATCH
+        elif asked - seen <= FETCH_BATCH and asked < n:
+            asked += FETCH_BATCH
             nc.buffer(next_subject, request, inbox)
         nc.flush_soon()
 

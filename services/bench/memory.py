@@ -15,7 +15,7 @@ import msgspec
 
 from bus import Bus, StreamSpec
 
-from .bench import _bus_consume, _event
+from .workload import bench_event, bus_consume, purge
 
 
 def peak_rss_mb() -> float:
@@ -42,18 +42,18 @@ async def probe(url: str, stream: StreamSpec, backlog: int) -> Peaks:
     """Store `backlog` events, then measure a child handling 1% of them and one handling all."""
     few = max(1, backlog // 100)
     async with Bus(url, streams=[stream]) as bus:
-        await bus.js.purge_stream(stream.name)
+        await purge(bus, stream.name)
         for first in range(0, backlog, 10_000):
             chunk = range(first, min(first + 10_000, backlog))
-            await bus.publish_many((_event(i), f"m{i}") for i in chunk)
-        peaks = [await asyncio.to_thread(_child, url, stream.name, n) for n in (few, backlog)]
-        await bus.js.purge_stream(stream.name)
+            await bus.publish_many((bench_event(i), f"m{i}") for i in chunk)
+        peaks = [await asyncio.to_thread(_child, url, n) for n in (few, backlog)]
+        await purge(bus, stream.name)
     return Peaks(backlog, few, backlog, *peaks)
 
 
-def _child(url: str, stream: str, handle: int) -> float:
+def _child(url: str, handle: int) -> float:
     out = subprocess.run(
-        [sys.executable, "-m", __name__, url, stream, str(handle)],
+        [sys.executable, "-m", __name__, url, str(handle)],
         capture_output=True,
         text=True,
         check=True,
@@ -61,15 +61,16 @@ def _child(url: str, stream: str, handle: int) -> float:
     return float(out)
 
 
-async def _consume(url: str, stream: str, handle: int) -> None:
+async def _consume(url: str, handle: int) -> None:
+    """Handle `handle` of the stored events with a durable of its own (the server goes away
+    with the bench, and the durable with it)."""
     async with Bus(url) as bus:
-        await _bus_consume(f"memory{handle}", handle, bus)()
-        await bus.js.delete_consumer(stream, f"memory{handle}")
+        await bus_consume(f"memory{handle}", handle, bus)()
 
 
 if __name__ == "__main__":
-    from .lifecycle import run
+    from services.lifecycle import run
 
-    url, stream_name, count = sys.argv[1:4]
-    run(_consume(url, stream_name, int(count)))
+    url, count = sys.argv[1:3]
+    run(_consume(url, int(count)))
     print(peak_rss_mb())

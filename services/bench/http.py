@@ -14,7 +14,7 @@
   a plain GET of that task (no waiting: what read-your-writes is judged against, since
   absolute milliseconds move with the machine), by a GET with `after_seq` of that task, and
   by a GET with `after_seq` of `created`, a projection that does not read `progressed`
-  (services/bench_app.py).
+  (services/bench/app.py).
 
 wrk comes from Debian (`apt-get install wrk`); it is C, so the load generator is not the
 bottleneck the way a Python one would be on a 2-core machine.
@@ -46,7 +46,7 @@ from rich.table import Table
 from bus import ConfigError, EmbeddedServer
 from bus._server import free_port
 
-from .bench_summary import Verdict, at_least, at_most
+from .summary import Verdict, at_least, at_most
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -232,10 +232,11 @@ def run_http_bench(runs: int, seconds: int, sync_interval: str, as_json: bool) -
         raise ConfigError("wrk is not installed (Debian: apt-get install wrk; `make bench` does)")
     console = Console(stderr=True)
     bin_dir = Path(sys.executable).parent
-    ours, theirs = [], []
+    ours: list[Wrk] = []
+    theirs: list[Wrk] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
-        EmbeddedServer(store_dir=f"{tmp}/nats", sync_interval=sync_interval) as server,
+        EmbeddedServer(store_dir=Path(tmp, "nats"), sync_interval=sync_interval) as server,
     ):
         edge_port, bare_port = free_port(), free_port()
         env = {
@@ -247,12 +248,12 @@ def run_http_bench(runs: int, seconds: int, sync_interval: str, as_json: bool) -
             "BUS_PUBLISH_RATE": "0",
         }
         edge, bare_url = f"http://127.0.0.1:{edge_port}", f"http://127.0.0.1:{bare_port}"
-        up = [str(bin_dir / "bus"), "up", "--app", "services.bench_app:app"]
+        up = [str(bin_dir / "bus"), "up", "--app", "services.bench.app:app"]
         uvicorn = [
             sys.executable,
             "-m",
             "uvicorn",
-            "services.bench_http:bare",
+            f"{__name__}:bare",
             "--port",
             str(bare_port),
             "--no-access-log",
@@ -291,7 +292,8 @@ def _report(
     as_json: bool,
 ) -> list[Verdict]:
     def median(rows: list[Wrk], field: str) -> float:
-        return statistics.median(getattr(r, field) for r in rows)
+        values: list[float] = [getattr(r, field) for r in rows]
+        return statistics.median(values)
 
     figures: dict[str, Any] = {
         "bus_get_rps": median(ours, "rps"),

@@ -19,20 +19,20 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import msgspec
 import nats
+from nats.js import JetStreamContext
 from rich.console import Console
 from rich.table import Table
 
-from bus import Bus, EmbeddedServer, Envelope, Event, StreamSpec
+from bus import Bus, EmbeddedServer, StreamSpec
 
-from .bench_ceiling import consume_ceiling, publish_ceiling
-from .bench_summary import Verdict, at_least
-
-if TYPE_CHECKING:
-    from .bench_memory import Peaks
+from .ceiling import consume_ceiling, publish_ceiling
+from .memory import Peaks, probe
+from .summary import Verdict, at_least
+from .workload import FETCH_BATCH, bench_event, bus_consume, purge
 
 STREAM = StreamSpec(name="BENCH", subjects=("bench.>",), dead_letters=True)
 # The performance issue's targets (ratio to raw nats-py); None: measured, no target.
@@ -43,26 +43,14 @@ TARGETS: dict[str, float | None] = {
     "consume, batch handler": None,
 }
 FSYNC_COST = "fsync cost"
-FETCH_BATCH = 100
 BACKLOG_RUNS = 5  # the consumer memory probe's backlog, in runs (100,000 events by default)
-
-
-class BenchEvent(Event):
-    __domain__ = "bench"
-    __event_name__ = "created"
-    title: str
-    n: int
-
-
-def _event(i: int) -> BenchEvent:
-    return BenchEvent(title=f"benchmark event number {i}", n=i)
 
 
 class Case(msgspec.Struct):
     name: str
     raw: list[float] = []
     bus: list[float] = []
-    ceiling: list[float] = []  # the same work with no library semantics (bench_ceiling)
+    ceiling: list[float] = []  # the same work with no library semantics (ceiling.py)
 
     def ratio(self) -> float:
         return statistics.median(self.bus) / statistics.median(self.raw)
@@ -89,14 +77,12 @@ async def _rate(n: int, work: Callable[[], Awaitable[None]]) -> float:
 
 
 async def run_bench(runs: int, messages: int, sync_interval: str, as_json: bool) -> list[Verdict]:
-    from .bench_memory import probe  # it imports the event class from here
-
     console = Console(stderr=True)
     cases = {name: Case(name) for name in TARGETS}
     fsync = Case(FSYNC_COST)
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedServer(store_dir=f"{tmp}/a", sync_interval=sync_interval).start()
-        durable = EmbeddedServer(store_dir=f"{tmp}/b", sync_interval="always").start()
+        server = EmbeddedServer(store_dir=Path(tmp, "a"), sync_interval=sync_interval).start()
+        durable = EmbeddedServer(store_dir=Path(tmp, "b"), sync_interval="always").start()
         try:
             nc = await nats.connect(server.url)
             js = nc.jetstream()
@@ -106,7 +92,7 @@ async def run_bench(runs: int, messages: int, sync_interval: str, as_json: bool)
             ):
                 for run in range(runs):
                     console.print(f"run {run + 1}/{runs}…")
-                    await _one_run(run, messages, nc, js, bus, cases)
+                    await _one_run(run, messages, js, bus, cases)
                     await _pair(run, fsync, *_fsync_cost(messages, bus, synced))
                 console.print("memory: a consumer's peak RSS over a small and a large backlog…")
                 peaks = await probe(server.url, STREAM, backlog=BACKLOG_RUNS * messages)
@@ -133,94 +119,62 @@ def _fsync_cost(
 
     async def publish(on: Bus) -> None:
         for i in range(count):
-            await on.publish(_event(i), f"s{i}")
+            await on.publish(bench_event(i), f"s{i}")
 
     return count, lambda: publish(bus), lambda: publish(synced)
 
 
 async def _one_run(
-    run: int, n: int, nc: nats.NATS, js: object, bus: Bus, cases: dict[str, Case]
+    run: int, n: int, js: JetStreamContext, bus: Bus, cases: dict[str, Case]
 ) -> None:
     awaited = max(100, n // 5)  # awaited publish pays one round trip (and fsync) each
-    payload = bus.codec.encode(_event(0))
+    payload = bus.codec.encode(bench_event(0))
 
     async def raw_awaited() -> None:
         for i in range(awaited):
-            await js.publish(f"bench.r{i}.created", payload, headers=_msg_id())  # type: ignore[attr-defined]
+            await js.publish(f"bench.r{i}.created", payload, headers=_msg_id())
 
     async def bus_awaited() -> None:
         for i in range(awaited):
-            await bus.publish(_event(i), f"b{i}")
+            await bus.publish(bench_event(i), f"b{i}")
 
     async def raw_pipelined() -> None:
         futures = [
-            await js.publish_async(f"bench.r{i}.created", payload, headers=_msg_id())  # type: ignore[attr-defined]
+            await js.publish_async(f"bench.r{i}.created", payload, headers=_msg_id())
             for i in range(n)
         ]
         await asyncio.gather(*futures)
 
     async def bus_pipelined() -> None:
-        await bus.publish_many((_event(i), f"b{i}") for i in range(n))
+        await bus.publish_many((bench_event(i), f"b{i}") for i in range(n))
 
     await _pair(run, cases["publish awaited"], awaited, raw_awaited, bus_awaited)
     await _pair(run, cases["publish pipelined"], n, raw_pipelined, bus_pipelined)
     cases["publish pipelined"].ceiling.append(await _rate(n, lambda: publish_ceiling(bus, n)))
     # Every consumer reads the same n events published by bus (not whichever mix of raw and
     # bus publishes the run happened to store first: theirs carry fewer headers).
-    await bus.js.purge_stream(STREAM.name)
-    await bus.publish_many((_event(i), f"c{i}") for i in range(n))
+    await purge(bus, STREAM.name)
+    await bus.publish_many((bench_event(i), f"c{i}") for i in range(n))
     raw_consume = _raw_consume(f"raw{run}", n, js)
-    await _pair(run, cases["consume + ack"], n, raw_consume, _bus_consume(f"bus{run}", n, bus))
-    ceiling = _rate(n, lambda: consume_ceiling(bus, STREAM.name, f"ceiling{run}", n))
+    await _pair(run, cases["consume + ack"], n, raw_consume, bus_consume(f"bus{run}", n, bus))
+    ceiling = _rate(n, lambda: consume_ceiling(bus, js, STREAM.name, f"ceiling{run}", n))
     cases["consume + ack"].ceiling.append(await ceiling)
-    batched = _bus_consume(f"batch{run}", n, bus, batch=True)
+    batched = bus_consume(f"batch{run}", n, bus, batch=True)
     await _pair(run, cases["consume, batch handler"], n, _raw_consume(f"r{run}", n, js), batched)
-    await bus.js.purge_stream(STREAM.name)
+    await purge(bus, STREAM.name)
 
 
-def _raw_consume(durable: str, n: int, js: object) -> Callable[[], Awaitable[None]]:
+def _raw_consume(durable: str, n: int, js: JetStreamContext) -> Callable[[], Awaitable[None]]:
     """A fresh raw nats-py durable fetching and acking the `n` stored messages."""
 
     async def consume() -> None:
-        psub = await js.pull_subscribe("bench.*.created", durable=durable, stream=STREAM.name)  # type: ignore[attr-defined]
+        psub = await js.pull_subscribe("bench.*.created", durable=durable, stream=STREAM.name)
         done = 0
         while done < n:
             for msg in await psub.fetch(FETCH_BATCH, timeout=5):
                 await msg.ack()
                 done += 1
         await psub.unsubscribe()
-
-    return consume
-
-
-def _bus_consume(
-    durable: str, n: int, bus: Bus, batch: bool = False
-) -> Callable[[], Awaitable[None]]:
-    """A fresh bus durable handling the `n` stored messages one by one, or in lists of 100."""
-
-    async def consume() -> None:
-        finished = asyncio.Event()
-        count = 0
-
-        async def one(event: BenchEvent) -> None:
-            nonlocal count
-            count += 1
-            if count >= n:
-                finished.set()
-
-        async def many(envelopes: list[Envelope[BenchEvent]]) -> None:
-            nonlocal count
-            count += len(envelopes)
-            if count >= n:
-                finished.set()
-
-        # As many messages in flight as raw's fetch(100) holds unacknowledged.
-        if batch:
-            consumer = await bus.consume(many, durable=durable, batch_size=FETCH_BATCH)
-        else:
-            consumer = await bus.consume(one, durable=durable, concurrency=FETCH_BATCH)
-        await finished.wait()
-        await consumer.stop()
 
     return consume
 
@@ -288,7 +242,7 @@ def _report(
         if c.ceiling:
             ceiling = statistics.median(c.ceiling)
             console.print(
-                f"ceiling for {c.name} (no ids, no decoding, no results: bench_ceiling): "
+                f"ceiling for {c.name} (no ids, no decoding, no results: services/bench/ceiling.py): "
                 f"{_spread(c.ceiling)} msgs/s = {ceiling / statistics.median(c.raw):.2f}x raw; "
                 f"bus reaches {statistics.median(c.bus) / ceiling:.0%} of it"
             )

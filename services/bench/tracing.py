@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 from rich.console import Console
@@ -29,7 +30,8 @@ from rich.table import Table
 
 from bus import Bus, EmbeddedServer, Event, StreamSpec
 
-from .bench_summary import Verdict, at_least
+from .summary import Verdict, at_least
+from .workload import purge
 
 MODES = {"off": None, "0%": 0.0, "10%": 0.1, "100%": 1.0}
 TARGET = 0.85  # 10% sampling keeps at least this share of the throughput
@@ -39,7 +41,7 @@ FIGURES = (*RATES, "publish cpu", "consume cpu")  # and CPU µs per message
 STREAM = StreamSpec(name="TRACED", subjects=("traced.>",))
 
 
-class Traced(Event):
+class Traced(Event, frozen=True):
     __domain__ = "traced"
     __event_name__ = "created"
     n: int
@@ -50,7 +52,7 @@ def run_tracing_bench(runs: int, messages: int, as_json: bool) -> list[Verdict]:
     results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in FIGURES} for m in MODES}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        EmbeddedServer(store_dir=f"{tmp}/nats", sync_interval="2m") as server,
+        EmbeddedServer(store_dir=Path(tmp, "nats"), sync_interval="2m") as server,
     ):
         for run in range(runs):
             console.print(f"run {run + 1}/{runs}…")
@@ -109,7 +111,7 @@ def _install_sdk(ratio: float) -> None:
     from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 
     class Drop(SpanExporter):
-        def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+        def export(self, spans: Sequence[object]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
     class EvenlySpread(RandomIdGenerator):
@@ -133,7 +135,7 @@ async def _child(url: str, mode: str, n: int, run: str) -> dict[str, float]:
     if ratio is not None:
         _install_sdk(ratio)
     async with Bus(url, streams=[STREAM]) as bus:
-        await bus.js.purge_stream(STREAM.name)
+        await purge(bus, STREAM.name)
         start, cpu = time.perf_counter(), time.process_time()
         for first in range(0, n, CHUNK):  # a trace per chunk: the sampler sees n / CHUNK roots
             await bus.publish_many((Traced(n=i), f"t{i}") for i in range(first, first + CHUNK))
@@ -159,7 +161,7 @@ async def _child(url: str, mode: str, n: int, run: str) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    from .lifecycle import run as run_loop
+    from services.lifecycle import run as run_loop
 
     url, mode, count, run_id = sys.argv[1:5]
     print(msgspec.json.encode(run_loop(_child(url, mode, int(count), run_id))).decode())
