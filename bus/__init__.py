@@ -1,15 +1,18 @@
-"""bus: typed events on NATS JetStream, with retries, dead letters and replayable state."""
+"""bus: typed events on NATS JetStream, with retries, dead letters and replayable state.
 
-from .acks import PublishResult
-from .aggregate import Aggregate, Repository
-from .app import App
-from .client import Bus, current_bus
-from .codec import Codec, json_schema
-from .consumer import Consumer
-from .credentials import Credentials
-from .deadletter import DeadLetter
-from .envelope import Envelope, current_envelope
-from .errors import (
+Everything a user needs is exported here; the modules behind it are private (`bus._client`
+and so on), as is the NATS fast lane (`bus._nats`). `bus.testing` is the pytest plugin.
+"""
+
+from ._aggregate import Aggregate, Repository
+from ._app import App, load_app
+from ._client import Bus, current_bus
+from ._codec import Codec, json_schema
+from ._consumer import Consumer
+from ._credentials import Credentials
+from ._deadletter import DeadLetter
+from ._envelope import Envelope, current_envelope
+from ._errors import (
     BeyondStreamEnd,
     BusClosed,
     BusError,
@@ -32,12 +35,29 @@ from .errors import (
     StreamError,
     StreamNotFound,
 )
-from .events import Event, EventRegistry, new_event_id
-from .reader import StoredMessage
-from .server import EmbeddedCluster, EmbeddedServer
-from .store import AppendResult, EventStore, History
-from .streams import StreamSpec, StreamSummary
-from .subscribe import Backoff, Router
+from ._events import Event, EventRegistry, new_event_id
+from ._idempotency import Claim, IdempotencyRecords, InFlight, Mismatch, Replay
+from ._lease import Lease
+from ._live_view import LiveView
+from ._nats.acks import PublishResult
+from ._projection import Projection, ProjectionStatus, ProjectionView
+from ._projector import Projector
+from ._reader import StoredMessage
+from ._registry import Component, Registration, Silent, components, silent_components
+from ._rpc import Responder
+from ._server import EmbeddedCluster, EmbeddedServer
+from ._store import AppendResult, EventStore, History
+from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
+from ._subjects import (
+    event_subject,
+    matches,
+    parse_event_subject,
+    validate_pattern,
+    validate_subject,
+    validate_token,
+)
+from ._subscribe import Backoff, Router
+from ._telemetry import Observer, Telemetry
 
 __all__ = (
     "Aggregate",
@@ -49,11 +69,14 @@ __all__ = (
     "BusClosed",
     "BusError",
     "BusTimeout",
+    "Claim",
     "Codec",
+    "Component",
     "ConcurrencyError",
     "ConfigError",
     "ConnectError",
     "Consumer",
+    "ConsumerSummary",
     "Credentials",
     "DeadLetter",
     "DecodeError",
@@ -65,26 +88,51 @@ __all__ = (
     "EventStore",
     "Fenced",
     "History",
+    "IdempotencyRecords",
+    "InFlight",
     "InvalidSubject",
+    "Lease",
+    "LiveView",
+    "Mismatch",
     "NoResponders",
     "NoStreamForSubject",
+    "Observer",
     "OutboundBufferFull",
+    "Projection",
+    "ProjectionStatus",
+    "ProjectionView",
+    "Projector",
     "PublishError",
     "PublishResult",
     "PublishTimeout",
+    "Registration",
     "RemoteError",
+    "Replay",
     "Repository",
     "RequestTimeout",
+    "Responder",
     "Router",
     "ServerError",
+    "Silent",
     "StoredMessage",
     "StreamConflict",
     "StreamError",
+    "StreamManager",
     "StreamNotFound",
     "StreamSpec",
     "StreamSummary",
+    "Telemetry",
+    "components",
     "current_bus",
     "current_envelope",
+    "event_subject",
     "json_schema",
+    "load_app",
+    "matches",
     "new_event_id",
+    "parse_event_subject",
+    "silent_components",
+    "validate_pattern",
+    "validate_subject",
+    "validate_token",
 )

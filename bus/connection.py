@@ -24,8 +24,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import ProtocolError
 from nats.protocol import parser as nats_parser
 
+from ._errors import OutboundBufferFull
 from ._nats_internals import check_nats_internals
-from .errors import OutboundBufferFull
 
 check_nats_internals(Client, Subscription, nats_parser)  # once: a clear error, not a broken lane
 AWAITING_CONTROL_LINE = nats_parser.AWAITING_CONTROL_LINE

@@ -31,12 +31,12 @@ import httpx
 import nats.errors
 import pytest
 
-from .app import App
-from .client import Bus
-from .errors import BusTimeout, StreamError
-from .projection import Projection, ProjectionView
-from .projector import Projector
-from .server import EmbeddedCluster, EmbeddedServer
+from ._app import App
+from ._client import Bus
+from ._errors import BusTimeout, StreamError
+from ._projection import Projection, ProjectionView
+from ._projector import Projector
+from ._server import EmbeddedCluster, EmbeddedServer
 
 __all__ = ("AppHarness", "run_app")
 

@@ -1,8 +1,11 @@
 """Prometheus metrics on one explicit registry, named as OBSERVABILITY.md lists them.
 
-Labels are bounded: stream, consumer, projection, outcome, route template — never an id or a
-subject with ids in it. Gauges that describe JetStream state are refreshed at scrape time by
-whoever serves `/metrics`, so nothing polls the server between scrapes.
+`Metrics(registry)` makes every metric on the registry it is given (a fresh one by default:
+tests build their own, nothing relies on a global), and is the bus's observer:
+`Bus(..., observer=metrics)`. Labels are bounded: stream, consumer, projection, outcome,
+route template — never an id or a subject with ids in it. Gauges that describe JetStream
+state are refreshed at scrape time by whoever serves `/metrics`, so nothing polls the server
+between scrapes.
 """
 
 from __future__ import annotations
@@ -11,109 +14,132 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-REGISTRY = CollectorRegistry()
 # A local publish takes ~100 µs: finer buckets below 5 ms than the OTel defaults.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075,
     0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
+STREAM_CONSUMER = ["stream", "consumer"]
 
-SENT = Counter(
-    "messaging_client_sent_messages",
-    "Messages published and acknowledged by JetStream.",
-    ["messaging_destination_name", "outcome"],
-    registry=REGISTRY,
-)
-CONSUMED = Counter(
-    "messaging_client_consumed_messages",
-    "Messages delivered to handlers.",
-    ["messaging_consumer_group_name", "outcome"],
-    registry=REGISTRY,
-)
-OPERATION_DURATION = Histogram(
-    "messaging_client_operation_duration_seconds",
-    "Publish round trip, from send to acknowledgement.",
-    ["messaging_operation_name", "messaging_destination_name"],
-    buckets=LATENCY_BUCKETS,
-    registry=REGISTRY,
-)
-PROCESS_DURATION = Histogram(
-    "messaging_process_duration_seconds",
-    "Handler time per message.",
-    ["messaging_consumer_group_name", "outcome"],
-    buckets=LATENCY_BUCKETS,
-    registry=REGISTRY,
-)
-DEAD_LETTERED = Counter(
-    "bus_dead_letters",
-    "Messages this process copied to a dead-letter stream.",
-    ["stream", "consumer"],
-    registry=REGISTRY,
-)
-HTTP_DURATION = Histogram(
-    "http_server_request_duration_seconds",
-    "Edge HTTP requests by route template.",
-    ["http_request_method", "http_route", "http_response_status_code"],
-    buckets=LATENCY_BUCKETS,
-    registry=REGISTRY,
-)
-CONSUMER_PENDING = Gauge(
-    "bus_consumer_pending_messages",
-    "Messages in the stream the consumer has not been sent yet (its lag).",
-    ["stream", "consumer"],
-    registry=REGISTRY,
-)
-CONSUMER_ACK_PENDING = Gauge(
-    "bus_consumer_ack_pending_messages",
-    "Messages sent to the consumer and not acknowledged yet.",
-    ["stream", "consumer"],
-    registry=REGISTRY,
-)
-CONSUMER_REDELIVERED = Gauge(
-    "bus_consumer_redelivered_messages",
-    "Messages the consumer has been sent more than once and not yet acknowledged.",
-    ["stream", "consumer"],
-    registry=REGISTRY,
-)
-STREAM_MESSAGES = Gauge(
-    "bus_stream_messages", "Messages stored in the stream.", ["stream"], registry=REGISTRY
-)
-DLQ_MESSAGES = Gauge(
-    "bus_dead_letter_messages",
-    "Messages waiting in a dead-letter stream.",
-    ["stream"],
-    registry=REGISTRY,
-)
-PROJECTION_POSITION = Gauge(
-    "bus_projection_position",
-    "Stream sequence up to which the projection has applied every event.",
-    ["projection"],
-    registry=REGISTRY,
-)
-PROJECTION_LAG = Gauge(
-    "bus_projection_lag_events",
-    "Matching events stored after the projection's position.",
-    ["projection"],
-    registry=REGISTRY,
-)
-PROJECTION_FAILURES = Gauge(
-    "bus_projection_apply_failures",
-    "Events the projection could not apply (sent to the dead-letter stream).",
-    ["projection"],
-    registry=REGISTRY,
-)
-REBUILD_PROGRESS = Gauge(
-    "bus_projection_rebuild_progress_ratio",
-    "Share of the stream a rebuilding generation has applied; 0 when none runs.",
-    ["projection"],
-    registry=REGISTRY,
-)
-COMPONENTS_ALIVE = Gauge(
-    "bus_components_alive",
-    "Instances of each component heartbeating in the registry.",
-    ["component"],
-    registry=REGISTRY,
-)
+
+class Metrics:
+    """A process's metrics on one registry; also the bus's observer (bus.telemetry.Observer)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.sent = Counter(
+            "messaging_client_sent_messages",
+            "Messages published and acknowledged by JetStream.",
+            ["messaging_destination_name", "outcome"],
+            registry=r,
+        )
+        self.consumed = Counter(
+            "messaging_client_consumed_messages",
+            "Messages delivered to handlers.",
+            ["messaging_consumer_group_name", "outcome"],
+            registry=r,
+        )
+        self.operation_duration = Histogram(
+            "messaging_client_operation_duration_seconds",
+            "Publish round trip, from send to acknowledgement.",
+            ["messaging_operation_name", "messaging_destination_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.process_duration = Histogram(
+            "messaging_process_duration_seconds",
+            "Handler time per message.",
+            ["messaging_consumer_group_name", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "bus_dead_letters",
+            "Messages this process copied to a dead-letter stream.",
+            STREAM_CONSUMER,
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Edge HTTP requests by route template.",
+            ["http_request_method", "http_route", "http_response_status_code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_pending = Gauge(
+            "bus_consumer_pending_messages",
+            "Messages in the stream the consumer has not been sent yet (its lag).",
+            STREAM_CONSUMER,
+            registry=r,
+        )
+        self.consumer_ack_pending = Gauge(
+            "bus_consumer_ack_pending_messages",
+            "Messages sent to the consumer and not acknowledged yet.",
+            STREAM_CONSUMER,
+            registry=r,
+        )
+        self.consumer_redelivered = Gauge(
+            "bus_consumer_redelivered_messages",
+            "Messages the consumer has been sent more than once and not yet acknowledged.",
+            STREAM_CONSUMER,
+            registry=r,
+        )
+        self.stream_messages = Gauge(
+            "bus_stream_messages", "Messages stored in the stream.", ["stream"], registry=r
+        )
+        self.dlq_messages = Gauge(
+            "bus_dead_letter_messages",
+            "Messages waiting in a dead-letter stream.",
+            ["stream"],
+            registry=r,
+        )
+        self.projection_position = Gauge(
+            "bus_projection_position",
+            "Stream sequence up to which the projection has seen its stream (every event of it"
+            " that it reads is applied).",
+            ["projection"],
+            registry=r,
+        )
+        self.projection_lag = Gauge(
+            "bus_projection_lag_events",
+            "Matching events stored after the projection's position.",
+            ["projection"],
+            registry=r,
+        )
+        self.projection_failures = Gauge(
+            "bus_projection_apply_failures",
+            "Events the projection could not apply (sent to the dead-letter stream).",
+            ["projection"],
+            registry=r,
+        )
+        self.rebuild_progress = Gauge(
+            "bus_projection_rebuild_progress_ratio",
+            "Share of the stream a rebuilding generation has applied; 0 when none runs.",
+            ["projection"],
+            registry=r,
+        )
+        self.components_alive = Gauge(
+            "bus_components_alive",
+            "Instances of each component heartbeating in the registry.",
+            ["component"],
+            registry=r,
+        )
+
+    def published(self, destination: str, outcome: str, seconds: float, count: int) -> None:
+        self.sent.labels(destination, outcome).inc(count)
+        self.operation_duration.labels("publish", destination).observe(seconds, _exemplar())
+
+    def processed(self, consumer: str, outcome: str, seconds: float, count: int) -> None:
+        self.consumed.labels(consumer, outcome).inc(count)
+        self.process_duration.labels(consumer, outcome).observe(seconds, _exemplar())
+
+    def dead_lettered(self, stream: str, consumer: str) -> None:
+        self.dead_letters.labels(stream, consumer).inc()
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition for this `Accept` header: OpenMetrics (with exemplars) when asked."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 def _exemplar() -> dict[str, str] | None:
@@ -125,24 +151,3 @@ def _exemplar() -> dict[str, str] | None:
         "trace_id": format(context.trace_id, "032x"),
         "span_id": format(context.span_id, "016x"),
     }
-
-
-class Recorder:
-    """Turns the bus's observations into the metrics above (see bus.telemetry.Observer)."""
-
-    def published(self, destination: str, outcome: str, seconds: float, count: int) -> None:
-        SENT.labels(destination, outcome).inc(count)
-        OPERATION_DURATION.labels("publish", destination).observe(seconds, _exemplar())
-
-    def processed(self, consumer: str, outcome: str, seconds: float, count: int) -> None:
-        CONSUMED.labels(consumer, outcome).inc(count)
-        PROCESS_DURATION.labels(consumer, outcome).observe(seconds, _exemplar())
-
-    def dead_lettered(self, stream: str, consumer: str) -> None:
-        DEAD_LETTERED.labels(stream, consumer).inc()
-
-
-def render(accept: str | None) -> tuple[bytes, str]:
-    """The exposition for this `Accept` header: OpenMetrics (with exemplars) when asked."""
-    encoder, content_type = choose_encoder(accept or "")
-    return encoder(REGISTRY), content_type

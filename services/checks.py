@@ -13,8 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bus import Bus, BusError
-from bus.app import App
+from bus import App, Bus, BusError
 
 READY_TIMEOUT = 2.0  # seconds JetStream gets to answer: Docker's health check allows 3
 

@@ -12,14 +12,20 @@ from typing import Any
 
 import click
 import msgspec
-import nats.errors
 from rich.progress import Progress
 from rich.table import Table
 
-from bus import Bus, BusError, EventStore, StoredMessage
-from bus.app import load_app
-from bus.projection import ProjectionStatus, ProjectionView
-from bus.subjects import parse_event_subject
+from bus import (
+    Bus,
+    BusError,
+    EventStore,
+    NoResponders,
+    ProjectionStatus,
+    ProjectionView,
+    StoredMessage,
+    load_app,
+    parse_event_subject,
+)
 
 from . import cli_run
 from .console import (
@@ -32,6 +38,7 @@ from .console import (
     json_option,
     run,
 )
+from .projector import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
 
 
 @click.group()
@@ -267,14 +274,15 @@ async def projections_rebuild(name: str, app_ref: str, as_json: bool) -> None:
         view = ProjectionView(bus, app.projection(name))
         before = await view.status()
         try:
-            reply = await bus.nc.request(f"bus.projector.rebuild.{name}", b"", timeout=5)
-        except nats.errors.NoRespondersError:
+            answer = await bus.request(
+                f"{REBUILD_SUBJECT}.{name}", RebuildRequest(), RebuildAnswer, timeout=5
+            )
+        except NoResponders:
             raise ValueError(
                 f"no projector runs {name!r}: start `bus up` or `bus projector`"
             ) from None
-        answer = msgspec.json.decode(reply.data)
-        if not answer.get("started"):
-            raise ValueError(answer.get("error", "the projector refused"))
+        if not answer.started:
+            raise ValueError(answer.error or "the projector refused")
         status = await _follow_rebuild(view, before, quiet=as_json)
     emit(as_json, status, f"{name}: generation {status.generation} at {status.position}")
 
@@ -328,7 +336,7 @@ async def aggregate_show(domain: str, aggregate_id: str, app_ref: str, as_json: 
 @run
 async def components_verb(as_json: bool) -> None:
     """Running components (heartbeating services and nats.micro responders)."""
-    from bus.registry import components
+    from bus import components
 
     async with connect() as bus:
         found = await components(bus)

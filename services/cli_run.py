@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from bus import BusError
-from bus.app import load_app
+from bus import BusError, load_app
 
 from .console import (
     APP_DIR,
@@ -83,11 +82,11 @@ def bench(
     scenario: str, runs: int, messages: int, events: int, sync_interval: str, as_json: bool
 ) -> None:
     """Measure bus against raw nats-py on one embedded server, in one run."""
-    from .bench import run_bench
-    from .bench_http import run_http_bench
-    from .bench_state import run_state_bench
-    from .bench_summary import Verdict, show
-    from .bench_tracing import run_tracing_bench
+    from .bench.http import run_http_bench
+    from .bench.messaging import run_bench
+    from .bench.state import run_state_bench
+    from .bench.summary import Verdict, show
+    from .bench.tracing import run_tracing_bench
 
     scenarios: dict[str, Callable[[], list[Verdict]]] = {
         "messaging": lambda: run_loop(run_bench(runs, messages, sync_interval, as_json)),
@@ -199,8 +198,7 @@ async def demo_traffic(
 def soak(duration: str, restart_every: str, report_every: str, rate: float, as_json: bool) -> None:
     """Demo traffic through worker, projector and edge with server restarts; RSS, open files,
     lag and dead letters over time, then a verdict: nothing lost, nothing growing (not for CI)."""
-    from .soak import parse_duration, run_soak
-    from .soak_figures import render
+    from .soak import parse_duration, render, run_soak
 
     try:
         verdict = run_loop(

@@ -14,8 +14,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from bus import Bus, BusError
-from bus.app import App, load_app
+from bus import App, Bus, BusError, load_app
 
 from .lifecycle import run as run_loop
 from .settings import Settings

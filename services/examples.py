@@ -12,10 +12,7 @@ from typing import Any, get_args, get_origin
 
 import msgspec
 
-from bus.app import App
-from bus.envelope import Envelope
-from bus.events import Event
-from bus.subjects import matches
+from bus import App, Envelope, Event, matches
 
 SAMPLES: dict[Any, Any] = {str: "hello", int: 1, float: 1.5, bool: True}
 

@@ -18,12 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bus import Bus
-from bus.app import App
-from bus.registry import Component, advertised_url
+from bus import App, Bus, Component
+from observability.metrics import Metrics
 
 from .checks import connection_checks
-from .edge.server import start_edge, stop_edge
+from .edge.server import advertised_url, start_edge, stop_edge
 from .telemetry import exposition
 
 FINAL_SCRAPE_WAIT = 6.0  # seconds: deploy/prometheus scrapes every 5 s
@@ -53,7 +52,9 @@ class Probes:
 
 
 @contextlib.asynccontextmanager
-async def serve_probes(bus: Bus, app: App, host: str, port: int | None) -> AsyncIterator[Probes]:
+async def serve_probes(
+    bus: Bus, app: App, metrics: Metrics, host: str, port: int | None
+) -> AsyncIterator[Probes]:
     """Serve the probes on host:port (None: a free port) while the context is open.
 
     Enter it before the Bus and leave it after: /livez answers from the start, and what
@@ -63,8 +64,8 @@ async def serve_probes(bus: Bus, app: App, host: str, port: int | None) -> Async
     """
     scraped = asyncio.Event()
 
-    async def metrics(request: Request) -> Response:
-        response = await exposition(bus, app, request.headers.get("accept"))
+    async def scrape(request: Request) -> Response:
+        response = await exposition(bus, app, metrics, request.headers.get("accept"))
         scraped.set()  # in the same step as the rendering: it saw every count made before
         return response
 
@@ -82,7 +83,7 @@ async def serve_probes(bus: Bus, app: App, host: str, port: int | None) -> Async
         return JSONResponse(body, status_code=code, media_type="application/health+json")
 
     routes = [
-        Route("/metrics", metrics),
+        Route("/metrics", scrape),
         Route("/livez", livez),
         Route("/readyz", readyz),
         Route("/health", health),

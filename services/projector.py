@@ -12,16 +12,12 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-import nats.errors
 
-from bus import Bus, BusError
-from bus.app import App
-from bus.lease import Lease
-from bus.projector import Projector
-from bus.registry import Registration
+from bus import App, Bus, BusError, Lease, Projector, Registration, Responder
 
 from . import telemetry
 from .lifecycle import until_signalled
@@ -30,6 +26,16 @@ from .settings import Settings
 
 log = logging.getLogger("bus.projector")
 REBUILD_SUBJECT = "bus.projector.rebuild"
+
+
+class RebuildRequest(msgspec.Struct):
+    """Asks the instance running a projection to rebuild it (on `bus.projector.rebuild.<name>`)."""
+
+
+class RebuildAnswer(msgspec.Struct):
+    started: bool
+    instance: str = ""
+    error: str = ""
 
 
 def instance_id() -> str:
@@ -46,7 +52,7 @@ class ProjectorService:
             n: Lease(bus, f"projection.{n}", self.instance, lease_ttl) for n in app.projections
         }
         self._rebuilds: dict[str, asyncio.Task[Any]] = {}
-        self._subs: dict[str, Any] = {}
+        self._responders: dict[str, Responder] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold what leases it can, fold what it holds, until `stop` is set."""
@@ -58,7 +64,7 @@ class ProjectorService:
                     async with asyncio.timeout(self.lease_ttl / 3):
                         await stop.wait()
         finally:
-            for name in list(self._subs):
+            for name in list(self._responders):
                 await self._let_go(name)
             for lease in self.leases.values():
                 await lease.release()
@@ -75,31 +81,33 @@ class ProjectorService:
             elif await lease.acquire():
                 log.info("running projection %s (instance %s)", name, self.instance)
                 await self.projector.run(name)
-                subject = f"{REBUILD_SUBJECT}.{name}"
-                self._subs[name] = await self.bus.nc.subscribe(subject, cb=self._on_rebuild)
+                self._responders[name] = await self.bus.serve(
+                    f"{REBUILD_SUBJECT}.{name}", self._rebuilder(name), service="projector"
+                )
         except BusError as exc:
             log.warning("projection %s: %s", name, exc)
 
     async def _let_go(self, name: str) -> None:
         await self.projector.halt(name)
-        sub = self._subs.pop(name, None)
-        if sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        responder = self._responders.pop(name, None)
+        if responder is not None:
+            await responder.stop()
         task = self._rebuilds.pop(name, None)
         if task is not None:
             task.cancel()
 
-    async def _on_rebuild(self, msg: Any) -> None:
-        name = msg.subject.rsplit(".", 1)[-1]
-        if name in self._rebuilds and not self._rebuilds[name].done():
-            answer = {"started": False, "error": f"projection {name!r} is already rebuilding"}
-        else:
+    def _rebuilder(self, name: str) -> Callable[[RebuildRequest], Awaitable[RebuildAnswer]]:
+        """The responder to rebuild requests for `name`: starts one, unless one runs."""
+
+        async def rebuild(request: RebuildRequest) -> RebuildAnswer:
+            if name in self._rebuilds and not self._rebuilds[name].done():
+                return RebuildAnswer(False, error=f"projection {name!r} is already rebuilding")
             task = asyncio.create_task(self.projector.rebuild(name))
-            task.add_done_callback(lambda t, n=name: _log_rebuild(n, t))
+            task.add_done_callback(lambda t: _log_rebuild(name, t))
             self._rebuilds[name] = task
-            answer = {"started": True, "instance": self.instance}
-        await msg.respond(msgspec.json.encode(answer))
+            return RebuildAnswer(True, self.instance)
+
+        return rebuild
 
 
 def _log_rebuild(name: str, task: asyncio.Task[Any]) -> None:
@@ -114,14 +122,21 @@ def _log_rebuild(name: str, task: asyncio.Task[Any]) -> None:
 async def serve_projector(settings: Settings, app: App, json_logs: bool = False) -> None:
     """`bus projector`: only the projections (no handlers), until a signal."""
     component = f"{app.name}-projector"
-    flush = telemetry.setup(component, json_logs)
+    instruments = telemetry.setup(component, json_logs)
     url = settings.resolve_nats_url()
-    bus = Bus(url, name=f"bus-projector-{app.name}", **settings.bus_options(app))
+    bus = Bus(
+        url,
+        name=f"bus-projector-{app.name}",
+        observer=instruments.metrics,
+        **settings.bus_options(app),
+    )
     capabilities = [f"projection:{name}" for name in app.projections]
     try:
         async with (
             until_signalled() as stop,
-            serve_probes(bus, app, settings.metrics_host, settings.metrics_port) as probes,
+            serve_probes(
+                bus, app, instruments.metrics, settings.metrics_host, settings.metrics_port
+            ) as probes,
             bus,
             Registration(bus, probes.component(component, capabilities)) as registered,
         ):
@@ -135,4 +150,4 @@ async def serve_projector(settings: Settings, app: App, json_logs: bool = False)
             )
             await service.run(stop)
     finally:
-        flush()
+        instruments.flush()

@@ -22,8 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bus import ConfigError, Credentials
-from bus.app import App
+from bus import App, ConfigError, Credentials
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Names = Annotated[tuple[str, ...], NoDecode]  # comma-separated in the environment
@@ -42,6 +41,8 @@ class Settings(BaseSettings):
     cors_origins: Names = ()  # browser origins allowed to call the edge
     edge_allowed_hosts: Names = ()  # Host values /mcp accepts (DNS-rebinding guard)
     publish_rate: float = Field(1000.0, ge=0, allow_inf_nan=False)  # per key per s; 0: none
+    # seconds an Idempotency-Key is honoured (a retry must find it: at least a minute)
+    idempotency_ttl: float = Field(86400.0, ge=60, allow_inf_nan=False)
     replicas: int = 1  # of the app's streams and our KV buckets: 1, 3 (a cluster) or 5
     metrics_host: str = "127.0.0.1"  # where `bus projector` and `bus worker` serve /metrics
     metrics_port: Port | None = None  # unset: they serve none
@@ -137,6 +138,8 @@ class Settings(BaseSettings):
             "cors_origins": list(self.cors_origins),
             "allowed_hosts": list(self.edge_allowed_hosts) or None,
             "publish_rate": self.publish_rate,
+            "idempotency_ttl": self.idempotency_ttl,
+            "replicas": self.replicas,
         }
 
     @property

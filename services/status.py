@@ -7,14 +7,18 @@ the registered components; KV and object-store streams are internal and left out
 from __future__ import annotations
 
 import msgspec
-import nats.errors
 from rich.table import Table
 
-from bus import Bus, StreamError
-from bus.app import App
-from bus.projection import ProjectionStatus, ProjectionView
-from bus.registry import Component, components
-from bus.streams import StreamSummary
+from bus import (
+    App,
+    Bus,
+    Component,
+    ProjectionStatus,
+    ProjectionView,
+    StreamError,
+    StreamSummary,
+    components,
+)
 
 INTERNAL = ("KV_", "OBJ_")
 
@@ -40,34 +44,20 @@ class Status(msgspec.Struct):
     components: list[Component]
 
 
-def _version(bus: Bus) -> str:
-    v = bus.nc.connected_server_version
-    return f"{v.major}.{v.minor}.{v.patch}" + (f"-{v.dev}" if v.dev else "")
-
-
 async def collect(bus: Bus, app: App) -> Status:
     try:
-        await bus.js.account_info()
+        all_streams = await bus.streams.list()
         jetstream = True
-    except nats.errors.Error:
-        jetstream = False
-    server = Server(
-        url=bus.display_urls,
-        version=_version(bus),
-        jetstream=jetstream,
-    )
-    streams = [s for s in await bus.streams.list() if not s.name.startswith(INTERNAL)]
-    consumers = []
-    for s in streams:
-        try:
-            infos = await bus.js.consumers_info(s.name)
-        except nats.errors.Error as exc:
-            raise StreamError(f"stream {s.name!r}: cannot list its consumers: {exc}") from None
-        consumers += [
-            ConsumerState(s.name, c.name, c.num_pending or 0, c.num_ack_pending or 0)
-            for c in infos
-            if c.config.durable_name
-        ]
+    except StreamError:
+        all_streams, jetstream = [], False
+    server = Server(url=bus.display_urls, version=bus.server_version, jetstream=jetstream)
+    streams = [s for s in all_streams if not s.name.startswith(INTERNAL)]
+    consumers = [
+        ConsumerState(s.name, c.name, c.pending, c.ack_pending)
+        for s in streams
+        for c in await bus.streams.consumers(s.name)
+        if c.durable
+    ]
     projections = [await ProjectionView(bus, p).status() for p in app.projections.values()]
     return Status(server, streams, consumers, projections, await components(bus))
 

@@ -7,18 +7,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
 
-from bus import Bus, telemetry
-from bus.app import App
-from bus.envelope import current_envelope
-from bus.projection import ProjectionView
-from bus.registry import components
+from bus import App, Bus, ProjectionView, components, current_envelope
 from observability import logging as logs
-from observability import metrics as m
 from observability import tracing
+from observability.metrics import Metrics
 
 INTERNAL = ("KV_", "OBJ_")  # KV buckets and object stores are streams too; not ours to chart
 
@@ -31,20 +28,27 @@ def add_event_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
     return event
 
 
-def setup(component: str, json_logs: bool = False) -> Callable[[], None]:
-    """Logs, traces and metrics for this process; returns what flushes spans at exit."""
+@dataclass(frozen=True)
+class Instruments:
+    """What a service reports through: its metrics (the Bus's observer, and what `/metrics`
+    renders) and what flushes its spans at exit."""
+
+    metrics: Metrics
+    flush: Callable[[], None]
+
+
+def setup(component: str, json_logs: bool = False) -> Instruments:
+    """Logs, traces and metrics for this process (set up before its Bus starts)."""
     logs.setup(component, extra=(add_event_id,), json=True if json_logs else None)
     for chatty in ("mcp", "httpx"):  # their per-session and per-request INFO lines are noise
         logging.getLogger(chatty).setLevel(logging.WARNING)
     provider = tracing.setup(component)
-    if not any(isinstance(o, m.Recorder) for o in telemetry.observers):
-        telemetry.observers.append(m.Recorder())
-    return provider.shutdown if provider is not None else lambda: None
+    return Instruments(Metrics(), provider.shutdown if provider is not None else lambda: None)
 
 
-async def refresh(bus: Bus, app: App) -> None:
+async def refresh(bus: Bus, app: App, m: Metrics) -> None:
     """Set the gauges from what JetStream, the projections and the registry say now."""
-    for gauge in (m.CONSUMER_PENDING, m.CONSUMER_ACK_PENDING, m.CONSUMER_REDELIVERED):
+    for gauge in (m.consumer_pending, m.consumer_ack_pending, m.consumer_redelivered):
         gauge.clear()  # a deleted consumer must not linger at its last value
     last_seq: dict[str, int] = {}
     for stream in await bus.streams.list():
@@ -52,32 +56,32 @@ async def refresh(bus: Bus, app: App) -> None:
             continue
         last_seq[stream.name] = stream.last_seq
         if stream.name.startswith("DLQ_"):
-            m.DLQ_MESSAGES.labels(stream.name.removeprefix("DLQ_")).set(stream.messages)
+            m.dlq_messages.labels(stream.name.removeprefix("DLQ_")).set(stream.messages)
             continue
-        m.STREAM_MESSAGES.labels(stream.name).set(stream.messages)
-        for info in await bus.js.consumers_info(stream.name):
-            if not info.config.durable_name:  # ephemeral names are random: unbounded labels
+        m.stream_messages.labels(stream.name).set(stream.messages)
+        for consumer in await bus.streams.consumers(stream.name):
+            if not consumer.durable:  # ephemeral names are random: unbounded labels
                 continue
-            labels = (stream.name, info.name)
-            m.CONSUMER_PENDING.labels(*labels).set(info.num_pending or 0)
-            m.CONSUMER_ACK_PENDING.labels(*labels).set(info.num_ack_pending or 0)
-            m.CONSUMER_REDELIVERED.labels(*labels).set(info.num_redelivered or 0)
+            labels = (stream.name, consumer.name)
+            m.consumer_pending.labels(*labels).set(consumer.pending)
+            m.consumer_ack_pending.labels(*labels).set(consumer.ack_pending)
+            m.consumer_redelivered.labels(*labels).set(consumer.redelivered)
     for projection in app.projections.values():
         status = await ProjectionView(bus, projection).status()
-        m.PROJECTION_POSITION.labels(projection.name).set(status.position)
-        m.PROJECTION_LAG.labels(projection.name).set(status.lag)
-        m.PROJECTION_FAILURES.labels(projection.name).set(status.failures)
+        m.projection_position.labels(projection.name).set(status.position)
+        m.projection_lag.labels(projection.name).set(status.lag)
+        m.projection_failures.labels(projection.name).set(status.failures)
         total = last_seq.get(status.stream, 0)
         progress = status.rebuild_position / total if status.rebuilding and total else 0.0
-        m.REBUILD_PROGRESS.labels(projection.name).set(progress)
-    m.COMPONENTS_ALIVE.clear()
+        m.rebuild_progress.labels(projection.name).set(progress)
+    m.components_alive.clear()
     for name, count in Counter(c.name for c in await components(bus)).items():
-        m.COMPONENTS_ALIVE.labels(name).set(count)
+        m.components_alive.labels(name).set(count)
 
 
-async def exposition(bus: Bus, app: App, accept: str | None) -> Response:
+async def exposition(bus: Bus, app: App, metrics: Metrics, accept: str | None) -> Response:
     """The `/metrics` answer: gauges refreshed (when NATS is there), then rendered."""
     if bus.connected:
-        await refresh(bus, app)
-    body, content_type = m.render(accept)
+        await refresh(bus, app, metrics)
+    body, content_type = metrics.render(accept)
     return Response(body, media_type=content_type)

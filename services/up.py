@@ -21,9 +21,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from bus import Bus, EmbeddedServer
-from bus.app import App
-from bus.registry import Component, Registration, advertised_url
+from bus import App, Bus, Component, EmbeddedServer, Registration
+from services.edge.server import advertised_url
 
 from . import telemetry
 from .edge import create_app
@@ -52,11 +51,10 @@ def _start_server(settings: Settings, fresh: bool) -> EmbeddedServer:
 
 def _nats_component(server: EmbeddedServer, bus: Bus) -> Component:
     """The embedded nats-server, a process `bus up` runs: its health URL is its /healthz."""
-    v = bus.nc.connected_server_version
     return Component(
         name="nats-server",
         kind="nats-server",
-        version=f"{v.major}.{v.minor}.{v.patch}",
+        version=bus.server_version,
         instance=f"{socket.gethostname()}-{server.pid}",
         port=server.port,
         ports={"client": server.port, "monitor": server.monitor_port or 0},
@@ -103,7 +101,7 @@ async def run_up(
 ) -> None:
     """Everything for `app` in this process until a signal; `app_ref` and `app_dir` are
     recorded so the other verbs run the same app without being told."""
-    flush = telemetry.setup(app.name, json_logs=as_json)
+    instruments = telemetry.setup(app.name, json_logs=as_json)
     server = None if settings.nats_url else _start_server(settings, fresh)
     url = settings.nats_url or server.url  # type: ignore[union-attr]
     try:
@@ -111,12 +109,13 @@ async def run_up(
             url,
             name=f"bus-up-{app.name}",
             router=app.router,
+            observer=instruments.metrics,
             **settings.bus_options(app),
         )
         async with until_signalled() as stop, bus, contextlib.AsyncExitStack() as registered:
             projector = ProjectorService(bus, app)
             projecting = asyncio.create_task(projector.run(stop))
-            api = create_app(app, url, **settings.edge_options())
+            api = create_app(app, url, metrics=instruments.metrics, **settings.edge_options())
             edge, serving, port = await start_edge(api, settings.edge_host, settings.edge_port)
             for name, view in api.state.views.items():  # reads learn of a batch as it is stored
                 projector.projector.observe(name, view.applied)
@@ -151,6 +150,6 @@ async def run_up(
             await stop_edge(edge, serving)
             await projecting
     finally:
-        flush()
+        instruments.flush()
         if server is not None:
             server.stop()

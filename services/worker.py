@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from bus import Bus
-from bus.app import App
-from bus.registry import Registration
+from bus import App, Bus, Registration
 
 from . import telemetry
 from .lifecycle import until_signalled
@@ -25,17 +23,20 @@ log = logging.getLogger("bus.worker")
 
 async def serve_worker(settings: Settings, app: App, json_logs: bool = False) -> None:
     component = f"{app.name}-worker"
-    flush = telemetry.setup(component, json_logs)
+    instruments = telemetry.setup(component, json_logs)
     bus = Bus(
         settings.resolve_nats_url(),
         name=f"bus-worker-{app.name}",
         router=app.router,
+        observer=instruments.metrics,
         **settings.bus_options(app),
     )
     try:
         async with (
             until_signalled() as stop,
-            serve_probes(bus, app, settings.metrics_host, settings.metrics_port) as probes,
+            serve_probes(
+                bus, app, instruments.metrics, settings.metrics_host, settings.metrics_port
+            ) as probes,
             bus,
         ):
             me = probes.component(component, [f"handler:{c.spec.durable}" for c in bus.consumers])
@@ -49,4 +50,4 @@ async def serve_worker(settings: Settings, app: App, json_logs: bool = False) ->
                 await stop.wait()
                 log.info("stopping: draining handlers and the connection")
     finally:
-        flush()
+        instruments.flush()

@@ -8,8 +8,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
-from bus import Bus
-from bus.projector import Projector
+from bus import Bus, Projector
 from services.demo import app
 from services.edge import create_app
 from tests.edge import KEYS, serve

@@ -13,9 +13,7 @@ from typing import Any
 
 import msgspec
 
-from bus import App, Bus, Envelope, Event, StreamSpec
-from bus.projection import Projection, ProjectionView
-from bus.subjects import matches
+from bus import App, Bus, Envelope, Event, Projection, ProjectionView, StreamSpec, matches
 
 
 class Revenue(msgspec.Struct):

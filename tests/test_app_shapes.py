@@ -20,10 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus import BeyondStreamEnd, Bus, EmbeddedServer, Envelope
-from bus.live_view import LiveView
-from bus.projection import ProjectionView
-from bus.projector import Projector
+from bus import BeyondStreamEnd, Bus, EmbeddedServer, Envelope, LiveView, ProjectionView, Projector
 from services.edge import create_app
 from tests.edge import KEYS, READ, WRITE, serve
 from tests.shapes import full_fold, shop, stored, stream_of

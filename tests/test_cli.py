@@ -277,7 +277,7 @@ def test_a_bench_child_reports_its_own_peak_memory_not_its_parents() -> None:
     peak in them (it survives exec), so a child of this 200 MB process must read far less."""
     ballast = bytearray(200 * 1024 * 1024)
     ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: resident
-    code = "from services.bench_memory import peak_rss_mb; print(peak_rss_mb())"
+    code = "from services.bench.memory import peak_rss_mb; print(peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0 < float(out.stdout) < 150
     del ballast

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from bus import Bus, ConfigError, EmbeddedServer
-from bus.kv import ensure_bucket
-from bus.registry import BUCKET, RETAIN, Component, Registration
-from bus.server import free_port
+from bus import Bus, Component, ConfigError, EmbeddedServer, Registration
+from bus._kv import ensure_bucket
+from bus._registry import BUCKET, RETAIN
+from bus._server import free_port
 from tests.edge import KEYS, READ
 from tests.processes import BUS, running, wait_for, wait_ready
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bus import Bus, BusClosed, ConfigError, ConnectError, Credentials, EmbeddedServer
-from bus.server import TLSFiles
+from bus._server import TLSFiles
 
 
 async def test_lifecycle_and_no_reuse_after_close(nats_url: str) -> None:

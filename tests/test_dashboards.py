@@ -18,7 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from bus.server import EmbeddedServer, free_port
+from bus import EmbeddedServer
+from bus._server import free_port
 from observability.dashboards import OUTPUT, render
 from tests.processes import BUS, running, wait_for
 

@@ -286,7 +286,7 @@ async def test_stopping_handles_a_partial_batch_still_waiting_for_company(
 ) -> None:
     """A batch shorter than batch_size waits BATCH_LINGER for more; a stop in that moment
     handles it (and nothing fires into the stopped consumer afterwards)."""
-    monkeypatch.setattr("bus.consumer.BATCH_LINGER", 0.5)
+    monkeypatch.setattr("bus._consumer.BATCH_LINGER", 0.5)
     errors: list[dict[str, object]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
     handled: list[str] = []

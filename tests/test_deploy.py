@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from bus.server import server_binary
+from bus._server import server_binary
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

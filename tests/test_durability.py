@@ -11,17 +11,18 @@ import pytest
 
 from bus import (
     Bus,
+    Component,
     ConfigError,
     EmbeddedCluster,
     EmbeddedServer,
     Envelope,
+    Projector,
     PublishTimeout,
+    Registration,
     ServerError,
     StreamSpec,
 )
-from bus.projector import Projector
-from bus.registry import Component, Registration
-from bus.server import TLSFiles
+from bus._server import TLSFiles
 from services import demo
 from services.settings import Settings
 

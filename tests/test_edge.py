@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bus import Bus
-from bus.server import free_port
-from services import bench_http
-from services.demo import app
+from bus import Bus, Projector
+from bus._server import free_port
+from services.bench import http as bench_http
+from services.demo import TaskCreated, app
 from services.edge import create_app
 from tests.edge import KEYS, READ, WRITE, serve
 
@@ -316,12 +316,23 @@ async def test_sse_bad_requests(edge: httpx.AsyncClient) -> None:
         assert response.status_code == status, (url, response.text)
 
 
-async def test_the_http_bench_reads_its_writes_with_both_clients(tasks: Bus, nats_url: str) -> None:
-    """`bus bench --scenario http` times httpx and a bare socket client on the same pairs;
-    both must see each POST's event in the GET that follows it."""
-    api = create_app(app, nats_url, api_keys=f"{bench_http.KEY}:read+write", publish_rate=0)
-    async for client in serve(api):
-        base, port = str(client.base_url), client.base_url.port
-        assert port is not None
-        times = await asyncio.to_thread(bench_http._both_clients, base, port, 2, 1)
-        assert {name: len(pairs) for name, pairs in times.items()} == {"httpx": 2, "bare": 2}
+async def test_the_http_bench_reads_its_writes_with_both_clients(nats_url: str) -> None:
+    """`bus bench --scenario http` times httpx and a bare socket client on the same pairs,
+    in every form (after_seq on a projection reading the event or not, a plain GET); each
+    GET must answer, and with the POSTed event applied where it waits for it."""
+    from services.bench.app import app as bench_app
+
+    api = create_app(bench_app, nats_url, api_keys=f"{bench_http.KEY}:read+write", publish_rate=0)
+    async with (
+        Bus(nats_url, registry=bench_app.registry, streams=bench_app.streams) as bus,
+        Projector(bus, bench_app.projections.values()),
+    ):
+        await bus.publish(TaskCreated(title="bench"), "b1")
+        async for client in serve(api):
+            base, port = str(client.base_url), client.base_url.port
+            assert port is not None
+            times = await asyncio.to_thread(bench_http._both_clients, base, port, 2, 1)
+    counts = {name: len(pairs) for name, pairs in times.items()}
+    assert counts == {
+        f"{case} {client}": 2 for case in bench_http.PAIRS for client in ("httpx", "bare")
+    }

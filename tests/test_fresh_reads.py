@@ -20,12 +20,9 @@ from typing import Any
 
 import pytest
 
-from bus import Bus, EmbeddedCluster, EventStore
-from bus.lease import BUCKET as LEASES
-from bus.live_view import LiveView
-from bus.projection import ProjectionView
-from bus.projector import Projector
-from bus.reader import read_last
+from bus import Bus, EmbeddedCluster, EventStore, LiveView, ProjectionView, Projector
+from bus._lease import BUCKET as LEASES
+from bus._reader import read_last
 from tests.processes import BUS, running
 from tests.shapes import full_fold, shop, stored, stream_of
 

@@ -12,9 +12,17 @@ import asyncio
 import msgspec
 import pytest
 
-from bus import App, BusError, BusTimeout, Envelope, Event, StreamSpec, current_bus
-from bus.projection import Projection
-from bus.subscribe import Backoff
+from bus import (
+    App,
+    Backoff,
+    BusError,
+    BusTimeout,
+    Envelope,
+    Event,
+    Projection,
+    StreamSpec,
+    current_bus,
+)
 from bus.testing import run_app
 from services import demo
 

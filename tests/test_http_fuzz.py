@@ -17,7 +17,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from bus.server import EmbeddedServer, free_port
+from bus import EmbeddedServer
+from bus._server import free_port
 from tests.processes import BUS, running, wait_ready
 
 KEY = "fuzz-key"

@@ -7,10 +7,8 @@ import asyncio
 import msgspec
 import pytest
 
-from bus import Bus, BusTimeout
-from bus.live_view import LiveView
-from bus.projection import ProjectionView, Record
-from bus.projector import Projector
+from bus import Bus, BusTimeout, LiveView, ProjectionView, Projector
+from bus._projection import Record
 from services.demo import TaskCompleted, TaskCreated, TaskProgressed, TaskView, app
 
 task = app.projections["task"]

@@ -195,6 +195,28 @@ async def test_legacy_rest_shape(edge: httpx.AsyncClient, tasks: Bus) -> None:
         ({"name": "read_stream", "arguments": {"name": "NOPE"}}, "NOPE"),
         ({"name": "query_projection", "arguments": {"name": "task", "key": "none"}}, "404"),
         (
+            {"name": "query_projection", "arguments": {"name": "task", "key": "k", "after_seq": 0}},
+            "after_seq",
+        ),
+        (
+            {
+                "name": "query_projection",
+                "arguments": {"name": "task", "key": "k", "after_seq": "x"},
+            },
+            "after_seq",
+        ),
+        (
+            {
+                "name": "query_projection",
+                "arguments": {"name": "task", "key": "k", "after_seq": 10**9},
+            },
+            "BeyondStreamEnd",
+        ),
+        (
+            {"name": "query_projection", "arguments": {"name": "task", "key": "k", "timeout": -1}},
+            "timeout",
+        ),
+        (
             {"name": "publish_event", "arguments": {"subject": "tasks.a b.created", "data": {}}},
             "subject",
         ),

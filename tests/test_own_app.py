@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bus.server import free_port
+from bus._server import free_port
 from tests.processes import BUS, running, wait_for, wait_ready
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -142,9 +142,12 @@ def test_the_readme_shop_runs_as_written(tmp_path: Path) -> None:
             f"{env['EDGE']}/api/v1/components", headers={"Authorization": f"Bearer {KEY}"}
         ).json()
         by_name = {c["name"]: c for c in listed}
-        assert set(by_name) == {"shop", "nats-server"}  # bus up and the server it started
+        # bus up, the server it started, and the responder to rebuilds of its projection
+        assert set(by_name) == {"shop", "nats-server", "projector"}
+        assert by_name["projector"]["endpoints"] == ["bus.projector.rebuild.revenue"]
         for component in listed:
-            assert httpx.get(component["health_url"]).status_code == 200, component
+            if component["kind"] != "micro":
+                assert httpx.get(component["health_url"]).status_code == 200, component
         assert by_name["shop"]["health_url"] == f"{env['EDGE']}/health"
     assert up.returncode == 0
 

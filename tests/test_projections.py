@@ -10,10 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus import Bus, EmbeddedServer, Envelope, Event, StreamSpec
-from bus.projection import META_BUCKET, Projection, ProjectionStatus, ProjectionView
-from bus.projector import Projector
-from bus.publish import Outgoing
+from bus import (
+    Bus,
+    EmbeddedServer,
+    Envelope,
+    Event,
+    Projection,
+    ProjectionStatus,
+    ProjectionView,
+    Projector,
+    StreamSpec,
+)
+from bus._projection import META_BUCKET
+from bus._publish import Outgoing
 
 from .domain import eventually
 
@@ -290,7 +299,7 @@ async def test_a_lost_or_overrun_tail_falls_back_to_reading(
 ) -> None:
     """A consumer deleted under it, or more pushed than it may hold: the projection reads,
     misses nothing, and follows again once caught up."""
-    monkeypatch.setattr("bus.feed.TAIL_BACKLOG", 3)
+    monkeypatch.setattr("bus._feed.TAIL_BACKLOG", 3)
     projection = totals()
     view = ProjectionView(counters, projection)
     ops = [(k, n) for n in range(1, 40) if n != 13 for k in "xyz"]  # 13: refused

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus
-from bus.lease import BUCKET as LEASES
-from bus.projection import ProjectionView
+from bus import Bus, ProjectionView
+from bus._lease import BUCKET as LEASES
 from services.demo import TaskCreated, app
 from tests.processes import BUS, running
 

@@ -26,7 +26,7 @@ from bus import (
     StreamNotFound,
     StreamSpec,
 )
-from bus.publish import Publisher
+from bus._publish import Publisher
 
 from .domain import JOBS, JobCreated, JobDone, eventually
 
@@ -167,7 +167,7 @@ async def test_unacknowledged_publishes_are_bounded_by_the_window(
     """A server that stops answering holds at most `max_pending` publishes in flight; the
     rest wait for acks (not memory), and everything lands once it answers again."""
     async with Bus(nats_server.url, streams=[JOBS]) as bus:
-        publisher = Publisher(bus.nc, bus.codec, timeout=20, max_pending=50)
+        publisher = Publisher(bus.nc, bus.codec, bus.telemetry, timeout=20, max_pending=50)
         outs = [publisher.prepare(JobCreated(title=str(i)), f"w{i}") for i in range(500)]
         nats_server.pause()
         try:
@@ -186,7 +186,7 @@ async def test_a_publish_many_cut_short_by_its_timeout_reports_every_event(
 ) -> None:
     """Events a timed-out call never got to send are reported as timed out too, in order."""
     async with Bus(nats_server.url, streams=[JOBS]) as bus:
-        publisher = Publisher(bus.nc, bus.codec, timeout=0.5, max_pending=50)
+        publisher = Publisher(bus.nc, bus.codec, bus.telemetry, timeout=0.5, max_pending=50)
         pairs = [(JobCreated(title=str(i)), f"t{i}") for i in range(600)]
         nats_server.pause()
         try:

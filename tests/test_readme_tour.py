@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.server import free_port
+from bus._server import free_port
 from tests.processes import BUS, running, wait_ready
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from bus import Bus
-from bus.registry import Component, Registration, components
+from bus import Bus, Component, Registration, components
 
 
 class Ping(msgspec.Struct):

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bus.server import EmbeddedServer, free_port
+from bus import EmbeddedServer
+from bus._server import free_port
 from tests.otlp import Receiver
 from tests.processes import BUS, running, wait_ready
 

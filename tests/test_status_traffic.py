@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from bus.server import EmbeddedServer, free_port
+from bus import EmbeddedServer
+from bus._server import free_port
 from tests.processes import BUS, running, wait_ready
 
 KEY = "traffic-key"

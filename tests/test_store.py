@@ -9,9 +9,17 @@ from typing import Any
 import msgspec
 import pytest
 
-from bus import Bus, ConcurrencyError, ConfigError, Event, PublishError, StreamSpec
-from bus.aggregate import Aggregate, Repository
-from bus.store import EventStore
+from bus import (
+    Aggregate,
+    Bus,
+    ConcurrencyError,
+    ConfigError,
+    Event,
+    EventStore,
+    PublishError,
+    Repository,
+    StreamSpec,
+)
 
 ACCOUNTS = StreamSpec.for_domain("accounts")
 

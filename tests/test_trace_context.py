@@ -3,7 +3,7 @@ carries, it must come out exactly as OpenTelemetry's own propagator would have i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -13,13 +13,16 @@ from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from bus import telemetry
-from bus.telemetry import _extract, _inject, enter_unsampled, leave_unsampled
+from bus import Bus, Envelope, EventStore, Telemetry, current_bus
+from bus._telemetry import _extract, _inject, _pass_on, leave_unsampled
 
 from . import tracing_child
+from .domain import JOBS, JobCreated, JobDone, eventually
 
 TRACE, SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 CANONICAL = f"00-{TRACE}-{SPAN}-01"
@@ -86,12 +89,13 @@ def test_any_traceparent_is_read_as_the_propagator_reads_it(traceparent: str) ->
     _same_as_propagator({"traceparent": traceparent})
 
 
+PARENT_BASED = Telemetry(TracerProvider(sampler=ParentBased(ALWAYS_ON)))
+
+
 def _skips_the_span(traceparent: str) -> bool:
     """Whether a consumer behind a parent-based sampler takes the unsampled fast path (no
     span, the traceparent passed on as it came)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(telemetry, "_parent_decides", True)
-        token = enter_unsampled({"traceparent": traceparent})
+    token = PARENT_BASED.enter_unsampled({"traceparent": traceparent})
     if token is None:
         return False
     leave_unsampled(token)
@@ -248,3 +252,80 @@ def test_spans_keep_their_structure_and_conventions(nats_url: str) -> None:
         assert len(batch["links"]) == batch["attributes"]["messaging.batch.message_count"]
         assert set(batch["links"]) <= producers
         assert batch["parent"] == batch["links"][0]  # a child of its first message's producer
+
+
+# -- passing a caller's context on while tracing is off --------------------------------------
+
+_W3C = TraceContextTextMapPropagator()
+_TRACESTATES = st.none() | st.sampled_from(["vendor=abc,other=1", "=,bad", "a=1,a=2", ""])
+
+
+@given(_TRACEPARENTS, _TRACESTATES)
+def test_what_is_passed_on_is_what_the_propagator_would_write_again(
+    traceparent: str, tracestate: str | None
+) -> None:
+    carrier = {"traceparent": traceparent}
+    if tracestate is not None:
+        carrier["tracestate"] = tracestate
+    reference: dict[str, str] = {}
+    _W3C.inject(reference, context=_W3C.extract(carrier))
+    assert _pass_on(carrier) == (reference or None)
+
+
+def test_nothing_is_passed_on_without_a_traceparent() -> None:
+    assert _pass_on({"tracestate": "vendor=abc"}) is None
+    assert _pass_on({}) is None
+
+
+@pytest.fixture
+async def jobs(nats_url: str) -> AsyncIterator[Bus]:
+    async with Bus(nats_url, streams=[JOBS]) as bus:
+        assert bus.telemetry.tracer is None  # (this process traces nothing)
+        yield bus
+
+
+async def _traceparents(bus: Bus, count: int) -> list[str | None]:
+    messages = await bus.read("JOBS", 1, 100)
+    assert len(messages) == count
+    return [m.headers.get("traceparent") for m in messages]
+
+
+async def test_every_way_of_publishing_passes_a_request_context_on(jobs: Bus) -> None:
+    with jobs.telemetry.continuing({"traceparent": CANONICAL}):
+        await jobs.publish(JobCreated(title="one"), "j1")
+        await jobs.publish_many([(JobDone(), "j1"), (JobDone(), "j2")])
+        await EventStore(jobs).append("jobs", "j3", [JobCreated(title="a"), JobDone()])
+    await jobs.publish(JobCreated(title="after"), "j4")  # the request is over
+    assert await _traceparents(jobs, 6) == [CANONICAL] * 5 + [None]
+
+
+async def test_the_current_span_comes_before_the_request_and_the_message(jobs: Bus) -> None:
+    """A context made current (the MCP SDK does with a message's `_meta`) is the nearest."""
+    current = SpanContext(int(TRACE, 16), 7, False, TraceFlags(0))
+    token = context.attach(trace.set_span_in_context(NonRecordingSpan(current)))
+    try:
+        with jobs.telemetry.continuing({"traceparent": f"00-{'1' * 32}-{'2' * 16}-01"}):
+            await jobs.publish(JobCreated(title="one"), "j1")
+    finally:
+        context.detach(token)
+    assert await _traceparents(jobs, 1) == [f"00-{TRACE}-{7:016x}-00"]
+
+
+async def test_a_handler_passes_its_messages_context_on(jobs: Bus) -> None:
+    followed: list[str] = []
+
+    async def work(event: JobCreated, envelope: Envelope[JobCreated]) -> None:
+        await current_bus().publish(JobDone(result=envelope.id), "j1")
+
+    async def done(event: JobDone) -> None:
+        followed.append(event.result)
+
+    await jobs.consume(work, "jobs.*.created", durable="work")
+    await jobs.consume(done, "jobs.*.done", durable="done")
+    with jobs.telemetry.continuing({"traceparent": CANONICAL, "tracestate": "vendor=abc"}):
+        await jobs.publish(JobCreated(title="one"), "j1")
+    await eventually(lambda: followed)
+    created, follow_up = await jobs.read("JOBS", 1, 100)
+    for message in (created, follow_up):
+        assert message.headers["traceparent"] == CANONICAL
+        assert message.headers["tracestate"] == "vendor=abc"

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from bus.server import EmbeddedServer, free_port
+from bus import EmbeddedServer
+from bus._server import free_port
 from tests import tracing_child
 from tests.otlp import Receiver
 from tests.processes import BUS, running, wait_ready

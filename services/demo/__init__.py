@@ -12,8 +12,7 @@ import logging
 
 import msgspec
 
-from bus import App, Envelope, Event, StreamSpec, current_bus
-from bus.projection import Projection
+from bus import App, Envelope, Event, Projection, StreamSpec, current_bus
 
 log = logging.getLogger("tasks")
 MAX_DELIVER = 5

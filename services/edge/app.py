@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import Bus, Credentials
-from bus.app import App
-from bus.live_view import LiveView
+from bus import App, Bus, Credentials, IdempotencyRecords, LiveView
 from observability import tracing
+from observability.metrics import Metrics
 
 from . import (
     asyncapi,
@@ -23,11 +22,11 @@ from . import (
     health,
     limits,
     mcp_endpoint,
-    metrics,
     problems,
     projections,
     tail,
 )
+from . import metrics as http_metrics
 
 log = logging.getLogger("bus.edge")
 BODY_LIMIT = 1024 * 1024
@@ -41,6 +40,8 @@ CORS_HEADERS = [
     "Last-Event-ID",
     "Mcp-Session-Id",
     "Mcp-Protocol-Version",
+    "traceparent",
+    "tracestate",
 ]
 LOCAL_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
@@ -57,13 +58,19 @@ def create_app(
     cors_origins: list[str] | None = None,
     publish_rate: float = PUBLISH_RATE,
     slow_client_timeout: float = 10.0,
+    idempotency_ttl: float = IdempotencyRecords.DEFAULT_TTL,
+    replicas: int = 1,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """The edge for `app`.
 
     `allowed_hosts` guard `/mcp` against DNS rebinding; `cors_origins` may call from browsers
     (keys travel as bearer headers, never cookies, so no credentials mode); `publish_rate` is
     events per second per key (0: unlimited); a WebSocket tail client that reads nothing for
-    `slow_client_timeout` seconds is disconnected."""
+    `slow_client_timeout` seconds is disconnected; an `Idempotency-Key` is kept for
+    `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
+    `metrics` is where it counts (its own unless the process shares one, as `bus up` does)."""
+    metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
         key = auth.dev_key()
@@ -75,12 +82,18 @@ def create_app(
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         async with (
             Bus(
-                nats_url, name=f"edge-{app.name}", registry=app.registry, credentials=credentials
+                nats_url,
+                name=f"edge-{app.name}",
+                registry=app.registry,
+                credentials=credentials,
+                replicas=replicas,
+                observer=metrics,
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
         ):
             api.state.bus = bus
+            api.state.idempotency = IdempotencyRecords(bus, ttl=idempotency_ttl)
             api.state.views = {
                 name: await views.enter_async_context(LiveView(bus, projection))
                 for name, projection in app.projections.items()
@@ -104,11 +117,18 @@ def create_app(
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=CORS_HEADERS,
-            expose_headers=["Bus-Stale", "Retry-After", "Mcp-Session-Id", "Location"],
+            expose_headers=[
+                "Bus-Stale",
+                "Retry-After",
+                "Mcp-Session-Id",
+                "Location",
+                "Idempotent-Replayed",
+            ],
         )
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
-    api.add_middleware(metrics.HttpMetrics)
-    for module in (health, metrics, events, projections, catalogue, asyncapi, tail):
+    api.state.metrics = metrics
+    api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
+    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     tracing.instrument(api)

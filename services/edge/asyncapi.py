@@ -13,8 +13,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from bus import json_schema
-from bus.app import App
+from bus import App, json_schema
 
 router = APIRouter(tags=["catalogue"])
 

@@ -8,8 +8,7 @@ import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 
-from bus import Bus, BusError, json_schema
-from bus.registry import MAX_NAME, components, silent_components
+from bus import Bus, BusError, Component, components, json_schema, silent_components
 
 from .auth import require
 
@@ -70,7 +69,7 @@ async def list_components(request: Request) -> Response:
 
 @router.get("/components/{name}")
 async def one_component(
-    request: Request, name: str = Path(max_length=MAX_NAME, pattern=NAME_PATTERN)
+    request: Request, name: str = Path(max_length=Component.MAX_NAME, pattern=NAME_PATTERN)
 ) -> Response:
     """The running instances of component `name` (with their health URLs), and those whose
     heartbeat stopped without a deregistration (`silent`, with seconds since the last)."""

@@ -1,4 +1,5 @@
-"""`POST /api/v1/events/{subject}`: publish one event, validated against its registered type."""
+"""`POST /api/v1/events/{subject}` and `/events:batch`: publish events, validated against
+their registered types; with an `Idempotency-Key`, once (see `idempotent`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,27 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
-from bus import ConfigError, Event, EventStore
-from bus.publish import MAX_ATOMIC_BATCH
-from bus.subjects import parse_event_subject, validate_token
+from bus import (
+    ConfigError,
+    Event,
+    EventStore,
+    IdempotencyRecords,
+    parse_event_subject,
+    validate_token,
+)
 
 from .auth import require
+from .idempotent import REPLAYED, Answer, once, stored_earlier
 from .limits import charge, publish_limit
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
-MAX_ID = 128
+KEY_HEADER = Header(
+    default=None,
+    description=f"Publish once: the same key and request within BUS_IDEMPOTENCY_TTL (a day by "
+    f"default) answer the first result again. At most {IdempotencyRecords.MAX_KEY} characters, one subject token",
+)
+_encode = msgspec.json.Encoder().encode
+_canonical = msgspec.json.Encoder(order="sorted").encode  # for fingerprints: key order aside
 
 
 class Published(msgspec.Struct):
@@ -77,7 +90,7 @@ async def read_body(request: Request) -> bytes:
 async def publish_event(
     subject: str,
     request: Request,
-    idempotency_key: str | None = Header(default=None, max_length=MAX_ID),
+    idempotency_key: str | None = KEY_HEADER,
     if_match: str | None = Header(default=None, max_length=20),
 ) -> Response:
     """Publish the JSON body as the event `subject` names (`<domain>.<id>.<event>`)."""
@@ -92,26 +105,57 @@ async def publish_event(
         fields = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    published = await publish_fields(request.app.state, subject, fields, idempotency_key, expected)
-    return Response(msgspec.json.encode(published), status_code=201, media_type="application/json")
+    with request.app.state.bus.telemetry.continuing(request.headers):
+        answer = await publish_fields(request.app.state, subject, fields, idempotency_key, expected)
+    return created(answer)
+
+
+def created(answer: Answer) -> Response:
+    """201 with the result; a replayed one says so."""
+    headers = {REPLAYED: "true"} if answer.replayed else None
+    return Response(answer.body, status_code=201, media_type="application/json", headers=headers)
 
 
 async def publish_fields(
-    state: State, subject: str, fields: Any, event_id: str | None, expected: int | None
-) -> Published:
-    """Validate `fields` as the event `subject` names and publish it (HTTP and MCP share this)."""
+    state: State,
+    subject: str,
+    fields: Any,
+    key: str | None,
+    expected: int | None,
+    key_name: str = "Idempotency-Key",
+) -> Answer:
+    """Validate `fields` as the event `subject` names and publish it, with `key` as its id
+    (HTTP and MCP share this). Nothing reaches the idempotency records before it is valid."""
     domain, aggregate_id, name = parse_event_subject(subject)
     cls = _event_type(state, domain, name)
-    if event_id is not None:
-        validate_token(event_id, "Idempotency-Key")
+    if key is not None:
+        IdempotencyRecords.check_key(key, key_name)
     event = _event(cls, fields)
-    try:
+
+    async def attempt(takeover: bool) -> bytes:
+        if takeover and key and (found := await stored_earlier(state, subject, subject, [key])):
+            return _encode(Published(key, found[0].stream, found[0].seq))
         result = await state.bus.publish(
-            event, aggregate_id, event_id=event_id, expected_version=expected
+            event, aggregate_id, event_id=key, expected_version=expected
         )
+        return _encode(Published(result.event_id, result.stream, result.seq))
+
+    try:
+        if key is None:
+            return Answer(await attempt(False), False)
+        return await once(state, key, event_request(subject, fields, expected), attempt)
     except ConfigError as exc:  # e.g. a header value the wire cannot carry
         raise HTTPException(400, str(exc)) from None
-    return Published(result.event_id, result.stream, result.seq)
+
+
+def event_request(subject: str, fields: Any, expected: int | None) -> str:
+    """The fingerprint of a publish: what makes two requests with one key the same request
+    (the JSON's key order and spacing aside)."""
+    return IdempotencyRecords.fingerprint("event", subject, str(expected), _canonical(fields))
+
+
+def batch_request(batch: BatchRequest) -> str:
+    return IdempotencyRecords.fingerprint("batch", _canonical(msgspec.to_builtins(batch)))
 
 
 def _event_type(state: State, domain: str, name: str) -> type[Event]:
@@ -145,8 +189,9 @@ def _event(cls: type[Event], fields: Any) -> Event:
         }
     },
 )
-async def publish_batch(request: Request) -> Response:
-    """Several events for one aggregate, stored atomically: all of them or none."""
+async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEADER) -> Response:
+    """Several events for one aggregate, stored atomically: all of them or none. With an
+    `Idempotency-Key` the events' ids are `<key>.1`, `<key>.2`, ..."""
     body = await read_body(request)
     try:
         batch = _decode_batch(body)
@@ -154,26 +199,44 @@ async def publish_batch(request: Request) -> Response:
         raise HTTPException(422, f"batch: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    if not 1 <= len(batch.events) <= MAX_ATOMIC_BATCH:
-        raise HTTPException(422, f"a batch holds 1 to {MAX_ATOMIC_BATCH} events")
-    charge(
-        request.app.state.publish_buckets, request.headers.get("authorization"), len(batch.events)
-    )
+    if not 1 <= len(batch.events) <= EventStore.MAX_EVENTS:
+        raise HTTPException(422, f"a batch holds 1 to {EventStore.MAX_EVENTS} events")
+    state = request.app.state
+    charge(state.publish_buckets, request.headers.get("authorization"), len(batch.events))
     validate_token(batch.domain, "domain")
     validate_token(batch.id, "aggregate id")
+    key = (
+        None
+        if idempotency_key is None
+        else IdempotencyRecords.check_key(idempotency_key, "Idempotency-Key")
+    )
     events = [
         _event(
-            _event_type(request.app.state, batch.domain, validate_token(item.event, "event")),
+            _event_type(state, batch.domain, validate_token(item.event, "event")),
             item.data,
         )
         for item in batch.events
     ]
-    stored = await EventStore(request.app.state.bus).append(
-        batch.domain, batch.id, events, expected_version=batch.expected_version
-    )
-    out = BatchResult(
-        stored.stream,
-        stored.version,
-        [Published(r.event_id, r.stream, r.seq) for r in stored.events],
-    )
-    return Response(msgspec.json.encode(out), status_code=201, media_type="application/json")
+    ids = None if key is None else [f"{key}.{n}" for n in range(1, len(events) + 1)]
+
+    async def attempt(takeover: bool) -> bytes:
+        if takeover and ids:
+            subject = f"{batch.domain}.{batch.id}.{batch.events[0].event}"
+            found = await stored_earlier(state, subject, f"{batch.domain}.{batch.id}.*", ids)
+            if found:  # (an atomic batch: all of it)
+                stored = [Published(m.event_id, m.stream, m.seq) for m in found]
+                return _encode(BatchResult(found[-1].stream, found[-1].seq, stored))
+        appended = await EventStore(state.bus).append(
+            batch.domain, batch.id, events, expected_version=batch.expected_version, event_ids=ids
+        )
+        out = BatchResult(
+            appended.stream,
+            appended.version,
+            [Published(r.event_id, r.stream, r.seq) for r in appended.events],
+        )
+        return _encode(out)
+
+    with state.bus.telemetry.continuing(request.headers):
+        if key is None:
+            return created(Answer(await attempt(False), False))
+        return created(await once(state, key, batch_request(batch), attempt))

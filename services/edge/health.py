@@ -10,8 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
-from bus import BusError
-from bus.registry import silent_components
+from bus import BusError, silent_components
 from services.checks import Checks, connection_checks
 
 router = APIRouter(tags=["health"])

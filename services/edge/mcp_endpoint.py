@@ -22,11 +22,10 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.datastructures import State
+from starlette.datastructures import Headers, State
 from starlette.types import Receive, Scope, Send
 
-from bus import BusError, json_schema
-from bus.registry import components
+from bus import BusError, components, json_schema
 
 from . import catalogue, events, health, projections
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
@@ -78,16 +77,27 @@ def build_server(state: State) -> MCPServer[Any]:
         idempotency_key: str | None = None,
         expected_version: int | None = None,
     ) -> Any:
-        """Publish one event: subject `<domain>.<id>.<event>`, data = the event's fields."""
+        """Publish one event: subject `<domain>.<id>.<event>`, data = the event's fields.
+        With an idempotency_key (the event's id), once: the same key and call within a day
+        (by default) return the first result; another call with that key is refused (422),
+        as is one while the first is in flight (409)."""
         check_scope(caller_scopes(state, CALLER.get()), "write")
         charge(state.publish_buckets, CALLER.get())
-        return await events.publish_fields(state, subject, data, idempotency_key, expected_version)
+        answer = await events.publish_fields(
+            state, subject, data, idempotency_key, expected_version, "idempotency_key"
+        )
+        return msgspec.json.decode(answer.body)
 
     async def query_projection(
         name: str, key: str, after_seq: int | None = None, timeout: float = 5.0
     ) -> Any:
-        """One key of a projection; with after_seq, once the projection has applied it."""
-        found, _ = await projections.query(state, name, key, after_seq, min(timeout, 30), False)
+        """One key of a projection; with after_seq (a sequence of its stream), once the
+        projection has seen it."""
+        if after_seq is not None and after_seq < 1:
+            raise HTTPException(422, "after_seq must be a stream sequence (>= 1)")
+        if not 0 < timeout <= 30:
+            raise HTTPException(422, "timeout must be more than 0 and at most 30 seconds")
+        found, _ = await projections.query(state, name, key, after_seq, timeout, False)
         return found
 
     async def list_projections() -> Any:
@@ -130,16 +140,18 @@ def build_server(state: State) -> MCPServer[Any]:
     _add_resources(server, state)
 
     async def each_request_key(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
-        """A session's tools run in the task that opened it: take the scopes of the request
-        that carries each message, not of the one that initialized the session."""
+        """A session's tools run in the task that opened it: take the scopes (and the trace
+        context) of the request that carries each message, not of the one that initialized
+        the session."""
         headers = getattr(ctx.request, "headers", None)
-        if headers is None:  # 2026-07-28: served inline, the gate's value is this request's
+        if headers is None:  # 2026-07-28: served inline, the gate's values are this request's
             return await call_next(ctx)
         authorization = headers.get("authorization")
         caller_scopes(state, authorization)  # the gate let it in; a session must not change that
         token = CALLER.set(authorization)
         try:
-            return await call_next(ctx)
+            with state.bus.telemetry.continuing(headers):
+                return await call_next(ctx)
         finally:
             CALLER.reset(token)
 
@@ -175,15 +187,15 @@ def _add_resources(server: MCPServer[Any], state: State) -> None:
 
 
 class Gate:
-    """In front of the SDK's app: a known API key, and its scopes handed to the tools."""
+    """In front of the SDK's app: a known API key, and its scopes (and the request's trace
+    context) handed to the tools."""
 
     def __init__(self, state: State, app: StreamableHTTPASGIApp) -> None:
         self.state, self.app = state, app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        authorization = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
-        )
+        headers = Headers(scope=scope)
+        authorization = headers.get("authorization")
         try:
             caller_scopes(self.state, authorization)
         except Unauthorized as exc:
@@ -191,7 +203,8 @@ class Gate:
             return
         token = CALLER.set(authorization or "")
         try:
-            await self.app(scope, receive, send)
+            with self.state.bus.telemetry.continuing(headers):
+                await self.app(scope, receive, send)
         finally:
             CALLER.reset(token)
 
@@ -245,7 +258,8 @@ async def legacy_call(request: Request) -> Response:
     server: MCPServer[Any] = request.app.state.mcp_server
     token = CALLER.set(request.headers.get("authorization", ""))
     try:
-        result = await server.call_tool(call.name, call.arguments)
+        with request.app.state.bus.telemetry.continuing(request.headers):
+            result = await server.call_tool(call.name, call.arguments)
         out = result.model_dump(mode="json", by_alias=True, exclude_none=True)
     except ToolError as exc:
         out = {"content": [{"type": "text", "text": str(exc)}], "isError": True}

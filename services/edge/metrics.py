@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from observability import metrics as m
+from observability.metrics import Metrics
 from services.telemetry import exposition
 
 router = APIRouter(tags=["health"])
@@ -21,14 +21,14 @@ router = APIRouter(tags=["health"])
 async def metrics(request: Request) -> Response:
     """Prometheus exposition; OpenMetrics (with exemplars) when the scraper asks for it."""
     state = request.app.state
-    return await exposition(state.bus, state.app, request.headers.get("accept"))
+    return await exposition(state.bus, state.app, state.metrics, request.headers.get("accept"))
 
 
 class HttpMetrics:
     """Records `http_server_request_duration_seconds` by route template, never the raw path."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,6 +47,6 @@ class HttpMetrics:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            m.HTTP_DURATION.labels(scope["method"], template, str(status[0])).observe(
+            self.metrics.http_duration.labels(scope["method"], template, str(status[0])).observe(
                 time.perf_counter() - started
             )

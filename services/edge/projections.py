@@ -9,9 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
-from bus import BusTimeout
-from bus.live_view import LiveView
-from bus.projection import ProjectionStatus
+from bus import BusTimeout, LiveView, ProjectionStatus
 
 from .auth import require
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from typing import Any
 
 import uvicorn
 
-from bus import Bus, ConfigError
-from bus.app import App
-from bus.registry import Component, Registration, advertised_url
+from bus import App, Bus, Component, ConfigError, Registration
 from services.settings import Settings
 
 GRACE = 3.0  # seconds open connections (live tails never end by themselves) get at a stop
@@ -25,6 +24,14 @@ class EdgeServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def advertised_url(host: str, port: int) -> str:
+    """The base URL others reach a server bound to host:port at: by this machine's name when
+    it listens on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def start_edge(api: Any, host: str, port: int) -> tuple[EdgeServer, asyncio.Task[None], int]:
@@ -72,7 +79,7 @@ async def serve_edge(
 
     from .app import create_app
 
-    flush = telemetry.setup(f"{app.name}-edge", json_logs)
+    instruments = telemetry.setup(f"{app.name}-edge", json_logs)
     try:
         url = settings.resolve_nats_url()
         # Connected first: unreachable NATS is one clear error now, not a failed start-up
@@ -84,7 +91,7 @@ async def serve_edge(
             name=f"edge-{app.name}-registry",
             replicas=settings.replicas,
         ) as bus:
-            api = create_app(app, url, **settings.edge_options())
+            api = create_app(app, url, metrics=instruments.metrics, **settings.edge_options())
             if api.state.dev_key:
                 show_key(api.state.dev_key)
             async with until_signalled() as stop:
@@ -98,4 +105,4 @@ async def serve_edge(
                 finally:
                     await stop_edge(server, task)
     finally:
-        flush()
+        instruments.flush()

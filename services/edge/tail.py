@@ -19,8 +19,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 
-from bus import Bus, BusError, StoredMessage
-from bus.subjects import validate_pattern
+from bus import Bus, BusError, StoredMessage, validate_pattern
 
 from .auth import Unauthorized, caller_scopes, check_scope, require
 

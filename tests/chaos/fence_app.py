@@ -8,8 +8,7 @@ import time
 
 import msgspec
 
-from bus import App, Envelope, Event, StreamSpec
-from bus.projection import Projection
+from bus import App, Envelope, Event, Projection, StreamSpec
 
 FOLD_SECONDS = 0.002
 

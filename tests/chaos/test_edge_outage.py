@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from bus import Bus, EmbeddedServer
-from bus.projector import Projector
+from bus import Bus, EmbeddedServer, Projector
 from services.demo import app
 from services.edge import create_app
 from tests.edge import KEYS, READ, WRITE, serve

@@ -23,10 +23,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from bus import Bus
-from bus.kv import ensure_bucket
-from bus.lease import BUCKET as LEASES
-from bus.projection import META_BUCKET, ProjectionStatus, ProjectionView, Record
+from bus import Bus, ProjectionStatus, ProjectionView
+from bus._kv import ensure_bucket
+from bus._lease import BUCKET as LEASES
+from bus._projection import META_BUCKET, Record
 from tests.chaos.fence_app import Bumped, Tally, app
 from tests.domain import eventually
 from tests.processes import BUS, running
@@ -125,3 +125,31 @@ async def test_a_projector_paused_past_its_lease_writes_nothing(
             key = f"k{n % KEYS}"
             fold[key] = Tally(fold.get(key, Tally()).count + 1, result.seq)
         assert await stored(bus, app.projection("bumps")) == fold
+
+
+async def test_a_checkpoint_sent_again_after_a_lost_ack_is_not_taken_for_a_takeover(
+    nats_url: str,
+) -> None:
+    """A server that dies after storing a checkpoint and before acknowledging it makes the
+    projector send it again, and the conditional write is then refused although nobody else
+    wrote: that is recognised (the stored one is this very status), while a checkpoint
+    another instance wrote is not."""
+    from bus import Fenced, Projector
+
+    projection = app.projection("bumps")
+    async with (
+        Bus(nats_url, registry=app.registry, streams=app.streams) as bus,
+        Projector(bus, [projection]) as projector,
+    ):
+        result = await bus.publish(Bumped(n=1), "k1")
+        await ProjectionView(bus, projection).wait_for(result.seq, timeout=10)
+        live = projector._live["bumps"]
+        await projector._saved(live)  # (its last checkpoint may still be on its way)
+        status = projector.status("bumps")
+        await projector._write_status(status, live.revision)  # the first attempt, stored
+        assert await projector._checkpoint(live) == status  # sent again: refused, recognised
+        assert projector.alive("bumps")
+        other = msgspec.structs.replace(status, fence=status.fence + 1)
+        await projector._write_status(other, live.revision)  # another instance took over
+        with pytest.raises(Fenced):
+            await projector._checkpoint(live)

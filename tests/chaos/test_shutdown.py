@@ -19,9 +19,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus import Bus, EmbeddedServer
-from bus.projection import ProjectionView
-from bus.server import free_port
+from bus import Bus, EmbeddedServer, ProjectionView
+from bus._server import free_port
 from services import demo
 from tests.chaos import slow_app
 from tests.chaos.slow_app import Finished, Job, Started

@@ -1,0 +1,63 @@
+"""`App`: what a runnable service declares — streams, events, handlers and projections.
+
+`bus up --app module:attr` loads one (the uvicorn convention) and runs it on a Bus.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._errors import ConfigError
+from ._events import Event, EventRegistry
+from ._projection import Projection
+from ._streams import StreamSpec
+from ._subscribe import Handler, Router
+
+
+class App:
+    def __init__(
+        self,
+        name: str,
+        *,
+        streams: Iterable[StreamSpec] = (),
+        events: Iterable[type[Event]] = (),
+        router: Router | None = None,
+        projections: Iterable[Projection[Any]] = (),
+    ) -> None:
+        self.name = name
+        self.streams = list(streams)
+        self.registry = EventRegistry(events)
+        self.router = router if router is not None else Router()
+        self.projections = {p.name: p for p in projections}
+
+    def projection(self, name: str) -> Projection[Any]:
+        try:
+            return self.projections[name]
+        except KeyError:
+            known = ", ".join(sorted(self.projections)) or "none"
+            raise ConfigError(
+                f"no projection {name!r} in app {self.name!r} (known: {known})"
+            ) from None
+
+    def subscribe(
+        self, subject: str | None = None, *, durable: str, **options: Any
+    ) -> Callable[[Handler], Handler]:
+        return self.router.subscribe(subject, durable=durable, **options)
+
+
+def load_app(ref: str) -> App:
+    """Import `package.module:attribute` and check it is an App."""
+    module_name, _, attr = ref.partition(":")
+    names = [*module_name.split("."), attr]
+    if not module_name or not attr or not all(name.isidentifier() for name in names):
+        raise ConfigError(f"--app takes module:attribute (dotted Python names), not {ref!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{ref} is not a bus.App (found {type(app).__name__})")
+    return app

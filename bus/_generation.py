@@ -1,0 +1,292 @@
+"""One generation of one projection, as the projector folds it: its bucket, its position in
+the stream, the records it has in memory, and the fence that keeps its writes its own.
+
+Per batch it reads up to `batch_size` events by batched direct get (or takes what its tail
+pushed), loads the touched keys' records in one request, folds in memory and writes each
+changed key once (pipelined). A key's record carries the last sequence applied to it, so after
+a crash at any point the replayed events at or below it are skipped: nothing applies twice.
+An event it cannot key or apply goes to the dead-letter stream, named after the projection.
+
+Fencing: `open` writes the bucket's fence, and a batch's keys are written as JetStream atomic
+batches, each conditional on the fence still being that one (`Nats-Expected-Last-Subject-
+Sequence` on the fence's subject), so once another instance has opened the bucket, whatever
+this one still sends is refused whole (`Fenced`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from . import _headers as h
+from ._client import Bus
+from ._coverage import Coverage, last_sequence
+from ._deadletter import dead_letter_message
+from ._envelope import Envelope
+from ._errors import BusError, ConcurrencyError, DecodeError, Fenced
+from ._events import Event
+from ._feed import SharedReads, Tail
+from ._kv import ensure_bucket, kv_key
+from ._projection import FENCE_KEY, Projection, Record, read_records
+from ._publish import MAX_ATOMIC_BATCH, Outgoing
+from ._reader import StoredMessage
+from ._subjects import matches
+
+log = logging.getLogger("bus.projector")
+IDLE_CHECK = 2.0  # seconds between looks at the stream when no wake-up arrived
+CACHE_KEYS = 50_000  # records kept in memory between batches
+KEYS_PER_READ = 256
+_encode_fence = msgspec.json.Encoder().encode
+
+
+class Generation:
+    """One generation of one projection: its bucket, position and cached records."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        shared: SharedReads,
+        projection: Projection[Any],
+        coverage: Coverage,
+        number: int,
+        fence: int,
+    ) -> None:
+        self.bus, self.projection, self.coverage, self.number = bus, projection, coverage, number
+        self.stream = coverage.stream
+        self.fence = fence  # the token its records carry
+        self._shared = shared
+        self.bucket = projection.bucket(number)
+        self.position = 0  # every event up to here that the projection reads is applied
+        self.lag = 0
+        self.applied = 0
+        self.written: dict[str, Record] = {}  # the last batch's records, as stored
+        self.bucket_seq = 0  # the bucket's last sequence this instance stored
+        self.failures = 0
+        self.last_error = ""
+        self._guard: dict[str, str] = {}  # the headers that make a key write fenced
+        self._cache: dict[str, Record] = {}
+        # True while the cache holds every key of the bucket (it started empty here and was
+        # never trimmed): a key not in it is new, and needs no read to find that out.
+        self._complete = False
+        # The batch being read ahead, and the sequence it starts from.
+        self._next: tuple[int, asyncio.Task[list[StoredMessage]]] | None = None
+        self._tail: Tail | None = None
+        self._follow_after = 0.0  # loop time before which no tail is tried again
+        self._decode = msgspec.msgpack.Decoder(projection.state).decode
+        self._encode = msgspec.msgpack.Encoder().encode
+        subjects = projection.subjects
+        self._filter = subjects[0] if len(subjects) == 1 else None
+
+    async def open(self) -> None:
+        """Create the bucket if need be and fence it: from now on only this instance writes
+        there (one that opened it before and still runs is refused from this write on)."""
+        await ensure_bucket(self.bus.js, self.bucket, replicas=self.bus.replicas, atomic=True)
+        subject = f"$KV.{self.bucket}.{FENCE_KEY}"
+        fenced = await self.bus.publisher.send(
+            Outgoing(subject, _encode_fence({"fence": self.fence}), {}, "")
+        )
+        self.bucket_seq = fenced.seq
+        self._guard = {
+            h.EXPECTED_LAST_SUBJECT_SEQ: str(fenced.seq),
+            h.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: subject,
+        }
+        info = await self.bus.streams.info(f"KV_{self.bucket}")
+        self._complete = info.messages == 1  # the fence alone: every key will be new
+
+    async def follow(self, wake: asyncio.Event) -> None:
+        """Once caught up: have new messages pushed (and `wake` set) instead of reading."""
+        now = asyncio.get_running_loop().time()
+        if self._tail is None and now >= self._follow_after:
+            tail = Tail(self.bus, self.stream, self._filter, wake)
+            if await tail.start(self.position):
+                self._tail = tail
+            else:  # JetStream refused (a consumer limit...): read, and try again later
+                self._follow_after = now + IDLE_CHECK
+
+    async def unfollow(self) -> None:
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            await tail.stop()
+
+    async def step(self) -> int:
+        """Fold one batch; returns how many stream messages it took (0: caught up)."""
+        projection = self.projection
+        batch = await self._batch()
+        if not batch:
+            self.lag = 0
+            return 0
+        try:
+            telemetry = self.bus.telemetry
+            if telemetry.tracer is None:
+                applied = await self._fold(batch)
+            else:
+                headers = [m.headers for m in batch]
+                with telemetry.processing(projection.name, self.stream, headers):
+                    applied = await self._fold(batch)
+        except BaseException:
+            self.close()  # the retry must fold this batch again, not the one read ahead
+            raise
+        self.applied += applied
+        self.position = batch[-1].seq
+        self.lag = batch[-1].pending
+        return len(batch)
+
+    async def advance(self) -> bool:
+        """Move the position to the stream's end when no event of ours lies before it (a
+        projection reading some subjects has seen what it skips); True if it moved."""
+        if self.coverage.reads_all:
+            return False
+        end = await last_sequence(self.bus, self.stream)  # first: what is next is after it
+        if end <= self.position:
+            return False
+        first = await self.coverage.first_after(self.bus, self.position)
+        if first is not None and first <= end:
+            return False
+        self.position = end
+        return True
+
+    async def _batch(self) -> list[StoredMessage]:
+        """The next batch: pushed, while a tail follows the stream; else read. While a full
+        batch folds, the next one is already being read (replays overlap the server's work
+        with ours)."""
+        batch_size = self.projection.batch_size
+        if self._tail is not None:
+            if self._tail.following():
+                return self._tail.take(self.position, batch_size)
+            await self.unfollow()
+        start, pending = self._next or (0, None)
+        self._next = None
+        if pending is not None and start != self.position + 1:  # a stale read-ahead
+            pending.cancel()
+            pending = None
+        batch: list[StoredMessage] = await (pending or self._read(self.position + 1))
+        if len(batch) == batch_size:
+            after = batch[-1].seq + 1
+            self._next = (after, asyncio.create_task(self._read(after)))
+        return batch
+
+    async def _fold(self, batch: list[StoredMessage]) -> int:
+        """Apply a batch in memory and write each changed key once; returns events applied."""
+        projection = self.projection
+        keyed = await self._keyed(batch)
+        if not self._complete:
+            await self._load([key for _, _, key in keyed if key not in self._cache])
+        changed: dict[str, tuple[int, Any]] = {}  # key -> (seq, state), encoded once at the end
+        applied = 0
+        for message, envelope, key in keyed:
+            if key in changed:
+                seq, state = changed[key]
+            elif (record := self._cache.get(key)) is not None:
+                seq, state = record.seq, self._decode(record.state)
+            else:
+                seq, state = 0, projection.initial()
+            if seq >= message.seq:
+                continue  # applied before a crash: skip, never twice
+            try:
+                state = projection.apply(state, envelope)
+            except Exception as exc:
+                await self._reject(message, f"apply failed: {type(exc).__name__}: {exc}")
+                continue
+            changed[key] = (message.seq, state)
+            applied += 1
+        fence = self.fence
+        await self._write(
+            {k: Record(seq, self._encode(st), fence) for k, (seq, st) in changed.items()}
+        )
+        return applied
+
+    def _read(self, from_seq: int) -> Any:
+        return self._shared.read(self.stream, from_seq, self.projection.batch_size, self._filter)
+
+    def close(self) -> None:
+        """Forget what was read ahead or pushed: the next step reads from the position."""
+        if self._next is not None:
+            self._next[1].cancel()
+            self._next = None
+        if self._tail is not None:
+            self._tail.broken = True
+
+    async def _keyed(
+        self, batch: Iterable[StoredMessage]
+    ) -> list[tuple[StoredMessage, Envelope[Event], str]]:
+        out = []
+        for message in batch:
+            if self._filter is None and not any(
+                matches(s, message.subject) for s in self.projection.subjects
+            ):
+                continue
+            try:
+                envelope = self.bus.open(message)
+            except DecodeError as exc:
+                await self._reject(message, f"undecodable: {exc.reason}")
+                continue
+            try:
+                key = self.projection.key(envelope)
+            except Exception as exc:
+                await self._reject(message, f"key failed: {type(exc).__name__}: {exc}")
+                continue
+            if key is not None:
+                out.append((message, envelope, key))
+        return out
+
+    async def _load(self, keys: list[str]) -> None:
+        """Fetch the records of keys not in memory, a few hundred per request, at least as
+        fresh as what this instance has stored (a follower may not have it yet)."""
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), KEYS_PER_READ):
+            chunk = unique[start : start + KEYS_PER_READ]
+            self._cache.update(await read_records(self.bus, self.bucket, chunk, self.bucket_seq))
+
+    async def _write(self, changed: dict[str, Record]) -> None:
+        """Store the changed records: atomic batches of up to MAX_ATOMIC_BATCH, each refused
+        whole unless the fence is still this instance's."""
+        self.written = {}
+        if not changed:
+            return
+        encode, prefix = msgspec.msgpack.encode, f"$KV.{self.bucket}."
+        outs = [
+            Outgoing(prefix + kv_key(key), encode(record), {}, "")
+            for key, record in changed.items()
+        ]
+        try:
+            step = self.bus.telemetry.step
+            with step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
+                for start in range(0, len(outs), MAX_ATOMIC_BATCH):
+                    batch = outs[start : start + MAX_ATOMIC_BATCH]
+                    batch[0] = Outgoing(batch[0].subject, batch[0].payload, self._guard, "")
+                    stored = await self.bus.publisher.send_atomic(batch)
+                    self.bucket_seq = stored[-1].seq
+        except ConcurrencyError:
+            self._complete = False
+            raise Fenced(f"projection {self.projection.name!r}") from None
+        except BaseException:
+            self._complete = False  # some keys may be stored that the cache does not hold
+            raise
+        self._cache.update(changed)
+        self.written = changed
+        if len(self._cache) > CACHE_KEYS:  # memory stays bounded; misses read the bucket
+            self._cache.clear()
+            self._complete = False
+
+    async def _reject(self, message: StoredMessage, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason[:500]
+        out = dead_letter_message(
+            self.stream,
+            message.seq,
+            message.subject,
+            message.data,
+            message.headers,
+            f"projection:{self.projection.name}",
+            reason,
+        )
+        with contextlib.suppress(BusError):  # the status shows the failure either way
+            await self.bus.publisher.send(out)
+        log.error(
+            "projection %s: %s (%s #%d)", self.projection.name, reason, self.stream, message.seq
+        )
