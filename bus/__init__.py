@@ -40,9 +40,9 @@ from ._idempotency import Claim, IdempotencyRecords, InFlight, Mismatch, Replay
 from ._lease import Lease
 from ._live_view import LiveView
 from ._nats.acks import PublishResult
+from ._nats.direct import StoredMessage
 from ._projection import Projection, ProjectionStatus, ProjectionView
 from ._projector import Projector
-from ._reader import StoredMessage
 from ._registry import Component, Registration, Silent, components, silent_components
 from ._rpc import Responder
 from ._server import EmbeddedCluster, EmbeddedServer
@@ -72,18 +72,22 @@ __all__ = (
     "Claim",
     "Codec",
     "Component",
+    "components",
     "ConcurrencyError",
     "ConfigError",
     "ConnectError",
     "Consumer",
     "ConsumerSummary",
     "Credentials",
+    "current_bus",
+    "current_envelope",
     "DeadLetter",
     "DecodeError",
     "EmbeddedCluster",
     "EmbeddedServer",
     "Envelope",
     "Event",
+    "event_subject",
     "EventRegistry",
     "EventStore",
     "Fenced",
@@ -91,13 +95,18 @@ __all__ = (
     "IdempotencyRecords",
     "InFlight",
     "InvalidSubject",
+    "json_schema",
     "Lease",
     "LiveView",
+    "load_app",
+    "matches",
     "Mismatch",
+    "new_event_id",
     "NoResponders",
     "NoStreamForSubject",
     "Observer",
     "OutboundBufferFull",
+    "parse_event_subject",
     "Projection",
     "ProjectionStatus",
     "ProjectionView",
@@ -114,6 +123,7 @@ __all__ = (
     "Router",
     "ServerError",
     "Silent",
+    "silent_components",
     "StoredMessage",
     "StreamConflict",
     "StreamError",
@@ -122,16 +132,6 @@ __all__ = (
     "StreamSpec",
     "StreamSummary",
     "Telemetry",
-    "components",
-    "current_bus",
-    "current_envelope",
-    "event_subject",
-    "json_schema",
-    "load_app",
-    "matches",
-    "new_event_id",
-    "parse_event_subject",
-    "silent_components",
     "validate_pattern",
     "validate_subject",
     "validate_token",
