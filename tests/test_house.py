@@ -138,3 +138,23 @@ def test_nats_py_private_names_are_reached_only_in_the_fast_lane() -> None:
                 continue
             reached.append(f"{name}:{node.lineno} {ast.unparse(node)}")
     assert reached == []
+
+
+def test_services_reach_nats_only_through_bus() -> None:
+    """No service imports nats-py or reaches for a Bus's nats-py client (`nc`, `js`): all
+    of it goes through bus's API. The exceptions are the benchmarks' baselines, which are
+    raw nats-py on purpose, and the ceiling, which measures the fast lane itself."""
+    baselines = {"services.bench.messaging", "services.bench.state", "services.bench.ceiling"}
+    reached = []
+    for name, path in modules():
+        if not name.startswith("services.") or name in baselines:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("nc", "js"):
+                reached.append(f"{name}:{node.lineno} {ast.unparse(node)}")
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                module = node.module if isinstance(node, ast.ImportFrom) else None
+                if any(n.split(".")[0] == "nats" for n in [*names, module or ""]):
+                    reached.append(f"{name}:{node.lineno} imports nats")
+    assert reached == []
