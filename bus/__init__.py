@@ -40,9 +40,9 @@ from ._idempotency import Claim, IdempotencyRecords, InFlight, Mismatch, Replay
 from ._lease import Lease
 from ._live_view import LiveView
 from ._nats.acks import PublishResult
+from ._nats.direct import StoredMessage
 from ._projection import Projection, ProjectionStatus, ProjectionView
 from ._projector import Projector
-from ._reader import StoredMessage
 from ._registry import Component, Registration, Silent, components, silent_components
 from ._rpc import Responder
 from ._server import EmbeddedCluster, EmbeddedServer

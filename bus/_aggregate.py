@@ -62,7 +62,7 @@ class Aggregate(Generic[S]):
         self.version = version  # stream sequence of the last stored event; 0 if none
         self.pending: list[Event] = []
         self.replayed = 0  # events folded by the last load (fewer with a snapshot)
-        self._since_snapshot = 0
+        self.since_snapshot = 0  # events folded or saved since the last snapshot
 
     @staticmethod
     def evolve(state: Any, event: Event) -> Any:
@@ -107,7 +107,7 @@ class Repository(Generic[A]):
             agg.state = agg.evolve(agg.state, envelope.event)
         agg.version = history.version
         agg.replayed = len(history.events)
-        agg._since_snapshot = len(history.events)
+        agg.since_snapshot = len(history.events)
         return agg
 
     async def save(self, agg: A) -> AppendResult | None:
@@ -117,10 +117,10 @@ class Repository(Generic[A]):
         result = await self._store.append(
             self._type.__domain__, agg.id, agg.pending, expected_version=agg.version
         )
-        agg._since_snapshot += len(agg.pending)
+        agg.since_snapshot += len(agg.pending)
         agg.pending = []
         agg.version = result.version
-        if self.snapshot_every and agg._since_snapshot >= self.snapshot_every:
+        if self.snapshot_every and agg.since_snapshot >= self.snapshot_every:
             await self._write_snapshot(agg)
         return result
 
@@ -172,4 +172,4 @@ class Repository(Generic[A]):
         except nats.errors.Error as exc:  # a cache: the events stay the truth
             log.warning("snapshot of %s %s not written: %s", self._type.__name__, agg.id, exc)
             return
-        agg._since_snapshot = 0
+        agg.since_snapshot = 0

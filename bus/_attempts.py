@@ -25,8 +25,8 @@ from ._errors import (
     StreamNotFound,
 )
 from ._kv import ensure_bucket, kv_key
+from ._nats.connection import Connection
 from ._reader import read_from_leader
-from .connection import Connection
 
 log = logging.getLogger("bus.consumer")
 BUCKET = "bus_attempts"

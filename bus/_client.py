@@ -26,33 +26,28 @@ from . import _deadletter as deadletter
 from . import _rpc as rpc
 from ._codec import Codec, ContentType
 from ._consumer import Consumer
-from ._credentials import Credentials, redact_url, split_urls
+from ._credentials import Credentials, describe, is_auth_failure, redact_url, split_urls
 from ._envelope import Envelope, open_message
 from ._errors import (
     BusClosed,
-    BusTimeout,
     ConfigError,
     ConnectError,
-    NoStreamForSubject,
-    StreamError,
 )
 from ._events import Event, EventRegistry
 from ._nats.acks import PublishResult
+from ._nats.connection import Connection
+from ._nats.direct import StoredMessage
 from ._publish import Publisher, template_of
-from ._reader import StoredMessage, read_messages
+from ._reader import read_messages
 from ._streams import StreamManager, StreamSpec, existing_name
 from ._subjects import validate_pattern
 from ._subscribe import Handler, Router, handler_spec
+from ._tail import messages_on
 from ._telemetry import Observer, Telemetry
-from .connection import Connection
 
 log = logging.getLogger("bus")
 R = TypeVar("R")
 
-TAIL_PAGE = 256  # messages a tail reads per round trip (and holds at most)
-TAIL_IDLE = 2.0  # seconds a caught-up tail waits for a wake-up before looking again
-PING_INTERVAL = 1  # seconds
-INITIAL_CONNECT_ROUNDS = 2  # tries per server before start() gives up; then reconnects are endless
 
 _current_bus: ContextVar[Bus] = ContextVar("current_bus")
 
@@ -109,7 +104,6 @@ class Bus:
         self._observer, self._tracer_provider = observer, tracer_provider
         # What it reports: its tracer is settled when it starts (tracing set up before that).
         self.telemetry = Telemetry(NoOpTracerProvider(), observer)
-        self._replicas: dict[str, int] = {}
         self._state = "new"
         self._connect_error: Exception | None = None
 
@@ -125,22 +119,25 @@ class Bus:
         if self._state != "new":
             raise BusClosed(f"this Bus is {self._state}; create a new one")
         self._state = "starting"
-        # nats-py can wait forever on some failures (a TLS handshake it cannot finish), so
-        # the whole initial connect gets one bound.
-        bound = (self.connect_timeout + 0.5) * INITIAL_CONNECT_ROUNDS * len(self.urls) + 1
         self._nc = Connection()
         try:
-            async with asyncio.timeout(bound):
-                await self._connect()
+            await self._nc.open(
+                self.urls,
+                name=self.name,
+                connect_timeout=self.connect_timeout,
+                drain_timeout=self.drain_timeout,
+                on_error=self._on_error,
+                on_reconnect=self._on_reconnect,
+                **self._connect_opts,
+            )
         except Exception as exc:  # nats-py raises several unrelated types here
             self._state = "closed"
             with contextlib.suppress(Exception):
                 await self._nc.close()
             cause = self._connect_error or exc  # "no servers available" hides the reason
             raise ConnectError(
-                f"cannot connect to {self.display_urls}: {_describe(cause)}"
+                f"cannot connect to {self.display_urls}: {describe(cause)}"
             ) from None
-        self._nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect forever
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
         self.telemetry = Telemetry(self._tracer_provider, self._observer)
         self._publisher = Publisher(self._nc, self.codec, self.telemetry, self.publish_timeout)
@@ -158,25 +155,6 @@ class Bus:
             await self.close()
             raise
         return self
-
-    async def _connect(self) -> None:
-        assert self._nc is not None
-        await self._nc.connect(
-            servers=self.urls,
-            name=self.name,
-            connect_timeout=self.connect_timeout,  # type: ignore[arg-type] # float works
-            allow_reconnect=True,
-            max_reconnect_attempts=INITIAL_CONNECT_ROUNDS,
-            reconnect_time_wait=0.25,  # type: ignore[arg-type] # float works
-            # A server that stops answering without closing the connection (frozen, cut
-            # off) is left after two unanswered pings: ~2-3 s, not nats-py's 4 minutes.
-            ping_interval=PING_INTERVAL,
-            max_outstanding_pings=2,
-            drain_timeout=int(self.drain_timeout),
-            error_cb=self._on_error,
-            reconnected_cb=self._on_reconnect,
-            **self._connect_opts,
-        )
 
     async def close(self) -> None:
         """Stop consumers (in-flight handlers finish), stop services, drain, close."""
@@ -243,11 +221,11 @@ class Bus:
     async def _on_error(self, exc: Exception) -> None:
         # While connecting, failures surface as the ConnectError start() raises.
         if self._state == "starting":
-            if not _is_auth_failure(self._connect_error):  # the telling error sticks
+            if not is_auth_failure(self._connect_error):  # the telling error sticks
                 self._connect_error = exc
-            log.debug("nats: %s", _describe(exc))
+            log.debug("nats: %s", describe(exc))
         else:
-            log.warning("nats: %s", _describe(exc))
+            log.warning("nats: %s", describe(exc))
 
     async def _on_reconnect(self) -> None:
         log.info("reconnected to %s", self._nc.connected_url if self._nc else "?")
@@ -338,19 +316,7 @@ class Bus:
 
     async def stream_for(self, subject: str) -> str:
         """The name of the stream that captures `subject` (StreamError if none does)."""
-        try:
-            return str(await self.js.find_stream_name_by_subject(subject))
-        except nats.js.errors.NotFoundError:
-            raise NoStreamForSubject(subject) from None
-        except nats.errors.Error as exc:
-            raise StreamError(f"looking up the stream of {subject!r}: {exc}") from None
-
-    async def replicated(self, stream: str) -> bool:
-        """Whether `stream` has several replicas: then a direct get may be answered by a
-        follower that trails the leader (looked up once per stream)."""
-        if stream not in self._replicas:
-            self._replicas[stream] = (await self.streams.info(stream)).replicas
-        return self._replicas[stream] > 1
+        return await self.streams.capturing(subject)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -387,33 +353,11 @@ class Bus:
             raise ConfigError("from_seq must be >= 1")
         stream = stream or await self.stream_for(pattern)
         info = await self.streams.info(stream)
-        next_seq = from_seq or info.last_seq + 1
-        wake = asyncio.Event()
-
-        def ring(*_: object) -> None:
-            wake.set()
-
         listen = info.subjects if pattern == ">" else [pattern]  # not every subject there is
-        lanes = [await self.nc.open_lane(subject, ring) for subject in listen]
-        try:
-            while True:
-                wake.clear()  # before reading: what arrives during the read rings again
-                try:
-                    page = await read_messages(self.nc, stream, next_seq, TAIL_PAGE, pattern)
-                except BusTimeout:
-                    page = []  # NATS away: wait, then read from the same place
-                for message in page:
-                    next_seq = message.seq + 1
-                    yield message
-                if len(page) < TAIL_PAGE:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(TAIL_IDLE):
-                            await wake.wait()
-        finally:
-            for lane in lanes:
-                self.nc.close_lane(lane)
-                with contextlib.suppress(nats.errors.Error):
-                    await lane.unsubscribe()
+        follow = messages_on(self.nc, stream, pattern, listen, from_seq or info.last_seq + 1)
+        async with contextlib.aclosing(follow) as messages:
+            async for message in messages:
+                yield message
 
     # -- dead letters -------------------------------------------------------------------------
 
@@ -447,15 +391,3 @@ class Bus:
         )
         self._responders = [r for r in self._responders if r.running] + [responder]
         return responder
-
-
-def _is_auth_failure(exc: BaseException | None) -> bool:
-    text = str(exc).lower()
-    return exc is not None and ("authorization" in text or "authentication" in text)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if _is_auth_failure(exc):
-        return f"{text} (check the user/password, token, nkey or creds)"
-    return text

@@ -20,7 +20,6 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -29,36 +28,28 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from . import _telemetry as telemetry
 from ._attempts import UNREACHED, AttemptRecord
 from ._codec import Codec
-from ._deadletter import dead_letter_message
+from ._delivery import Delivery
 from ._envelope import Envelope, current_envelope, open_message
-from ._errors import BusError, DecodeError, OutboundBufferFull, StreamError
+from ._errors import BusError, DecodeError, StreamError
 from ._events import Event, EventRegistry
-from ._followups import Handling, Run, handled_message
+from ._followups import Handling, handled_message
+from ._nats.connection import Connection
+from ._nats.deliveries import sequence_and_delivered
 from ._nats.pulls import Pulls
+from ._nats.wire import parse_headers
+from ._outcomes import Outcomes, settle
 from ._publish import Publisher
 from ._subscribe import HandlerSpec
 from ._telemetry import Telemetry
+from ._trace_context import leave_unsampled
 from ._workers import Workers
-from .connection import Connection, parse_headers
 
 log = logging.getLogger("bus.consumer")
 
-ACK, TERM, IN_PROGRESS = b"+ACK", b"+TERM", b"+WPI"
+ACK, IN_PROGRESS = b"+ACK", b"+WPI"
 BATCH_LINGER = 0.02  # seconds a partial batch waits for more messages
 AHEAD_SECONDS = 0.05  # hold, beyond the handler slots, what the handlers get through in this
 MAX_AHEAD = 512  # messages
-_encode = msgspec.json.Encoder().encode
-
-
-class Delivery:
-    """One message as the lane hands it over: no nats-py Msg, headers parsed once, the ack
-    subject kept as the bytes it is written back as."""
-
-    __slots__ = ("data", "headers", "reply", "run", "subject")
-
-    def __init__(self, subject: str, reply: bytes, data: bytes, headers: dict[str, str]) -> None:
-        self.subject, self.reply, self.data, self.headers = subject, reply, data, headers
-        self.run: Run | None = None  # what its handler publishes (bus._followups)
 
 
 class Consumer:
@@ -104,8 +95,14 @@ class Consumer:
         self._sub: Any = None
         self._stopping = False
         self._stopped = False  # the workers are gone: what still arrives is handed back
+        self._outcomes = Outcomes(
+            nc, publisher, spec, stream, telemetry, self._attempts, self._handling
+        )
         self.delivered = 0  # counters, for tests and metrics
-        self.dead_lettered = 0
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._outcomes.dead_lettered
 
     @property
     def in_flight(self) -> int:
@@ -281,7 +278,7 @@ class Consumer:
 
     def _admit(self, msg: Delivery) -> Envelope[Event] | str:
         """The message's envelope, or why it goes to the dead-letter stream instead."""
-        stream_seq, attempt = _ack_metadata(msg.reply)
+        stream_seq, attempt = sequence_and_delivered(msg.reply)
         try:
             env = open_message(
                 msg.subject,
@@ -307,7 +304,7 @@ class Consumer:
             try:
                 await self._handle_one(msg, None)
             finally:
-                telemetry.leave_unsampled(token)
+                leave_unsampled(token)
             return
         with self._telemetry.processing(
             self.spec.durable, self.stream, [msg.headers], msg.subject
@@ -319,9 +316,9 @@ class Consumer:
         started = time.perf_counter() if observer is not None else 0.0
         env = self._admit(msg)
         if isinstance(env, str):
-            await self._dead_letter(msg, env)
+            await self._outcomes.dead_letter(msg, env)
             return
-        if env.attempt > 1 and not await self._resume(msg, env):
+        if env.attempt > 1 and not await self._outcomes.resume(msg, env):
             return
         # Each job runs in a fresh copy of the context (bus.workers): nothing to reset.
         current_envelope.set(env)
@@ -338,7 +335,7 @@ class Consumer:
             if env.attempt < self.spec.max_deliver and not isinstance(exc, UNREACHED):
                 assert env.seq is not None  # (the message is kept alive while it is recorded)
                 await self._attempts.failed(env.seq, env.attempt, within=self.spec.ack_wait / 2)
-            await self._failed(msg, env.attempt, exc)
+            await self._outcomes.failed(msg, env.attempt, exc)
         else:
             self._settle(msg, ACK)
         if observer is not None:
@@ -357,7 +354,7 @@ class Consumer:
         for msg in msgs:
             env = self._admit(msg)
             if isinstance(env, str):
-                await self._dead_letter(msg, env)
+                await self._outcomes.dead_letter(msg, env)
             else:
                 envs.append((msg, env))
         if not envs:
@@ -370,7 +367,7 @@ class Consumer:
             outcome = "error"
             telemetry.failed(span, exc)
             for msg, env in envs:
-                await self._failed(msg, env.attempt, exc)
+                await self._outcomes.failed(msg, env.attempt, exc)
         else:
             for msg, _ in envs:
                 self._settle(msg, ACK)
@@ -378,64 +375,8 @@ class Consumer:
             seconds = time.monotonic() - started
             observer.processed(self.spec.durable, outcome, seconds, len(envs))
 
-    async def _resume(self, msg: Delivery, env: Envelope[Event]) -> bool:
-        """Before a redelivery's handler runs: its failure epoch, read from the attempts
-        record. False (and a nak) when that cannot be read now: running it without would
-        give its events ids of another epoch."""
-        assert env.seq is not None
-        try:
-            epoch = await self._attempts.epoch(env.seq)
-        except BusError as exc:
-            delay = self.spec.backoff.delay(env.attempt)
-            log.warning(
-                "consumer %s: the failure epoch of %s seq %d is unreadable, retry in %.2fs: %s",
-                self.spec.durable, self.stream, env.seq, delay, exc,
-            )  # fmt: skip
-            self._settle(msg, b"-NAK " + _encode({"delay": int(delay * 1e9)}))
-            return False
-        # Right after a clean failure (epoch = the attempt before) no run has used this
-        # epoch's ids yet; otherwise runs since the message was stored may have.
-        since = 0 if epoch == env.attempt - 1 else _stored_at(msg.reply)
-        msg.run = self._handling.run(env, epoch, since)
-        return True
-
-    async def _failed(self, msg: Delivery, attempt: int, exc: Exception) -> None:
-        reason = f"{type(exc).__name__}: {exc}"
-        if attempt >= self.spec.max_deliver:
-            await self._dead_letter(msg, f"handler failed {attempt} times; last: {reason}")
-            return
-        delay = self.spec.backoff.delay(attempt)
-        log.warning(
-            "handler %s failed (attempt %d/%d), retry in %.2fs: %s",
-            self.spec.durable, attempt, self.spec.max_deliver, delay, reason,
-        )  # fmt: skip
-        self._settle(msg, b"-NAK " + _encode({"delay": int(delay * 1e9)}))
-
-    async def _dead_letter(self, msg: Delivery, reason: str) -> None:
-        """Copy to the dead-letter stream, then terminate; if the copy fails, retry later."""
-        stream_seq, _ = _ack_metadata(msg.reply)
-        out = dead_letter_message(
-            self.stream, stream_seq, msg.subject, msg.data, msg.headers, self.spec.durable, reason
-        )
-        try:
-            await self._publisher.send(out)
-        except BusError as exc:
-            log.error(
-                "dead-lettering %s seq %d failed, will retry: %s", self.stream, stream_seq, exc
-            )
-            self._settle(msg, b"-NAK " + _encode({"delay": int(5e9)}))
-            return
-        self.dead_lettered += 1
-        self._telemetry.dead_lettered(self.stream, self.spec.durable, reason)
-        log.error("dead-lettered %s seq %d: %s", self.stream, stream_seq, reason)
-        self._settle(msg, TERM)
-
     def _settle(self, msg: Delivery, verb: bytes) -> None:
-        """Ack, nak or term; a settle lost to a disconnect means a redelivery, never a loss."""
-        try:  # noqa: SIM105 (not contextlib.suppress: this runs once per message)
-            self._nc.reply(msg.reply, verb)
-        except OutboundBufferFull:
-            pass
+        settle(self._nc, msg, verb)
 
     def _keep_alive(self) -> None:
         """Tell JetStream that messages held for a while (queued, or in a handler running for
@@ -455,17 +396,3 @@ class Consumer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _ack_metadata(reply: bytes) -> tuple[int, int]:
-    """(stream sequence, delivery count) from a JetStream ack subject (v1 or v2 form)."""
-    tokens = reply.split(b".")
-    offset = 2 if len(tokens) >= 11 else 0  # v2 adds domain and account hash
-    return int(tokens[5 + offset]), int(tokens[4 + offset])
-
-
-def _stored_at(reply: bytes) -> int:
-    """When the message was stored (ns since the epoch), from its ack subject."""
-    tokens = reply.split(b".")
-    offset = 2 if len(tokens) >= 11 else 0
-    return int(tokens[7 + offset])

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from ._client import Bus
 from ._errors import BeyondStreamEnd
-from ._reader import StoredMessage, read_firsts, read_from_leader
+from ._nats.direct import StoredMessage
+from ._reader import read_firsts, read_from_leader
 from ._subjects import covers
 
 

@@ -59,3 +59,16 @@ def split_urls(servers: str | Sequence[str]) -> list[str]:
     if not urls:
         raise ConfigError("no NATS server URL given")
     return urls
+
+
+def is_auth_failure(exc: BaseException | None) -> bool:
+    text = str(exc).lower()
+    return exc is not None and ("authorization" in text or "authentication" in text)
+
+
+def describe(exc: BaseException) -> str:
+    """A connect failure in words, with a hint where credentials were refused."""
+    text = str(exc) or type(exc).__name__
+    if is_auth_failure(exc):
+        return f"{text} (check the user/password, token, nkey or creds)"
+    return text

@@ -16,10 +16,12 @@ import nats.errors
 from . import _headers as h
 from ._errors import PublishError, StreamNotFound
 from ._nats.acks import PublishResult
-from ._publish import Outgoing, Publisher
-from ._reader import StoredMessage, read_messages
+from ._nats.connection import Connection
+from ._nats.direct import StoredMessage
+from ._nats.wire import Outgoing
+from ._publish import Publisher
+from ._reader import read_messages
 from ._streams import dead_letter_stream, dead_letter_subject
-from .connection import Connection
 
 ORIGINAL_MSG_ID = "Bus-Original-Msg-Id"
 _DLQ_ONLY = (h.DLQ_REASON, h.DLQ_CONSUMER, h.ORIGINAL_SUBJECT, h.ORIGINAL_SEQ, ORIGINAL_MSG_ID)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
@@ -27,6 +27,17 @@ from ._subjects import validate_token
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+# Type checkers then see every subclass as frozen and keyword-only, as msgspec makes it (a
+# subclass need not repeat `frozen=True`); nothing happens at run time.
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+
+    def dataclass_transform(**_: object) -> Callable[[type], type]:
+        return lambda cls: cls
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True)
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     """Base of every domain event: a frozen msgspec Struct holding only domain fields."""
 

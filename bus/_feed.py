@@ -19,8 +19,10 @@ import nats.errors
 
 from ._client import Bus
 from ._errors import BusError
-from ._reader import StoredMessage, read_messages
-from .connection import parse_headers
+from ._nats.deliveries import sequences_and_pending
+from ._nats.direct import StoredMessage
+from ._nats.wire import parse_headers
+from ._reader import read_messages
 
 log = logging.getLogger("bus.projector")
 TAIL_HEARTBEAT = 1.0  # seconds between the server's heartbeats on a quiet tail
@@ -100,7 +102,7 @@ class Tail:
         self._buffer: deque[StoredMessage] = deque()
         self._delivered = 0  # the consumer's sequence of the last message pushed
         self._heard = 0.0  # loop time of the last message or heartbeat
-        self._epoch = bus.nc.stats["reconnects"]
+        self._epoch = bus.nc.reconnects
         self._lane: Any = None
         self._consumer = ""
         self._answers: set[asyncio.Task[None]] = set()
@@ -159,7 +161,7 @@ class Tail:
         return True
 
     def following(self) -> bool:
-        if self.broken or self._bus.nc.stats["reconnects"] != self._epoch:
+        if self.broken or self._bus.nc.reconnects != self._epoch:
             return False
         return asyncio.get_running_loop().time() - self._heard < 2 * TAIL_HEARTBEAT
 
@@ -198,15 +200,11 @@ class Tail:
             if status == "100" and last is not None and int(last) != self._delivered:
                 self._break()
             return
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or with
-        # <domain>.<account hash> before the stream (and a token after) in the newer form
-        tokens = reply.split(b".")
-        at = 2 if len(tokens) == 9 else 4
-        if int(tokens[at + 4]) != self._delivered + 1 or len(self._buffer) >= TAIL_BACKLOG:
+        seq, delivered, pending = sequences_and_pending(reply)
+        if delivered != self._delivered + 1 or len(self._buffer) >= TAIL_BACKLOG:
             self._break()
             return
         self._delivered += 1
-        seq, pending = int(tokens[at + 3]), int(tokens[at + 6])
         # (the stored time is not needed to fold)
         message = StoredMessage(self._stream, seq, subject.decode(), "", data, headers, pending)
         self._buffer.append(message)

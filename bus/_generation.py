@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from . import _headers as h
+from ._atomic import MAX_ATOMIC_BATCH
 from ._client import Bus
 from ._coverage import Coverage, last_sequence
 from ._deadletter import dead_letter_message
@@ -32,9 +33,9 @@ from ._errors import BusError, ConcurrencyError, DecodeError, Fenced
 from ._events import Event
 from ._feed import SharedReads, Tail
 from ._kv import ensure_bucket, kv_key
+from ._nats.direct import StoredMessage
+from ._nats.wire import Outgoing
 from ._projection import FENCE_KEY, Projection, Record, read_records
-from ._publish import MAX_ATOMIC_BATCH, Outgoing
-from ._reader import StoredMessage
 from ._subjects import matches
 
 log = logging.getLogger("bus.projector")

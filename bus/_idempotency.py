@@ -39,7 +39,8 @@ from nats.js.kv import KeyValue
 from ._client import Bus
 from ._errors import BusError, BusTimeout, ConfigError, StreamError
 from ._kv import ensure_bucket, kv_key
-from ._reader import StoredMessage, read_from_leader
+from ._nats.direct import StoredMessage
+from ._reader import read_from_leader
 from ._subjects import validate_token
 
 BUCKET = "bus_idempotency"

@@ -235,12 +235,12 @@ class LiveView(Generic[S]):
         self._keys_lane = await self._bus.nc.open_lane(f"$KV.{bucket}.>", self._on_key)
 
     async def _check_epoch(self) -> None:
-        if self._bus.nc.stats["reconnects"] != self._epoch:
+        if self._bus.nc.reconnects != self._epoch:
             await self._resync()
 
     async def _resync(self) -> None:
         """Updates may have been missed: forget the keys, read the status again."""
-        self._epoch = self._bus.nc.stats["reconnects"]
+        self._epoch = self._bus.nc.reconnects
         self._records.clear()
         await self._bus.nc.flush()  # our lanes are registered before we read
         self._offer(await self.view.status())

@@ -45,7 +45,8 @@ from ._envelope import Envelope
 from ._errors import BusTimeout, ConfigError, StreamNotFound
 from ._events import Event
 from ._kv import from_kv_key, kv_key
-from ._reader import StoredMessage, read_from_leader, read_last, read_messages
+from ._nats.direct import StoredMessage
+from ._reader import read_from_leader, read_last, read_messages
 from ._subjects import validate_pattern, validate_token
 
 S = TypeVar("S")
@@ -137,7 +138,7 @@ class ProjectionView(Generic[S]):
         projection's keys then asks of a replica must be at least that recent)."""
         subject, stream = f"$KV.{META_BUCKET}.{self.projection.name}", f"KV_{META_BUCKET}"
         try:
-            if await self._bus.replicated(stream):
+            if await self._bus.streams.replicated(stream):
                 found = await read_from_leader(self._bus.nc, stream, last_by_subject=subject)
             else:
                 found = next(iter(await read_last(self._bus.nc, stream, [subject], 1)), None)

@@ -33,8 +33,8 @@ from ._errors import BusError, ConcurrencyError, ConfigError, Fenced
 from ._feed import SharedReads
 from ._generation import IDLE_CHECK, Generation
 from ._kv import ensure_bucket
+from ._nats.wire import Outgoing
 from ._projection import META_BUCKET, Projection, ProjectionStatus, Record
-from ._publish import Outgoing
 from ._reader import read_from_leader
 
 log = logging.getLogger("bus.projector")

@@ -12,51 +12,34 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import msgspec
 import nats.errors
 
 from . import _headers as h
 from . import _telemetry as telemetry
+from ._atomic import send_atomic
 from ._codec import Codec
 from ._envelope import build_headers
 from ._errors import (
     BusClosed,
     BusError,
-    ConcurrencyError,
     ConfigError,
-    PublishError,
     PublishTimeout,
 )
 from ._events import Event, new_event_id
 from ._followups import Run, current_run
 from ._nats.acks import NO_RESPONDERS, TOO_LARGE, PublishResult, read_ack
+from ._nats.connection import Connection
+from ._nats.wire import Outgoing, encode_headers
 from ._reruns import Reruns, capture_filter
 from ._subjects import validate_token
 from ._telemetry import Telemetry
-from .connection import Connection
 
 RETRY_AFTER = 1.0  # seconds without an ack before a publish is sent again
 MAX_PAUSE = 0.1  # seconds between rounds while a stream is between leaders: its election ends
 # at a moment nobody announces, and each pause is that much added to the failover
 YIELD_EVERY = 256  # publishes buffered before the flusher gets a turn (server and us overlap)
-MAX_ATOMIC_BATCH = 1000  # nats-server's default limit on one atomic batch
-
-
-class Outgoing(msgspec.Struct, frozen=True, gc=False):
-    """One event ready for the wire.
-
-    Not tracked by the garbage collector (it holds no cycles: our header dict, bytes, a span):
-    a publish_many of 20,000 held as many tracked objects, and full collections in the middle
-    of it cost up to 30 ms."""
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str]
-    event_id: str
-    span: Any = None  # the PRODUCER span while tracing is on, ended at the ack
-    rerun_since: int = 0  # a handler's rerun: its message's stored time (see bus._reruns)
 
 
 class Publisher:
@@ -335,50 +318,8 @@ class Publisher:
     async def send_atomic(
         self, outs: Sequence[Outgoing], timeout: float | None = None
     ) -> list[PublishResult]:
-        """All or none, as one JetStream atomic batch (the stream needs `allow_atomic`).
-
-        Consistency headers on the first message guard the whole batch; only the commit
-        (last) message is acknowledged, and the batch is stored contiguously.
-        """
-        if not 1 <= len(outs) <= MAX_ATOMIC_BATCH:
-            raise ConfigError(f"an atomic batch holds 1 to {MAX_ATOMIC_BATCH} events")
-        if len(outs) == 1:
-            return [await self.send(outs[0], timeout)]
-        wait = self.timeout if timeout is None else timeout
-        if outs[0].rerun_since and (stored := await self._reruns.batch(outs, wait)):
-            return stored
-        batch_id = new_event_id()
-        for i, out in enumerate(outs[:-1], 1):
-            block = encode_headers({**out.headers, h.BATCH_ID: batch_id, h.BATCH_SEQ: str(i)})
-            if len(block) + len(out.payload) > self._nc.max_payload:
-                raise PublishError(out.subject, "maximum payload exceeded")
-            await self._nc.send(out.subject, out.payload, "", block)
-        last = outs[-1]
-        commit = {**last.headers, h.BATCH_ID: batch_id, h.BATCH_SEQ: str(len(outs))}
-        commit[h.BATCH_COMMIT] = "1"
-        try:
-            acked = await self.send(
-                Outgoing(last.subject, last.payload, commit, last.event_id, last.span), timeout
-            )
-        except BusError as exc:
-            if outs[0].rerun_since and (stored := await self._reruns.refused(outs, wait, exc)):
-                return stored  # an earlier run of the handler stored this batch
-            for out in outs[:-1]:
-                if out.span is not None:
-                    telemetry.end_publish(out.span, error=exc)
-            if isinstance(exc, ConcurrencyError):  # the commit reports what the first asked
-                expected = int(outs[0].headers.get(h.EXPECTED_LAST_SUBJECT_SEQ, "0"))
-                raise ConcurrencyError(outs[0].subject, expected, exc.actual) from None
-            raise
-        first = acked.seq - len(outs) + 1
-        results = [
-            PublishResult(out.event_id, out.subject, acked.stream, first + i)
-            for i, out in enumerate(outs)
-        ]
-        for out, result in zip(outs[:-1], results, strict=False):
-            if out.span is not None:
-                telemetry.end_publish(out.span, result.stream, result.seq)
-        return results
+        """All or none, as one JetStream atomic batch (see bus._atomic)."""
+        return await send_atomic(self, self._nc, self._reruns, outs, timeout)
 
     def _outgoing(
         self,
@@ -436,14 +377,6 @@ class Publisher:
 def template_of(event: Event) -> str:
     """The subject with the id left out: span names and metrics never carry ids."""
     return f"{event.__domain__}.{{id}}.{event.__event_name__}"
-
-
-def encode_headers(headers: dict[str, str]) -> bytes:
-    """A NATS header block; refuses line breaks, which would forge extra headers."""
-    block = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
-    if block.count("\n") != len(headers) or block.count("\r") != len(headers):
-        raise ConfigError("header names and values cannot contain line breaks")
-    return b"NATS/1.0\r\n" + block.encode() + b"\r\n"
 
 
 class _Batch:

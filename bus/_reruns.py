@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import msgspec
 import nats.errors
@@ -37,11 +36,9 @@ from ._errors import (
     StreamNotFound,
 )
 from ._nats.acks import PublishResult
+from ._nats.connection import Connection
+from ._nats.wire import Outgoing
 from ._reader import read_messages
-from .connection import Connection
-
-if TYPE_CHECKING:
-    from ._publish import Outgoing
 
 log = logging.getLogger("bus.publish")
 

@@ -21,13 +21,14 @@ from collections.abc import AsyncGenerator, Sequence
 import msgspec
 
 from . import _headers as h
+from ._atomic import MAX_ATOMIC_BATCH
 from ._client import Bus
 from ._envelope import Envelope
 from ._errors import ConfigError
 from ._events import Event
 from ._nats.acks import PublishResult
-from ._publish import MAX_ATOMIC_BATCH
-from ._reader import STALE_PATIENCE, StoredMessage, read_from_leader
+from ._nats.direct import StoredMessage
+from ._reader import STALE_PATIENCE, read_from_leader
 from ._subjects import validate_token
 
 PAGE = 256  # events per direct-get round trip when loading
@@ -105,7 +106,7 @@ class EventStore:
         stream = self.stream_of(domain)
         subject = f"{domain}.{validate_token(aggregate_id, 'aggregate id')}.*"
         known = 0  # the sequence of its last event, as the leader has it
-        if await self._bus.replicated(stream):
+        if await self._bus.streams.replicated(stream):
             last = await read_from_leader(self._bus.nc, stream, last_by_subject=subject)
             known = last.seq if last else 0
         events: list[Envelope[Event]] = []

@@ -25,7 +25,13 @@ from nats.js.api import (
     StreamInfo,
 )
 
-from ._errors import ConfigError, StreamConflict, StreamError, StreamNotFound
+from ._errors import (
+    ConfigError,
+    NoStreamForSubject,
+    StreamConflict,
+    StreamError,
+    StreamNotFound,
+)
 from ._subjects import validate_pattern
 
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_\-]{1,255}")
@@ -171,6 +177,7 @@ class StreamManager:
 
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
+        self._replicas: dict[str, int] = {}
 
     async def ensure(self, spec: StreamSpec) -> StreamSummary:
         """Create the stream, or update it when it differs in a field that can change."""
@@ -212,6 +219,22 @@ class StreamManager:
     async def list(self) -> list[StreamSummary]:
         infos = await self._call(self._js.streams_info(), "*")
         return sorted((_summary(i) for i in infos), key=lambda s: s.name)
+
+    async def capturing(self, subject: str) -> str:
+        """The name of the stream that captures `subject` (NoStreamForSubject if none)."""
+        try:
+            return str(await self._js.find_stream_name_by_subject(subject))
+        except nats.js.errors.NotFoundError:
+            raise NoStreamForSubject(subject) from None
+        except nats.errors.Error as exc:
+            raise StreamError(f"looking up the stream of {subject!r}: {exc}") from None
+
+    async def replicated(self, name: str) -> bool:
+        """Whether stream `name` has several replicas: then a direct get may be answered by
+        a follower that trails the leader (looked up once per stream)."""
+        if name not in self._replicas:
+            self._replicas[name] = (await self.info(name)).replicas
+        return self._replicas[name] > 1
 
     async def consumers(self, name: str) -> builtins.list[ConsumerSummary]:
         infos = await self._call(self._js.consumers_info(existing_name(name)), name)

@@ -17,25 +17,29 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from opentelemetry import baggage, context, propagate, trace
-from opentelemetry.context import Context
+from opentelemetry import context, trace
 from opentelemetry.trace import (
     Link,
-    NonRecordingSpan,
     Span,
-    SpanContext,
     SpanKind,
     StatusCode,
-    TraceFlags,
     TracerProvider,
 )
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ._envelope import current_envelope
+from ._trace_context import (
+    Continuing,
+    Unsampled,
+    carried,
+    extract,
+    inject,
+    passed_on,
+    traceparent_of,
+    unsampled,
+    unsampled_parent,
+)
 
 SYSTEM = "nats"
 
@@ -48,164 +52,6 @@ class Observer(Protocol):
     def processed(self, consumer: str, outcome: str, seconds: float, count: int) -> None: ...
 
     def dead_lettered(self, stream: str, consumer: str) -> None: ...
-
-
-# The unsampled trace a message being handled belongs to: its `traceparent`, passed on by
-# what the handler publishes. A plain context variable: no span, no OpenTelemetry context.
-_unsampled_parent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "bus_unsampled_parent", default=None
-)
-
-
-def _unsampled(headers: Mapping[str, str]) -> str | None:
-    """The message's traceparent if it is one of an unsampled trace, else None: a canonical
-    one with the sampled flag clear (a malformed one names no parent at all). Read whatever
-    the propagator: the bus writes unsampled traceparents itself."""
-    parent = headers.get("traceparent")
-    if parent is None or len(parent) != 55 or parent[-1] not in "02468ace":
-        return None
-    return parent if _CANONICAL.fullmatch(parent) else None
-
-
-def leave_unsampled(token: contextvars.Token[str | None]) -> None:
-    _unsampled_parent.reset(token)
-
-
-def _passed_on() -> str | None:
-    """The traceparent to pass on unsampled, if the current work is not sampled."""
-    current = trace.get_current_span().get_span_context()
-    if current.is_valid:
-        return None if current.trace_flags.sampled else _traceparent(current)
-    return _unsampled_parent.get()
-
-
-def _traceparent(span_context: SpanContext) -> str:
-    flags = int(span_context.trace_flags)
-    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}"
-
-
-# What the bus itself writes: the one W3C form `propagate.extract` reads the same way, with
-# ids that are not all zero (those mean "no parent"); anything else goes to the propagator.
-_CANONICAL = re.compile(r"00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})")
-_W3C_FIELDS = {"traceparent", "tracestate", "baggage"}
-_propagation: tuple[object, bool] = (None, False)  # (global propagator, is W3C trace context)
-
-
-def _w3c() -> bool:
-    """Whether the global propagator carries the W3C trace context (and perhaps W3C baggage)
-    and nothing else, so that a `traceparent` alone carries everything it would write or
-    read (judged by the header fields it declares, the API's public view of it)."""
-    global _propagation
-    textmap = propagate.get_global_textmap()
-    if _propagation[0] is not textmap:
-        fields = set(textmap.fields)
-        _propagation = (textmap, "traceparent" in fields and fields <= _W3C_FIELDS)
-    return _propagation[1]
-
-
-def _inject(headers: dict[str, str], span: Span) -> None:
-    """`propagate.inject` of the span's context; written directly when a traceparent is all
-    the propagator would write (no tracestate, no baggage)."""
-    span_context = span.get_span_context()
-    if span_context.trace_state or baggage.get_all() or not _w3c():
-        propagate.inject(headers, context=trace.set_span_in_context(span))
-    else:
-        headers["traceparent"] = _traceparent(span_context)
-
-
-def _extract(headers: Mapping[str, str]) -> tuple[Context, SpanContext]:
-    """`propagate.extract(headers)` and the producer's span context in it; read directly when
-    the propagator is W3C and the message carries no tracestate or baggage, and either no
-    traceparent or a canonical one."""
-    if "tracestate" not in headers and "baggage" not in headers and _w3c():
-        parent = headers.get("traceparent")
-        if parent is None:
-            return _NO_PARENT
-        if len(parent) == 55 and (found := _remote(parent)) is not None:
-            return found
-    extracted = propagate.extract(headers)
-    return extracted, trace.get_current_span(extracted).get_span_context()
-
-
-_NO_PARENT = (Context(), trace.INVALID_SPAN_CONTEXT)
-
-
-@functools.lru_cache(maxsize=256)
-def _remote(traceparent: str) -> tuple[Context, SpanContext] | None:
-    """What `_extract` returns for a canonical traceparent, or None for any other form; the
-    messages of a batch share theirs, so it is read once."""
-    match = _CANONICAL.fullmatch(traceparent)
-    if match is None:
-        return None
-    trace_id, span_id, flags = match.groups()
-    producer = SpanContext(
-        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
-    )
-    return trace.set_span_in_context(NonRecordingSpan(producer), Context()), producer
-
-
-# -- passing a caller's context on while this process traces nothing ------------------------
-# With no SDK the OpenTelemetry API still carries an incoming context (a non-recording span
-# holds it), so a traced component downstream continues the caller's trace. The bus does the
-# same with no API machinery per message: it passes the caller's own `traceparent` (and
-# `tracestate`) on, found where the work being done came from.
-
-_incoming: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
-    "bus_incoming_trace", default=None
-)
-_W3C_READER = TraceContextTextMapPropagator()
-
-
-class _Continuing:
-    """`Telemetry.continuing` without a generator's layers (it wraps every publishing
-    request)."""
-
-    __slots__ = ("carrier", "token")
-
-    def __init__(self, carrier: Mapping[str, str]) -> None:
-        self.carrier = carrier
-        self.token: contextvars.Token[dict[str, str] | None] | None = None
-
-    def __enter__(self) -> None:
-        self.token = _incoming.set(_pass_on(self.carrier))
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.token is not None:
-            _incoming.reset(self.token)
-
-
-def _carried() -> dict[str, str] | None:
-    """The trace context an event published now passes on while tracing is off (not to be
-    changed): the current span's (someone made a caller's context current, as the MCP SDK does
-    with a request's `_meta`), else the request's being served (`continuing`), else the
-    handled message's."""
-    span_context = trace.get_current_span().get_span_context()
-    if span_context.is_valid:
-        return _written(span_context)
-    incoming = _incoming.get()
-    if incoming is not None:
-        return incoming
-    envelope = current_envelope.get()
-    return None if envelope is None else _pass_on(envelope.headers)
-
-
-def _pass_on(carrier: Mapping[str, str]) -> dict[str, str] | None:
-    """The W3C trace context of `carrier` as the propagator would write it again, or None
-    when it names no valid parent (a malformed traceparent is not passed on)."""
-    parent = carrier.get("traceparent")
-    if parent is None:
-        return None
-    if "tracestate" not in carrier and len(parent) == 55 and _CANONICAL.fullmatch(parent):
-        return {"traceparent": parent}  # (what a handled message of ours carries)
-    span_context = trace.get_current_span(_W3C_READER.extract(carrier)).get_span_context()
-    return _written(span_context) if span_context.is_valid else None
-
-
-def _written(span_context: SpanContext) -> dict[str, str]:
-    written = {"traceparent": _traceparent(span_context)}
-    if span_context.trace_state:
-        written["tracestate"] = span_context.trace_state.to_header()
-    return written
 
 
 @functools.lru_cache(maxsize=1024)
@@ -260,21 +106,6 @@ class _Current:
         self.span.end()
 
 
-class _Unsampled:
-    """No span, only the unsampled traceparent to pass on (see `enter_unsampled`)."""
-
-    __slots__ = ("parent", "token")
-
-    def __init__(self, parent: str) -> None:
-        self.parent = parent
-
-    def __enter__(self) -> None:
-        self.token = _unsampled_parent.set(self.parent)
-
-    def __exit__(self, *exc_info: object) -> None:
-        _unsampled_parent.reset(self.token)
-
-
 _OFF = contextlib.nullcontext()
 
 
@@ -308,13 +139,13 @@ class Telemetry:
         headers of a request being served) while tracing is off. With tracing on, the
         request's own span (the FastAPI instrumentation's) is their parent instead, and this
         does nothing."""
-        return _OFF if self.tracer is not None else _Continuing(carrier)
+        return _OFF if self.tracer is not None else Continuing(carrier)
 
     def enter_unsampled(self, headers: Mapping[str, str]) -> contextvars.Token[str | None] | None:
         """Handle a message of an unsampled trace without a span (a parent-based sampler
         would drop it anyway); returns the token to `leave_unsampled`, or None: make a span."""
-        parent = _unsampled(headers) if self.parent_decides else None
-        return None if parent is None else _unsampled_parent.set(parent)
+        parent = unsampled(headers) if self.parent_decides else None
+        return None if parent is None else unsampled_parent.set(parent)
 
     def start_publish(
         self, template: str, event_id: str, headers: dict[str, str], size: int
@@ -326,10 +157,10 @@ class Telemetry:
         drop its span too), without the SDK's per-message propagation machinery."""
         tracer = self.tracer
         if tracer is None:
-            if (carried := _carried()) is not None:
-                headers.update(carried)
+            if (context_in := carried()) is not None:
+                headers.update(context_in)
             return None
-        if self.parent_decides and (parent := _passed_on()):
+        if self.parent_decides and (parent := passed_on()):
             headers["traceparent"] = parent
             return None
         name, attributes = _publish_attributes(template)
@@ -343,9 +174,9 @@ class Telemetry:
             },
         )
         if span.is_recording():
-            _inject(headers, span)
+            inject(headers, span)
             return span
-        headers["traceparent"] = _traceparent(span.get_span_context())
+        headers["traceparent"] = traceparent_of(span.get_span_context())
         return None
 
     @contextlib.contextmanager
@@ -355,9 +186,9 @@ class Telemetry:
         the caller's context passed on (or None: nothing to add)."""
         tracer = self.tracer
         if tracer is None:
-            yield _carried()
+            yield carried()
             return
-        if self.parent_decides and (parent := _passed_on()):
+        if self.parent_decides and (parent := passed_on()):
             yield {"traceparent": parent}
             return
         name, attributes = _publish_attributes(template)
@@ -365,9 +196,9 @@ class Telemetry:
         span = tracer.start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
         headers: dict[str, str] = {}
         if span.is_recording():
-            _inject(headers, span)
+            inject(headers, span)
         else:
-            headers["traceparent"] = _traceparent(span.get_span_context())
+            headers["traceparent"] = traceparent_of(span.get_span_context())
         try:
             yield headers
         except BaseException as exc:
@@ -394,10 +225,10 @@ class Telemetry:
         if tracer is None:
             return _OFF
         headers = list(headers)
-        parent = _unsampled(headers[0]) if headers and self.parent_decides else None
+        parent = unsampled(headers[0]) if headers and self.parent_decides else None
         if parent is not None:
-            return _Unsampled(parent)
-        producers = [_extract(h) for h in headers]
+            return Unsampled(parent)
+        producers = [extract(h) for h in headers]
         name, attributes = _process_attributes(consumer, stream)
         if len(producers) > 1:
             attributes = {**attributes, "messaging.batch.message_count": len(producers)}

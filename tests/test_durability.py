@@ -24,7 +24,7 @@ from bus import (
 )
 from bus._server import TLSFiles
 from services import demo
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 from .domain import JOBS, JobCreated, eventually
 

@@ -36,7 +36,7 @@ from bus._idempotency import STREAM
 from services.demo import app as demo
 from services.edge import create_app
 from services.edge.events import BatchRequest, batch_request, event_request
-from services.settings import Settings
+from services.runtime.settings import Settings
 from tests.edge import KEYS, READ, WRITE, serve
 from tests.test_mcp import mcp_client
 

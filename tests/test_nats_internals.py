@@ -1,4 +1,4 @@
-"""The import-time check of the nats-py internals the fast lane uses (bus/_nats_internals.py):
+"""The import-time check of the nats-py internals the fast lane uses (bus/_nats/internals.py):
 it passes on the installed nats-py and names what is missing, the installed version and the
 supported range on stand-ins that lack one internal each."""
 
@@ -17,7 +17,7 @@ from nats.protocol import parser as nats_parser
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from bus._nats_internals import (
+from bus._nats.internals import (
     CLIENT,
     PARSER,
     PARSER_STATES,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.errors import ProtocolError
 
-from bus.connection import Connection
+from bus._nats.connection import Connection
 
 Received = tuple[bytes, bytes, bytes, bytes | None]
 LANE, PLAIN = 7, 8  # a lane's subscription id, and one nats-py delivers the usual way

@@ -21,8 +21,8 @@ from bus import (
     Projector,
     StreamSpec,
 )
+from bus._nats.wire import Outgoing
 from bus._projection import META_BUCKET
-from bus._publish import Outgoing
 
 from .domain import eventually
 

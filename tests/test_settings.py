@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bus import ConfigError
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 BUS = str(Path(sys.executable).with_name("bus"))
 

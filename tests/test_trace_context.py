@@ -19,7 +19,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from bus import Bus, Envelope, EventStore, Telemetry, current_bus
-from bus._telemetry import _extract, _inject, _pass_on, leave_unsampled
+from bus._trace_context import extract, inject, leave_unsampled, pass_on
 
 from . import tracing_child
 from .domain import JOBS, JobCreated, JobDone, eventually
@@ -29,14 +29,14 @@ CANONICAL = f"00-{TRACE}-{SPAN}-01"
 
 
 def _same_as_propagator(headers: dict[str, str]) -> None:
-    (ours, producer), reference = _extract(headers), propagate.extract(headers)
+    (ours, producer), reference = extract(headers), propagate.extract(headers)
     assert producer == trace.get_current_span(ours).get_span_context()
     assert producer == trace.get_current_span(reference).get_span_context()
     assert baggage.get_all(ours) == baggage.get_all(reference)
 
 
 def test_a_canonical_traceparent_names_a_remote_parent() -> None:
-    _, parent = _extract({"traceparent": CANONICAL})
+    _, parent = extract({"traceparent": CANONICAL})
     assert (parent.trace_id, parent.span_id) == (int(TRACE, 16), int(SPAN, 16))
     assert parent.is_remote
     assert parent.trace_flags.sampled
@@ -126,7 +126,7 @@ def test_tracestate_and_baggage_are_carried(extra: dict[str, str]) -> None:
 @pytest.mark.parametrize("headers", [{}, {"Nats-Msg-Id": "x"}, {"baggage": "user=alice"}])
 def test_a_message_without_traceparent_has_no_parent(headers: dict[str, str]) -> None:
     _same_as_propagator(headers)
-    assert not _extract(headers)[1].is_valid
+    assert not extract(headers)[1].is_valid
 
 
 class _Marker(textmap.TextMapPropagator):
@@ -165,10 +165,10 @@ def other_propagators() -> Iterator[None]:
 
 @pytest.mark.usefixtures("other_propagators")
 def test_other_configured_propagators_read_and_write_as_usual() -> None:
-    _, read = _extract({"traceparent": CANONICAL})
+    _, read = extract({"traceparent": CANONICAL})
     assert read == _Marker.parent
     headers: dict[str, str] = {}
-    _inject(headers, NonRecordingSpan(SpanContext(3, 4, is_remote=False)))
+    inject(headers, NonRecordingSpan(SpanContext(3, 4, is_remote=False)))
     assert headers["marker"] == "1"
 
 
@@ -176,7 +176,7 @@ def _injected(span_context: SpanContext) -> tuple[dict[str, str], dict[str, str]
     span = NonRecordingSpan(span_context)
     ours: dict[str, str] = {}
     reference: dict[str, str] = {}
-    _inject(ours, span)
+    inject(ours, span)
     propagate.inject(reference, context=trace.set_span_in_context(span))
     return ours, reference
 
@@ -269,12 +269,12 @@ def test_what_is_passed_on_is_what_the_propagator_would_write_again(
         carrier["tracestate"] = tracestate
     reference: dict[str, str] = {}
     _W3C.inject(reference, context=_W3C.extract(carrier))
-    assert _pass_on(carrier) == (reference or None)
+    assert pass_on(carrier) == (reference or None)
 
 
 def test_nothing_is_passed_on_without_a_traceparent() -> None:
-    assert _pass_on({"tracestate": "vendor=abc"}) is None
-    assert _pass_on({}) is None
+    assert pass_on({"tracestate": "vendor=abc"}) is None
+    assert pass_on({}) is None
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from bus import (
     validate_subject,
 )
 from bus._envelope import build_headers, open_message
-from bus._publish import encode_headers
+from bus._nats.wire import encode_headers
 
 from .domain import JobCreated, JobDone
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from bus import _headers as h
 from bus._errors import ConcurrencyError, NoStreamForSubject, PublishError
-
-if TYPE_CHECKING:
-    from bus._publish import Outgoing
+from bus._nats.wire import Outgoing
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code for a stale expected sequence, and the
 WRONG_LAST_SEQUENCE_UNSAID = 10164  # same when it cannot say which (a guarded write in flight)

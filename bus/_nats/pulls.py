@@ -16,7 +16,7 @@ from collections.abc import Callable
 import msgspec
 
 from bus._errors import OutboundBufferFull
-from bus.connection import Connection
+from bus._nats.connection import Connection
 
 _encode = msgspec.json.Encoder().encode
 

@@ -69,7 +69,7 @@ async def _consume(url: str, handle: int) -> None:
 
 
 if __name__ == "__main__":
-    from services.lifecycle import run
+    from services.runtime.lifecycle import run
 
     url, count = sys.argv[1:3]
     run(_consume(url, int(count)))

@@ -39,7 +39,7 @@ from bus import (
     Repository,
     StreamSpec,
 )
-from services.lifecycle import run
+from services.runtime.lifecycle import run
 
 from .memory import peak_rss_mb
 from .summary import Verdict, at_least, at_most

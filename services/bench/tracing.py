@@ -161,7 +161,7 @@ async def _child(url: str, mode: str, n: int, run: str) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    from services.lifecycle import run as run_loop
+    from services.runtime.lifecycle import run as run_loop
 
     url, mode, count, run_id = sys.argv[1:5]
     print(msgspec.json.encode(run_loop(_child(url, mode, int(count), run_id))).decode())

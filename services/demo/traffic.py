@@ -24,8 +24,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bus import ConfigError, ConnectError
-from services.lifecycle import until_signalled
-from services.settings import Settings
+from services.runtime.lifecycle import until_signalled
+from services.runtime.settings import Settings
 
 IN_FLIGHT = 100  # requests at once at most; past it the rate drops instead of piling up
 FAIL_TIMES = (0, 1, 2, 9)  # 9 >= the worker's max_deliver: a dead letter

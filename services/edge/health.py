@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
 from bus import BusError, silent_components
-from services.checks import Checks, connection_checks
+from services.runtime.checks import Checks, connection_checks
 
 router = APIRouter(tags=["health"])
 STALE_LAG = 10_000  # events a projection may trail before it is "warn"

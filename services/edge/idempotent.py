@@ -21,6 +21,7 @@ from bus import (
     Claim,
     ConcurrencyError,
     ConfigError,
+    IdempotencyRecords,
     InFlight,
     Mismatch,
     NoStreamForSubject,
@@ -83,5 +84,6 @@ async def stored_earlier(
     `subject`); empty when it stored nothing, or no stream of the app takes `subject`."""
     for spec in state.app.streams:
         if any(matches(pattern, subject) for pattern in spec.subjects):
-            return await state.idempotency.find_stored(spec.name, subjects, event_ids)
+            records: IdempotencyRecords = state.idempotency
+            return await records.find_stored(spec.name, subjects, event_ids)
     return []

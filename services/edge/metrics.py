@@ -1,6 +1,6 @@
 """`GET /metrics` (an explicit route: a mounted app would answer with a 307) and the HTTP
 duration of every request by route template. JetStream-derived gauges are read at scrape time
-(services/telemetry.py)."""
+(services/runtime/telemetry.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from observability.metrics import Metrics
-from services.telemetry import exposition
+from services.runtime.telemetry import exposition
 
 router = APIRouter(tags=["health"])
 

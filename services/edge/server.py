@@ -12,9 +12,9 @@ from typing import Any
 import uvicorn
 
 from bus import App, Bus, Component, ConfigError, Registration
-from services.settings import Settings
+from services.runtime.settings import Settings
 
-GRACE = 3.0  # seconds open connections (live tails never end by themselves) get at a stop
+GRACE = 3  # seconds open connections (live tails never end by themselves) get at a stop
 EDGE_PATHS = ("/livez", "/readyz", "/metrics", "/docs", "/mcp")
 
 
@@ -74,8 +74,8 @@ async def serve_edge(
     settings: Settings, app: App, json_logs: bool, show_key: Callable[[str], None]
 ) -> None:
     """`bus edge`: the edge alone until a signal, then a graceful stop (exit status 0)."""
-    from services import telemetry
-    from services.lifecycle import until_signalled
+    from services.runtime import telemetry
+    from services.runtime.lifecycle import until_signalled
 
     from .app import create_app
 

@@ -41,7 +41,7 @@ from rich.console import Console
 from bus import Bus, ConnectError, EmbeddedServer, ProjectionView
 from bus._server import free_port
 from services.demo import MAX_DELIVER, STATUS_OF, app
-from services.lifecycle import until_signalled
+from services.runtime.lifecycle import until_signalled
 
 from .figures import (
     PROBE_TIMEOUT,

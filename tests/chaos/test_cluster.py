@@ -34,7 +34,7 @@ from bus import (
     PublishTimeout,
     StreamSpec,
 )
-from bus._publish import Outgoing
+from bus._nats.wire import Outgoing
 from tests.domain import eventually
 
 STREAM = StreamSpec.for_domain("failover", replicas=3)

@@ -1,6 +1,6 @@
 """A service's telemetry: OTLP traces when configured, JSON logs carrying trace ids, the bus's
 observations recorded as Prometheus metrics, and the `/metrics` answer (served by the edge,
-and by `services.probes` for the worker and projector)."""
+and by `services.runtime.probes` for the worker and projector)."""
 
 from __future__ import annotations
 

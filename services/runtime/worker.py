@@ -1,7 +1,7 @@
 """`bus worker --app module:attr`: the app's handlers alone (no edge, no projections).
 
 Run as many as the load needs: durable consumers share the work. Serves its probes
-(`/livez`, `/readyz`, `/health`, `/metrics`: services.probes) and registers in the component
+(`/livez`, `/readyz`, `/health`, `/metrics`: services.runtime.probes) and registers in the component
 registry with them and a `handler:<durable>` capability per handler; SIGTERM drains
 in-flight handlers before the connection closes (unfinished messages are redelivered
 elsewhere).

@@ -20,9 +20,9 @@ from starlette.routing import Route
 
 from bus import App, Bus, Component
 from observability.metrics import Metrics
+from services.edge.server import advertised_url, start_edge, stop_edge
 
 from .checks import connection_checks
-from .edge.server import advertised_url, start_edge, stop_edge
 from .telemetry import exposition
 
 FINAL_SCRAPE_WAIT = 6.0  # seconds: deploy/prometheus scrapes every 5 s

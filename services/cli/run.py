@@ -10,6 +10,8 @@ from collections.abc import Callable
 import click
 
 from bus import BusError, load_app
+from services.runtime.lifecycle import run as run_loop
+from services.runtime.settings import Settings
 
 from .console import (
     APP_DIR,
@@ -20,10 +22,8 @@ from .console import (
     json_option,
     logs_option,
     run,
-    run_loop,
     serve,
 )
-from .settings import Settings
 
 
 @click.command()
@@ -32,7 +32,7 @@ from .settings import Settings
 @json_option
 def up(app_ref: str, fresh: bool, as_json: bool) -> None:
     """Start the whole backbone: embedded NATS (unless BUS_NATS_URL) and the app's services."""
-    from .up import run_up
+    from services.runtime.up import run_up
 
     app_dir = click.get_current_context().meta[APP_DIR]
     try:
@@ -82,11 +82,11 @@ def bench(
     scenario: str, runs: int, messages: int, events: int, sync_interval: str, as_json: bool
 ) -> None:
     """Measure bus against raw nats-py on one embedded server, in one run."""
-    from .bench.http import run_http_bench
-    from .bench.messaging import run_bench
-    from .bench.state import run_state_bench
-    from .bench.summary import Verdict, show
-    from .bench.tracing import run_tracing_bench
+    from services.bench.http import run_http_bench
+    from services.bench.messaging import run_bench
+    from services.bench.state import run_state_bench
+    from services.bench.summary import Verdict, show
+    from services.bench.tracing import run_tracing_bench
 
     scenarios: dict[str, Callable[[], list[Verdict]]] = {
         "messaging": lambda: run_loop(run_bench(runs, messages, sync_interval, as_json)),
@@ -110,7 +110,7 @@ def bench(
 @logs_option
 def edge(app_ref: str, as_json: bool) -> None:
     """Run the HTTP edge alone on BUS_EDGE_HOST:BUS_EDGE_PORT (keys from BUS_API_KEYS)."""
-    from .edge.server import serve_edge
+    from services.edge.server import serve_edge
 
     def show_key(key: str) -> None:  # shown once on the terminal, never logged
         err_console.print(f"development API key: [bold]{key}[/]", highlight=False)
@@ -123,7 +123,7 @@ def edge(app_ref: str, as_json: bool) -> None:
 @logs_option
 def projector(app_ref: str, as_json: bool) -> None:
     """Run the app's projections; start several for failover (one is active per projection)."""
-    from .projector import serve_projector
+    from services.runtime.projector import serve_projector
 
     serve(serve_projector, app_ref, as_json)
 
@@ -133,7 +133,7 @@ def projector(app_ref: str, as_json: bool) -> None:
 @logs_option
 def worker(app_ref: str, as_json: bool) -> None:
     """Run the app's handlers; start several to share the work."""
-    from .worker import serve_worker
+    from services.runtime.worker import serve_worker
 
     serve(serve_worker, app_ref, as_json)
 
@@ -166,7 +166,7 @@ async def demo_traffic(
     rate: float, duration: float, url: str | None, key: str | None, as_json: bool
 ) -> None:
     """Create demo tasks and read them back through the HTTP edge, with live progress."""
-    from .demo.traffic import drive, render
+    from services.demo.traffic import drive, render
 
     summary = await drive(url, key, rate, duration, quiet=as_json)
     emit(as_json, summary, render(summary))
@@ -198,7 +198,7 @@ async def demo_traffic(
 def soak(duration: str, restart_every: str, report_every: str, rate: float, as_json: bool) -> None:
     """Demo traffic through worker, projector and edge with server restarts; RSS, open files,
     lag and dead letters over time, then a verdict: nothing lost, nothing growing (not for CI)."""
-    from .soak import parse_duration, render, run_soak
+    from services.soak import parse_duration, render, run_soak
 
     try:
         verdict = run_loop(

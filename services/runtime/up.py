@@ -22,11 +22,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from bus import App, Bus, Component, EmbeddedServer, Registration
-from services.edge.server import advertised_url
+from services.edge import create_app
+from services.edge.server import advertised_url, edge_component, start_edge, stop_edge
 
 from . import telemetry
-from .edge import create_app
-from .edge.server import edge_component, start_edge, stop_edge
 from .examples import try_commands
 from .lifecycle import until_signalled
 from .projector import ProjectorService

@@ -1,7 +1,7 @@
 """Health checks every process shares, in the shape of the IETF health+json draft:
 `{name: [{status: pass|warn|fail, observedValue, observedUnit, output, time}]}`.
 
-The edge (`/health`, `/readyz`) and the worker's and projector's own HTTP (`services.probes`)
+The edge (`/health`, `/readyz`) and the worker's and projector's own HTTP (`services.runtime.probes`)
 ask the same questions: is NATS connected, does JetStream answer (within READY_TIMEOUT, so a
 frozen server fails the check instead of hanging it), do the app's streams exist.
 """

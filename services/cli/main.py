@@ -26,8 +26,9 @@ from bus import (
     load_app,
     parse_event_subject,
 )
+from services.runtime.projector import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
 
-from . import cli_run
+from . import run as cli_run
 from .console import (
     app_option,
     connect,
@@ -38,7 +39,6 @@ from .console import (
     json_option,
     run,
 )
-from .projector import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
 
 
 @click.group()

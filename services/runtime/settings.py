@@ -40,9 +40,9 @@ class Settings(BaseSettings):
     public_reads: bool = False  # reads without a key
     cors_origins: Names = ()  # browser origins allowed to call the edge
     edge_allowed_hosts: Names = ()  # Host values /mcp accepts (DNS-rebinding guard)
-    publish_rate: float = Field(1000.0, ge=0, allow_inf_nan=False)  # per key per s; 0: none
+    publish_rate: float = Field(default=1000.0, ge=0, allow_inf_nan=False)  # per key per s; 0: none
     # seconds an Idempotency-Key is honoured (a retry must find it: at least a minute)
-    idempotency_ttl: float = Field(86400.0, ge=60, allow_inf_nan=False)
+    idempotency_ttl: float = Field(default=86400.0, ge=60, allow_inf_nan=False)
     replicas: int = 1  # of the app's streams and our KV buckets: 1, 3 (a cluster) or 5
     metrics_host: str = "127.0.0.1"  # where `bus projector` and `bus worker` serve /metrics
     metrics_port: Port | None = None  # unset: they serve none

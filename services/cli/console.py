@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bus import App, Bus, BusError, load_app
-
-from .lifecycle import run as run_loop
-from .settings import Settings
+from services.runtime.lifecycle import run as run_loop
+from services.runtime.settings import Settings
 
 DEFAULT_APP = "services.demo:app"
 APP_DIR = "bus.app_dir"  # click context meta: the directory the chosen app is imported from
@@ -30,7 +29,7 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-def run(coro_fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+def run(coro_fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """Run an async verb; turn our errors (and Ctrl-C) into one line and an exit code."""
 
     @functools.wraps(coro_fn)
@@ -121,7 +120,9 @@ logs_option = click.option("--json", "as_json", is_flag=True, help="JSON logs on
 
 
 def serve(
-    service: Callable[[Settings, App, bool], Awaitable[None]], app_ref: str, json: bool
+    service: Callable[[Settings, App, bool], Coroutine[Any, Any, None]],
+    app_ref: str,
+    json: bool,
 ) -> None:
     """Run a long-lived service until Ctrl-C or SIGTERM; start-up errors as one line."""
     try:

@@ -1,14 +1,14 @@
 """The nats-py internals `bus` relies on, checked once when `bus` is imported.
 
-bus/connection.py subclasses nats-py's client and protocol parser to hand messages straight
-to our consumers, and writes into the client's pending buffer. Those names are private: any
-nats-py release may rename or reshape one, and consuming or publishing then breaks, possibly
-without an error. pyproject.toml bounds nats-py to the releases the suite ran against; this
-check turns any other nats-py (installed with --no-deps, pinned by a lock file, patched) into
-one clear error at import instead of lost messages later.
+The fast lane (bus/_nats/connection.py, parser.py) subclasses nats-py's client and protocol
+parser to hand messages straight to our consumers, and writes into the client's pending
+buffer. Those names are private: any nats-py release may rename or reshape one, and consuming
+or publishing then breaks, possibly without an error. pyproject.toml bounds nats-py to the
+releases the suite ran against; this check turns any other nats-py (installed with --no-deps,
+pinned by a lock file, patched) into one clear error at import instead of lost messages later.
 
 The error is an ImportError, not a BusError: it is raised while `import bus` runs, before any
-caller could hold `bus.errors` to catch it, and an unusable dependency found at import is what
+caller could hold bus's BusError to catch it, and an unusable dependency found at import is what
 ImportError means to tools and to `try: import bus except ImportError`.
 """
 
@@ -55,7 +55,7 @@ class UnsupportedNats(ImportError):
     def __init__(self, problems: list[str], installed: str) -> None:
         super().__init__(
             f"bus cannot run on the installed nats-py {installed}: its fast consuming lane "
-            f"(bus/connection.py) uses nats-py internals that this release lacks or has "
+            f"(bus/_nats) uses nats-py internals that this release lacks or has "
             f"changed: {'; '.join(problems)}. bus supports nats-py{SUPPORTED}; install one "
             f"with: pip install 'nats-py[nkeys]{SUPPORTED}'",
             name="nats",
