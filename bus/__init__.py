@@ -6,6 +6,7 @@ and so on), as is the NATS fast lane (`bus._nats`). `bus.testing` is the pytest 
 
 from ._aggregate import Aggregate, Repository
 from ._app import App, load_app
+from ._breaker import CircuitPolicy, Circuits
 from ._client import Bus, current_bus
 from ._codec import Codec, json_schema
 from ._consumer import Consumer
@@ -17,6 +18,7 @@ from ._errors import (
     BusClosed,
     BusError,
     BusTimeout,
+    CircuitOpen,
     ConcurrencyError,
     ConfigError,
     ConnectError,
@@ -31,6 +33,7 @@ from ._errors import (
     RemoteError,
     RequestTimeout,
     ServerError,
+    ServiceError,
     StreamConflict,
     StreamError,
     StreamNotFound,
@@ -69,6 +72,9 @@ __all__ = (
     "BusClosed",
     "BusError",
     "BusTimeout",
+    "CircuitOpen",
+    "CircuitPolicy",
+    "Circuits",
     "Claim",
     "Codec",
     "Component",
@@ -113,6 +119,7 @@ __all__ = (
     "Responder",
     "Router",
     "ServerError",
+    "ServiceError",
     "Silent",
     "StoredMessage",
     "StreamConflict",

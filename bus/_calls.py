@@ -1,0 +1,100 @@
+"""Requests as a Bus makes them: the endpoint's circuit asked first (an open one refuses at
+once), a CLIENT span whose context travels in the request's headers, the outcome counted and
+fed back to the circuit. The wire itself is `_rpc.call`.
+
+An endpoint names what a request is an instance of, for span names, metric labels and its
+circuit: the subject itself by default, or the pattern it matches (`tasks.*.get`) when
+subjects carry ids, so labels stay bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, TypeVar
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from ._breaker import Circuits
+from ._errors import BusError, CircuitOpen, NoResponders, RemoteError, RequestTimeout
+from ._rpc import call
+from ._subjects import validate_subject
+from ._telemetry import Telemetry, failed
+
+R = TypeVar("R")
+_encode = msgspec.json.Encoder().encode
+_valid = functools.lru_cache(maxsize=4096)(validate_subject)  # (a refusal is not cached)
+
+
+def outcome_of(error: BusError) -> str:
+    """The bounded `outcome` label of a failed request."""
+    if isinstance(error, RemoteError):
+        return "refused" if error.callers_fault else "error"
+    if isinstance(error, RequestTimeout):
+        return "timeout"
+    if isinstance(error, NoResponders):
+        return "no_responders"
+    if isinstance(error, CircuitOpen):
+        return "circuit_open"
+    return "closed"
+
+
+def _counts_against(error: BusError) -> bool:
+    """Whether the failure says the endpoint is unwell (not a refusal of the request)."""
+    if isinstance(error, RemoteError):
+        return not error.callers_fault
+    return isinstance(error, RequestTimeout | NoResponders)
+
+
+async def request(
+    nc: NATS,
+    telemetry: Telemetry,
+    circuits: Circuits,
+    subject: str,
+    payload: Any,
+    response_type: type[R],
+    timeout: float,
+    endpoint: str | None,
+) -> R:
+    """`Bus.request`: the reply to `payload` on `subject`, decoded as `response_type`."""
+    _valid(subject)
+    endpoint = endpoint or subject
+    observer = telemetry.observer
+    try:
+        circuit = circuits.admit(endpoint)
+    except CircuitOpen:
+        if observer is not None:
+            observer.requested(endpoint, "circuit_open", 0.0)
+        raise
+    headers: dict[str, str] = {}
+    span = telemetry.start_request(endpoint, headers)
+    started = time.perf_counter()
+    try:
+        data = await call(nc, subject, _encode(payload), headers or None, timeout)
+        try:
+            result = msgspec.json.decode(data, type=response_type)
+        except msgspec.DecodeError as exc:
+            raise RemoteError(subject, 502, f"unreadable reply: {exc}") from None
+    except BusError as exc:
+        if _counts_against(exc):
+            circuits.failed(endpoint, circuit)
+        else:
+            circuits.succeeded(circuit)
+        if span is not None:
+            failed(span, exc)
+            span.end()
+        if observer is not None:
+            observer.requested(endpoint, outcome_of(exc), time.perf_counter() - started)
+        raise
+    except BaseException:  # cancelled: no verdict on the endpoint
+        circuits.abandoned(circuit)
+        if span is not None:
+            span.end()
+        raise
+    circuits.succeeded(circuit)
+    if span is not None:
+        span.end()
+    if observer is not None:
+        observer.requested(endpoint, "ok", time.perf_counter() - started)
+    return result
