@@ -1,7 +1,9 @@
 """`bus status`: the whole system at a glance, so one command answers "is it working?".
 
 Server, streams, durable consumers with what they still owe, projections with their lag and
-the registered components; KV and object-store streams are internal and left out.
+the registered components, with the request circuits each holds (as of its last heartbeat:
+the breakers live in the calling processes); KV and object-store streams are internal and
+left out.
 """
 
 from __future__ import annotations
@@ -90,4 +92,6 @@ def render(status: Status) -> Table:
             comp.name,
             f"{comp.kind} {comp.instance}, heartbeat {comp.heartbeat_at or '-'}",
         )
+        for endpoint, state in sorted(comp.circuits.items()):
+            table.add_row("circuit", f"{comp.name} → {endpoint}", state.replace("_", "-"))
     return table

@@ -3,19 +3,31 @@
 A worker handles `tasks.<id>.created`: it fails `fail_times` times before completing, so a
 task with `fail_times >= max_deliver` (5) ends in the dead-letter stream `DLQ_TASKS`.
 Projections: `task` (task id → status, title, attempts, version) and `task_counts`
-(status → how many times tasks entered it).
+(status → how many times tasks entered it). The workers answer `tasks.get` requests
+(`{"id": ...}`) with a task's `task` state; an unknown id is a 404.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import msgspec
 
-from bus import App, Envelope, Event, Projection, StreamSpec, current_bus
+from bus import (
+    App,
+    Envelope,
+    Event,
+    Projection,
+    ProjectionView,
+    ServiceError,
+    StreamSpec,
+    current_bus,
+)
 
 log = logging.getLogger("tasks")
 MAX_DELIVER = 5
+MAX_ID = 128  # characters of a task id a request may ask for
 
 
 class TaskCreated(Event):
@@ -116,3 +128,19 @@ async def run_task(event: TaskCreated, envelope: Envelope[TaskCreated]) -> None:
         raise DemoFailure(f"task {task_id}: failing attempt {attempt} of {event.fail_times}")
     await bus.publish(TaskCompleted(attempts=attempt), task_id)
     log.info("task %s completed on attempt %d", task_id, attempt)
+
+
+class GetTask(msgspec.Struct, forbid_unknown_fields=True):
+    """A `tasks.get` request."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+
+
+@app.serve("tasks.get")
+async def get_task(request: GetTask) -> TaskView:
+    """A task's state in the `task` projection (as of its last checkpoint)."""
+    view: ProjectionView[TaskView] = ProjectionView(current_bus(), app.projection("task"))
+    found = await view.get(request.id)
+    if found is None:
+        raise ServiceError(404, f"no task {request.id!r}")
+    return found[0]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import App, Bus, Credentials, IdempotencyRecords, LiveView
+from bus import App, Bus, CircuitPolicy, Circuits, Credentials, IdempotencyRecords, LiveView
 from observability import tracing
 from observability.metrics import Metrics
 
@@ -24,6 +24,7 @@ from . import (
     mcp_endpoint,
     problems,
     projections,
+    requests,
     tail,
 )
 from . import metrics as http_metrics
@@ -61,6 +62,7 @@ def create_app(
     idempotency_ttl: float = IdempotencyRecords.DEFAULT_TTL,
     replicas: int = 1,
     metrics: Metrics | None = None,
+    circuits: Circuits | CircuitPolicy | None = None,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -69,7 +71,8 @@ def create_app(
     events per second per key (0: unlimited); a WebSocket tail client that reads nothing for
     `slow_client_timeout` seconds is disconnected; an `Idempotency-Key` is kept for
     `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
-    `metrics` is where it counts (its own unless the process shares one, as `bus up` does)."""
+    `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
+    `circuits` guard its requests (a policy, or a table the process shares)."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -88,6 +91,7 @@ def create_app(
                 credentials=credentials,
                 replicas=replicas,
                 observer=metrics,
+                circuits=circuits,
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
@@ -128,7 +132,7 @@ def create_app(
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
-    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail):
+    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, requests):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     tracing.instrument(api)
