@@ -128,6 +128,7 @@ async def start_services(
     """A micro service per service name and version, with an endpoint per spec of it."""
     services: dict[tuple[str, str], list[ResponderSpec]] = {}
     for spec in specs:
+        await _not_stored(nc, spec.subject)
         services.setdefault((spec.service, spec.version), []).append(spec)
     return [await _start_service(nc, telemetry, group) for group in services.values()]
 
@@ -202,6 +203,20 @@ def _endpoint(
         task.add_done_callback(done)
 
     return dispatch
+
+
+async def _not_stored(nc: NATS, subject: str) -> None:
+    """Refuse a subject a stream captures: JetStream would store every request and answer
+    it with a publish ack, first as often as not."""
+    try:
+        stream = await nc.jetstream().find_stream_name_by_subject(subject)
+    except nats.errors.Error:  # none captures it (or JetStream is away: nothing to tell)
+        return
+    raise ConfigError(
+        f"requests on {subject!r} would be stored by stream {stream!r}, whose subjects capture "
+        "them: serve another subject, or narrow the stream's (events are <domain>.<id>.<event>:"
+        " <domain>.*.*)"
+    )
 
 
 def _header_safe(text: str) -> str:

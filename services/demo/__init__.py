@@ -27,6 +27,7 @@ from bus import (
 
 log = logging.getLogger("tasks")
 MAX_DELIVER = 5
+EVENTS = "tasks.*.*"  # what the stream and projections hold: tasks.<id>.<event>
 MAX_ID = 128  # characters of a task id a request may ask for
 
 
@@ -104,11 +105,13 @@ def count(state: StatusCount, envelope: Envelope[Event]) -> StatusCount:
 
 app = App(
     "tasks",
-    streams=[StreamSpec.for_domain("tasks")],
+    # Events are tasks.<id>.<event>. On tasks.> the stream would also store (and answer) the
+    # tasks.get requests the app serves, and the projector's wake-ups hear them.
+    streams=[StreamSpec("TASKS", (EVENTS,))],
     events=[TaskCreated, TaskProgressed, TaskCompleted, TaskFailed],
     projections=[
-        Projection("task", ("tasks.>",), TaskView, task_id, apply_task),
-        Projection("task_counts", ("tasks.>",), StatusCount, status_key, count),
+        Projection("task", (EVENTS,), TaskView, task_id, apply_task),
+        Projection("task_counts", (EVENTS,), StatusCount, status_key, count),
     ],
 )
 
