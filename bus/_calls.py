@@ -1,6 +1,6 @@
 """Requests as a Bus makes them: the endpoint's circuit asked first (an open one refuses at
 once), a CLIENT span whose context travels in the request's headers, the outcome counted and
-fed back to the circuit. The wire itself is `_rpc.call`.
+fed back to the circuit; nats-py's errors translated into bus's.
 
 An endpoint names what a request is an instance of, for span names, metric labels and its
 circuit: the subject itself by default, or the pattern it matches (`tasks.*.get`) when
@@ -14,15 +14,17 @@ import time
 from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from ._breaker import Circuits
-from ._errors import BusError, CircuitOpen, NoResponders, RemoteError, RequestTimeout
-from ._rpc import call
+from ._errors import BusClosed, BusError, CircuitOpen, NoResponders, RemoteError, RequestTimeout
 from ._subjects import validate_subject
 from ._telemetry import Telemetry, failed
+from ._trace_context import carried
 
 R = TypeVar("R")
+ERROR_HEADER, ERROR_CODE_HEADER = "Nats-Service-Error", "Nats-Service-Error-Code"
 _encode = msgspec.json.Encoder().encode
 _valid = functools.lru_cache(maxsize=4096)(validate_subject)  # (a refusal is not cached)
 
@@ -67,13 +69,28 @@ async def request(
         if observer is not None:
             observer.requested(endpoint, "circuit_open", 0.0)
         raise
-    headers: dict[str, str] = {}
-    span = telemetry.start_request(endpoint, headers)
-    started = time.perf_counter()
+    data = _encode(payload)
+    if telemetry.tracer is None:  # (the hot path: no span, the caller's context passed on)
+        span, headers = None, carried()
+    else:
+        headers = {}
+        span = telemetry.start_request(endpoint, headers)
+    started = time.perf_counter() if observer is not None else 0.0
     try:
-        data = await call(nc, subject, _encode(payload), headers or None, timeout)
         try:
-            result = msgspec.json.decode(data, type=response_type)
+            msg = await nc.request(subject, data, timeout=timeout, headers=headers or None)
+        except nats.errors.TimeoutError:
+            raise RequestTimeout(subject, timeout) from None
+        except nats.errors.NoRespondersError:
+            raise NoResponders(subject) from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            raise BusClosed("the connection is closed") from None
+        hdrs = msg.headers
+        if hdrs and ERROR_HEADER in hdrs:
+            code = hdrs.get(ERROR_CODE_HEADER) or ""
+            raise RemoteError(subject, int(code) if code.isdigit() else 500, hdrs[ERROR_HEADER])
+        try:
+            result = msgspec.json.decode(msg.data, type=response_type)
         except msgspec.DecodeError as exc:
             raise RemoteError(subject, 502, f"unreadable reply: {exc}") from None
     except BusError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, Self, TypeVar
 
@@ -371,7 +371,7 @@ class Bus:
 
     # -- request / reply ----------------------------------------------------------------------
 
-    async def request(
+    def request(
         self,
         subject: str,
         payload: Any,
@@ -379,10 +379,10 @@ class Bus:
         timeout: float = 5.0,
         *,
         endpoint: str | None = None,
-    ) -> R:
-        """The reply on `subject`, as `response_type`; `endpoint`: see bus._calls."""
+    ) -> Coroutine[Any, Any, R]:
+        """The reply on `subject` as `response_type` (see bus._calls); no async layer here."""
         args = (subject, payload, response_type, timeout, endpoint)
-        return await calls.request(self.nc, self.telemetry, self.circuits, *args)
+        return calls.request(self.nc, self.telemetry, self.circuits, *args)
 
     async def serve(
         self, subject: str, handler: Callable[[Any], Awaitable[Any]], **options: Any

@@ -33,12 +33,11 @@ from nats.aio.client import Client as NATS
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from ._errors import BusClosed, ConfigError, NoResponders, RemoteError, RequestTimeout, ServiceError
+from ._errors import ConfigError, RemoteError, ServiceError
 from ._subjects import validate_pattern
 from ._telemetry import Telemetry, failed
 
 log = logging.getLogger("bus.rpc")
-ERROR_HEADER, ERROR_CODE_HEADER = "Nats-Service-Error", "Nats-Service-Error-Code"
 SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what nats.micro accepts, bounded
 MAX_DESCRIPTION = 1024  # characters of an error description sent back in a header
 _encode = msgspec.json.Encoder().encode
@@ -78,25 +77,6 @@ def responder_spec(
     return ResponderSpec(
         subject, handler, _request_type(handler), service, version, queue_group, concurrency
     )
-
-
-async def call(
-    nc: NATS, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float
-) -> bytes:
-    """One request on the wire: the reply's bytes, or the bus error saying why not."""
-    try:
-        msg = await nc.request(subject, data, timeout=timeout, headers=headers)
-    except nats.errors.TimeoutError:
-        raise RequestTimeout(subject, timeout) from None
-    except nats.errors.NoRespondersError:
-        raise NoResponders(subject) from None
-    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-        raise BusClosed("the connection is closed") from None
-    hdrs = msg.headers
-    if hdrs and ERROR_HEADER in hdrs:
-        code = hdrs.get(ERROR_CODE_HEADER) or ""
-        raise RemoteError(subject, int(code) if code.isdigit() else 500, hdrs[ERROR_HEADER])
-    return msg.data
 
 
 class Responder:
