@@ -46,9 +46,12 @@ def test_the_callers_client_span_is_the_parent_of_the_responders_server_span(
 
             def served() -> bool:
                 found = httpx.get(f"{base}/api/v1/components", headers=auth, timeout=2).json()
-                return any(
-                    c["kind"] == "micro" and c["name"] == "tasks" and "tasks.get" in c["endpoints"]
-                    for c in found
+                micro = [c for c in found if c["kind"] == "micro" and c["name"] == "tasks"]
+                offers = [c["capabilities"] for c in found if c["name"] == "tasks-worker"]
+                return (
+                    any("tasks.get" in c["endpoints"] for c in micro)
+                    and offers
+                    and "responder:tasks.get" in offers[0]
                 )
 
             wait_for(served, "the worker's tasks.get responder", worker, worker_log)

@@ -124,6 +124,7 @@ async def run_up(
             edge_url = advertised_url(settings.edge_host, port)
             capabilities = ["edge", *(f"handler:{c.spec.durable}" for c in bus.consumers)]
             capabilities += [f"projection:{name}" for name in app.projections]
+            capabilities += [f"responder:{r.subject}" for r in app.router.responders]
             await registered.enter_async_context(
                 Registration(bus, edge_component(app.name, edge_url, capabilities))
             )
