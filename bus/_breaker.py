@@ -107,13 +107,13 @@ class Circuits:
             circuit.failed_at.clear()
             self._move(circuit, CLOSED)
 
-    def failed(self, endpoint: str, circuit: Circuit | None) -> None:
-        """The call timed out, found no responder, or the responder failed."""
+    def failed(self, endpoint: str) -> None:
+        """The call timed out, found no responder, or the responder failed. (Looked up
+        again: the circuit it was admitted by may have been forgotten meanwhile.)"""
         policy = self.policy
         if not policy.failures:
             return
-        if circuit is None:
-            circuit = self._track(endpoint)
+        circuit = self._circuits.get(endpoint) or self._track(endpoint)
         now = self.clock()
         if circuit.state is HALF_OPEN:
             circuit.probing = max(0, circuit.probing - 1)

@@ -95,7 +95,7 @@ async def request(
             raise RemoteError(subject, 502, f"unreadable reply: {exc}") from None
     except BusError as exc:
         if _counts_against(exc):
-            circuits.failed(endpoint, circuit)
+            circuits.failed(endpoint)
         else:
             circuits.succeeded(circuit)
         if span is not None:
