@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
@@ -278,3 +280,58 @@ async def test_responders_declared_on_an_app_start_with_the_bus(nats_url: str) -
             ("calc", "0.1.0", ("calc.double",)),
             ("halves", "2.0.0", ("calc.half",)),
         }
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["call", "ok", "fail", "cancel"]), st.floats(0, 8)),
+        max_size=80,
+    ),
+    failures=st.integers(1, 4),
+    probes=st.integers(1, 3),
+)
+def test_whatever_happens_the_circuit_keeps_its_promises(
+    steps: list[tuple[str, float]], failures: int, probes: int
+) -> None:
+    """Calls start and end in any order and at any time: an open circuit admits nothing
+    before its cool-down, a half-open one no more than `probes` at once, and a closed one
+    opens exactly on the `failures`-th failure within the window."""
+    clock = Clock()
+    policy = CircuitPolicy(failures=failures, window=10, cool_down=5, probes=probes)
+    circuits = Circuits(policy, clock=clock)
+    out: list[Any] = []  # circuits of calls admitted and not answered yet
+    recent: list[float] = []  # failure times since the circuit last closed
+    for action, wait in steps:
+        clock.now += wait
+        before = circuits.state("e")
+        if action == "call":
+            refused: CircuitOpen | None = None
+            try:
+                out.append(circuits.admit("e"))
+            except CircuitOpen as exc:
+                refused = exc
+            if refused is not None:
+                assert before != "closed"
+                assert refused.retry_after > 0
+            elif before == "open":
+                assert circuits.state("e") == "half_open"  # only once the cool-down is over
+        elif out:
+            circuit = out.pop(0)
+            if action == "ok":
+                circuits.succeeded(circuit)
+                if before == "half_open":
+                    assert circuits.state("e") == "closed"
+            elif action == "cancel":
+                circuits.abandoned(circuit)
+            else:
+                circuits.failed("e")
+                if before == "closed":
+                    recent[:] = [t for t in recent if t > clock.now - 10] + [clock.now]
+                    assert (circuits.state("e") == "open") == (len(recent) >= failures)
+                elif before == "half_open":
+                    assert circuits.state("e") == "open"
+        if circuits.state("e") == "closed" and before != "closed":
+            recent.clear()
+        for circuit in out:
+            if circuit is not None:
+                assert 0 <= circuit.probing <= probes
