@@ -96,8 +96,10 @@ async def request(
     except BusError as exc:
         if _counts_against(exc):
             circuits.failed(endpoint)
-        else:
+        elif isinstance(exc, RemoteError):  # refused, yet answered: the responder is well
             circuits.succeeded(circuit)
+        else:  # our own connection closing says nothing about the endpoint
+            circuits.abandoned(circuit)
         if span is not None:
             failed(span, exc)
             span.end()

@@ -39,6 +39,7 @@ from ._telemetry import Telemetry, failed
 
 log = logging.getLogger("bus.rpc")
 SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what nats.micro accepts, bounded
+ENDPOINT_NAME = re.compile(r"[^A-Za-z0-9_-]")  # what it does not accept in a name
 MAX_DESCRIPTION = 1024  # characters of an error description sent back in a header
 _encode = msgspec.json.Encoder().encode
 _NO_HEADERS: Mapping[str, str] = {}
@@ -83,9 +84,8 @@ class Responder:
     """A running `nats.micro` service (one or more endpoints); `stop()` ends it once the
     answers in flight are sent, and a closing Bus stops those still running."""
 
-    def __init__(self, service: Service, specs: list[ResponderSpec], answering: set[Any]) -> None:
+    def __init__(self, service: Service, answering: set[Any]) -> None:
         self._service: Service | None = service
-        self.specs = specs
         self._answering = answering
 
     @property
@@ -119,17 +119,24 @@ async def _start_service(nc: NATS, telemetry: Telemetry, specs: list[ResponderSp
         svc = await nats.micro.add_service(
             nc, name=first.service, version=first.version, description=first.service
         )
+    except ValueError as exc:  # nats.micro validates names and versions with ValueError
+        raise ConfigError(f"service {first.service!r}: {exc}") from None
+    try:
         for spec in specs:
-            name = spec.subject.replace(".", "_").replace("*", "any").replace(">", "all")
+            name = spec.subject.replace("*", "any").replace(">", "all")
             await svc.add_endpoint(
-                name=name,
+                name=ENDPOINT_NAME.sub("_", name),
                 subject=spec.subject,
                 handler=_endpoint(spec, telemetry, answering),
                 queue_group=spec.queue_group,
             )
-    except ValueError as exc:  # nats.micro validates names and versions with ValueError
-        raise ConfigError(f"service {first.service!r}: {exc}") from None
-    return Responder(svc, specs, answering)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await svc.stop()
+        if isinstance(exc, ValueError):  # (a queue group with spaces)
+            raise ConfigError(f"service {first.service!r}: {exc}") from None
+        raise
+    return Responder(svc, answering)
 
 
 def _endpoint(

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from bus import Bus, CircuitPolicy, ProjectionView, Responder
+from bus import Bus, CircuitPolicy, ConfigError, ProjectionView, RemoteError, Responder
 from services.demo import GetTask, TaskCreated, TaskView, app, get_task
 from services.edge import create_app
 from tests.edge import KEYS, READ, WRITE, serve
@@ -238,3 +238,22 @@ async def test_mcp_call_service(edge: httpx.AsyncClient, tasks: Bus, responder: 
         assert refused.is_error
         assert "403" in refused.content[0].text  # type: ignore[union-attr]
     assert (await tasks.streams.info("TASKS")).messages == 1
+
+
+async def test_a_responder_is_refused_where_it_could_not_answer(tasks: Bus) -> None:
+    """Refused before it serves: a subject the TASKS stream captures (JetStream would store
+    and ack every request), a version or queue group nats.micro rejects. A subject with
+    characters an endpoint name cannot hold is served all the same."""
+    with pytest.raises(ConfigError, match="stored by stream 'TASKS'"):
+        await tasks.serve("tasks.t1.created", get_task, service="tasks")
+    with pytest.raises(ConfigError):
+        await tasks.serve("svc.get", get_task, service="svc", version="not-semver")
+    with pytest.raises(ConfigError):
+        await tasks.serve("svc.get", get_task, service="svc", queue_group="a b")
+    served = await tasks.serve("svc.a:b", get_task, service="svc")
+    try:
+        with pytest.raises(RemoteError) as missing:
+            await tasks.request("svc.a:b", GetTask(id="nope"), TaskView)
+        assert missing.value.code == 404
+    finally:
+        await served.stop()
