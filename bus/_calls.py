@@ -1,6 +1,6 @@
 """Requests as a Bus makes them: the endpoint's circuit asked first (an open one refuses at
 once), a CLIENT span whose context travels in the request's headers, the outcome counted and
-fed back to the circuit; nats-py's errors translated into bus's.
+fed back to the circuit. Replies come back on the connection's own lane (`Connection.ask`).
 
 An endpoint names what a request is an instance of, for span names, metric labels and its
 circuit: the subject itself by default, or the pattern it matches (`tasks.*.get`) when
@@ -14,11 +14,19 @@ import time
 from typing import Any, TypeVar
 
 import msgspec
-import nats.errors
-from nats.aio.client import Client as NATS
 
 from ._breaker import Circuits
-from ._errors import BusClosed, BusError, CircuitOpen, NoResponders, RemoteError, RequestTimeout
+from ._errors import (
+    BusClosed,
+    BusError,
+    CircuitOpen,
+    ConfigError,
+    NoResponders,
+    RemoteError,
+    RequestTimeout,
+)
+from ._nats.connection import Connection
+from ._nats.wire import encode_headers, parse_headers
 from ._subjects import validate_subject
 from ._telemetry import Telemetry, failed
 from ._trace_context import carried
@@ -50,7 +58,7 @@ def _counts_against(error: BusError) -> bool:
 
 
 async def request(
-    nc: NATS,
+    nc: Connection,
     telemetry: Telemetry,
     circuits: Circuits,
     subject: str,
@@ -77,20 +85,24 @@ async def request(
         span = telemetry.start_request(endpoint, headers)
     started = time.perf_counter() if observer is not None else 0.0
     try:
+        block = encode_headers(headers) if headers else None
+        if len(data) + len(block or b"") > nc.max_payload:
+            raise ConfigError(f"a request on {subject!r} larger than the server takes")
+        if nc.is_closed or nc.is_draining:
+            raise BusClosed("the connection is closed")
         try:
-            msg = await nc.request(subject, data, timeout=timeout, headers=headers or None)
-        except nats.errors.TimeoutError:
+            data, raw = await nc.ask(subject, data, block, timeout)
+        except TimeoutError:
             raise RequestTimeout(subject, timeout) from None
-        except nats.errors.NoRespondersError:
-            raise NoResponders(subject) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-            raise BusClosed("the connection is closed") from None
-        hdrs = msg.headers
-        if hdrs and ERROR_HEADER in hdrs:
-            code = hdrs.get(ERROR_CODE_HEADER) or ""
-            raise RemoteError(subject, int(code) if code.isdigit() else 500, hdrs[ERROR_HEADER])
+        if raw is not None:
+            status, hdrs = parse_headers(raw)
+            if status == "503":
+                raise NoResponders(subject)
+            if ERROR_HEADER in hdrs:
+                code = hdrs.get(ERROR_CODE_HEADER) or ""
+                raise RemoteError(subject, int(code) if code.isdigit() else 500, hdrs[ERROR_HEADER])
         try:
-            result = msgspec.json.decode(msg.data, type=response_type)
+            result = msgspec.json.decode(data, type=response_type)
         except msgspec.DecodeError as exc:
             raise RemoteError(subject, 502, f"unreadable reply: {exc}") from None
     except BusError as exc:

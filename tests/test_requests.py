@@ -257,3 +257,30 @@ async def test_a_responder_is_refused_where_it_could_not_answer(tasks: Bus) -> N
         assert missing.value.code == 404
     finally:
         await served.stop()
+
+
+async def test_a_request_larger_than_the_server_takes_is_refused_unsent(tasks: Bus) -> None:
+    with pytest.raises(ConfigError, match="larger than the server takes"):
+        await tasks.request("svc.big", GetTask(id="x" * 2_000_000), TaskView)
+    assert tasks.connected  # the server was not sent it (it would close the connection)
+
+
+async def test_a_cancelled_request_leaves_nothing_behind(tasks: Bus) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: GetTask) -> TaskView:
+        await release.wait()
+        return TaskView(title=request.id)
+
+    served = await tasks.serve("svc.slow", slow, service="svc")
+    try:
+        asking = asyncio.create_task(tasks.request("svc.slow", GetTask(id="a"), TaskView))
+        await asyncio.sleep(0)  # (it is sent)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        release.set()
+        assert await tasks.request("svc.slow", GetTask(id="b"), TaskView) == TaskView(title="b")
+        assert tasks.circuits.snapshot() == {}
+    finally:
+        await served.stop()
