@@ -5,9 +5,10 @@ The responder (a `bus.serve` endpoint echoing a small Struct) runs in a child pr
 callers' own cost is what differs: requests/s with one caller awaiting each reply, and with
 CALLERS callers at once. Both sides encode the request Struct and decode the reply with
 msgspec (what any caller does); bus also validates the subject, asks the endpoint's circuit,
-passes the trace context on and checks the reply for a service error.
+passes the trace context on and checks the reply for a service error, and gets its replies
+on a lane of its connection (no per-request `wait_for`, no task hop per reply).
 Within a run, raw and bus take turns by slices of SLICE requests (load from elsewhere on the
-machine then hits both alike); the medians of `runs` are compared.
+machine then hits both alike); the figure is the median of the runs' own ratios.
 """
 
 from __future__ import annotations
