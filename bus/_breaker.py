@@ -151,6 +151,8 @@ class Circuits:
             forgotten = next((c for c in circuits.values() if c.state is CLOSED), None)
             if forgotten is not None and forgotten is not circuit:
                 del circuits[forgotten.endpoint]
+        if self.observer is not None:  # listed from its first failure on
+            self.observer.circuit_changed(endpoint, CLOSED)
         return circuit
 
     def _move(self, circuit: Circuit, state: str) -> None:

@@ -9,7 +9,9 @@ check, and a publish passes on the trace context of the work it is part of (a re
 caller's trace, as the OpenTelemetry API does with no SDK. Span names and attributes follow
 the OpenTelemetry messaging conventions (OBSERVABILITY.md): `publish <subject template>`
 (PRODUCER, its context injected into the headers) and `process <consumer>` (CONSUMER, a
-child of the producer context and linked to it; batches link to every message instead).
+child of the producer context and linked to it; batches link to every message instead); for
+request/reply, `request <endpoint>` (CLIENT) and the responder's `process <endpoint>`
+(SERVER, its child).
 """
 
 from __future__ import annotations

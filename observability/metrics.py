@@ -146,7 +146,7 @@ class Metrics:
         self.circuit_state = Gauge(
             "bus_circuit_breaker_state",
             "State of this process's circuit for an endpoint: 0 closed, 1 half-open, 2 open"
-            " (endpoints that never failed are not listed).",
+            " (listed from the endpoint's first failure on).",
             ["rpc_method"],
             registry=r,
         )
