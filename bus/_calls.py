@@ -14,6 +14,7 @@ import time
 from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 
 from ._breaker import Circuits
 from ._errors import (
@@ -94,6 +95,8 @@ async def request(
             data, raw = await nc.ask(subject, data, block, timeout)
         except TimeoutError:
             raise RequestTimeout(subject, timeout) from None
+        except nats.errors.Error as exc:  # (opening the replies' lane as the connection closes)
+            raise BusClosed(f"the connection failed: {exc}") from None
         if raw is not None:
             status, hdrs = parse_headers(raw)
             if status == "503":

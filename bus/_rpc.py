@@ -33,7 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from ._errors import ConfigError, RemoteError, ServiceError
+from ._errors import BusClosed, ConfigError, RemoteError, ServiceError
 from ._subjects import validate_pattern
 from ._telemetry import Telemetry, failed
 
@@ -121,6 +121,8 @@ async def _start_service(nc: NATS, telemetry: Telemetry, specs: list[ResponderSp
         )
     except ValueError as exc:  # nats.micro validates names and versions with ValueError
         raise ConfigError(f"service {first.service!r}: {exc}") from None
+    except nats.errors.Error as exc:
+        raise BusClosed(f"starting service {first.service!r}: {exc}") from None
     try:
         for spec in specs:
             name = spec.subject.replace("*", "any").replace(">", "all")
@@ -135,6 +137,8 @@ async def _start_service(nc: NATS, telemetry: Telemetry, specs: list[ResponderSp
             await svc.stop()
         if isinstance(exc, ValueError):  # (a queue group with spaces)
             raise ConfigError(f"service {first.service!r}: {exc}") from None
+        if isinstance(exc, nats.errors.Error):
+            raise BusClosed(f"starting service {first.service!r}: {exc}") from None
         raise
     return Responder(svc, answering)
 
