@@ -150,6 +150,8 @@ class Metrics:
             ["rpc_method"],
             registry=r,
         )
+        self._requests: dict[tuple[str, str], Histogram] = {}
+        self._answers: dict[tuple[str, str, str], Histogram] = {}
 
     def published(self, destination: str, outcome: str, seconds: float, count: int) -> None:
         self.sent.labels(destination, outcome).inc(count)
@@ -163,10 +165,22 @@ class Metrics:
         self.dead_letters.labels(stream, consumer).inc()
 
     def requested(self, endpoint: str, outcome: str, seconds: float) -> None:
-        self.rpc_client_duration.labels(endpoint, outcome).observe(seconds, _exemplar())
+        # Per request: the labelled child is looked up once (`labels()` costs as much as the
+        # observation), from a table as bounded as the labels.
+        child = self._requests.get((endpoint, outcome))
+        if child is None:
+            child = self._requests[endpoint, outcome] = self.rpc_client_duration.labels(
+                endpoint, outcome
+            )
+        child.observe(seconds, _exemplar())
 
     def served(self, service: str, endpoint: str, outcome: str, seconds: float) -> None:
-        self.rpc_server_duration.labels(service, endpoint, outcome).observe(seconds, _exemplar())
+        child = self._answers.get((service, endpoint, outcome))
+        if child is None:
+            child = self._answers[service, endpoint, outcome] = self.rpc_server_duration.labels(
+                service, endpoint, outcome
+            )
+        child.observe(seconds, _exemplar())
 
     def circuit_changed(self, endpoint: str, state: str) -> None:
         self.circuit_state.labels(endpoint).set(CIRCUIT_STATES[state])
