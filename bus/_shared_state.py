@@ -142,18 +142,24 @@ class Bucket(Generic[T]):
         items = [found[k] for k in chosen if k in found and found[k].operation == "put"]
         return KeyPage(items, chosen[-1] if len(keys) > limit else None)
 
-    async def watch(
+    def watch(
         self, key: str = ">", *, after_revision: int | None = None
     ) -> AsyncGenerator[KeyEntry[T], None]:
         """Every change of `key` (wildcards `*` and a last `>` allowed) in order, deletions
         included: after `after_revision` when given, else from now on. Reads at the
         caller's pace, a page at a time: a reader more than the bucket's `history` writes
-        behind on one key finds the older of them gone (a key keeps that many)."""
+        behind on one key finds the older of them gone (a key keeps that many). The key
+        is checked here, before the first change is awaited."""
         subject = self._subject + validate_key(key, pattern=True)
+        if after_revision is not None and after_revision < 0:
+            raise ConfigError("after_revision must be >= 0")
+        return self._follow(subject, after_revision)
+
+    async def _follow(
+        self, subject: str, after_revision: int | None
+    ) -> AsyncGenerator[KeyEntry[T], None]:
         if after_revision is None:
             after_revision = (await self._host.streams.info(self.spec.stream)).last_seq
-        elif after_revision < 0:
-            raise ConfigError("after_revision must be >= 0")
         follow = messages_on(
             self._host.nc, self.spec.stream, subject, [subject], after_revision + 1
         )

@@ -210,8 +210,11 @@ async def test_watch_delivers_every_change_in_order(shared: Bus) -> None:
     # resuming after a revision gives the rest, in order
     again = await take(settings.watch("room.>", after_revision=got[40].revision), 19)
     assert [e.revision for e in again] == [e.revision for e in got[41:]]
-    with pytest.raises(InvalidSubject):
-        await take(settings.watch("room.>.x"), 1)
+    for bad in ("room.>.x", "room..x", "", "room x"):
+        with pytest.raises(InvalidSubject):
+            settings.watch(bad)  # refused at once, before any change is awaited
+    with pytest.raises(ConfigError):
+        settings.watch(after_revision=-1)
 
 
 async def test_watch_starts_from_now_by_default(shared: Bus) -> None:
