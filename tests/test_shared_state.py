@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from bus import (
+    App,
     Bucket,
     BucketSpec,
     Bus,
@@ -25,6 +26,9 @@ from bus import (
     KeyNotFound,
     RevisionMismatch,
 )
+from bus.testing import run_app
+from services.demo import app as demo
+from services.runtime.settings import Settings
 
 
 class Limits(msgspec.Struct):
@@ -258,3 +262,16 @@ async def test_racing_modify_on_an_r3_bucket(nats_cluster: EmbeddedCluster) -> N
         found = await other.bucket("race_r3").get("n")
         assert found is not None
         assert found.value == 60
+
+
+async def test_an_apps_buckets_reach_every_bus_it_runs_on(nats_url: str) -> None:
+    """`bus up`, the worker and the projector take the app's buckets with its streams; the
+    test harness and the edge too: the demo's `settings` is one bucket for all of them."""
+    assert Settings().bus_options(demo)["buckets"] == [demo.buckets["settings"]]
+    async with run_app(demo, nats_url, edge=True) as shop:
+        revision = await shop.bus.bucket("settings").put("mode", "calm")
+        got = await shop.http.get("/api/v1/kv/settings/mode")
+        assert (got.json(), got.headers["etag"]) == ("calm", f'"{revision}"')
+    bare = App("bare")
+    with pytest.raises(ConfigError, match="known: none"):
+        Bus(nats_url, buckets=bare.buckets.values()).bucket("settings")
