@@ -102,6 +102,7 @@ BAD = [
     (("get", "settings", "a..b"), "invalid subject"),
     (("put", "settings", "a b", "1"), "invalid subject"),
     (("put", "settings", "k", "{not json"), "not JSON"),
+    (("put", "settings", "k", "[" * 5000 + "]" * 5000), "not JSON"),
     (("put", "settings", "k", "1", "--create", "--revision", "2"), "exclude"),
     (("watch", "settings", "a.>.b", "--count", "1"), "invalid subject"),
     (("ls", "settings", "--prefix", "a b"), "invalid subject"),

@@ -88,7 +88,7 @@ async def kv_put(
     text = sys.stdin.read() if value == "-" else value
     try:
         decoded = msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ValueError(f"VALUE is not JSON: {exc}") from None
     async with opened(app_ref, bucket) as handle:
         checked = handle.convert(decoded)

@@ -192,6 +192,8 @@ async def put_key(
         value = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(400, "the body is JSON nested too deeply") from None
     try:
         revision = await write_value(handle, key, value, expected)
     except RevisionMismatch as exc:
