@@ -342,3 +342,16 @@ async def test_mcp_sdk_client_sees_the_state_tools(edge: httpx.AsyncClient) -> N
         assert not done.is_error, done.content
         got = await client.call_tool("get_state", {"bucket": "settings", "key": "sdk"})
         assert json.loads(got.content[0].text)["value"] == [1]  # type: ignore[union-attr]
+
+
+async def test_writes_and_conflicts_are_counted(edge: httpx.AsyncClient) -> None:
+    """KV writes are publishes: counted by destination (the bucket's stream) and outcome, a
+    lost compare-and-set as a ConcurrencyError (labels stay bounded: no key in them)."""
+    etag = (await put(edge, "m", 1)).headers["etag"]
+    await put(edge, "m", 2)
+    refused(await put(edge, "m", 3, **{"If-Match": etag}), 412)
+    text = (await edge.get("/metrics")).text
+    sent = [line for line in text.splitlines() if line.startswith("messaging_client_sent")]
+    assert any('_name="KV_settings"' in s and 'outcome="ok"' in s for s in sent), sent
+    assert any('outcome="ConcurrencyError"' in s for s in sent), sent
+    assert not any('"m"' in s for s in sent)
