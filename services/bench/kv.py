@@ -7,7 +7,7 @@
 - read-modify-write: a fresh read then a compare-and-set (`bucket.modify`, beside nats-py's
   `kv.get` then `kv.update`), both without contention.
 
-Raw and bus alternate which goes first in each run (noise on a shared machine hits both
+Each run measures both sides in alternating blocks (noise on a shared machine hits both
 alike); figures are medians of `runs`, with min-max. Run alone: `python -m services.bench.kv`.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 import nats
+import nats.js.errors
 from nats.js.kv import KeyValue
 from rich.console import Console
 from rich.table import Table
@@ -34,7 +35,8 @@ from services.runtime.lifecycle import run
 
 from .summary import Verdict, at_least
 
-OPS = 2000  # awaited updates per measurement
+OPS = 2000  # awaited updates per side and run
+BLOCKS = 10  # alternating blocks a run is measured in
 TARGET = 0.95  # bus / raw, compare-and-set updates
 BUCKET, RAW_BUCKET = "bench_kv", "bench_kv_raw"
 VALUE: dict[str, Any] = {"limit": 100, "owner": "bench", "tags": ["a", "b"]}
@@ -46,11 +48,16 @@ class Case(msgspec.Struct):
     raw: list[float] = []
     bus: list[float] = []
 
+    def ratios(self) -> list[float]:
+        """Each run's bus / raw (the two sides of a run shared its noise)."""
+        return [b / r for b, r in zip(self.bus, self.raw, strict=True)]
+
     def ratio(self) -> float:
-        return statistics.median(self.bus) / statistics.median(self.raw)
+        return statistics.median(self.ratios())
 
     def summary(self) -> dict[str, object]:
         row: dict[str, object] = {"case": self.name, "ratio": self.ratio(), "target": self.target}
+        row["ratio_min"], row["ratio_max"] = min(self.ratios()), max(self.ratios())
         for side in ("raw", "bus"):
             rates: list[float] = getattr(self, side)
             row[side] = {
@@ -62,41 +69,58 @@ class Case(msgspec.Struct):
         return row
 
 
-async def _rate(n: int, work: Callable[[], Awaitable[None]]) -> float:
+Work = Callable[[int], Awaitable[None]]  # n operations
+
+
+async def _pair(case: Case, ours: Work, raw: Work, ops: int, blocks: int = BLOCKS) -> None:
+    """`ops` operations each side in `blocks` alternating blocks (which side goes first
+    alternates too), so a noisy neighbour slows both alike; one rate per side."""
+    spent = {"bus": 0.0, "raw": 0.0}
     gc.collect()
-    start = time.perf_counter()
-    await work()
-    return n / (time.perf_counter() - start)
+    for block in range(blocks):
+        sides = [("bus", ours), ("raw", raw)]
+        for side, work in sides if block % 2 else sides[::-1]:
+            start = time.perf_counter()
+            await work(ops // blocks)
+            spent[side] += time.perf_counter() - start
+    case.bus.append(ops / spent["bus"])
+    case.raw.append(ops / spent["raw"])
 
 
-def _updates(bucket: Bucket[Any], kv: KeyValue, key: str) -> tuple[Any, Any]:
+def _updates(bucket: Bucket[Any], kv: KeyValue, key: str) -> tuple[Work, Work]:
     payload = msgspec.json.encode(VALUE)
+    revisions = {"bus": 0, "raw": 0}
 
-    async def ours() -> None:
-        revision = await bucket.put(key, VALUE)
-        for _ in range(OPS):
+    async def ours(n: int) -> None:
+        revision = revisions["bus"] or await bucket.put(key, VALUE)
+        for _ in range(n):
             revision = await bucket.update(key, VALUE, revision=revision)
+        revisions["bus"] = revision
 
-    async def raw() -> None:
-        revision = await kv.put(key, payload)
-        for _ in range(OPS):
+    async def raw(n: int) -> None:
+        revision = revisions["raw"] or await kv.put(key, payload)
+        for _ in range(n):
             revision = await kv.update(key, payload, last=revision)
+        revisions["raw"] = revision
 
     return ours, raw
 
 
-def _read_modify_write(bucket: Bucket[Any], kv: KeyValue, key: str) -> tuple[Any, Any]:
+def _read_modify_write(bucket: Bucket[Any], kv: KeyValue, key: str) -> tuple[Work, Work]:
     def bump(value: Any) -> Any:
         return {**(value or VALUE), "limit": (value or VALUE)["limit"] + 1}
 
-    async def ours() -> None:
-        for _ in range(OPS // 2):
+    async def ours(n: int) -> None:
+        for _ in range(n):
             await bucket.modify(key, bump)
 
-    async def raw() -> None:
-        await kv.put(key, msgspec.json.encode(VALUE))
-        for _ in range(OPS // 2):
-            entry = await kv.get(key)
+    async def raw(n: int) -> None:
+        for _ in range(n):
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                await kv.create(key, msgspec.json.encode(bump(None)))
+                continue
             value = bump(msgspec.json.decode(entry.value or b"null"))
             await kv.update(key, msgspec.json.encode(value), last=entry.revision)
 
@@ -115,17 +139,8 @@ async def run_kv_bench(runs: int, as_json: bool) -> list[Verdict]:
                 bucket = bus.bucket(BUCKET)
                 for n in range(runs):
                     console.print(f"run {n + 1}/{runs}…")
-                    for case, make, ops in (
-                        (cases[0], _updates, OPS),
-                        (cases[1], _read_modify_write, OPS // 2),
-                    ):
-                        ours, raw = make(bucket, kv, f"{case.name[:4]}{n}")
-                        if n % 2:
-                            case.bus.append(await _rate(ops, ours))
-                            case.raw.append(await _rate(ops, raw))
-                        else:
-                            case.raw.append(await _rate(ops, raw))
-                            case.bus.append(await _rate(ops, ours))
+                    await _pair(cases[0], *_updates(bucket, kv, f"u{n}"), OPS)
+                    await _pair(cases[1], *_read_modify_write(bucket, kv, f"m{n}"), OPS // 2)
             await nc.close()
         finally:
             server.stop()
@@ -149,7 +164,7 @@ def _report(cases: list[Case], runs: int, as_json: bool) -> None:
             c.name,
             f"{statistics.median(c.bus):,.0f} ({min(c.bus):,.0f}-{max(c.bus):,.0f})",
             f"{statistics.median(c.raw):,.0f} ({min(c.raw):,.0f}-{max(c.raw):,.0f})",
-            f"{c.ratio():.2f}x",
+            f"{c.ratio():.2f}x ({min(c.ratios()):.2f}-{max(c.ratios()):.2f})",
             f">= {c.target:.2f}x" if c.target else "",
         )
     Console().print(table)
