@@ -275,3 +275,13 @@ async def test_an_apps_buckets_reach_every_bus_it_runs_on(nats_url: str) -> None
     bare = App("bare")
     with pytest.raises(ConfigError, match="known: none"):
         Bus(nats_url, buckets=bare.buckets.values()).bucket("settings")
+
+
+async def test_the_kv_bench_runs_and_gives_its_verdicts() -> None:
+    """`services.bench.kv` (the lead wires it into `bus bench --scenario patterns`): one run,
+    its two figures; no timing is asserted."""
+    from services.bench.kv import run_kv_bench
+
+    verdicts = await run_kv_bench(1, as_json=True)
+    assert [v.measure for v in verdicts] == ["update, compare-and-set", "read-modify-write"]
+    assert verdicts[0].target == ">= 0.95x"
