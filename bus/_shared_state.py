@@ -10,7 +10,8 @@ Every write is conditional where it says so, checked by the stream leader
 (`Nats-Expected-Last-Subject-Sequence`), and carries a fresh `Nats-Msg-Id` so the
 publisher's own retry of it is stored once. The reads a compare-and-set relies on (`get`,
 and `modify`'s) come from the leader on a replicated bucket: never older than an
-acknowledged write. Writes go through the publisher's fast lane.
+acknowledged write. Writes go through the publisher's fast lane, traced and counted as
+publishes (span `publish $KV.<bucket>.{key}`, its context stored with the value).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from ._publish import Publisher
 from ._reader import STREAM_NOT_FOUND, read_from_leader, read_last, read_messages
 from ._streams import StreamManager
 from ._tail import messages_on
+from ._telemetry import Telemetry
 
 T = TypeVar("T")
 ROUNDS = 5  # conditional writes tried while others change a key under a create or delete
@@ -61,6 +63,7 @@ class _Host(Protocol):
     """What a handle uses of its Bus (which imports this module, so it is not named)."""
 
     replicas: int
+    telemetry: Telemetry
 
     @property
     def nc(self) -> Connection: ...
@@ -80,6 +83,7 @@ class Bucket(Generic[T]):
         self.spec = spec
         self.name = spec.name
         self._subject = f"$KV.{spec.name}."
+        self._template = f"$KV.{spec.name}.{{key}}"  # span names carry no key
         self._decode = msgspec.json.Decoder(spec.value_type).decode
 
     async def ensure(self) -> None:
@@ -250,7 +254,8 @@ class Bucket(Generic[T]):
             headers[h.EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
         if operation:
             headers["KV-Operation"] = operation
-        out = Outgoing(self._subject + key, payload, headers, event_id)
+        span = self._host.telemetry.start_publish(self._template, event_id, headers, len(payload))
+        out = Outgoing(self._subject + key, payload, headers, event_id, span)
         try:
             return (await self._host.publisher.send(out)).seq
         except ConcurrencyError:

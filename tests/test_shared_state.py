@@ -10,6 +10,10 @@ from typing import Any
 
 import msgspec
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from bus import (
     App,
@@ -285,3 +289,26 @@ async def test_the_kv_bench_runs_and_gives_its_verdicts() -> None:
     verdicts = await run_kv_bench(1, as_json=True)
     assert [v.measure for v in verdicts] == ["update, compare-and-set", "read-modify-write"]
     assert verdicts[0].target == ">= 0.95x"
+
+
+async def test_writes_are_traced_as_publishes(nats_url: str) -> None:
+    """A write is a PRODUCER span named by the bucket, never the key; its context is stored
+    with the value (a watcher can continue the trace)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with Bus(nats_url, buckets=SPECS, tracer_provider=provider) as bus:
+        settings = bus.bucket("settings")
+        revision = await settings.put("secret-key-name", 1)
+        with pytest.raises(RevisionMismatch):
+            await settings.update("secret-key-name", 2, revision=revision + 5)
+        stored = (await bus.read("KV_settings", revision, 1))[0]
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["publish $KV.settings.{key}"] * 2
+    assert spans[0].kind == SpanKind.PRODUCER
+    assert spans[0].attributes is not None
+    assert spans[0].attributes["messaging.nats.sequence"] == revision
+    assert spans[1].status.status_code == StatusCode.ERROR
+    assert all("secret-key-name" not in s.name for s in spans)
+    trace_id = format(spans[0].context.trace_id, "032x")
+    assert trace_id in stored.headers["traceparent"]
