@@ -123,3 +123,13 @@ def test_click_usage_errors(kv: Run, args: tuple[str, ...]) -> None:
 def test_the_installed_command_has_the_verbs(nats_url: str, tmp_path: Path) -> None:
     put = bus_cli("kv", "put", "settings", "k", '"v"', "--json", url=nats_url, data_dir=tmp_path)
     assert json.loads(put.stdout)["revision"] == 1, put.stderr
+
+
+def test_status_shows_the_apps_buckets_only(kv: Run, nats_url: str, tmp_path: Path) -> None:
+    ok(kv("put", "settings", "k", "1"))
+    env = {"BUS_NATS_URL": nats_url, "BUS_DATA_DIR": str(tmp_path), "BUS_APP": None}
+    result = CliRunner().invoke(main, ["status", "--json"], env=env)
+    assert result.exit_code == 0, result.stderr
+    streams = {s["name"]: s["messages"] for s in json.loads(result.stdout)["streams"]}
+    assert streams["KV_settings"] == 1
+    assert not any(name.startswith("KV_bus_") for name in streams)
