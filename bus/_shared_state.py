@@ -55,6 +55,7 @@ T = TypeVar("T")
 ROUNDS = 5  # conditional writes tried while others change a key under a create or delete
 ATTEMPTS = 100  # read-change-write rounds `modify` tries before giving up
 MAX_PAGE = 1000  # keys per listing page
+MAX_REVISION = 2**63  # past any stream sequence (JetStream refuses reads from beyond)
 _OPERATIONS: dict[str, Operation] = {"DEL": "delete", "PURGE": "purge"}
 _encode = msgspec.json.Encoder().encode
 
@@ -155,8 +156,8 @@ class Bucket(Generic[T]):
         behind on one key finds the older of them gone (a key keeps that many). The key
         is checked here, before the first change is awaited."""
         subject = self._subject + validate_key(key, pattern=True)
-        if after_revision is not None and after_revision < 0:
-            raise ConfigError("after_revision must be >= 0")
+        if after_revision is not None and not 0 <= after_revision < MAX_REVISION:
+            raise ConfigError(f"after_revision must be 0 to {MAX_REVISION - 1}")
         return self._follow(subject, after_revision)
 
     async def _follow(

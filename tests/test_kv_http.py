@@ -162,6 +162,8 @@ async def test_watch_bad_requests(edge: httpx.AsyncClient) -> None:
         (f"{KV}:watch?after_revision=-1", READ, 422),
         (f"{KV}:watch?after_revision=x", READ, 422),
         (f"{KV}:watch", {**READ, "Last-Event-ID": "x"}, 400),
+        (f"{KV}:watch", {**READ, "Last-Event-ID": "9" * 20}, 400),
+        (f"{KV}:watch?after_revision={2**64}", READ, 400),
         ("/api/v1/kv/nope:watch", READ, 404),
         ("/api/v1/kv/bus_components:watch", READ, 404),
         (f"{KV}:watch", {}, 401),

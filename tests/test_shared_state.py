@@ -221,8 +221,9 @@ async def test_watch_delivers_every_change_in_order(shared: Bus) -> None:
     for bad in ("room.>.x", "room..x", "", "room x"):
         with pytest.raises(InvalidSubject):
             settings.watch(bad)  # refused at once, before any change is awaited
-    with pytest.raises(ConfigError):
-        settings.watch(after_revision=-1)
+    for bad_revision in (-1, 2**63):
+        with pytest.raises(ConfigError):
+            settings.watch(after_revision=bad_revision)
 
 
 async def test_watch_starts_from_now_by_default(shared: Bus) -> None:
