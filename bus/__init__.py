@@ -6,6 +6,7 @@ and so on), as is the NATS fast lane (`bus._nats`). `bus.testing` is the pytest 
 
 from ._aggregate import Aggregate, Repository
 from ._app import App, load_app
+from ._buckets import BucketSpec, KeyEntry, KeyPage
 from ._client import Bus, current_bus
 from ._codec import Codec, json_schema
 from ._consumer import Consumer
@@ -23,6 +24,8 @@ from ._errors import (
     DecodeError,
     Fenced,
     InvalidSubject,
+    KeyExists,
+    KeyNotFound,
     NoResponders,
     NoStreamForSubject,
     OutboundBufferFull,
@@ -30,6 +33,7 @@ from ._errors import (
     PublishTimeout,
     RemoteError,
     RequestTimeout,
+    RevisionMismatch,
     ServerError,
     StreamConflict,
     StreamError,
@@ -46,6 +50,7 @@ from ._projector import Projector
 from ._registry import Component, Registration, Silent, components, silent_components
 from ._rpc import Responder
 from ._server import EmbeddedCluster, EmbeddedServer
+from ._shared_state import Bucket
 from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
@@ -65,6 +70,8 @@ __all__ = (
     "AppendResult",
     "Backoff",
     "BeyondStreamEnd",
+    "Bucket",
+    "BucketSpec",
     "Bus",
     "BusClosed",
     "BusError",
@@ -91,6 +98,10 @@ __all__ = (
     "IdempotencyRecords",
     "InFlight",
     "InvalidSubject",
+    "KeyEntry",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyPage",
     "Lease",
     "LiveView",
     "Mismatch",
@@ -111,6 +122,7 @@ __all__ = (
     "Repository",
     "RequestTimeout",
     "Responder",
+    "RevisionMismatch",
     "Router",
     "ServerError",
     "Silent",

@@ -24,21 +24,19 @@ from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
 from . import _deadletter as deadletter
 from . import _rpc as rpc
+from ._buckets import BucketSpec
 from ._codec import Codec, ContentType
 from ._consumer import Consumer
 from ._credentials import Credentials, describe, is_auth_failure, redact_url, split_urls
 from ._envelope import Envelope, open_message
-from ._errors import (
-    BusClosed,
-    ConfigError,
-    ConnectError,
-)
+from ._errors import BusClosed, ConfigError, ConnectError
 from ._events import Event, EventRegistry
 from ._nats.acks import PublishResult
 from ._nats.connection import Connection
 from ._nats.direct import StoredMessage
 from ._publish import Publisher, template_of
 from ._reader import read_messages
+from ._shared_state import Bucket, Buckets
 from ._streams import StreamManager, StreamSpec, existing_name
 from ._subjects import validate_pattern
 from ._subscribe import Handler, Router, handler_spec
@@ -72,6 +70,7 @@ class Bus:
         registry: EventRegistry | None = None,
         content_type: ContentType = "json",
         streams: Iterable[StreamSpec] = (),
+        buckets: Iterable[BucketSpec] = (),
         manage_streams: bool = True,
         router: Router | None = None,
         publish_timeout: float = 5.0,
@@ -90,6 +89,7 @@ class Bus:
         self.registry = registry if registry is not None else EventRegistry()
         self.codec = Codec(content_type)
         self.stream_specs = list(streams)
+        self._buckets = Buckets(self, buckets)  # created at start, like the streams
         self.manage_streams = manage_streams
         self.router = router if router is not None else Router()
         self.publish_timeout = publish_timeout
@@ -149,6 +149,7 @@ class Bus:
                     await self._streams.ensure(spec)
                 else:
                     await self._streams.verify(spec)
+            await self._buckets.ensure()
             for handler in self.router.specs:
                 await self._start_consumer(handler)
         except BaseException:
@@ -358,6 +359,10 @@ class Bus:
         async with contextlib.aclosing(follow) as messages:
             async for message in messages:
                 yield message
+
+    def bucket(self, name: str) -> Bucket[Any]:
+        """The handle on bucket `name`, one declared in `buckets=` (ConfigError if not)."""
+        return self._buckets[name]
 
     # -- dead letters -------------------------------------------------------------------------
 

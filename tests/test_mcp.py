@@ -26,6 +26,8 @@ TOOLS = {
     "describe_event_types",
     "list_components",
     "get_health",
+    "get_state",
+    "set_state",
 }
 
 

@@ -1,7 +1,8 @@
 """`bus status`: the whole system at a glance, so one command answers "is it working?".
 
 Server, streams, durable consumers with what they still owe, projections with their lag and
-the registered components; KV and object-store streams are internal and left out.
+the registered components; KV and object-store streams are internal and left out, but for
+the app's own buckets (shared state).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ async def collect(bus: Bus, app: App) -> Status:
     except StreamError:
         all_streams, jetstream = [], False
     server = Server(url=bus.display_urls, version=bus.server_version, jetstream=jetstream)
-    streams = [s for s in all_streams if not s.name.startswith(INTERNAL)]
+    streams = [
+        s for s in all_streams if not s.name.startswith(INTERNAL) or s.name[3:] in app.buckets
+    ]
     consumers = [
         ConsumerState(s.name, c.name, c.pending, c.ack_pending)
         for s in streams

@@ -12,7 +12,7 @@ import logging
 
 import msgspec
 
-from bus import App, Envelope, Event, Projection, StreamSpec, current_bus
+from bus import App, BucketSpec, Envelope, Event, Projection, StreamSpec, current_bus
 
 log = logging.getLogger("tasks")
 MAX_DELIVER = 5
@@ -98,6 +98,7 @@ app = App(
         Projection("task", ("tasks.>",), TaskView, task_id, apply_task),
         Projection("task_counts", ("tasks.>",), StatusCount, status_key, count),
     ],
+    buckets=[BucketSpec("settings", history=10)],  # shared state: /api/v1/kv/settings/...
 )
 
 

@@ -20,6 +20,7 @@ from . import (
     events,
     fastpath,
     health,
+    kv,
     limits,
     mcp_endpoint,
     problems,
@@ -37,6 +38,7 @@ CORS_HEADERS = [
     "Content-Type",
     "Idempotency-Key",
     "If-Match",
+    "If-None-Match",
     "Last-Event-ID",
     "Mcp-Session-Id",
     "Mcp-Protocol-Version",
@@ -87,6 +89,7 @@ def create_app(
                 registry=app.registry,
                 credentials=credentials,
                 replicas=replicas,
+                buckets=app.buckets.values(),
                 observer=metrics,
             ) as bus,
             contextlib.AsyncExitStack() as views,
@@ -115,7 +118,7 @@ def create_app(
         api.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=CORS_HEADERS,
             expose_headers=[
                 "Bus-Stale",
@@ -123,12 +126,13 @@ def create_app(
                 "Mcp-Session-Id",
                 "Location",
                 "Idempotent-Replayed",
+                "ETag",
             ],
         )
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
-    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail):
+    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     tracing.instrument(api)

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from bus import BusError, components, json_schema
 
-from . import catalogue, events, health, projections
+from . import catalogue, events, health, kv, projections
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
 from .limits import charge
 
@@ -137,6 +137,8 @@ def build_server(state: State) -> MCPServer[Any]:
         get_health,
     ):
         server.add_tool(_guarded(tool), structured_output=False)
+    for state_tool in kv.mcp_tools(state, CALLER):  # get_state, set_state
+        server.add_tool(_guarded(state_tool), structured_output=False)
     _add_resources(server, state)
 
     async def each_request_key(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:

@@ -127,6 +127,7 @@ class Settings(BaseSettings):
             "registry": app.registry,
             "streams": [dataclasses.replace(s, replicas=self.replicas) for s in app.streams],
             "replicas": self.replicas,
+            "buckets": list(app.buckets.values()),
         }
 
     def edge_options(self) -> dict[str, Any]:
