@@ -177,6 +177,11 @@ async def test_a_component_answering_503_fails_with_the_reason(
             r'bus_component_health_checks_total\{component="sick",status="fail"\} [1-9]', metrics
         )
 
+        call = {"name": "list_components", "arguments": {}}
+        tool = (await monitored.post("/mcp/v2/tools/call", json=call, headers=READ)).json()
+        listed_by_mcp = [json.loads(item["text"]) for item in tool["content"]]  # one each
+        assert {c["name"]: c["health"]["status"] for c in listed_by_mcp}["sick"] == "fail"
+
         # Shared: what another reader finds in KV is the same verdict.
         [shared] = await HealthRecords(tasks).read("sick")
         assert (shared.status, shared.reason) == ("fail", "HTTP 503: nats:connected")

@@ -9,22 +9,13 @@ from typing import Any
 
 from rich.table import Table
 
-from bus import Bus, ComponentHealth, HealthRecords, components, silent_components
-from services.edge.monitor import with_health
+from bus import ComponentHealth
 
 COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
 
 
-async def collect(bus: Bus) -> list[dict[str, Any]]:
-    """Running components, then silent instances, each with `health` (null: not checked)."""
-    running = await components(bus)
-    silent = [s.component for s in await silent_components(bus) if s.component not in running]
-    verdicts = await HealthRecords(bus).by_key()
-    return [with_health(c, verdicts.get(c.key)) for c in [*running, *silent]]
-
-
 def ago(stamp: str, now: datetime | None = None) -> str:
-    """ "12 s ago" for an RFC 3339 time ("-" when there is none)."""
+    """How long ago an RFC 3339 time was ("12 s ago"; "-" when there is none)."""
     if not stamp:
         return "-"
     try:

@@ -337,10 +337,12 @@ async def aggregate_show(domain: str, aggregate_id: str, app_ref: str, as_json: 
 async def components_verb(as_json: bool) -> None:
     """Components (heartbeating services, nats.micro responders, and instances whose
     heartbeat stopped) with the edge's last health verdict on each."""
-    from .components import collect, render
+    from services.edge.monitor import listing
+
+    from .components import render
 
     async with connect() as bus:
-        found = await collect(bus)
+        found = await listing(bus)
     emit(as_json, found, render(found))
 
 

@@ -19,7 +19,7 @@ from bus import (
 )
 
 from .auth import require
-from .monitor import with_health, worst
+from .monitor import listing, with_health, worst
 
 NAME_PATTERN = r"^[A-Za-z0-9_\-:~@=+%!]+$"  # one subject token, as bus.registry requires
 router = APIRouter(prefix="/api/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
@@ -75,11 +75,7 @@ async def stream_page(bus: Bus, name: str, from_seq: int, limit: int) -> dict[st
 async def list_components(request: Request) -> Response:
     """Running components, then registered instances whose heartbeat stopped, each with the
     health monitor's last verdict on it (`health`; services/edge/monitor.py)."""
-    bus = request.app.state.bus
-    running = await components(bus)
-    silent = [s.component for s in await silent_components(bus) if s.component not in running]
-    verdicts = await HealthRecords(bus).by_key()
-    return _json([with_health(c, verdicts.get(c.key)) for c in [*running, *silent]])
+    return _json(await listing(request.app.state.bus))
 
 
 @router.get("/components/{name}")

@@ -24,7 +24,16 @@ from typing import Any, Literal, Self
 import httpx
 import msgspec
 
-from bus import Bus, BusError, ComponentHealth, HealthRecords, Heartbeat, heartbeats
+from bus import (
+    Bus,
+    BusError,
+    ComponentHealth,
+    HealthRecords,
+    Heartbeat,
+    components,
+    heartbeats,
+    silent_components,
+)
 from observability.metrics import Metrics
 
 log = logging.getLogger("bus.edge.monitor")
@@ -204,6 +213,15 @@ def _reported(body: bytes) -> tuple[Verdict | None, str]:
     return (status if status in ("pass", "warn", "fail") else None), ", ".join(
         names[:MAX_NAMED]
     ) + more
+
+
+async def listing(bus: Bus) -> list[dict[str, Any]]:
+    """Running components, then registered instances whose heartbeat stopped, each with the
+    last verdict shared on it (`GET /api/v1/components`, `bus components`, MCP)."""
+    running = await components(bus)
+    silent = [s.component for s in await silent_components(bus) if s.component not in running]
+    verdicts = await HealthRecords(bus).by_key()
+    return [with_health(c, verdicts.get(c.key)) for c in [*running, *silent]]
 
 
 def with_health(item: msgspec.Struct, verdict: ComponentHealth | None) -> dict[str, Any]:
