@@ -28,7 +28,7 @@ from bus import Bus, Component, ComponentHealth, ConfigError, HealthRecords, Reg
 from observability.metrics import Metrics
 from services.demo import app
 from services.edge import create_app
-from services.edge.monitor import HealthMonitor
+from services.edge.monitor import HealthMonitor, _judge
 from services.edge.server import start_edge, stop_edge
 from services.runtime.settings import Settings
 from tests.edge import KEYS, READ, serve
@@ -194,24 +194,26 @@ async def test_a_component_that_stops_heartbeating_fails(
     """Its NATS connection gone (no heartbeat, no deregistration): failing, though its
     health URL still answers."""
     async with Bus(nats_url) as doomed:
-        await Registration(
-            doomed, component("cut-off", f"{health_urls.url}/healthy"), ttl=1.0
-        ).start()
+        cut_off = component("cut-off", f"{health_urls.url}/healthy")
+        registration = await Registration(doomed, cut_off, ttl=1.0).start()
         assert (await until(lambda: verdict_of(monitored, "cut-off")))["status"] == "pass"
-    # closed without a deregistration
+    # closed without a deregistration; its heartbeats fail from now on
+    try:
 
-    async def fail() -> dict[str, Any] | None:
-        found = await verdict_of(monitored, "cut-off")
-        return found if found and found["status"] == "fail" else None
+        async def fail() -> dict[str, Any] | None:
+            found = await verdict_of(monitored, "cut-off")
+            return found if found and found["status"] == "fail" else None
 
-    verdict = await until(fail)
-    assert verdict["reason"].startswith("no heartbeat for ")
-    assert verdict["heartbeat_age"] > 2 / 3
-    body = (await monitored.get("/health")).json()
-    assert body["status"] == "warn"
-    assert "no heartbeat" in body["checks"]["component:cut-off"][0]["output"]
-    metrics = (await monitored.get("/metrics")).text
-    assert 'bus_component_up{component="cut-off"} 0.0' in metrics
+        verdict = await until(fail)
+        assert verdict["reason"].startswith("no heartbeat for ")
+        assert verdict["heartbeat_age"] > 2 / 3
+        body = (await monitored.get("/health")).json()
+        assert body["status"] == "warn"
+        assert "no heartbeat" in body["checks"]["component:cut-off"][0]["output"]
+        metrics = (await monitored.get("/metrics")).text
+        assert 'bus_component_up{component="cut-off"} 0.0' in metrics
+    finally:
+        await registration.stop()  # the heartbeat task (its deregistration cannot reach NATS)
 
 
 async def test_hostile_health_urls_neither_hang_nor_flood_the_monitor(
@@ -362,3 +364,47 @@ def test_verdicts_travel_as_json() -> None:
         name="w", instance="h-1", status="warn", reason="x", checked_at="2026-01-01T00:00:00Z"
     )
     assert msgspec.json.decode(msgspec.json.encode(verdict), type=ComponentHealth) == verdict
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "verdict"),
+    [
+        (200, b"", ("pass", "")),
+        (204, b"not json", ("pass", "")),
+        (
+            200,
+            b'{"status": "fail", "checks": {"a": [{"status": "fail"}]}}',
+            ("fail", "reports fail: a"),
+        ),
+        (200, b'{"status": "warn", "checks": "odd"}', ("warn", "reports warn")),
+        (200, b'["status", "fail"]', ("pass", "")),
+        (200, b'{"status": "exploded"}', ("pass", "")),
+        (301, b"", ("warn", "HTTP 301: redirects to ? (not followed)")),
+        (404, b"<html>", ("fail", "HTTP 404")),
+        (500, b'{"checks": {"x\\u0000y": [{"status": "warn"}]}}', ("fail", "HTTP 500: x y")),
+    ],
+)
+def test_answers_are_judged_by_status_code_then_body(
+    code: int, body: bytes, verdict: tuple[str, str]
+) -> None:
+    assert _judge(httpx.Response(code), body) == verdict
+
+
+def test_many_failing_checks_are_summarised() -> None:
+    checks = {f"c{n}": [{"status": "fail"}] for n in range(50)}
+    body = msgspec.json.encode({"status": "fail", "checks": checks})
+    status, reason = _judge(httpx.Response(503), body)
+    assert (status, reason) == ("fail", "HTTP 503: c0, c1, c2, c3, c4 (+45 more)")
+
+
+async def test_an_existing_bucket_is_given_a_longer_ttl(bus: Bus) -> None:
+    verdict = ComponentHealth(name="w", instance="i", status="pass", checked_at="now")
+    await HealthRecords(bus, ttl=30.0).put([verdict])
+    await HealthRecords(bus, ttl=120.0).put([verdict])
+    await HealthRecords(bus, ttl=60.0).put([verdict])  # a shorter one leaves it be
+    info = await bus.js.stream_info("KV_bus_component_health")
+    assert info.config.max_age == 120.0
+    assert await HealthRecords(bus).read("w") == [verdict]
+    assert await HealthRecords(bus).read("other") == []
+    with pytest.raises(ConfigError):
+        await HealthRecords(bus).read("no.dots")
