@@ -379,6 +379,8 @@ def test_verdicts_travel_as_json() -> None:
         (200, b'{"status": "warn", "checks": "odd"}', ("warn", "reports warn")),
         (200, b'["status", "fail"]', ("pass", "")),
         (200, b'{"status": "exploded"}', ("pass", "")),
+        (200, b"[" * 65536, ("pass", "")),
+        (503, b'{"a": ' * 20000, ("fail", "HTTP 503")),
         (301, b"", ("warn", "HTTP 301: redirects to ? (not followed)")),
         (404, b"<html>", ("fail", "HTTP 404")),
         (500, b'{"checks": {"x\\u0000y": [{"status": "warn"}]}}', ("fail", "HTTP 500: x y")),

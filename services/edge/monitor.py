@@ -60,10 +60,11 @@ class HealthMonitor:
         interval: float = INTERVAL,
         timeout: float = TIMEOUT,
         concurrency: int = CONCURRENCY,
-        checked_by: str = f"{socket.gethostname()}-{os.getpid()}",
+        checked_by: str | None = None,  # default: this host and process
     ) -> None:
         self.bus, self.metrics = bus, metrics
-        self.interval, self.timeout, self.checked_by = interval, timeout, checked_by
+        self.interval, self.timeout = interval, timeout
+        self.checked_by = checked_by or f"{socket.gethostname()}-{os.getpid()}"
         self.records = HealthRecords(bus, ttl=max(KEEP_AT_LEAST, KEEP_FOR * interval))
         self.latest: list[ComponentHealth] = []
         self._slots = asyncio.Semaphore(concurrency)
@@ -128,7 +129,11 @@ class HealthMonitor:
         if not c.health_url:
             return _stamped(verdict, reason="no health URL: heartbeat only")
         async with self._slots:
-            status, reason, latency = await self._probe(c.health_url)
+            try:
+                status, reason, latency = await self._probe(c.health_url)
+            except Exception:  # a bug here must not cost the other instances their checks
+                log.exception("health monitor: checking %s", c.health_url)
+                status, reason, latency = "fail", "the monitor could not check it", None
         return _stamped(verdict, status=status, reason=reason, latency_ms=latency)
 
     async def _probe(self, url: str) -> tuple[Verdict, str, float | None]:
@@ -198,7 +203,7 @@ def _reported(body: bytes) -> tuple[Verdict | None, str]:
     """The status a health+json body reports, and its checks that do not pass."""
     try:
         data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested beyond reason
         return None, ""
     if not isinstance(data, dict):
         return None, ""
@@ -209,10 +214,9 @@ def _reported(body: bytes) -> tuple[Verdict | None, str]:
         if isinstance(entries, list)
         and any(isinstance(e, dict) and e.get("status") in ("warn", "fail") for e in entries)
     ]
-    more = f" (+{len(names) - MAX_NAMED} more)" if len(names) > MAX_NAMED else ""
-    return (status if status in ("pass", "warn", "fail") else None), ", ".join(
-        names[:MAX_NAMED]
-    ) + more
+    shown = ", ".join(names[:MAX_NAMED])
+    shown += f" (+{len(names) - MAX_NAMED} more)" if len(names) > MAX_NAMED else ""
+    return (status if status in ("pass", "warn", "fail") else None), shown
 
 
 async def listing(bus: Bus) -> list[dict[str, Any]]:
