@@ -14,7 +14,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import msgspec
@@ -357,6 +357,71 @@ async def test_a_killed_worker_is_reported_failing(
         assert verdict["status"] == "fail"
         text = await asyncio.to_thread(cli, ["status"], {**env, "COLUMNS": "200"})
         assert re.search(r"tasks-worker.*fail", text)
+
+
+class Cable:
+    """A TCP relay between a process and its NATS server, to cut that process off alone."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("nats://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.links: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Self:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.cut()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.links |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        """No new connection, and the open ones closed."""
+        if self.server is not None:
+            self.server.close()
+        for writer in self.links:
+            writer.close()
+
+
+@pytest.mark.slow
+async def test_a_worker_cut_off_from_nats_is_reported_failing(
+    monitored: httpx.AsyncClient, nats_url: str, tmp_path: Path
+) -> None:
+    """A real `bus worker` whose NATS connection is cut (the edge's is not): its health URL
+    answers 503 and its heartbeats stop, and the edge reports it failing."""
+    async with Cable(nats_url) as cable:
+        env = {**os.environ, "BUS_NATS_URL": cable.url, "BUS_DATA_DIR": str(tmp_path)}
+        env.pop("BUS_METRICS_PORT", None)
+        log = tmp_path / "worker.log"
+        with running([BUS, "worker", "--app", "services.demo:app"], log, env) as worker:
+
+            async def status_is(wanted: str) -> dict[str, Any] | None:
+                assert worker.poll() is None, log.read_text()
+                found = await verdict_of(monitored, "tasks-worker")
+                return found if found and found["status"] == wanted else None
+
+            await until(lambda: status_is("pass"), 60)
+            await cable.cut()
+            failed = await until(lambda: status_is("fail"))
+            # its own /health says why (unless the check comes after two missed heartbeats)
+            assert failed["reason"].startswith(("HTTP 503: nats:connected", "no heartbeat"))
+            body = (await monitored.get("/health")).json()
+            assert body["status"] == "warn"
+            assert "component:tasks-worker" in body["checks"]
 
 
 def test_verdicts_travel_as_json() -> None:
