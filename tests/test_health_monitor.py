@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any, Self
 import httpx
 import msgspec
 import pytest
+from rich.console import Console
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -26,9 +28,10 @@ from starlette.routing import Route
 
 from bus import Bus, Component, ComponentHealth, ConfigError, HealthRecords, Registration
 from observability.metrics import Metrics
+from services.cli.status import collect, render
 from services.demo import app
 from services.edge import create_app
-from services.edge.monitor import HealthMonitor, _judge
+from services.edge.monitor import HealthMonitor, _judge, listing
 from services.edge.server import start_edge, stop_edge
 from services.runtime.settings import Settings
 from tests.edge import KEYS, READ, serve
@@ -313,7 +316,7 @@ def cli(args: list[str], env: dict[str, str]) -> str:
 
 @pytest.mark.slow
 async def test_a_killed_worker_is_reported_failing(
-    monitored: httpx.AsyncClient, nats_url: str, tmp_path: Path
+    monitored: httpx.AsyncClient, tasks: Bus, nats_url: str, tmp_path: Path
 ) -> None:
     """A real `bus worker` registers and passes; SIGKILLed, the edge reports it failing
     (within the deadline) in the API, the metric, /health, `bus components` and `bus status`."""
@@ -330,9 +333,8 @@ async def test_a_killed_worker_is_reported_failing(
         alive = await until(passing, 60)
         assert alive["health_url"].endswith("/health")
         assert alive["latency_ms"] is not None
-        listed = json.loads(await asyncio.to_thread(cli, ["components", "--json"], env))
-        [me] = [c for c in listed if c["name"] == "tasks-worker"]
-        assert me["health"]["status"] == "pass"
+        [me] = [c for c in await listing(tasks) if c["name"] == "tasks-worker"]
+        assert me["health"].status == "pass"
 
         worker.send_signal(signal.SIGKILL)
         worker.wait()
@@ -355,8 +357,9 @@ async def test_a_killed_worker_is_reported_failing(
         status = json.loads(await asyncio.to_thread(cli, ["status", "--json"], env))
         [verdict] = [v for v in status["health"] if v["name"] == "tasks-worker"]
         assert verdict["status"] == "fail"
-        text = await asyncio.to_thread(cli, ["status"], {**env, "COLUMNS": "200"})
-        assert re.search(r"tasks-worker.*fail", text)
+        shown = Console(file=io.StringIO(), width=200)
+        shown.print(render(await collect(tasks, app)))
+        assert re.search(r"tasks-worker.*fail \(checked \d+ s ago\): ", shown.file.getvalue())
 
 
 class Cable:
