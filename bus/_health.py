@@ -26,13 +26,12 @@ from nats.js.kv import KeyValue
 from ._client import Bus
 from ._errors import BusError, BusTimeout, StreamError, StreamNotFound
 from ._kv import ensure_bucket, kv_key
-from ._reader import read_last
+from ._reader import read_latest
 from ._registry import Component, _registered, validate_name
 
 BUCKET = "bus_component_health"
 STREAM = f"KV_{BUCKET}"
 DEFAULT_TTL = 30.0  # seconds a verdict is kept when no monitor renews it
-MAX_READ = 1000  # verdicts one read returns (one per registered instance)
 _DELETED = {"DEL", "PURGE"}  # the KV-Operation of a tombstone
 
 HealthStatus = Literal["pass", "warn", "fail"]
@@ -109,11 +108,11 @@ class HealthRecords:
         if name is not None:
             validate_name(name)
         try:
-            stored = await read_last(self._bus.nc, STREAM, [f"$KV.{BUCKET}.>"], MAX_READ)
+            stored = await read_latest(self._bus.nc, STREAM)
         except StreamNotFound:
             return []
         found = []
-        for message in stored:
+        for message in stored.values():
             if message.headers.get("KV-Operation") in _DELETED:
                 continue
             with contextlib.suppress(msgspec.DecodeError):  # written by something else

@@ -478,3 +478,13 @@ async def test_an_existing_bucket_is_given_a_longer_ttl(bus: Bus) -> None:
     assert await HealthRecords(bus).read("other") == []
     with pytest.raises(ConfigError):
         await HealthRecords(bus).read("no.dots")
+
+
+async def test_more_verdicts_than_one_direct_get_returns_are_all_read(bus: Bus) -> None:
+    """Past a thousand or so keys the server refuses a multi-subject read: read page by page."""
+    verdicts = [
+        ComponentHealth(name=f"c{n}", instance="i", status="pass", checked_at="now")
+        for n in range(1100)
+    ]
+    await HealthRecords(bus).put(verdicts)
+    assert len(await HealthRecords(bus).read()) == 1100
