@@ -130,7 +130,10 @@ def component(name: str, url: str) -> Component:
 
 
 async def test_a_component_answering_503_fails_with_the_reason(
-    monitored: httpx.AsyncClient, tasks: Bus, health_urls: Components
+    monitored: httpx.AsyncClient,
+    tasks: Bus,
+    health_urls: Components,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with (
         Registration(tasks, component("sick", f"{health_urls.url}/failing")),
@@ -184,6 +187,14 @@ async def test_a_component_answering_503_fails_with_the_reason(
         tool = (await monitored.post("/mcp/v2/tools/call", json=call, headers=READ)).json()
         listed_by_mcp = [json.loads(item["text"]) for item in tool["content"]]  # one each
         assert {c["name"]: c["health"]["status"] for c in listed_by_mcp}["sick"] == "fail"
+
+        changes = [r.getMessage() for r in caplog.records if r.name == "bus.edge.monitor"]
+        assert any(
+            m.startswith("component sick instance ")
+            and m.endswith(": fail HTTP 503: nats:connected")
+            for m in changes
+        ), changes
+        assert not any("component fine " in m for m in changes)  # passing from the start
 
         # Shared: what another reader finds in KV is the same verdict.
         [shared] = await HealthRecords(tasks).read("sick")

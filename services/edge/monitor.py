@@ -102,6 +102,7 @@ class HealthMonitor:
         """One round: every registered instance checked, measured and shared."""
         found = await heartbeats(self.bus)
         verdicts = list(await asyncio.gather(*(self.check(h) for h in found)))
+        _log_changes(self.latest, verdicts)
         self.latest = verdicts
         self._measure(verdicts)
         await self.records.put(verdicts)
@@ -162,6 +163,17 @@ class HealthMonitor:
         self.metrics.component_up.clear()  # names no longer registered go
         for name, value in up.items():
             self.metrics.component_up.labels(name).set(value)
+
+
+def _log_changes(before: list[ComponentHealth], now: list[ComponentHealth]) -> None:
+    """One log line per instance whose verdict changed (a first check that passes is quiet)."""
+    was = {v.key: v.status for v in before}
+    for v in now:
+        if was.get(v.key, "pass") != v.status:
+            level = logging.INFO if v.status == "pass" else logging.WARNING
+            log.log(
+                level, "component %s instance %s: %s %s", v.name, v.instance, v.status, v.reason
+            )
 
 
 def _stamped(verdict: ComponentHealth, **changes: Any) -> ComponentHealth:
