@@ -40,6 +40,7 @@ from ._errors import (
     StreamNotFound,
 )
 from ._events import Event, EventRegistry, new_event_id
+from ._health import ComponentHealth, HealthRecords, Heartbeat, heartbeats
 from ._idempotency import Claim, IdempotencyRecords, InFlight, Mismatch, Replay
 from ._lease import Lease
 from ._live_view import LiveView
@@ -79,6 +80,7 @@ __all__ = (
     "Claim",
     "Codec",
     "Component",
+    "ComponentHealth",
     "ConcurrencyError",
     "ConfigError",
     "ConnectError",
@@ -94,6 +96,8 @@ __all__ = (
     "EventRegistry",
     "EventStore",
     "Fenced",
+    "HealthRecords",
+    "Heartbeat",
     "History",
     "IdempotencyRecords",
     "InFlight",
@@ -138,6 +142,7 @@ __all__ = (
     "current_bus",
     "current_envelope",
     "event_subject",
+    "heartbeats",
     "json_schema",
     "load_app",
     "matches",

@@ -124,6 +124,19 @@ class Metrics:
             ["component"],
             registry=r,
         )
+        self.component_up = Gauge(
+            "bus_component_up",
+            "1 while every registered instance of the component heartbeats and passes (or"
+            " warns on) the edge's health check; 0 once one fails.",
+            ["component"],
+            registry=r,
+        )
+        self.component_checks = Counter(
+            "bus_component_health_checks",
+            "Health checks of registered instances by the edge's monitor, by verdict.",
+            ["component", "status"],
+            registry=r,
+        )
 
     def published(self, destination: str, outcome: str, seconds: float, count: int) -> None:
         self.sent.labels(destination, outcome).inc(count)

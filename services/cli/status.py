@@ -1,7 +1,8 @@
 """`bus status`: the whole system at a glance, so one command answers "is it working?".
 
 Server, streams, durable consumers with what they still owe, projections with their lag and
-the registered components; KV and object-store streams are internal and left out, but for
+the registered components with the edge's last health verdict on each (and the verdicts on
+instances no longer running); KV and object-store streams are internal and left out, but for
 the app's own buckets (shared state).
 """
 
@@ -14,12 +15,16 @@ from bus import (
     App,
     Bus,
     Component,
+    ComponentHealth,
+    HealthRecords,
     ProjectionStatus,
     ProjectionView,
     StreamError,
     StreamSummary,
     components,
 )
+
+from .components import ago, health_word
 
 INTERNAL = ("KV_", "OBJ_")
 
@@ -43,6 +48,7 @@ class Status(msgspec.Struct):
     consumers: list[ConsumerState]
     projections: list[ProjectionStatus]
     components: list[Component]
+    health: list[ComponentHealth] = []
 
 
 async def collect(bus: Bus, app: App) -> Status:
@@ -62,7 +68,8 @@ async def collect(bus: Bus, app: App) -> Status:
         if c.durable
     ]
     projections = [await ProjectionView(bus, p).status() for p in app.projections.values()]
-    return Status(server, streams, consumers, projections, await components(bus))
+    found, health = await components(bus), await HealthRecords(bus).read()
+    return Status(server, streams, consumers, projections, found, health)
 
 
 def render(status: Status) -> Table:
@@ -87,10 +94,24 @@ def render(status: Status) -> Table:
         failures = f", {p.failures} failures" if p.failures else ""
         table.add_row("projection", p.name, f"position {p.position}, lag {p.lag}{failures}")
     table.add_section()
+    verdicts = {v.key: v for v in status.health}
     for comp in status.components:
+        verdict = verdicts.pop(comp.key, None)
         table.add_row(
             "component",
             comp.name,
-            f"{comp.kind} {comp.instance}, heartbeat {comp.heartbeat_at or '-'}",
+            f"{comp.kind} {comp.instance}, heartbeat {comp.heartbeat_at or '-'}, "
+            f"{health_word(verdict)}{_checked(verdict)}",
+        )
+    for gone in verdicts.values():  # instances the registry no longer lists as running
+        table.add_row(
+            "component", gone.name, f"{gone.instance}, {health_word(gone)}{_checked(gone)}"
         )
     return table
+
+
+def _checked(verdict: ComponentHealth | None) -> str:
+    if verdict is None:
+        return ""
+    reason = f": {verdict.reason}" if verdict.status != "pass" and verdict.reason else ""
+    return f" (checked {ago(verdict.checked_at)}){reason}"

@@ -23,6 +23,7 @@ from . import (
     kv,
     limits,
     mcp_endpoint,
+    monitor,
     problems,
     projections,
     tail,
@@ -63,6 +64,8 @@ def create_app(
     idempotency_ttl: float = IdempotencyRecords.DEFAULT_TTL,
     replicas: int = 1,
     metrics: Metrics | None = None,
+    health_interval: float = monitor.INTERVAL,
+    health_timeout: float = monitor.TIMEOUT,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -71,7 +74,9 @@ def create_app(
     events per second per key (0: unlimited); a WebSocket tail client that reads nothing for
     `slow_client_timeout` seconds is disconnected; an `Idempotency-Key` is kept for
     `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
-    `metrics` is where it counts (its own unless the process shares one, as `bus up` does)."""
+    `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
+    every `health_interval` seconds (0: never) it checks the registered components, each
+    within `health_timeout` seconds (services/edge/monitor.py)."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -97,6 +102,12 @@ def create_app(
         ):
             api.state.bus = bus
             api.state.idempotency = IdempotencyRecords(bus, ttl=idempotency_ttl)
+            api.state.monitor = None
+            if health_interval > 0:
+                watching = monitor.HealthMonitor(
+                    bus, metrics, interval=health_interval, timeout=health_timeout
+                )
+                api.state.monitor = await views.enter_async_context(watching)
             api.state.views = {
                 name: await views.enter_async_context(LiveView(bus, projection))
                 for name, projection in app.projections.items()
