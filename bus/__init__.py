@@ -7,6 +7,7 @@ and so on), as is the NATS fast lane (`bus._nats`). `bus.testing` is the pytest 
 from ._aggregate import Aggregate, Repository
 from ._app import App, load_app
 from ._breaker import CircuitPolicy, Circuits
+from ._buckets import BucketSpec, KeyEntry, KeyPage
 from ._client import Bus, current_bus
 from ._codec import Codec, json_schema
 from ._consumer import Consumer
@@ -25,6 +26,8 @@ from ._errors import (
     DecodeError,
     Fenced,
     InvalidSubject,
+    KeyExists,
+    KeyNotFound,
     NoResponders,
     NoStreamForSubject,
     OutboundBufferFull,
@@ -32,6 +35,7 @@ from ._errors import (
     PublishTimeout,
     RemoteError,
     RequestTimeout,
+    RevisionMismatch,
     ServerError,
     ServiceError,
     StreamConflict,
@@ -39,6 +43,7 @@ from ._errors import (
     StreamNotFound,
 )
 from ._events import Event, EventRegistry, new_event_id
+from ._health import ComponentHealth, HealthRecords, Heartbeat, heartbeats
 from ._idempotency import Claim, IdempotencyRecords, InFlight, Mismatch, Replay
 from ._lease import Lease
 from ._live_view import LiveView
@@ -49,6 +54,7 @@ from ._projector import Projector
 from ._registry import Component, Registration, Silent, components, silent_components
 from ._rpc import Responder
 from ._server import EmbeddedCluster, EmbeddedServer
+from ._shared_state import Bucket
 from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
@@ -68,6 +74,8 @@ __all__ = (
     "AppendResult",
     "Backoff",
     "BeyondStreamEnd",
+    "Bucket",
+    "BucketSpec",
     "Bus",
     "BusClosed",
     "BusError",
@@ -78,6 +86,7 @@ __all__ = (
     "Claim",
     "Codec",
     "Component",
+    "ComponentHealth",
     "ConcurrencyError",
     "ConfigError",
     "ConnectError",
@@ -93,10 +102,16 @@ __all__ = (
     "EventRegistry",
     "EventStore",
     "Fenced",
+    "HealthRecords",
+    "Heartbeat",
     "History",
     "IdempotencyRecords",
     "InFlight",
     "InvalidSubject",
+    "KeyEntry",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyPage",
     "Lease",
     "LiveView",
     "Mismatch",
@@ -117,6 +132,7 @@ __all__ = (
     "Repository",
     "RequestTimeout",
     "Responder",
+    "RevisionMismatch",
     "Router",
     "ServerError",
     "ServiceError",
@@ -133,6 +149,7 @@ __all__ = (
     "current_bus",
     "current_envelope",
     "event_subject",
+    "heartbeats",
     "json_schema",
     "load_app",
     "matches",

@@ -9,6 +9,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ._buckets import BucketSpec
 from ._errors import ConfigError
 from ._events import Event, EventRegistry
 from ._projection import Projection
@@ -25,12 +26,14 @@ class App:
         events: Iterable[type[Event]] = (),
         router: Router | None = None,
         projections: Iterable[Projection[Any]] = (),
+        buckets: Iterable[BucketSpec] = (),
     ) -> None:
         self.name = name
         self.streams = list(streams)
         self.registry = EventRegistry(events)
         self.router = router if router is not None else Router()
         self.projections = {p.name: p for p in projections}
+        self.buckets = {b.name: b for b in buckets}  # shared state (JetStream KV) by name
 
     def projection(self, name: str) -> Projection[Any]:
         try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, TypeVar
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import nats.errors
@@ -58,7 +59,33 @@ def _counts_against(error: BusError) -> bool:
     return isinstance(error, RequestTimeout | NoResponders)
 
 
-async def request(
+class Caller(Protocol):
+    """What `request` needs of a Bus."""
+
+    telemetry: Telemetry
+    circuits: Circuits
+
+    @property
+    def nc(self) -> Connection: ...
+
+
+def request(
+    bus: Caller,
+    subject: str,
+    payload: Any,
+    response_type: type[R],
+    timeout: float = 5.0,
+    *,
+    endpoint: str | None = None,
+) -> Coroutine[Any, Any, R]:
+    """`Bus.request`: the reply to `payload` on `subject`, decoded as `response_type` (await
+    it); `endpoint` names what the subject is an instance of (see above). A plain function
+    handing back the coroutine: no async layer of its own on every request."""
+    return _request(bus.nc, bus.telemetry, bus.circuits, subject, payload, response_type,
+                    timeout, endpoint or subject)  # fmt: skip
+
+
+async def _request(
     nc: Connection,
     telemetry: Telemetry,
     circuits: Circuits,
@@ -66,11 +93,9 @@ async def request(
     payload: Any,
     response_type: type[R],
     timeout: float,
-    endpoint: str | None,
+    endpoint: str,
 ) -> R:
-    """`Bus.request`: the reply to `payload` on `subject`, decoded as `response_type`."""
     _valid(subject)
-    endpoint = endpoint or subject
     observer = telemetry.observer
     try:
         circuit = circuits.admit(endpoint)

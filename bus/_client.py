@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import nats.errors
 import nats.js.errors
@@ -26,6 +26,7 @@ from . import _calls as calls
 from . import _deadletter as deadletter
 from . import _rpc as rpc
 from ._breaker import CircuitPolicy, Circuits
+from ._buckets import BucketSpec
 from ._codec import Codec, ContentType
 from ._consumer import Consumer
 from ._credentials import Credentials, describe, is_auth_failure, redact_url, split_urls
@@ -37,6 +38,7 @@ from ._nats.connection import Connection
 from ._nats.direct import StoredMessage
 from ._publish import Publisher, template_of
 from ._reader import read_messages
+from ._shared_state import Bucket, Buckets
 from ._streams import StreamManager, StreamSpec, existing_name
 from ._subjects import validate_pattern
 from ._subscribe import Handler, Router, handler_spec
@@ -44,7 +46,6 @@ from ._tail import messages_on
 from ._telemetry import Observer, Telemetry
 
 log = logging.getLogger("bus")
-R = TypeVar("R")
 
 
 _current_bus: ContextVar[Bus] = ContextVar("current_bus")
@@ -70,6 +71,7 @@ class Bus:
         registry: EventRegistry | None = None,
         content_type: ContentType = "json",
         streams: Iterable[StreamSpec] = (),
+        buckets: Iterable[BucketSpec] = (),
         manage_streams: bool = True,
         router: Router | None = None,
         publish_timeout: float = 5.0,
@@ -89,6 +91,7 @@ class Bus:
         self.registry = registry if registry is not None else EventRegistry()
         self.codec = Codec(content_type)
         self.stream_specs = list(streams)
+        self._buckets = Buckets(self, buckets)  # created at start, like the streams
         self.manage_streams = manage_streams
         self.router = router if router is not None else Router()
         self.publish_timeout = publish_timeout
@@ -149,6 +152,7 @@ class Bus:
                     await self._streams.ensure(spec)
                 else:
                     await self._streams.verify(spec)
+            await self._buckets.ensure()
             for handler in self.router.specs:
                 await self._start_consumer(handler)
             await self._start_responders(self.router.responders)
@@ -359,6 +363,10 @@ class Bus:
             async for message in messages:
                 yield message
 
+    def bucket(self, name: str) -> Bucket[Any]:
+        """The handle on bucket `name`, one declared in `buckets=` (ConfigError if not)."""
+        return self._buckets[name]
+
     # -- dead letters -------------------------------------------------------------------------
 
     async def dead_letters(
@@ -371,18 +379,7 @@ class Bus:
 
     # -- request / reply ----------------------------------------------------------------------
 
-    def request(
-        self,
-        subject: str,
-        payload: Any,
-        response_type: type[R],
-        timeout: float = 5.0,
-        *,
-        endpoint: str | None = None,
-    ) -> Coroutine[Any, Any, R]:
-        """The reply on `subject` as `response_type` (see bus._calls); no async layer here."""
-        args = (subject, payload, response_type, timeout, endpoint)
-        return calls.request(self.nc, self.telemetry, self.circuits, *args)
+    request = calls.request  # (subject, payload, response_type, timeout=5.0, *, endpoint=None)
 
     async def serve(
         self, subject: str, handler: Callable[[Any], Awaitable[Any]], **options: Any

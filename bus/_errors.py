@@ -18,6 +18,9 @@ BusError
 │   ├── StreamConflict               an existing stream differs in a field that cannot change
 │   └── NoStreamForSubject           JetStream has no stream on that subject
 ├── ConcurrencyError                 expected version differs from the stream's
+│   └── RevisionMismatch             a key's revision is not the one a write expected
+│       └── KeyExists                a create found the key there
+├── KeyNotFound(LookupError)         no such key in a bucket (or it was deleted)
 ├── Fenced                           another instance has taken over what this one ran
 ├── PublishError                     JetStream refused a publish for another reason
 ├── DecodeError(ValueError)          bytes that are not a known, valid event
@@ -161,6 +164,33 @@ class ConcurrencyError(BusError):
         self.subject = subject
         self.expected = expected
         self.actual = actual
+
+
+class RevisionMismatch(ConcurrencyError):
+    """A compare-and-set on a key lost: its `current` revision (0: absent) is not `expected`."""
+
+    def __init__(self, bucket: str, key: str, expected: int, current: int) -> None:
+        super().__init__(f"$KV.{bucket}.{key}", expected, current)
+        shown = "it is absent" if not current else f"it is at revision {current}"
+        self.args = (f"{bucket}/{key}: expected revision {expected}, {shown}",)
+        self.bucket = bucket
+        self.key = key
+        self.current = current
+
+
+class KeyExists(RevisionMismatch):
+    """A create found the key there (at revision `current`)."""
+
+    def __init__(self, bucket: str, key: str, current: int) -> None:
+        super().__init__(bucket, key, 0, current)
+        self.args = (f"{bucket}/{key} exists (revision {current})",)
+
+
+class KeyNotFound(BusError, LookupError):
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"bucket {bucket!r} has no key {key!r}")
+        self.bucket = bucket
+        self.key = key
 
 
 class Fenced(BusError):

@@ -125,6 +125,19 @@ class Metrics:
             ["component"],
             registry=r,
         )
+        self.component_up = Gauge(
+            "bus_component_up",
+            "1 while every registered instance of the component heartbeats and passes (or"
+            " warns on) the edge's health check; 0 once one fails.",
+            ["component"],
+            registry=r,
+        )
+        self.component_checks = Counter(
+            "bus_component_health_checks",
+            "Health checks of registered instances by the edge's monitor, by verdict.",
+            ["component", "status"],
+            registry=r,
+        )
 
         # Request/reply, labelled by the endpoint (the subject pattern served or called).
         self.rpc_client_duration = Histogram(

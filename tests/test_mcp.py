@@ -27,6 +27,8 @@ TOOLS = {
     "list_components",
     "get_health",
     "call_service",
+    "get_state",
+    "set_state",
 }
 
 

@@ -1,9 +1,10 @@
 """`bus status`: the whole system at a glance, so one command answers "is it working?".
 
 Server, streams, durable consumers with what they still owe, projections with their lag and
-the registered components, with the request circuits each holds (as of its last heartbeat:
+the registered components with the edge's last health verdict on each (and the verdicts on
+instances no longer running) and the request circuits each holds (as of its last heartbeat:
 the breakers live in the calling processes); KV and object-store streams are internal and
-left out.
+left out, but for the app's own buckets (shared state).
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ from bus import (
     App,
     Bus,
     Component,
+    ComponentHealth,
+    HealthRecords,
     ProjectionStatus,
     ProjectionView,
     StreamError,
     StreamSummary,
     components,
 )
+
+from .components import ago, health_word
 
 INTERNAL = ("KV_", "OBJ_")
 
@@ -44,6 +49,7 @@ class Status(msgspec.Struct):
     consumers: list[ConsumerState]
     projections: list[ProjectionStatus]
     components: list[Component]
+    health: list[ComponentHealth] = []
 
 
 async def collect(bus: Bus, app: App) -> Status:
@@ -53,7 +59,9 @@ async def collect(bus: Bus, app: App) -> Status:
     except StreamError:
         all_streams, jetstream = [], False
     server = Server(url=bus.display_urls, version=bus.server_version, jetstream=jetstream)
-    streams = [s for s in all_streams if not s.name.startswith(INTERNAL)]
+    streams = [
+        s for s in all_streams if not s.name.startswith(INTERNAL) or s.name[3:] in app.buckets
+    ]
     consumers = [
         ConsumerState(s.name, c.name, c.pending, c.ack_pending)
         for s in streams
@@ -61,7 +69,8 @@ async def collect(bus: Bus, app: App) -> Status:
         if c.durable
     ]
     projections = [await ProjectionView(bus, p).status() for p in app.projections.values()]
-    return Status(server, streams, consumers, projections, await components(bus))
+    found, health = await components(bus), await HealthRecords(bus).read()
+    return Status(server, streams, consumers, projections, found, health)
 
 
 def render(status: Status) -> Table:
@@ -86,12 +95,26 @@ def render(status: Status) -> Table:
         failures = f", {p.failures} failures" if p.failures else ""
         table.add_row("projection", p.name, f"position {p.position}, lag {p.lag}{failures}")
     table.add_section()
+    verdicts = {v.key: v for v in status.health}
     for comp in status.components:
+        verdict = verdicts.pop(comp.key, None)
         table.add_row(
             "component",
             comp.name,
-            f"{comp.kind} {comp.instance}, heartbeat {comp.heartbeat_at or '-'}",
+            f"{comp.kind} {comp.instance}, heartbeat {comp.heartbeat_at or '-'}, "
+            f"{health_word(verdict)}{_checked(verdict)}",
         )
         for endpoint, state in sorted(comp.circuits.items()):
             table.add_row("circuit", f"{comp.name} → {endpoint}", state.replace("_", "-"))
+    for gone in verdicts.values():  # instances the registry no longer lists as running
+        table.add_row(
+            "component", gone.name, f"{gone.instance}, {health_word(gone)}{_checked(gone)}"
+        )
     return table
+
+
+def _checked(verdict: ComponentHealth | None) -> str:
+    if verdict is None:
+        return ""
+    reason = f": {verdict.reason}" if verdict.status != "pass" and verdict.reason else ""
+    return f" (checked {ago(verdict.checked_at)}){reason}"

@@ -16,6 +16,7 @@ import msgspec
 
 from bus import (
     App,
+    BucketSpec,
     Envelope,
     Event,
     Projection,
@@ -113,6 +114,7 @@ app = App(
         Projection("task", (EVENTS,), TaskView, task_id, apply_task),
         Projection("task_counts", (EVENTS,), StatusCount, status_key, count),
     ],
+    buckets=[BucketSpec("settings", history=10)],  # shared state: /api/v1/kv/settings/...
 )
 
 

@@ -20,8 +20,10 @@ from . import (
     events,
     fastpath,
     health,
+    kv,
     limits,
     mcp_endpoint,
+    monitor,
     problems,
     projections,
     requests,
@@ -38,6 +40,7 @@ CORS_HEADERS = [
     "Content-Type",
     "Idempotency-Key",
     "If-Match",
+    "If-None-Match",
     "Last-Event-ID",
     "Mcp-Session-Id",
     "Mcp-Protocol-Version",
@@ -63,6 +66,8 @@ def create_app(
     replicas: int = 1,
     metrics: Metrics | None = None,
     circuits: Circuits | CircuitPolicy | None = None,
+    health_interval: float = monitor.INTERVAL,
+    health_timeout: float = monitor.TIMEOUT,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -72,7 +77,9 @@ def create_app(
     `slow_client_timeout` seconds is disconnected; an `Idempotency-Key` is kept for
     `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
     `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
-    `circuits` guard its requests (a policy, or a table the process shares)."""
+    every `health_interval` seconds (0: never) it checks the registered components, each
+    within `health_timeout` seconds (services/edge/monitor.py); `circuits` guard its requests
+    (a policy, or a table the process shares)."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -90,6 +97,7 @@ def create_app(
                 registry=app.registry,
                 credentials=credentials,
                 replicas=replicas,
+                buckets=app.buckets.values(),
                 observer=metrics,
                 circuits=circuits,
             ) as bus,
@@ -98,6 +106,12 @@ def create_app(
         ):
             api.state.bus = bus
             api.state.idempotency = IdempotencyRecords(bus, ttl=idempotency_ttl)
+            api.state.monitor = None
+            if health_interval > 0:
+                watching = monitor.HealthMonitor(
+                    bus, metrics, interval=health_interval, timeout=health_timeout
+                )
+                api.state.monitor = await views.enter_async_context(watching)
             api.state.views = {
                 name: await views.enter_async_context(LiveView(bus, projection))
                 for name, projection in app.projections.items()
@@ -119,7 +133,7 @@ def create_app(
         api.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=CORS_HEADERS,
             expose_headers=[
                 "Bus-Stale",
@@ -127,12 +141,14 @@ def create_app(
                 "Mcp-Session-Id",
                 "Location",
                 "Idempotent-Replayed",
+                "ETag",
             ],
         )
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
-    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, requests):
+    routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
+    for module in routers:
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     tracing.instrument(api)

@@ -25,9 +25,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers, State
 from starlette.types import Receive, Scope, Send
 
-from bus import BusError, components, json_schema
+from bus import BusError, json_schema
 
-from . import catalogue, events, health, projections, requests
+from . import catalogue, events, health, kv, monitor, projections, requests
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
 from .limits import charge
 
@@ -119,8 +119,9 @@ def build_server(state: State) -> MCPServer[Any]:
         return json_schema(state.app.registry)
 
     async def list_components() -> Any:
-        """Running components: services that heartbeat, and nats.micro responders."""
-        return await components(state.bus)
+        """Components (services that heartbeat, nats.micro responders, instances whose
+        heartbeat stopped), each with the edge's last health verdict (`health`)."""
+        return await monitor.listing(state.bus)
 
     async def get_health() -> Any:
         """The edge's health report: NATS, JetStream, streams, projection lag."""
@@ -150,6 +151,8 @@ def build_server(state: State) -> MCPServer[Any]:
         return msgspec.json.decode(await requests.call(state, subject, data, timeout))
 
     server.add_tool(_guarded(call_service), structured_output=False)
+    for state_tool in kv.mcp_tools(state, CALLER):  # get_state, set_state
+        server.add_tool(_guarded(state_tool), structured_output=False)
     _add_resources(server, state)
 
     async def each_request_key(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:

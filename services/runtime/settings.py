@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # seconds an Idempotency-Key is honoured (a retry must find it: at least a minute)
     idempotency_ttl: float = Field(default=86400.0, ge=60, allow_inf_nan=False)
     replicas: int = 1  # of the app's streams and our KV buckets: 1, 3 (a cluster) or 5
+    # seconds between the edge's checks of the registered components (0: none), and the
+    # seconds one check may take
+    health_interval: float = Field(default=5.0, ge=0, le=3600, allow_inf_nan=False)
+    health_timeout: float = Field(default=2.0, gt=0, le=60, allow_inf_nan=False)
     metrics_host: str = "127.0.0.1"  # where `bus projector` and `bus worker` serve /metrics
     metrics_port: Port | None = None  # unset: they serve none
     nats_user: str | None = None  # how to authenticate to NATS: one of user (+ password),
@@ -134,6 +138,7 @@ class Settings(BaseSettings):
             "streams": [dataclasses.replace(s, replicas=self.replicas) for s in app.streams],
             "replicas": self.replicas,
             "circuits": self.circuit_policy,
+            "buckets": list(app.buckets.values()),
         }
 
     @property
@@ -154,6 +159,8 @@ class Settings(BaseSettings):
             "idempotency_ttl": self.idempotency_ttl,
             "replicas": self.replicas,
             "circuits": self.circuit_policy,
+            "health_interval": self.health_interval,
+            "health_timeout": self.health_timeout,
         }
 
     @property
