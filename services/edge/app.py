@@ -24,6 +24,7 @@ from . import (
     limits,
     mcp_endpoint,
     monitor,
+    openapi,
     problems,
     projections,
     tail,
@@ -146,5 +147,6 @@ def create_app(
     for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
+    openapi.install(api)
     tracing.instrument(api)
     return api
