@@ -1,0 +1,90 @@
+"""MCP `logging/setLevel`: a session opts in to a log message about each of its tool calls
+(`info` when it succeeds, `warning` when it fails), at the level it sets and above.
+
+Sessions that never set a level are sent nothing, and the 2026-07-28 protocol has no
+`logging/setLevel` (its log delivery is a per-request opt-in the SDK handles). A tool's
+arguments are never in the messages: they may carry values a log must not.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, get_args
+
+from mcp.server.context import CallNext, ServerRequestContext
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    INVALID_REQUEST,
+    EmptyResult,
+    LoggingLevel,
+    LoggingMessageNotification,
+    LoggingMessageNotificationParams,
+    SetLevelRequestParams,
+)
+
+LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)  # least to most severe (RFC 5424)
+MAX_SESSIONS = 10_000  # levels kept; the oldest session's is forgotten past this
+MAX_DETAIL = 500
+
+
+class SessionLevels:
+    """The level each session asked for, by `Mcp-Session-Id` (bounded: sessions end unseen)."""
+
+    def __init__(self) -> None:
+        self.levels: OrderedDict[str, int] = OrderedDict()
+
+    def set(self, session: str, level: LoggingLevel) -> None:
+        self.levels[session] = LEVELS.index(level)
+        self.levels.move_to_end(session)
+        while len(self.levels) > MAX_SESSIONS:
+            self.levels.popitem(last=False)
+
+    def wants(self, session: str | None, level: LoggingLevel) -> bool:
+        wanted = self.levels.get(session or "")
+        return wanted is not None and LEVELS.index(level) >= wanted
+
+
+def _session(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    headers = getattr(ctx.request, "headers", None)
+    return None if headers is None else headers.get("mcp-session-id")
+
+
+def install(server: MCPServer[Any]) -> None:
+    """Serve `logging/setLevel` and report tool calls (once the server's HTTP app is built)."""
+    levels = SessionLevels()
+
+    async def set_level(
+        ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams
+    ) -> EmptyResult:
+        session = _session(ctx)
+        if session is None:
+            raise MCPError(INVALID_REQUEST, "logging/setLevel needs a session (2025-11-25)")
+        levels.set(session, params.level)
+        return EmptyResult()
+
+    async def report_tool_calls(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+        result = await call_next(ctx)
+        if ctx.method != "tools/call" or not isinstance(result, dict):  # the result, as sent
+            return result
+        failed = bool(result.get("isError"))
+        level: LoggingLevel = "warning" if failed else "info"
+        if levels.wants(_session(ctx), level):
+            data: dict[str, Any] = {"tool": (ctx.params or {}).get("name"), "ok": not failed}
+            if failed:
+                texts = (
+                    c.get("text", "") for c in result.get("content", []) if isinstance(c, dict)
+                )
+                data["detail"] = " ".join(texts)[:MAX_DETAIL]
+            message = LoggingMessageNotificationParams(level=level, data=data, logger="bus")
+            await ctx.session.send_notification(
+                LoggingMessageNotification(params=message), related_request_id=ctx.request_id
+            )
+        return result
+
+    # MCPServer has no setter for a method the 2026 revision dropped; the SDK points to its
+    # lowlevel server's add_request_handler, which the session manager runs (so: after
+    # `streamable_http_app()`).
+    lowlevel = server.session_manager.app
+    lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
+    server.middleware.append(report_tool_calls)
