@@ -17,7 +17,10 @@ import httpx
 import pytest
 
 from bus import EVENT_SUBJECT_PATTERN, Bus, InvalidSubject, parse_event_subject
-from tests.edge import READ
+from services.demo import app
+from services.edge.app import create_app
+from services.edge.openapi import refine
+from tests.edge import KEYS, READ
 
 METHODS = {"get", "put", "post", "delete", "patch"}
 
@@ -176,3 +179,23 @@ async def test_generated_client_publishes_and_reads(
     finally:
         for name in [m for m in sys.modules if m.split(".")[0] == "edge_client"]:
             del sys.modules[name]
+
+
+def test_public_reads_are_documented_as_open_but_writes_are_not() -> None:
+    doc = create_app(app, "nats://127.0.0.1:1", api_keys=KEYS, public_reads=True).openapi()
+    read = doc["paths"]["/api/v1/streams"]["get"]
+    assert read["security"] == [{}, {"bearer": ["read"]}]
+    assert "BUS_PUBLIC_READS" in read["description"]
+    write = doc["paths"]["/api/v1/events:batch"]["post"]
+    assert write["security"] == [{"bearer": ["write"]}]
+
+
+def test_two_different_schemas_under_one_name_are_refused() -> None:
+    def answer(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"content": {"application/json": {"schema": schema}}}
+
+    first = {"$ref": "#/$defs/A", "$defs": {"A": {"type": "string"}}}
+    second = {"$ref": "#/$defs/A", "$defs": {"A": {"type": "integer"}}}
+    doc = {"paths": {"/x": {"post": {"responses": {"200": answer(first), "201": answer(second)}}}}}
+    with pytest.raises(ValueError, match="'A'"):
+        refine(doc, {}, public_reads=False)
