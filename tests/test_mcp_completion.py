@@ -223,3 +223,23 @@ async def test_set_level_needs_a_session(edge: httpx.AsyncClient, tasks: Bus) ->
     call = {"id": 1, "method": "logging/setLevel", "params": {"level": "debug"}}
     answer = rpc_result(await rpc(edge, call, {**READ, "Mcp-Protocol-Version": "2026-07-28"}))
     assert "error" in answer
+
+
+async def test_a_2026_request_asks_for_its_own_log_messages(
+    edge: httpx.AsyncClient, tasks: Bus
+) -> None:
+    received: list[LoggingMessageNotificationParams] = []
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        received.append(params)
+
+    async with client_for(edge, "r-key", "2026-07-28", logging_callback=on_log) as quiet:
+        await quiet.call_tool("read_stream", {"name": "NOPE"})
+    assert received == []  # asked for nothing
+    options = {"logging_callback": on_log, "log_level": "warning"}
+    async with client_for(edge, "r-key", "2026-07-28", **options) as client:
+        await client.call_tool("list_projections", {})  # info: below what it asked
+        await client.call_tool("read_stream", {"name": "NOPE"})
+        await until(lambda: len(received) == 1)
+    assert received[0].level == "warning"
+    assert received[0].data["tool"] == "read_stream"

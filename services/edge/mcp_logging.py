@@ -1,8 +1,7 @@
-"""MCP `logging/setLevel`: a session opts in to a log message about each of its tool calls
-(`info` when it succeeds, `warning` when it fails), at the level it sets and above.
-
-Sessions that never set a level are sent nothing, and the 2026-07-28 protocol has no
-`logging/setLevel` (its log delivery is a per-request opt-in the SDK handles). A tool's
+"""MCP log messages about tool calls (`info` when one succeeds, `warning` when it fails), at
+the level the client asked for and above: a 2025-11-25 session asks with `logging/setLevel`,
+a 2026-07-28 request with the `io.modelcontextprotocol/logLevel` key of its `_meta` (that
+revision dropped `logging/setLevel`). A client that never asks is sent nothing. A tool's
 arguments are never in the messages: they may carry values a log must not.
 """
 
@@ -11,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, get_args
 
+from mcp.server.connection import allowed_log_levels
 from mcp.server.context import CallNext, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
@@ -40,9 +40,22 @@ class SessionLevels:
         while len(self.levels) > MAX_SESSIONS:
             self.levels.popitem(last=False)
 
-    def wants(self, session: str | None, level: LoggingLevel) -> bool:
-        wanted = self.levels.get(session or "")
+    def wants(self, session: str, level: LoggingLevel) -> bool:
+        wanted = self.levels.get(session)
         return wanted is not None and LEVELS.index(level) >= wanted
+
+
+def _wanted(
+    ctx: ServerRequestContext[Any, Any], levels: SessionLevels, level: LoggingLevel
+) -> bool:
+    """Whether the client asked for messages of `level`: per request (2026-07-28), or per
+    session (before, where the SDK allows every level even to a request that asked nothing)."""
+    if level not in allowed_log_levels(ctx.protocol_version, (ctx.params or {}).get("_meta")):
+        return False
+    if not allowed_log_levels(ctx.protocol_version, None):  # 2026-07-28: the request asked
+        return True
+    session = _session(ctx)
+    return session is not None and levels.wants(session, level)
 
 
 def _session(ctx: ServerRequestContext[Any, Any]) -> str | None:
@@ -69,7 +82,7 @@ def install(server: MCPServer[Any]) -> None:
             return result
         failed = bool(result.get("isError"))
         level: LoggingLevel = "warning" if failed else "info"
-        if levels.wants(_session(ctx), level):
+        if _wanted(ctx, levels, level):
             data: dict[str, Any] = {"tool": (ctx.params or {}).get("name"), "ok": not failed}
             if failed:
                 texts = (
