@@ -16,7 +16,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types import LoggingMessageNotificationParams, PromptReference, ResourceTemplateReference
 
 from bus import Bus
@@ -243,3 +243,24 @@ async def test_a_2026_request_asks_for_its_own_log_messages(
         await until(lambda: len(received) == 1)
     assert received[0].level == "warning"
     assert received[0].data["tool"] == "read_stream"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "bus://streams/NOPE",
+        "bus://projections/nope/k",
+        "bus://projections/task/no-such-key",
+        "bus://state/nope/k",
+        "bus://state/settings/no-such-key",
+        "bus://state/settings/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E",
+        "bus://projections/task/" + "k" * 5000,
+    ],
+)
+async def test_templates_refuse_unknown_or_hostile_names(
+    edge: httpx.AsyncClient, tasks: Bus, uri: str
+) -> None:
+    async with client_for(edge, "r-key") as client:
+        with pytest.raises(MCPError):
+            await client.read_resource(uri)
+        assert (await client.call_tool("list_projections", {})).is_error is False  # still serving
