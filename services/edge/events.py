@@ -3,7 +3,7 @@ their registered types; with an `Idempotency-Key`, once (see `idempotent`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
@@ -47,7 +47,7 @@ class BatchItem(msgspec.Struct, forbid_unknown_fields=True):
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     domain: str
     id: str
-    events: list[BatchItem]
+    events: Annotated[list[BatchItem], msgspec.Meta(min_length=1, max_length=EventStore.MAX_EVENTS)]
     expected_version: int | None = None
 
 
@@ -215,8 +215,6 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
         raise HTTPException(422, f"batch: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    if not 1 <= len(batch.events) <= EventStore.MAX_EVENTS:
-        raise HTTPException(422, f"a batch holds 1 to {EventStore.MAX_EVENTS} events")
     state = request.app.state
     charge(state.publish_buckets, request.headers.get("authorization"), len(batch.events))
     validate_token(batch.domain, "domain")
