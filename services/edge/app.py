@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import App, Bus, Credentials, IdempotencyRecords, LiveView
+from bus import App, Bus, CircuitPolicy, Circuits, Credentials, IdempotencyRecords, LiveView
 from observability import tracing
 from observability.metrics import Metrics
 
@@ -27,6 +27,7 @@ from . import (
     openapi,
     problems,
     projections,
+    requests,
     tail,
 )
 from . import metrics as http_metrics
@@ -65,6 +66,7 @@ def create_app(
     idempotency_ttl: float = IdempotencyRecords.DEFAULT_TTL,
     replicas: int = 1,
     metrics: Metrics | None = None,
+    circuits: Circuits | CircuitPolicy | None = None,
     health_interval: float = monitor.INTERVAL,
     health_timeout: float = monitor.TIMEOUT,
 ) -> FastAPI:
@@ -77,7 +79,8 @@ def create_app(
     `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
     `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
     every `health_interval` seconds (0: never) it checks the registered components, each
-    within `health_timeout` seconds (services/edge/monitor.py)."""
+    within `health_timeout` seconds (services/edge/monitor.py); `circuits` guard its requests
+    (a policy, or a table the process shares)."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -97,6 +100,7 @@ def create_app(
                 replicas=replicas,
                 buckets=app.buckets.values(),
                 observer=metrics,
+                circuits=circuits,
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
@@ -144,7 +148,8 @@ def create_app(
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
-    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv):
+    routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
+    for module in routers:
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     openapi.install(api)
