@@ -199,3 +199,13 @@ def test_two_different_schemas_under_one_name_are_refused() -> None:
     doc = {"paths": {"/x": {"post": {"responses": {"200": answer(first), "201": answer(second)}}}}}
     with pytest.raises(ValueError, match="'A'"):
         refine(doc, {}, public_reads=False)
+
+
+async def test_only_an_events_subject_carries_the_event_pattern(edge: httpx.AsyncClient) -> None:
+    """A request's subject (`tasks.get`) is no event's."""
+    doc = await document(edge)
+    for path, item in doc["paths"].items():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "subject" and path != "/api/v1/events/{subject}":
+                    assert parameter["schema"].get("pattern") != EVENT_SUBJECT_PATTERN, path

@@ -26,6 +26,9 @@ SECURITY_SCHEME = {
 }
 # Newer FastAPI keeps included routers lazy and flattens them here; older lists APIRoutes.
 _flat: Callable[[list[Any]], Any] = getattr(routing, "iter_route_contexts", lambda routes: routes)
+# Path parameters whose rules the route checks itself (400), declared for clients: (path,
+# parameter) -> pattern. A request's subject (`/api/v1/requests/{subject}`) is not an event's.
+PATTERNS = {("/api/v1/events/{subject}", "subject"): EVENT_SUBJECT_PATTERN}
 LOCAL_REF = "#/$defs/"
 COMPONENT_REF = "#/components/schemas/"
 Document = dict[str, Any]
@@ -64,8 +67,9 @@ def refine(doc: Document, scopes: dict[tuple[str, str], str], *, public_reads: b
         for method, operation in operations.items():
             _secure(operation, scopes.get((path, method)), public_reads)
             for parameter in operation.get("parameters", []):
-                if parameter["in"] == "path" and parameter["name"] == "subject":
-                    parameter["schema"]["pattern"] = EVENT_SUBJECT_PATTERN
+                pattern = PATTERNS.get((path, parameter["name"]))
+                if pattern is not None and parameter["in"] == "path":
+                    parameter["schema"]["pattern"] = pattern
 
 
 def _secure(operation: Document, scope: str | None, public_reads: bool) -> None:
