@@ -113,7 +113,7 @@ class Protection:
 def parse_domain_keys(text: str) -> dict[str, Keyring]:
     """`tasks=k2:b64,k1:b64;orders=k9:b64` (newest first; `*=` for every domain), or the
     path of a file holding that, a domain per line."""
-    if ":" not in text:  # no key in it: a path
+    if ":" not in text and "=" not in text:  # (a key's base64 ends in "="): a path
         try:
             text = Path(text).read_text()
         except OSError as exc:
