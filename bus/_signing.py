@@ -6,9 +6,10 @@ nkeys wraps, minus its wrappers): its verification is faster than OpenSSL's thro
 `cryptography` (about 140 against 240 us here, one core of a busy machine), and a verify is
 most of what a signed message costs its consumer.
 
-What is signed: the subject, event id, type, version and key id, then the payload (the
-ciphertext when encrypted). So a signed payload moved to another subject or replayed under
-another event id no longer verifies; trace and delivery headers stay free to change.
+What is signed: the subject, event id, type, version, key id, content type, time and causal
+ids, then the payload (the ciphertext when encrypted). So a signed payload moved to another
+subject or replayed under another event id no longer verifies; trace, delivery and
+dead-letter headers stay free to change.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ import nkeys
 from . import _headers as h
 from ._errors import ConfigError
 
-_SIGNED_HEADERS = (h.MSG_ID, h.EVENT_TYPE, h.EVENT_VERSION, h.KEY_ID)
+_SIGNED_HEADERS = (
+    h.MSG_ID,
+    h.EVENT_TYPE,
+    h.EVENT_VERSION,
+    h.KEY_ID,
+    h.CONTENT_TYPE,
+    h.OCCURRED_AT,
+    h.CORRELATION_ID,
+    h.CAUSATION_ID,
+)
 
 
 def signed_bytes(subject: str, hdrs: dict[str, str], payload: bytes) -> bytes:

@@ -95,10 +95,14 @@ def _per_message(runs: int) -> dict[str, list[float]]:
     checking = Protection(trusted=[signer.public_key], require_signatures=["bench"])
     subject, payload = "bench.b1.created", b'{"title":"benchmark event number 1","n":1}'
     event_id = "0193f0e4-7c1a-7000-8000-000000000001"
-    hdrs = {"Nats-Msg-Id": event_id, "Bus-Event-Type": "BenchEvent", "Bus-Event-Version": "1"}
+    hdrs = {"Nats-Msg-Id": event_id, "Bus-Event-Type": "BenchEvent", "Bus-Event-Version": "1",
+            "Content-Type": "application/json", "Bus-Occurred-At": "2026-12-07T10:00:00.000Z",
+            "Bus-Correlation-Id": event_id}  # fmt: skip
     sealed_hdrs = dict(hdrs)
     sealed = signing.seal(subject, event_id, sealed_hdrs, payload)
-    same_bytes = "\n".join([subject, event_id, "BenchEvent", "1", "", ""]).encode() + payload
+    signed_fields = [subject, event_id, "BenchEvent", "1", "", "application/json",
+                     "2026-12-07T10:00:00.000Z", event_id, "", ""]  # fmt: skip
+    same_bytes = "\n".join(signed_fields).encode() + payload  # as many bytes as bus signs
     signed = crypto_sign(same_bytes, secret)
     cases: dict[str, Callable[[], object]] = {
         "library sign": lambda: crypto_sign(same_bytes, secret),
