@@ -9,12 +9,15 @@ import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bus import (
     Bus,
     ConfigError,
     Envelope,
     EventStore,
+    Keyring,
     ProjectionView,
     Projector,
     Protection,
@@ -22,6 +25,7 @@ from bus import (
     Signer,
     StoredMessage,
     StreamSpec,
+    new_key,
 )
 from services.demo import TaskCreated, app
 
@@ -37,6 +41,7 @@ async def eventually_async(check: Callable[[], Awaitable[object]]) -> None:
 
 WRITER, WRITER_SEED = Signer.generate()
 STRANGER, _ = Signer.generate()
+KEYRING = Keyring.parse(new_key())
 REQUIRED = Protection(trusted=[WRITER.public_key], require_signatures=["jobs"])
 
 
@@ -191,3 +196,40 @@ def test_seed_and_key_errors_are_clear_and_quote_no_secret(tmp_path) -> None:  #
     with pytest.raises(ConfigError, match="bad checksum"):
         Protection(trusted=[WRITER.public_key[:-1] + "A"], require_signatures=["jobs"])
     assert WRITER_SEED not in repr(Signer(WRITER_SEED)) + repr(Protection(signer=WRITER))
+
+
+def verdict(protection: Protection, subject: str, data: bytes, hdrs: dict[str, str]) -> str | None:
+    try:
+        protection.open(subject, data, hdrs)
+    except Rejected as exc:
+        return exc.verdict
+    return None
+
+
+@given(
+    data=st.binary(max_size=200),
+    signature=st.text(max_size=200),
+    signer=st.text(max_size=5000),
+    key_id=st.text(max_size=5000),
+)
+def test_hostile_headers_and_payloads_are_rejected_never_crash(
+    data: bytes, signature: str, signer: str, key_id: str
+) -> None:
+    """Any bytes and header values: Rejected with a one-line, bounded reason, or (unsigned
+    headers on a domain without the requirement) the bytes as they are."""
+    strict = Protection(
+        trusted=[WRITER.public_key], require_signatures=["jobs"], keys={"*": KEYRING}
+    )
+    for subject, hdrs in (
+        ("jobs.j1.created", {"Bus-Signature": signature, "Bus-Signer": signer}),
+        ("jobs.j1.created", {"Bus-Signature": signature, "Bus-Signer": WRITER.public_key}),
+        ("other.j1.created", {"Bus-Key-Id": key_id}),
+    ):
+        why = verdict(strict, subject, data, hdrs | {"Nats-Msg-Id": "x"})
+        assert why is not None or subject.startswith("other")
+        assert why is None or len(why) < 500
+        assert why is None or signer[60:] == "" or signer not in why
+    letters = [b"", b"short", bytes(40)]
+    for payload in letters:
+        with pytest.raises(Rejected, match="does not authenticate"):
+            strict.open("other.j1.created", payload, {"Bus-Key-Id": KEYRING.current})
