@@ -19,6 +19,7 @@ from bus._protection import parse_domain_keys
 from services.cli.main import main
 from services.demo import app
 from services.edge import create_app
+from services.runtime.settings import Settings
 from tests.edge import KEYS, READ, WRITE, serve
 
 from .domain import JOBS, JobCreated, eventually
@@ -112,3 +113,28 @@ def test_bus_keys_new_makes_keys_that_work() -> None:
     assert Signer(made["seed"]).public_key == made["public_key"]
     assert runner.invoke(main, ["keys", "new", "--bogus"]).exit_code == 2
     assert runner.invoke(main, ["keys", "old"]).exit_code == 2
+
+
+def test_signing_settings_from_the_environment(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    seed_file = tmp_path / "me.seed"
+    seed_file.write_text(SEED + "\n")
+    monkeypatch.setenv("BUS_SIGNING_SEED", str(seed_file))
+    monkeypatch.setenv("BUS_TRUSTED_SIGNERS", f"{SIGNER.public_key}, ")
+    monkeypatch.setenv("BUS_REQUIRE_SIGNATURES", "jobs,tasks")
+    protection = Settings.from_env().protection
+    assert protection is not None
+    assert protection.signer is not None
+    assert protection.signer.public_key == SIGNER.public_key
+    assert protection.trusted == (SIGNER.public_key,)
+    assert protection.requires_signature("tasks.t1.created")
+    assert not protection.requires_signature("orders.o1.created")
+    assert Settings.from_env().bus_options(app)["protection"] is not None
+    monkeypatch.setenv("BUS_SIGNING_SEED", str(tmp_path / "gone.seed"))
+    with pytest.raises(ConfigError, match=r"cannot read the signing seed file .*gone\.seed"):
+        Settings.from_env().protection  # noqa: B018
+    monkeypatch.delenv("BUS_SIGNING_SEED")
+    monkeypatch.delenv("BUS_TRUSTED_SIGNERS")
+    with pytest.raises(ConfigError, match="trusted signers"):
+        Settings.from_env().protection  # noqa: B018
+    monkeypatch.delenv("BUS_REQUIRE_SIGNATURES")
+    assert Settings.from_env().protection is None  # nothing set: nothing done per message
