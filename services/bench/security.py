@@ -3,7 +3,8 @@
 End to end, on one embedded server: `--messages` events published pipelined (one
 `publish_many`), then consumed with a per-message ack, with protection off, signing on (the
 consumer requires signatures), encryption on (AES-256-GCM), and both; modes alternate over
-the runs and each is a ratio to off in the same run. Encryption's target is >= 0.8x.
+the runs and each is a ratio to off in the same run (beside it, this process's CPU time per
+message, much steadier on a shared machine). Encryption's target is >= 0.8x.
 
 An Ed25519 signature or verification costs tens of microseconds against ~10 us for a whole
 consumed message, so signing's ratio is bounded by libsodium, not by bus. Its target is
@@ -32,7 +33,8 @@ from .workload import BenchEvent, bench_event, bus_consume, purge
 
 STREAM = StreamSpec(name="SEALED", subjects=("bench.>",))
 MODES = ("off", "sign", "encrypt", "both")
-RATES = ("publish", "consume")
+RATES = ("publish", "consume")  # msgs/s
+CPU = ("publish cpu", "consume cpu")  # this process's CPU µs per message (steadier)
 ENCRYPT_TARGET = 0.8
 OVERHEAD_TARGET = 3.0  # µs per message bus adds to the library's sign or verify
 BLOCK = 50  # messages per timed block of the per-message measures (each case in turn)
@@ -54,7 +56,7 @@ def protections() -> dict[str, tuple[Protection | None, Protection | None]]:
 async def run_security_bench(runs: int, messages: int, as_json: bool) -> list[Verdict]:
     console = Console(stderr=True)
     modes = protections()
-    rates: dict[str, dict[str, list[float]]] = {m: {r: [] for r in RATES} for m in MODES}
+    rates: dict[str, dict[str, list[float]]] = {m: {r: [] for r in RATES + CPU} for m in MODES}
     with (
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedServer(store_dir=Path(tmp, "nats"), sync_interval="2m") as server,
@@ -63,27 +65,28 @@ async def run_security_bench(runs: int, messages: int, as_json: bool) -> list[Ve
             console.print(f"run {run + 1}/{runs}…")
             for mode in MODES if run % 2 == 0 else reversed(MODES):
                 sealing, opening = modes[mode]
-                publish, consume = await _end_to_end(server.url, sealing, opening, messages, run)
-                rates[mode]["publish"].append(publish)
-                rates[mode]["consume"].append(consume)
+                figures = await _end_to_end(server.url, sealing, opening, messages, run)
+                for name, figure in zip(RATES + CPU, figures, strict=True):
+                    rates[mode][name].append(figure)
     per_message = _per_message(runs)
     return _report(rates, per_message, runs, messages, as_json)
 
 
 async def _end_to_end(
     url: str, sealing: Protection | None, opening: Protection | None, n: int, run: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float, float]:
+    """msgs/s publishing and consuming, then CPU µs per message of each."""
     async with Bus(url, streams=[STREAM], protection=sealing) as writer:
         await purge(writer, STREAM.name)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await writer.publish_many((bench_event(i), f"b{i}") for i in range(n))
-        publish = n / (time.perf_counter() - start)
+        publish, publish_cpu = time.perf_counter() - start, time.process_time() - cpu
     async with Bus(url, protection=opening) as reader:
         reader.registry.register(BenchEvent)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await bus_consume(f"sealed-{run}-{id(opening)}", n, reader)()
-        consume = n / (time.perf_counter() - start)
-    return publish, consume
+        consume, consume_cpu = time.perf_counter() - start, time.process_time() - cpu
+    return n / publish, n / consume, publish_cpu / n * 1e6, consume_cpu / n * 1e6
 
 
 def _per_message(runs: int) -> dict[str, list[float]]:
@@ -148,15 +151,18 @@ def _report(
         print(json.dumps({"rates": rates, "ratios": ratios, "per_message_us": per_message,
                           "sign_overhead_us": sign_over, "verify_overhead_us": verify_over}))  # fmt: skip
         return verdicts
-    table = Table("mode", "publish msgs/s", "ratio", "consume msgs/s", "ratio",
+    table = Table("mode", "publish msgs/s", "ratio", "CPU µs/msg", "consume msgs/s", "ratio",
+                  "CPU µs/msg",
                   title=f"signing and encryption · median (min-max) of {runs} runs · {n} messages")  # fmt: skip
     for mode in MODES:
         table.add_row(
             mode,
             _spread(rates[mode]["publish"], 0),
             _spread(ratios[mode]["publish"]),
+            _spread(rates[mode]["publish cpu"], 1),
             _spread(rates[mode]["consume"], 0),
             _spread(ratios[mode]["consume"]),
+            _spread(rates[mode]["consume cpu"], 1),
         )
     Console().print(table)
     micro = Table("per message", "µs", title=f"per message, blocks of {BLOCK}")
