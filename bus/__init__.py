@@ -33,6 +33,7 @@ from ._errors import (
     OutboundBufferFull,
     PublishError,
     PublishTimeout,
+    Rejected,
     RemoteError,
     RequestTimeout,
     RevisionMismatch,
@@ -45,16 +46,19 @@ from ._errors import (
 from ._events import Event, EventRegistry, new_event_id
 from ._health import ComponentHealth, HealthRecords, Heartbeat, heartbeats
 from ._idempotency import Claim, IdempotencyRecords, InFlight, Mismatch, Replay
+from ._keyring import Keyring, new_key
 from ._lease import Lease
 from ._live_view import LiveView
 from ._nats.acks import PublishResult
 from ._nats.direct import StoredMessage
 from ._projection import Projection, ProjectionStatus, ProjectionView
 from ._projector import Projector
+from ._protection import Protection
 from ._registry import Component, Registration, Silent, components, silent_components
 from ._rpc import Responder
 from ._server import EmbeddedCluster, EmbeddedServer
 from ._shared_state import Bucket
+from ._signing import Signer
 from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
@@ -114,6 +118,7 @@ __all__ = (
     "KeyExists",
     "KeyNotFound",
     "KeyPage",
+    "Keyring",
     "Lease",
     "LiveView",
     "Mismatch",
@@ -125,10 +130,12 @@ __all__ = (
     "ProjectionStatus",
     "ProjectionView",
     "Projector",
+    "Protection",
     "PublishError",
     "PublishResult",
     "PublishTimeout",
     "Registration",
+    "Rejected",
     "RemoteError",
     "Replay",
     "Repository",
@@ -138,6 +145,7 @@ __all__ = (
     "Router",
     "ServerError",
     "ServiceError",
+    "Signer",
     "Silent",
     "StoredMessage",
     "StreamConflict",
@@ -156,6 +164,7 @@ __all__ = (
     "load_app",
     "matches",
     "new_event_id",
+    "new_key",
     "parse_event_subject",
     "silent_components",
     "validate_pattern",

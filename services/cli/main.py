@@ -39,6 +39,7 @@ from .console import (
     json_option,
     run,
 )
+from .keys import keys
 from .kv import kv
 
 
@@ -51,6 +52,7 @@ def main() -> None:
 for verb in cli_run.VERBS:
     main.add_command(verb)
 main.add_command(kv)
+main.add_command(keys)
 
 
 @main.command()

@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import App, Bus, CircuitPolicy, Circuits, Credentials, IdempotencyRecords, LiveView
+from bus import (
+    App,
+    Bus,
+    CircuitPolicy,
+    Circuits,
+    Credentials,
+    IdempotencyRecords,
+    LiveView,
+    Protection,
+)
 from observability import tracing
 from observability.metrics import Metrics
 
@@ -69,6 +78,7 @@ def create_app(
     circuits: Circuits | CircuitPolicy | None = None,
     health_interval: float = monitor.INTERVAL,
     health_timeout: float = monitor.TIMEOUT,
+    protection: Protection | None = None,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -101,6 +111,7 @@ def create_app(
                 buckets=app.buckets.values(),
                 observer=metrics,
                 circuits=circuits,
+                protection=protection,  # the edge reads plaintext, publishes sealed
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
