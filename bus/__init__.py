@@ -58,6 +58,9 @@ from ._subjects import (
 )
 from ._subscribe import Backoff, Router
 from ._telemetry import Observer, Telemetry
+from ._workflow import PermanentError, RunContext, Step, Workflow
+from ._workflow_events import RunView, StepView
+from ._workflow_runs import Started, Workflows
 
 __all__ = (
     "Aggregate",
@@ -98,6 +101,7 @@ __all__ = (
     "NoStreamForSubject",
     "Observer",
     "OutboundBufferFull",
+    "PermanentError",
     "Projection",
     "ProjectionStatus",
     "ProjectionView",
@@ -112,8 +116,13 @@ __all__ = (
     "RequestTimeout",
     "Responder",
     "Router",
+    "RunContext",
+    "RunView",
     "ServerError",
     "Silent",
+    "Started",
+    "Step",
+    "StepView",
     "StoredMessage",
     "StreamConflict",
     "StreamError",
@@ -122,6 +131,8 @@ __all__ = (
     "StreamSpec",
     "StreamSummary",
     "Telemetry",
+    "Workflow",
+    "Workflows",
     "components",
     "current_bus",
     "current_envelope",
