@@ -37,8 +37,14 @@ def part(step: str, depends: tuple[str, ...] = ()):
     def make(ctx: RunContext[Job]) -> Part:
         text = "+".join([ctx.input.text, *(ctx.output(d, Done).text for d in depends)])
         job = ctx.input
-        return Part(step, text, job.sleep if step in "bc" else 0.0,
-                    job.fail_times.get(step, 0), step in job.permanent, step in job.hold)
+        return Part(
+            step,
+            text,
+            job.sleep if step in "bc" else 0.0,
+            job.fail_times.get(step, 0),
+            step in job.permanent,
+            step in job.hold,
+        )
 
     return make
 
