@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus import App, ConfigError, EventStore, PermanentError, RunContext, Step, Workflow, Workflows
+from bus import App, ConfigError, EventStore, PermanentError, Step, Workflow, Workflows
 from bus._workflow_events import StepCompleted, StepStarted
 from bus.testing import run_app
 
@@ -31,7 +31,7 @@ def order(name: str):
 def test_bad_definitions_are_config_errors_naming_the_problem() -> None:
     with pytest.raises(ConfigError, match="'b' depends on unknown step 'z'"):
         Workflow("w", Plan, [Step("a", "x"), Step("b", "x", depends_on=("z",))])
-    with pytest.raises(ConfigError, match="cycle a -> b -> a|cycle b -> a -> b"):
+    with pytest.raises(ConfigError, match=r"cycle (a -> b -> a|b -> a -> b)"):
         Workflow("w", Plan, [Step("a", "x", depends_on=("b",)), Step("b", "x", ("a",))])
     with pytest.raises(ConfigError, match="'a' is declared twice"):
         Workflow("w", Plan, [Step("a", "x"), Step("a", "y")])
@@ -134,6 +134,7 @@ async def _run_dag(url: str, steps: list[tuple[str, tuple[str, ...]]], failing: 
         if want[step] == "completed" and ran_failing:
             assert status in ("completed", "skipped"), (step, got, want)
         elif want[step] == "failed" and status != "failed":
-            assert ran_failing and status == "skipped", (step, got, want)
+            assert ran_failing, (step, got, want)
+            assert status == "skipped", (step, got, want)
         else:
             assert status == want[step], (step, got, want)

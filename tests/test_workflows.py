@@ -10,7 +10,7 @@ from tests.workflow_apps import Job, make_app
 
 
 async def test_a_diamond_runs_in_order_and_b_c_overlap(nats_url: str) -> None:
-    app, calls = make_app()
+    app, _calls = make_app()
     async with run_app(app, nats_url) as harness:
         runs = Workflows(harness.bus, app)
         started = await runs.start("diamond", {"text": "x", "sleep": 0.3})
@@ -19,11 +19,13 @@ async def test_a_diamond_runs_in_order_and_b_c_overlap(nats_url: str) -> None:
         steps = run.steps
         assert all(s.status == "completed" and s.attempts == 1 for s in steps.values())
         b, c = steps["b"].output, steps["c"].output
-        assert b["started"] < c["ended"] and c["started"] < b["ended"]  # they overlapped
+        assert b["started"] < c["ended"]
+        assert c["started"] < b["ended"]
         assert steps["d"].output["text"] == "x+x+x+x+x"
         assert run.output == {"d": steps["d"].output}
         view = await runs.get(started.run_id, after_seq=run.seq)
-        assert view is not None and view.status == "completed"
+        assert view is not None
+        assert view.status == "completed"
 
 
 async def test_a_step_failing_twice_then_succeeding_shows_three_attempts(nats_url: str) -> None:
@@ -33,7 +35,8 @@ async def test_a_step_failing_twice_then_succeeding_shows_three_attempts(nats_ur
         started = await runs.start("diamond", Job(fail_times={"c": 2}))
         run = await runs.wait(started.run_id, timeout=20)
         assert run.status == "completed", run
-        assert run.steps["c"].attempts == 3 and calls["c"] == 3
+        assert run.steps["c"].attempts == 3
+        assert calls["c"] == 3
         assert run.steps["c"].error is None
         assert [run.steps[s].attempts for s in "abd"] == [1, 1, 1]
 
@@ -47,10 +50,14 @@ async def test_a_step_that_always_fails_fails_the_run_skips_and_compensates(
         started = await runs.start("diamond", Job(fail_times={"c": -1}))
         run = await runs.wait(started.run_id, timeout=20)
         assert run.status == "failed", run
-        assert run.steps["c"].status == "failed" and run.steps["c"].attempts == 3
-        assert "c failed" in (run.steps["c"].error or "") and "'c'" in (run.error or "")
-        assert run.steps["d"].status == "skipped" and "d" not in calls
-        assert run.steps["b"].status == "completed" and run.steps["b"].compensation == "done"
+        assert run.steps["c"].status == "failed"
+        assert run.steps["c"].attempts == 3
+        assert "c failed" in (run.steps["c"].error or "")
+        assert "'c'" in (run.error or "")
+        assert run.steps["d"].status == "skipped"
+        assert "d" not in calls
+        assert run.steps["b"].status == "completed"
+        assert run.steps["b"].compensation == "done"
         assert calls["undo"] == 1
 
 
@@ -61,7 +68,8 @@ async def test_a_permanent_error_is_not_retried(nats_url: str) -> None:
         started = await runs.start("diamond", Job(permanent=["a"]))
         run = await runs.wait(started.run_id, timeout=20)
         assert run.status == "failed"
-        assert run.steps["a"].attempts == 1 and calls == {"a": 1}
+        assert run.steps["a"].attempts == 1
+        assert calls == {"a": 1}
         assert [run.steps[s].status for s in "bcd"] == ["skipped"] * 3
         assert "PermanentError: a cannot be done" in (run.steps["a"].error or "")
 
@@ -75,13 +83,16 @@ async def test_cancel_stops_a_run_in_flight(nats_url: str) -> None:
             if run.steps["b"].status == "running":
                 break
         answer = await runs.cancel(started.run_id, "changed my mind")
-        assert answer is not None and answer.status == "running"
+        assert answer is not None
+        assert answer.status == "running"
         run = await runs.wait(started.run_id, timeout=20)
         assert run.status == "cancelled"
-        assert run.steps["b"].status == "cancelled" and run.steps["d"].status == "cancelled"
+        assert run.steps["b"].status == "cancelled"
+        assert run.steps["d"].status == "cancelled"
         assert "d" not in calls
         again = await runs.cancel(started.run_id)
-        assert again is not None and again.status == "cancelled"
+        assert again is not None
+        assert again.status == "cancelled"
         assert await runs.cancel("diamond-nope") is None
 
 
@@ -99,9 +110,11 @@ async def test_the_same_idempotency_key_gives_the_same_run(nats_url: str) -> Non
             assert run.status == "completed"
             await runs.get(started.run_id, after_seq=run.seq)  # the projection has it
         page, cursor = await runs.list("diamond", status="completed", limit=1)
-        assert len(page) == 1 and cursor is not None
+        assert len(page) == 1
+        assert cursor is not None
         rest, end = await runs.list("diamond", status="completed", cursor=cursor)
-        assert len(rest) == 1 and end is None
+        assert len(rest) == 1
+        assert end is None
         assert (await runs.list("diamond", status="failed"))[0] == []
         assert await runs.counts() == {"diamond": {"completed": 2}}
 
@@ -113,7 +126,7 @@ async def test_the_same_idempotency_key_gives_the_same_run(nats_url: str) -> Non
 async def test_bad_input_is_refused_and_starts_nothing(nats_url: str, bad: object) -> None:
     from bus import ConfigError
 
-    app, calls = make_app()
+    app, _calls = make_app()
     async with run_app(app, nats_url) as harness:
         runs = Workflows(harness.bus, app)
         with pytest.raises(ConfigError, match="input of workflow"):
