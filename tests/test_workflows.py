@@ -134,3 +134,34 @@ async def test_bad_input_is_refused_and_starts_nothing(nats_url: str, bad: objec
         with pytest.raises(ConfigError, match="no workflow"):
             await runs.start("nope", {})
         assert (await harness.bus.streams.info("WF")).last_seq == 0
+
+
+async def test_two_orchestrators_at_once_record_each_decision_once(nats_url: str) -> None:
+    """A second app declaring the same workflow has its own orchestrator consumer: both
+    decide on every event of every run, and the fence lets each decision land once."""
+    from collections import Counter
+
+    from bus import App, Bus, EventStore
+    from bus._workflow_events import RunCompleted, StepCompleted, StepScheduled
+
+    app, _ = make_app()
+    rival = App("rival")
+    rival.workflow(app.workflows["diamond"])
+    async with (
+        run_app(app, nats_url) as harness,
+        Bus(nats_url, registry=rival.registry, streams=rival.streams, router=rival.router),
+    ):
+        runs = Workflows(harness.bus, app)
+        started = [await runs.start("diamond", Job(fail_times={"b": 1})) for _ in range(5)]
+        retried = 0  # b fails once in this process: one run retries it
+        for one in started:
+            assert (await runs.wait(one.run_id, timeout=30)).status == "completed"
+            history = await EventStore(harness.bus).load("wf", one.run_id)
+            events = [e.event for e in history.events]
+            scheduled = Counter((e.step, e.attempt) for e in events if isinstance(e, StepScheduled))
+            assert set(scheduled.values()) == {1}, scheduled
+            retried += ("b", 2) in scheduled
+            done = Counter(e.step for e in events if isinstance(e, StepCompleted))
+            assert done == {"a": 1, "b": 1, "c": 1, "d": 1}
+            assert sum(isinstance(e, RunCompleted) for e in events) == 1
+        assert retried == 1
