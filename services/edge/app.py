@@ -25,6 +25,7 @@ from . import (
     problems,
     projections,
     tail,
+    workflows,
 )
 from . import metrics as http_metrics
 
@@ -128,7 +129,7 @@ def create_app(
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
-    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail):
+    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, workflows):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     tracing.instrument(api)
