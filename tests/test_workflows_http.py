@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -62,7 +64,7 @@ async def test_the_pipeline_end_to_end_over_http(http: httpx.AsyncClient) -> Non
                           headers=READ)  # fmt: skip
     assert len(done.json()["items"]) == 1
     defs = (await http.get(BASE, headers=READ)).json()["items"]
-    assert defs[0]["name"] == "code_analysis"
+    assert defs["items"][0]["name"] == "code_analysis"
     assert [s["name"] for s in defs[0]["steps"]] == list(app.workflows["code_analysis"].order)
     assert defs[0]["steps"][3]["depends_on"] == ["analyze_complexity", "security_scan"]
 
@@ -135,3 +137,59 @@ async def test_reads_need_a_key_and_writes_the_write_scope(http: httpx.AsyncClie
     r = await http.post(f"{BASE}/code_analysis/runs", json={"code": "x"}, headers=READ)
     assert r.status_code == 403
     assert (await http.get(BASE, headers=READ)).status_code == 200
+
+
+async def call_tool(
+    http: httpx.AsyncClient, tool: str, headers: dict[str, str], **args: object
+) -> tuple[bool, Any]:
+    r = await http.post("/mcp/v2/tools/call", json={"name": tool, "arguments": args},
+                        headers=headers)  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    text = body["content"][0]["text"]
+    return body["isError"], (text if body["isError"] else json.loads(text))
+
+
+async def test_the_pipeline_over_mcp(http: httpx.AsyncClient) -> None:
+    error, defs = await call_tool(http, "list_workflows", READ)
+    assert not error
+    assert defs["items"][0]["name"] == "code_analysis"
+    error, started = await call_tool(http, "start_workflow", WRITE, name="code_analysis",
+                                     input={"code": RISKY})  # fmt: skip
+    assert not error, started
+    seq = started["seq"]
+    while True:
+        error, run = await call_tool(http, "get_workflow_run", READ, run_id=started["run_id"],
+                                     after_seq=seq)  # fmt: skip
+        assert not error, run
+        if run["status"] != "running":
+            break
+        seq += 1
+    assert run["status"] == "completed"
+    assert run["output"]["summary"]["functions"] == 2
+
+
+@pytest.mark.parametrize(
+    ("tool", "headers", "args", "needle"),
+    [
+        ("start_workflow", READ, {"name": "code_analysis", "input": {"code": "x"}}, "403"),
+        ("start_workflow", WRITE, {"name": "nope", "input": {"code": "x"}}, "404"),
+        ("start_workflow", WRITE, {"name": "code_analysis", "input": {"code": 1}}, "422"),
+        ("start_workflow", WRITE, {"name": "code_analysis", "input": "x"}, "input"),
+        ("start_workflow", WRITE, {"name": "code_analysis", "input": {"code": "x"},
+                                   "idempotency_key": "a.b"}, "idempotency_key"),
+        ("get_workflow_run", READ, {"run_id": "code_analysis-none"}, "404"),
+        ("get_workflow_run", READ, {"run_id": "nope-1"}, "404"),
+        ("get_workflow_run", READ, {"run_id": "code_analysis-x.y"}, "400"),
+        ("get_workflow_run", READ, {"run_id": "code_analysis-x", "after_seq": 0}, "after_seq"),
+    ],
+)  # fmt: skip
+async def test_bad_tool_calls_are_tool_errors_and_start_nothing(
+    http: httpx.AsyncClient, tool: str, headers: dict[str, str], args: dict[str, object],
+    needle: str,
+) -> None:  # fmt: skip
+    error, text = await call_tool(http, tool, headers, **args)
+    assert error
+    assert needle in text
+    listed = await http.get(f"{BASE}/code_analysis/runs", headers=READ)
+    assert listed.json()["items"] == []

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from bus import BusError, components, json_schema
 
-from . import catalogue, events, health, projections
+from . import catalogue, events, health, projections, workflow_tools
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
 from .limits import charge
 
@@ -71,6 +71,10 @@ def build_server(state: State) -> MCPServer[Any]:
         log_level="WARNING",
     )
 
+    def may_write() -> None:
+        check_scope(caller_scopes(state, CALLER.get()), "write")
+        charge(state.publish_buckets, CALLER.get())
+
     async def publish_event(
         subject: str,
         data: dict[str, Any],
@@ -81,8 +85,7 @@ def build_server(state: State) -> MCPServer[Any]:
         With an idempotency_key (the event's id), once: the same key and call within a day
         (by default) return the first result; another call with that key is refused (422),
         as is one while the first is in flight (409)."""
-        check_scope(caller_scopes(state, CALLER.get()), "write")
-        charge(state.publish_buckets, CALLER.get())
+        may_write()
         answer = await events.publish_fields(
             state, subject, data, idempotency_key, expected_version, "idempotency_key"
         )
@@ -137,6 +140,8 @@ def build_server(state: State) -> MCPServer[Any]:
         get_health,
     ):
         server.add_tool(_guarded(tool), structured_output=False)
+    for extra in workflow_tools.tools(state, may_write) if state.app.workflows else []:
+        server.add_tool(_guarded(extra), structured_output=False)
     _add_resources(server, state)
 
     async def each_request_key(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:

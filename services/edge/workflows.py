@@ -60,14 +60,14 @@ def _query(request: Request, cls: type[Any]) -> Any:
         raise HTTPException(422, f"query: {exc}") from None
 
 
-def _known(state: State, name: str) -> Workflows:
+def known(state: State, name: str) -> Workflows:
     runs = workflows(state)
     if name not in state.app.workflows:
         raise HTTPException(404, f"no workflow named {name!r}")
     return runs
 
 
-async def _run(runs: Workflows, name: str, run_id: str, after_seq: int | None) -> RunView:
+async def run(runs: Workflows, name: str, run_id: str, after_seq: int | None) -> RunView:
     try:
         run = await runs.get(run_id, after_seq) if run_id.startswith(f"{name}-") else None
     except ConfigError as exc:
@@ -109,15 +109,17 @@ async def start_run(
     return created(answer)
 
 
-async def start(state: State, name: str, data: Any, key: str | None) -> Answer:
+async def start(
+    state: State, name: str, data: Any, key: str | None, key_name: str = "Idempotency-Key"
+) -> Answer:
     """Validate and start (HTTP and MCP share this); once per `key`."""
-    runs = _known(state, name)
+    runs = known(state, name)
     try:
         runs.definition(name).parse_input(data)
     except msgspec.ValidationError as exc:
         raise HTTPException(422, f"input of workflow {name!r}: {exc}") from None
     if key is not None:
-        IdempotencyRecords.check_key(key, "Idempotency-Key")
+        IdempotencyRecords.check_key(key, key_name)
 
     async def attempt(takeover: bool) -> bytes:
         return _encode(await runs.start(name, data, idempotency_key=key))
@@ -132,7 +134,7 @@ async def start(state: State, name: str, data: Any, key: str | None) -> Answer:
 async def list_runs(name: str, request: Request) -> Response:
     """Runs of the workflow, oldest first; pass the returned cursor for the next page."""
     q: ListQuery = _query(request, ListQuery)
-    runs = _known(request.app.state, name)
+    runs = known(request.app.state, name)
     page, cursor = await runs.list(name, q.status, q.limit, q.cursor)
     return _json({"items": [run.public() for run in page], "cursor": cursor})
 
@@ -141,14 +143,14 @@ async def list_runs(name: str, request: Request) -> Response:
 async def get_run(name: str, run_id: str, request: Request) -> Response:
     """The run and its steps; with `after_seq`, once the run projection has seen it."""
     q: RunQuery = _query(request, RunQuery)
-    runs = _known(request.app.state, name)
-    return _json((await _run(runs, name, run_id, q.after_seq)).public())
+    runs = known(request.app.state, name)
+    return _json((await run(runs, name, run_id, q.after_seq)).public())
 
 
 @router.post("/{name}/runs/{run_id}:cancel", status_code=202, dependencies=write)
 async def cancel_run(name: str, run_id: str, request: Request) -> Response:
     """Ask the run to stop; a finished run stays as it is (the answer shows its status)."""
-    runs = _known(request.app.state, name)
+    runs = known(request.app.state, name)
     try:
         answer = await runs.cancel(run_id) if run_id.startswith(f"{name}-") else None
     except ConfigError as exc:
