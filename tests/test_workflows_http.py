@@ -64,7 +64,7 @@ async def test_the_pipeline_end_to_end_over_http(http: httpx.AsyncClient) -> Non
                           headers=READ)  # fmt: skip
     assert len(done.json()["items"]) == 1
     defs = (await http.get(BASE, headers=READ)).json()["items"]
-    assert defs["items"][0]["name"] == "code_analysis"
+    assert defs[0]["name"] == "code_analysis"
     assert [s["name"] for s in defs[0]["steps"]] == list(app.workflows["code_analysis"].order)
     assert defs[0]["steps"][3]["depends_on"] == ["analyze_complexity", "security_scan"]
 
