@@ -39,6 +39,7 @@ from .console import (
     json_option,
     run,
 )
+from .workflows import workflows
 
 
 @click.group()
@@ -49,6 +50,7 @@ def main() -> None:
 
 for verb in cli_run.VERBS:
     main.add_command(verb)
+main.add_command(workflows)
 
 
 @main.command()

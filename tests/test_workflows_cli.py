@@ -1,0 +1,80 @@
+"""`bus workflows` against a running pipeline (`bus worker` and `bus projector` processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.processes import BUS, running
+from tests.test_cli import bus_cli, one_line_error
+from tests.test_pipeline_workflow import RISKY
+
+APP = ("--app", "services.pipeline:app")
+
+
+@pytest.fixture
+def pipeline(nats_url: str, tmp_path: Path) -> Iterator[None]:
+    env = {**os.environ, "BUS_NATS_URL": nats_url, "BUS_METRICS_PORT": "0"}
+    with (
+        running([BUS, "worker", *APP], tmp_path / "worker.log", env),
+        running([BUS, "projector", *APP], tmp_path / "projector.log", env),
+    ):
+        yield
+
+
+def test_start_wait_get_list_and_cancel(pipeline: None, nats_url: str, tmp_path: Path) -> None:
+    def cli(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+        return bus_cli("workflows", *args, *APP, url=nats_url, data_dir=tmp_path, stdin=stdin)
+
+    done = cli("start", "code_analysis", "-", "--wait", "--json",
+               stdin=json.dumps({"code": RISKY}))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    steps = [line["step"] for line in lines[:-1]]
+    assert steps[0] == "parse"
+    assert steps[-1] == "generate_report"
+    assert sorted(steps[1:3]) == ["analyze_complexity", "security_scan"]
+    run = lines[-1]
+    assert run["status"] == "completed"
+
+    shown = cli("get", run["run_id"], "--json")
+    assert json.loads(shown.stdout)["output"] == run["output"]
+    table = cli("get", run["run_id"])
+    assert "parse" in table.stdout
+    assert "completed" in table.stdout
+
+    failed = cli("start", "code_analysis", '{"code": "def (:"}', "--wait")
+    assert failed.returncode == 1
+    assert "parse: failed" in failed.stdout
+    assert "generate_report: skipped" in failed.stdout
+
+    listed = json.loads(cli("list", "--json").stdout)
+    assert listed[0]["name"] == "code_analysis"
+    deadline = time.monotonic() + 20  # the projector folds the runs
+    while listed[0]["runs"] != {"completed": 1, "failed": 1}:
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.1)
+        listed = json.loads(cli("list", "--json").stdout)
+    runs = json.loads(cli("runs", "code_analysis", "--status", "failed", "--json").stdout)
+    assert len(runs["items"]) == 1
+
+    started = json.loads(cli("start", "code_analysis", '{"code": "x = 1"}', "--json").stdout)
+    cancelled = cli("cancel", started["run_id"], "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["run_id"] == started["run_id"]
+
+    for args, needle in [
+        (("start", "code_analysis", "{not json"), "not JSON"),
+        (("start", "code_analysis", '{"code": 5}'), "input of workflow"),
+        (("start", "nope", "{}"), "no workflow 'nope'"),
+        (("get", "code_analysis-missing"), "no run"),
+        (("get", "bad.id"), "run id"),
+        (("cancel", "code_analysis-missing"), "no run"),
+        (("runs", "nope"), "no workflow"),
+    ]:
+        assert needle in one_line_error(cli(*args))
