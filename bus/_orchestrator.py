@@ -20,7 +20,8 @@ parallel); a failed attempt with retries left is scheduled again after its backo
 step has failed for good nothing new starts, the steps not done are skipped, and when none
 is in flight the completed steps with `compensate=` are compensated one at a time in reverse
 dependency order, then the run fails; a cancel request cancels the run (what is in flight
-is stopped by the workers and its outcome dropped).
+is stopped by the workers and its outcome dropped). The instance recording a run's end tells
+the Bus observer's `run_finished(workflow, outcome, seconds)`, if it has one.
 """
 
 from __future__ import annotations

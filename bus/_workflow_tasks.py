@@ -13,7 +13,9 @@ redelivery after its worker died). Its outcome is appended the same way, only wh
 history shows the attempt still running with this task: so no step is recorded as completed
 twice, under redelivery, duplicate tasks or kill -9 at any point. A step's handler is
 stopped when its run is cancelled (a watch on `wf.*.cancel_requested` in each process), and
-after `timeout` seconds (a failed attempt).
+after `timeout` seconds (a failed attempt). A Bus observer with `step_finished(workflow,
+step, outcome, seconds)` (observability.metrics has it) counts each recorded attempt:
+outcome completed, failed or retried.
 """
 
 from __future__ import annotations

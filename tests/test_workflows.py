@@ -165,3 +165,30 @@ async def test_two_orchestrators_at_once_record_each_decision_once(nats_url: str
             assert done == {"a": 1, "b": 1, "c": 1, "d": 1}
             assert sum(isinstance(e, RunCompleted) for e in events) == 1
         assert retried == 1
+
+
+async def test_runs_and_steps_are_counted_by_the_observer(nats_url: str) -> None:
+    from bus import Bus, Projector
+    from observability.metrics import Metrics
+    from tests.domain import eventually
+
+    app, _ = make_app()
+    metrics = Metrics()
+    async with (
+        Bus(nats_url, registry=app.registry, streams=app.streams, router=app.router,
+            observer=metrics) as bus,
+        Projector(bus, app.projections.values()),
+    ):  # fmt: skip
+        runs = Workflows(bus, app)
+        started = await runs.start("diamond", Job(fail_times={"b": 1}))
+        assert (await runs.wait(started.run_id, timeout=20)).status == "completed"
+        value = metrics.registry.get_sample_value
+        done = {"workflow": "diamond", "outcome": "completed"}
+        await eventually(lambda: value("bus_workflow_runs_total", done))  # told after the append
+    assert value("bus_workflow_runs_total", {"workflow": "diamond", "outcome": "completed"}) == 1
+    steps = {"workflow": "diamond", "step": "b"}
+    assert value("bus_workflow_steps_total", {**steps, "outcome": "retried"}) == 1
+    assert value("bus_workflow_steps_total", {**steps, "outcome": "completed"}) == 1
+    assert value("bus_workflow_step_duration_seconds_count", steps) == 2
+    assert value("bus_workflow_run_duration_seconds_count",
+                 {"workflow": "diamond", "outcome": "completed"}) == 1  # fmt: skip
