@@ -143,15 +143,18 @@ class Workflows:
             if cursor is None:
                 return out, None
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """Runs by workflow and status (for `bus status`)."""
-        out: dict[str, dict[str, int]] = {}
+    async def counts(self) -> dict[str, dict[str, Any]]:
+        """Per workflow, its runs by status and each step's by status (for `bus status`):
+        `{"code_analysis": {"runs": {"completed": 3}, "steps": {"parse": {...}}}}`."""
+        out: dict[str, dict[str, Any]] = {}
         cursor: str | None = None
         while True:
             page, cursor = await self.view.list("", SCAN, cursor)
             for _, run in page:
-                by_status = out.setdefault(run.workflow, {})
-                by_status[run.status] = by_status.get(run.status, 0) + 1
+                counts = out.setdefault(run.workflow, {"runs": {}, "steps": {}})
+                _count(counts["runs"], run.status)
+                for name, step in run.steps.items():
+                    _count(counts["steps"].setdefault(name, {}), step.status)
             if cursor is None:
                 return out
 
@@ -198,3 +201,7 @@ class Workflows:
         except TimeoutError:
             raise BusTimeout(f"run {run_id!r} did not finish in {timeout:g}s") from None
         return run
+
+
+def _count(counts: dict[str, int], status: str) -> None:
+    counts[status] = counts.get(status, 0) + 1

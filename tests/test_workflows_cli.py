@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import BUS, running
+from tests.processes import BUS, running, wait_for
 from tests.test_cli import bus_cli, one_line_error
 from tests.test_pipeline_workflow import RISKY
 
@@ -21,9 +21,16 @@ APP = ("--app", "services.pipeline:app")
 def pipeline(nats_url: str, tmp_path: Path) -> Iterator[None]:
     env = {**os.environ, "BUS_NATS_URL": nats_url, "BUS_METRICS_PORT": "0"}
     with (
-        running([BUS, "worker", *APP], tmp_path / "worker.log", env),
+        running([BUS, "worker", *APP], tmp_path / "worker.log", env) as worker,
         running([BUS, "projector", *APP], tmp_path / "projector.log", env),
     ):
+
+        def consuming() -> bool:
+            found = bus_cli("streams", "--json", url=nats_url, data_dir=tmp_path)
+            consumers = {s["name"]: s["consumers"] for s in json.loads(found.stdout or "[]")}
+            return consumers.get("WF", 0) >= 1 and consumers.get("WFTASK", 0) >= 4
+
+        wait_for(consuming, "the worker's consumers", worker, tmp_path / "worker.log")
         yield
 
 
@@ -53,13 +60,21 @@ def test_start_wait_get_list_and_cancel(pipeline: None, nats_url: str, tmp_path:
     assert "parse: failed" in failed.stdout
     assert "generate_report: skipped" in failed.stdout
 
-    listed = json.loads(cli("list", "--json").stdout)
+    shown = cli("list", "--json")
+    assert shown.returncode == 0, shown.stderr
+    listed = json.loads(shown.stdout)
     assert listed[0]["name"] == "code_analysis"
     deadline = time.monotonic() + 20  # the projector folds the runs
     while listed[0]["runs"] != {"completed": 1, "failed": 1}:
         assert time.monotonic() < deadline, listed
         time.sleep(0.1)
         listed = json.loads(cli("list", "--json").stdout)
+    status = bus_cli("status", "--json", *APP, url=nats_url, data_dir=tmp_path)
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)["workflows"]["code_analysis"]
+    assert counts["runs"] == listed[0]["runs"]
+    assert counts["steps"]["parse"] == {"completed": 1, "failed": 1}
+    assert counts["steps"]["generate_report"] == {"completed": 1, "skipped": 1}
     runs = json.loads(cli("runs", "code_analysis", "--status", "failed", "--json").stdout)
     assert len(runs["items"]) == 1
 

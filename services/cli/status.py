@@ -6,6 +6,8 @@ the registered components; KV and object-store streams are internal and left out
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from rich.table import Table
 
@@ -17,6 +19,7 @@ from bus import (
     ProjectionView,
     StreamError,
     StreamSummary,
+    Workflows,
     components,
 )
 
@@ -42,6 +45,7 @@ class Status(msgspec.Struct):
     consumers: list[ConsumerState]
     projections: list[ProjectionStatus]
     components: list[Component]
+    workflows: dict[str, dict[str, Any]] = {}  # runs and steps by status, per workflow
 
 
 async def collect(bus: Bus, app: App) -> Status:
@@ -59,7 +63,8 @@ async def collect(bus: Bus, app: App) -> Status:
         if c.durable
     ]
     projections = [await ProjectionView(bus, p).status() for p in app.projections.values()]
-    return Status(server, streams, consumers, projections, await components(bus))
+    runs = await Workflows(bus, app).counts() if app.workflows else {}
+    return Status(server, streams, consumers, projections, await components(bus), runs)
 
 
 def render(status: Status) -> Table:
@@ -84,6 +89,11 @@ def render(status: Status) -> Table:
         failures = f", {p.failures} failures" if p.failures else ""
         table.add_row("projection", p.name, f"position {p.position}, lag {p.lag}{failures}")
     table.add_section()
+    for name, counts in status.workflows.items():
+        table.add_row("workflow", name, "runs: " + _by_status(counts["runs"]))
+        for step, by_status in counts["steps"].items():
+            table.add_row("", f"  {step}", _by_status(by_status))
+    table.add_section()
     for comp in status.components:
         table.add_row(
             "component",
@@ -91,3 +101,7 @@ def render(status: Status) -> Table:
             f"{comp.kind} {comp.instance}, heartbeat {comp.heartbeat_at or '-'}",
         )
     return table
+
+
+def _by_status(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

@@ -38,7 +38,10 @@ async def list_definitions(app_ref: str, as_json: bool) -> None:
     async with connect(app) as bus:
         runs = Workflows(bus, app)
         counts = await runs.counts() if app.workflows else {}
-        found = [d | {"runs": counts.get(d["name"], {})} for d in runs.definitions()]
+        found = []
+        for d in runs.definitions():
+            c = counts.get(d["name"], {"runs": {}, "steps": {}})
+            found.append(d | {"runs": c["runs"], "step_counts": c["steps"]})
     table = Table("workflow", "steps", "runs")
     for d in found:
         steps = ", ".join(
