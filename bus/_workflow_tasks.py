@@ -110,7 +110,8 @@ class TaskHandler:
         wait = task.not_before - time.time()
         if wait > 0:  # a retry's backoff (the history, not this process, holds the schedule)
             await asyncio.sleep(wait)
-        if not await self._claim(store, task, seq):
+        claimed = await self._claim(store, task, seq)
+        if claimed is None:
             return
         watch = _watches.setdefault(bus, _Watch())
         await watch.ensure(bus)
@@ -119,7 +120,7 @@ class TaskHandler:
         if outcome is None:
             return  # the run was cancelled: nothing to record
         seconds = time.monotonic() - started
-        if await self._record(store, task, seq, outcome):
+        if await self._record(store, task, seq, outcome, claimed):
             _observe(bus, task, outcome, seconds)
 
     async def _run(self, task: StepTask, watch: _Watch) -> Event | None:
@@ -158,45 +159,50 @@ class TaskHandler:
             seconds=seconds,
         )
 
-    async def _claim(self, store: EventStore, task: StepTask, seq: int) -> bool:
+    async def _claim(self, store: EventStore, task: StepTask, seq: int) -> int | None:
+        """The run's version once this task's attempt is recorded started (None: it is not
+        ours to run; 0: a compensation, recorded once when done)."""
         if task.compensation:
-            return True  # compensations are recorded once, when done (see _record)
+            return 0
         for _ in range(MAX_TRIES):
             history = await store.load(DOMAIN, task.run_id)
             run = fold(history.events)
             if not _claimable(run, task, seq):
-                return False
+                return None
             started = StepStarted(step=task.step, attempt=task.attempt, task_seq=seq)
             try:
-                await store.append(
+                result = await store.append(
                     DOMAIN,
                     task.run_id,
                     [started],
                     expected_version=history.version,
                     event_ids=[new_event_id()],
                 )
-                return True
+                return result.version
             except ConcurrencyError:
                 continue
         raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
-    async def _record(self, store: EventStore, task: StepTask, seq: int, outcome: Event) -> bool:
+    async def _record(
+        self, store: EventStore, task: StepTask, seq: int, outcome: Event, version: int
+    ) -> bool:
+        """Append `outcome` while the history shows the attempt still ours. First at the
+        version of our claim without reading (nothing since it: still ours by construction),
+        then, if the run moved on meanwhile, from its history."""
         for _ in range(MAX_TRIES):
-            history = await store.load(DOMAIN, task.run_id)
-            run = fold(history.events)
-            if not _still_ours(run, task, seq):
-                return False
+            if not version:
+                history = await store.load(DOMAIN, task.run_id)
+                if not _still_ours(fold(history.events), task, seq):
+                    return False
+                version = history.version
             try:
                 await store.append(
-                    DOMAIN,
-                    task.run_id,
-                    [outcome],
-                    expected_version=history.version,
+                    DOMAIN, task.run_id, [outcome], expected_version=version,
                     event_ids=[new_event_id()],
-                )
+                )  # fmt: skip
                 return True
             except ConcurrencyError:
-                continue
+                version = 0
         raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
 
