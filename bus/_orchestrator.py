@@ -161,6 +161,7 @@ def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) 
                     timeout=definition.timeout,
                     retry_delay=delay,
                     not_before=step.not_before,
+                    version=run.seq,
                 )
             )
         elif step.compensation == "scheduled":

@@ -136,6 +136,7 @@ class StepTask(Event):
     retry_delay: float | None = None  # None: this is the last attempt
     not_before: float = 0.0
     compensation: bool = False
+    version: int = 0  # the run's version when sent: a claim at it needs no read first
 
 
 RUN_EVENTS: tuple[type[Event], ...] = (

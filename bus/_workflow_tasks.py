@@ -164,23 +164,22 @@ class TaskHandler:
         ours to run; 0: a compensation, recorded once when done)."""
         if task.compensation:
             return 0
+        started = StepStarted(step=task.step, attempt=task.attempt, task_seq=seq)
+        version = task.version  # first without reading: at it, the step was ours to start
         for _ in range(MAX_TRIES):
-            history = await store.load(DOMAIN, task.run_id)
-            run = fold(history.events)
-            if not _claimable(run, task, seq):
-                return None
-            started = StepStarted(step=task.step, attempt=task.attempt, task_seq=seq)
+            if not version:
+                history = await store.load(DOMAIN, task.run_id)
+                if not _claimable(fold(history.events), task, seq):
+                    return None
+                version = history.version
             try:
                 result = await store.append(
-                    DOMAIN,
-                    task.run_id,
-                    [started],
-                    expected_version=history.version,
+                    DOMAIN, task.run_id, [started], expected_version=version,
                     event_ids=[new_event_id()],
-                )
+                )  # fmt: skip
                 return result.version
             except ConcurrencyError:
-                continue
+                version = 0
         raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
     async def _record(

@@ -14,6 +14,7 @@ hand-written chain publishes 5 events. That is what bounds the ratio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -126,24 +127,49 @@ async def _round(
     finished = asyncio.Event()
     room = asyncio.Semaphore(IN_FLIGHT)
 
-    async def on_done(msg: Any) -> None:
-        run_id = msg.subject.split(".")[1]
-        if run_id in started:
-            latencies.append(time.perf_counter() - started.pop(run_id))
-            room.release()
-            if len(latencies) == n:
-                finished.set()
+    early: dict[str, float] = {}  # runs done before their start call returned
 
-    sub = await bus.nc.subscribe(done_subject, cb=on_done)
-    await bus.nc.flush()
+    def done(run_id: str, at: float) -> None:
+        latencies.append(at - started.pop(run_id))
+        room.release()
+        if len(latencies) == n:
+            finished.set()
+
+    def on_done(subject: str) -> None:
+        run_id = subject.split(".")[1]
+        if run_id in started:
+            done(run_id, time.perf_counter())
+        else:
+            early[run_id] = time.perf_counter()
+
+    stream = await bus.stream_for(done_subject)
+    since = (await bus.streams.info(stream)).last_seq + 1  # nothing of this round is missed
+
+    async def watch() -> None:
+        async with contextlib.aclosing(bus.tail(done_subject, since)) as done:
+            async for message in done:
+                on_done(message.subject)
+
+    watching = asyncio.create_task(watch())
+
+    async def launch(i: int) -> None:
+        at = time.perf_counter()
+        run_id = await start(i)
+        started[run_id] = at
+        if run_id in early:
+            done(run_id, early.pop(run_id))
+
     begin = time.perf_counter()
+    launches = []
     for i in range(n):
         await room.acquire()
-        at = time.perf_counter()
-        started[await start(i)] = at
+        launches.append(asyncio.create_task(launch(i)))
+    await asyncio.gather(*launches)
     await asyncio.wait_for(finished.wait(), 120)
     elapsed = time.perf_counter() - begin
-    await sub.unsubscribe()
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
     return n / elapsed, latencies
 
 
