@@ -194,3 +194,51 @@ async def test_runs_and_steps_are_counted_by_the_observer(nats_url: str) -> None
     assert value("bus_workflow_step_duration_seconds_count", steps) == 2
     assert value("bus_workflow_run_duration_seconds_count",
                  {"workflow": "diamond", "outcome": "completed"}) == 1  # fmt: skip
+
+
+async def test_a_step_over_its_timeout_fails_that_attempt(nats_url: str) -> None:
+    import asyncio
+
+    from bus import App, Step, Workflow
+
+    app = App("timeouts")
+    app.workflow(Workflow("slow", Job, [Step("a", "hang", timeout=0.2, retries=1)]))
+    cancelled: list[str] = []
+
+    @app.action("hang")
+    async def hang(job: Job) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(job.text)
+            raise
+
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        run = await runs.wait((await runs.start("slow", Job())).run_id, timeout=20)
+    assert run.status == "failed"
+    assert run.steps["a"].attempts == 2
+    assert run.steps["a"].error == "timed out after 0.2s"
+    assert cancelled == ["x", "x"]  # each attempt's handler was stopped
+
+
+async def test_an_input_function_that_raises_fails_its_step(nats_url: str) -> None:
+    from bus import App, Step, Workflow
+
+    def broken(ctx: object) -> None:
+        raise KeyError("no such field")
+
+    app = App("inputs")
+    app.workflow(Workflow("w", Job, [Step("a", "act"), Step("b", "act", ("a",), broken)]))
+
+    @app.action("act")
+    async def act(job: Job) -> str:
+        return job.text
+
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        run = await runs.wait((await runs.start("w", Job())).run_id, timeout=20)
+    assert run.status == "failed"
+    assert run.steps["a"].status == "completed"
+    assert run.steps["b"].status == "failed"
+    assert run.steps["b"].error == "input: KeyError: 'no such field'"

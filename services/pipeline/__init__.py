@@ -22,7 +22,7 @@ from . import analysis
 from .analysis import AnalysisError, ComplexityResult, ParseResult, Report, SecurityResult
 
 T = TypeVar("T")
-MAX_CODE = 256 * 1024  # characters: the source travels in the run's events and tasks
+MAX_CODE = 64 * 1024  # characters: the source travels in the run's events, tasks and view
 
 
 class CodeInput(msgspec.Struct, frozen=True):
