@@ -93,3 +93,46 @@ def test_start_wait_get_list_and_cancel(pipeline: None, nats_url: str, tmp_path:
         (("runs", "nope"), "no workflow"),
     ]:
         assert needle in one_line_error(cli(*args))
+
+
+def test_bus_up_runs_the_pipeline(tmp_path: Path) -> None:
+    """`bus up --app services.pipeline:app`: a run over its edge, then over the CLI the
+    verbs find the app (the running `bus up`'s) without being told."""
+    import signal
+    import subprocess
+
+    import httpx
+
+    from tests.test_cli import ready_line
+
+    env = {**os.environ, "BUS_DATA_DIR": str(tmp_path), "BUS_EDGE_PORT": "0"}
+    env.pop("BUS_NATS_URL", None)
+    output = tmp_path / "up.log"
+    with (
+        output.open("w") as log,
+        subprocess.Popen([BUS, "up", *APP, "--json"], env=env, stdout=log, stderr=log) as up,
+        httpx.Client(timeout=10) as edge,
+    ):
+        try:
+            status = ready_line(output)
+            assert sorted(status["streams"]) == ["WF", "WFTASK"]  # type: ignore[arg-type]
+            assert "workflow_runs" in status["projections"]  # type: ignore[operator]
+            headers = {"Authorization": f"Bearer {status['dev_api_key']}"}
+            edge.base_url, edge.headers = httpx.URL(str(status["edge_url"])), headers
+            started = edge.post("/api/v1/workflows/code_analysis/runs", json={"code": RISKY})
+            assert started.status_code == 201, started.text
+            run_id, seq = started.json()["run_id"], started.json()["seq"]
+            deadline = time.monotonic() + 30
+            while (
+                run := edge.get(
+                    f"/api/v1/workflows/code_analysis/runs/{run_id}", params={"after_seq": seq}
+                ).json()
+            )["status"] == "running":
+                assert time.monotonic() < deadline, run
+                seq += 1  # fmt: skip
+            assert run["status"] == "completed", run
+            shown = bus_cli("workflows", "get", run_id, "--json", url=None, data_dir=tmp_path)
+            assert json.loads(shown.stdout)["status"] == "completed", shown.stderr
+        finally:
+            up.send_signal(signal.SIGTERM)
+            assert up.wait(timeout=20) == 0
