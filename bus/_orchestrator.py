@@ -17,8 +17,8 @@ new, and a worker drops a task whose attempt the history shows taken.
 
 Rules: a step whose dependencies all completed is scheduled (all such at once: they run in
 parallel); a failed attempt with retries left is scheduled again after its backoff; once a
-step has failed for good nothing new starts, the steps not done are skipped, and when none
-is in flight the completed steps with `compensate=` are compensated one at a time in reverse
+step has failed for good nothing new starts, the steps not started are skipped, and when none
+is running the completed steps with `compensate=` are compensated one at a time in reverse
 dependency order, then the run fails; a cancel request cancels the run (what is in flight
 is stopped by the workers and its outcome dropped). The instance recording a run's end tells
 the Bus observer's `run_finished(workflow, outcome, seconds)`, if it has one.
@@ -118,10 +118,12 @@ def _retry_at(run: RunView, name: str) -> float:
 
 def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event]:
     steps = run.steps
-    idle = [n for n in workflow.order if steps[n].status == "pending" and not _in_flight(run, n)]
+    # Not started (scheduled or not, or waiting for a retry): skipped; a task already sent
+    # for one finds it skipped and is dropped.
+    idle = [n for n in workflow.order if steps[n].status == "pending"]
     if idle:
         return [StepsSkipped(steps=idle, reason=f"step {failed!r} failed")]
-    if any(_in_flight(run, n) for n in workflow.order):
+    if any(steps[n].status == "running" for n in workflow.order):
         return []  # what is running finishes (and may need compensating) first
     for name in reversed(workflow.order):
         step, definition = steps[name], workflow.step(name)
@@ -134,11 +136,6 @@ def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event
         if step.compensation == "scheduled":
             return []
     return [RunFailed(error=f"step {failed!r} failed: {steps[failed].error}")]
-
-
-def _in_flight(run: RunView, name: str) -> bool:
-    step = run.steps[name]
-    return step.status == "running" or (step.status == "pending" and step.scheduled > 0)
 
 
 def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> list[StepTask]:

@@ -16,16 +16,18 @@ from bus.testing import run_app
 
 
 class Plan(msgspec.Struct):
-    fail: list[str] = []
+    fail: list[str] = []  # steps that fail for good
+    flaky: list[str] = []  # steps whose first attempt fails
 
 
 class Order(msgspec.Struct):
     step: str
     fail: bool
+    flaky: bool = False
 
 
 def order(name: str):
-    return lambda ctx: Order(name, name in ctx.input.fail)
+    return lambda ctx: Order(name, name in ctx.input.fail, name in ctx.input.flaky)
 
 
 def test_bad_definitions_are_config_errors_naming_the_problem() -> None:
@@ -72,15 +74,20 @@ def test_bad_definitions_are_config_errors_naming_the_problem() -> None:
 
 
 @st.composite
-def dags(draw: st.DrawFn) -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
-    """Steps s0..sn, each depending on some earlier ones; and the steps that fail."""
+def dags(
+    draw: st.DrawFn,
+) -> tuple[list[tuple[str, tuple[str, ...]]], list[str], list[str]]:
+    """Steps s0..sn, each depending on some earlier ones; the steps that fail; the steps
+    whose first attempt fails."""
     n = draw(st.integers(1, 7))
     steps = []
     for i in range(n):
         deps = draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set()
         steps.append((f"s{i}", tuple(f"s{d}" for d in sorted(deps))))
-    failing = draw(st.lists(st.sampled_from([s for s, _ in steps]), unique=True, max_size=2))
-    return steps, failing
+    names = [s for s, _ in steps]
+    failing = draw(st.lists(st.sampled_from(names), unique=True, max_size=2))
+    flaky = draw(st.lists(st.sampled_from(names), unique=True, max_size=3))
+    return steps, failing, [s for s in flaky if s not in failing]
 
 
 def expected(steps: list[tuple[str, tuple[str, ...]]], failing: list[str]) -> dict[str, str]:
@@ -99,35 +106,45 @@ def expected(steps: list[tuple[str, tuple[str, ...]]], failing: list[str]) -> di
 @settings(max_examples=12, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dags())
 def test_random_dags_respect_every_dependency(
-    nats_url: str, shape: tuple[list[tuple[str, tuple[str, ...]]], list[str]]
+    nats_url: str, shape: tuple[list[tuple[str, tuple[str, ...]]], list[str], list[str]]
 ) -> None:
     asyncio.run(_run_dag(nats_url, *shape))
 
 
-async def _run_dag(url: str, steps: list[tuple[str, tuple[str, ...]]], failing: list[str]) -> None:
+async def _run_dag(
+    url: str, steps: list[tuple[str, tuple[str, ...]]], failing: list[str], flaky: list[str]
+) -> None:
     app = App("shapes")
-    name = f"g{abs(hash((tuple(steps), tuple(failing))))}"
-    app.workflow(Workflow(name, Plan, [Step(s, "act", deps, input=order(s)) for s, deps in steps]))
+    name = f"g{abs(hash((tuple(steps), tuple(failing), tuple(flaky))))}"
+    shape = [Step(s, "act", deps, input=order(s), retries=1) for s, deps in steps]
+    app.workflow(Workflow(name, Plan, shape))
+    tried: set[str] = set()
 
     @app.action("act")
     async def act(o: Order) -> str:
         if o.fail:
             raise PermanentError(o.step)
+        if o.flaky and o.step not in tried:
+            tried.add(o.step)
+            raise RuntimeError(f"{o.step} fails once")
         return o.step
 
     async with run_app(app, url) as harness:
         runs = Workflows(harness.bus, app)
-        started = await runs.start(name, Plan(fail=failing))
+        started = await runs.start(name, Plan(fail=failing, flaky=flaky))
         run = await runs.wait(started.run_id, timeout=30)
         history = await EventStore(harness.bus).load("wf", started.run_id)
     done = {e.event.step: e.seq for e in history.events if isinstance(e.event, StepCompleted)}
-    began = {e.event.step: e.seq for e in history.events if isinstance(e.event, StepStarted)}
+    began = [(e.event.step, e.seq) for e in history.events if isinstance(e.event, StepStarted)]
     deps = dict(steps)
-    for step, seq in began.items():
+    for step, seq in began:
         assert all(d in done and done[d] < seq for d in deps[step]), (step, history)
     assert len(done) == len(set(done))
     want = expected(steps, failing)
     got = {s: v.status for s, v in run.steps.items()}
+    for step, view in run.steps.items():
+        if view.status == "completed":
+            assert view.attempts == (2 if step in flaky else 1), (step, view)
     ran_failing = [s for s in failing if got[s] == "failed"]
     assert run.status == ("failed" if ran_failing else "completed")
     for step, status in got.items():
