@@ -26,6 +26,7 @@ the Bus observer's `run_finished(workflow, outcome, seconds)`, if it has one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -199,8 +200,9 @@ class Orchestrator:
             history = await store.load(DOMAIN, run_id)
             run = fold(history.events)
             workflow = self.workflows.get(run.workflow)
-            if workflow is None:
-                return  # another app's workflow, or a run that is gone
+            if workflow is None:  # another app's workflow, or a run that is gone
+                log.debug("run %s: workflow %r is not declared here", run_id, run.workflow)
+                return
             inputs = {
                 e.event.step: e.event.input
                 for e in history.events
@@ -225,12 +227,15 @@ class Orchestrator:
                 self._observe(run, workflow)
                 if decide(run, workflow):
                     continue  # e.g. skipped steps, then the failure
+            sends = []  # parallel steps' tasks go out together
             for task in tasks_for(run, workflow, inputs):
                 suffix = "compensate" if task.compensation else str(task.attempt)
                 action = workflow.step(task.step)
                 name = action.compensate if task.compensation else action.action
                 assert name is not None
-                await bus.publish(task, name, event_id=f"{run_id}.{task.step}.{suffix}")
+                task_id = f"{run_id}.{task.step}.{suffix}"
+                sends.append(bus.publish(task, name, event_id=task_id))
+            await asyncio.gather(*sends)
             return
         raise ConcurrencyError(f"{DOMAIN}.{run_id}.*", 0, None)  # retried later, with backoff
 
@@ -238,6 +243,7 @@ class Orchestrator:
     def _observe(run: RunView, workflow: Workflow[Any]) -> None:
         if not run.finished:
             return
+        log.info("run %s %s%s", run.run_id, run.status, f": {run.error}" if run.error else "")
         observer = current_bus().telemetry.observer
         record = getattr(observer, "run_finished", None)
         if record is not None:

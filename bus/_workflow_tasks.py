@@ -122,6 +122,10 @@ class TaskHandler:
         seconds = time.monotonic() - started
         if await self._record(store, task, seq, outcome, claimed):
             _observe(bus, task, outcome, seconds)
+            if isinstance(outcome, StepFailed):
+                log.warning("run %s: step %s attempt %d failed%s: %s", task.run_id, task.step,
+                            task.attempt, ", will retry" if outcome.will_retry else "",
+                            outcome.error)  # fmt: skip
 
     async def _run(self, task: StepTask, watch: _Watch) -> Event | None:
         try:
