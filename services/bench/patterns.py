@@ -225,6 +225,7 @@ def _report(rows: dict[str, list[tuple[float, float, float]]], as_json: bool) ->
             rates = [x[0] for x in r]
             table.add_row(name, f"{med[name][0]:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})",
                           f"{med[name][1] * 1e3:.1f}", f"{med[name][2] * 1e3:.1f}")  # fmt: skip
+        table.caption = f"workflow / hand-written runs/s: {ratio:.2f}x (target >= {TARGET}x)"
         Console().print(table)
     return [at_least("patterns", "workflow runs/s vs hand-written", ratio, TARGET, "x")]
 
