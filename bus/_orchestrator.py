@@ -57,7 +57,7 @@ from ._workflow_events import (
     StepsSkipped,
     StepTask,
     apply_run,
-    fold,
+    load_run,
     run_id_of,
 )
 
@@ -102,7 +102,8 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
             try:
                 data = msgspec.to_builtins(workflow.step(name).input(ctx))
             except Exception as exc:  # the input function is user code: its failure is the step's
-                return [StepFailed(step=name, attempt=0, error=f"input: {describe_error(exc)}")]
+                error = f"input: {describe_error(exc)}"
+                return [StepFailed(step=name, attempt=0, error=error, origin=run.origin)]
             out.append(StepScheduled(step=name, attempt=1, input=data))
     if not out and all(s.status == "completed" for s in steps.values()):
         ctx = context(run, workflow)
@@ -160,6 +161,7 @@ def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) 
                     retry_delay=delay,
                     not_before=step.not_before,
                     version=run.seq,
+                    origin=run.origin,
                 )
             )
         elif step.compensation == "scheduled":
@@ -171,6 +173,7 @@ def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) 
                     attempt=0,
                     input=step.output,
                     compensation=True,
+                    origin=run.origin,
                 )
             )
     return out
@@ -196,9 +199,9 @@ class Orchestrator:
         run_id = run_id_of(envelope)
         if run_id is None:
             return
+        origin = envelope.seq if isinstance(event, RunStarted) else getattr(event, "origin", 0)
         for _ in range(MAX_TRIES):
-            history = await store.load(DOMAIN, run_id)
-            run = fold(history.events)
+            history, run = await load_run(store, run_id, origin or 0)
             workflow = self.workflows.get(run.workflow)
             if workflow is None:  # another app's workflow, or a run that is gone
                 log.debug("run %s: workflow %r is not declared here", run_id, run.workflow)

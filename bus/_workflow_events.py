@@ -18,6 +18,7 @@ import msgspec
 from ._envelope import Envelope
 from ._events import Event
 from ._projection import Projection
+from ._store import EventStore, History
 from ._streams import StreamSpec
 
 DOMAIN = "wf"
@@ -65,6 +66,7 @@ class StepCompleted(Event):
     attempt: int
     output: Any
     seconds: float = 0.0
+    origin: int = 0  # the sequence of the run's first event (0: unknown): see load_run
 
 
 class StepFailed(Event):
@@ -75,6 +77,7 @@ class StepFailed(Event):
     error: str
     will_retry: bool = False
     retry_at: float = 0.0
+    origin: int = 0
 
 
 class StepsSkipped(Event):
@@ -97,6 +100,7 @@ class StepCompensated(Event):
     __event_name__ = "step_compensated"
     step: str
     error: str | None = None
+    origin: int = 0
 
 
 class RunCompleted(Event):
@@ -115,6 +119,7 @@ class CancelRequested(Event):
     __domain__ = DOMAIN
     __event_name__ = "cancel_requested"
     reason: str = ""
+    origin: int = 0
 
 
 class RunCancelled(Event):
@@ -137,6 +142,7 @@ class StepTask(Event):
     not_before: float = 0.0
     compensation: bool = False
     version: int = 0  # the run's version when sent: a claim at it needs no read first
+    origin: int = 0  # the sequence of the run's first event
 
 
 RUN_EVENTS: tuple[type[Event], ...] = (
@@ -187,6 +193,7 @@ class RunView(msgspec.Struct, kw_only=True):
     ended_at: str | None = None
     cancel_requested: bool = False
     seq: int = 0
+    origin: int = 0  # the sequence of its first event: loads start there
 
     @property
     def finished(self) -> bool:
@@ -196,7 +203,7 @@ class RunView(msgspec.Struct, kw_only=True):
         """The run as the API shows it (without the engine's bookkeeping)."""
         hidden = {"scheduled", "not_before", "task_seq"}
         out: dict[str, Any] = msgspec.to_builtins(self)
-        del out["cancel_requested"]
+        del out["cancel_requested"], out["origin"]
         out["steps"] = {
             name: {k: v for k, v in step.items() if k not in hidden}
             for name, step in out["steps"].items()
@@ -230,6 +237,7 @@ def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
                 steps=steps,
                 started_at=at,
                 seq=seq,
+                origin=seq,
             )
         case StepScheduled(step=name, attempt=attempt, not_before=not_before):
             return _step(run, name, status="pending", scheduled=attempt, not_before=not_before)
@@ -272,6 +280,16 @@ def fold(events: list[Envelope[Event]]) -> RunView:
     for envelope in events:
         run = apply_run(run, envelope)
     return run
+
+
+async def load_run(store: EventStore, run_id: str, origin: int = 0) -> tuple[History, RunView]:
+    """The run's history and state, fresh. Reading from `origin`, the sequence of its first
+    event, when known: a read by subject from the stream's start would look through every
+    run before it."""
+    history = await store.load(DOMAIN, run_id, since=max(origin - 1, 0))
+    if origin and not (history.events and isinstance(history.events[0].event, RunStarted)):
+        history = await store.load(DOMAIN, run_id)  # a wrong origin: read it all
+    return history, fold(history.events)
 
 
 def runs_projection() -> Projection[RunView]:

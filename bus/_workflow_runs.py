@@ -173,7 +173,7 @@ class Workflows:
                 result = await self._store.append(
                     DOMAIN,
                     run_id,
-                    [CancelRequested(reason=reason)],
+                    [CancelRequested(reason=reason, origin=run.origin)],
                     expected_version=history.version,
                 )
             except ConcurrencyError:

@@ -47,7 +47,7 @@ from ._workflow_events import (
     StepFailed,
     StepStarted,
     StepTask,
-    fold,
+    load_run,
 )
 
 log = logging.getLogger("bus.workflow")
@@ -154,13 +154,14 @@ class TaskHandler:
             if not tasks:
                 watch.running.pop(task.run_id, None)
         if task.compensation:
-            return StepCompensated(step=task.step)
+            return StepCompensated(step=task.step, origin=task.origin)
         seconds = time.monotonic() - started
         return StepCompleted(
             step=task.step,
             attempt=task.attempt,
             output=msgspec.to_builtins(output),
             seconds=seconds,
+            origin=task.origin,
         )
 
     async def _claim(self, store: EventStore, task: StepTask, seq: int) -> int | None:
@@ -172,8 +173,8 @@ class TaskHandler:
         version = task.version  # first without reading: at it, the step was ours to start
         for _ in range(MAX_TRIES):
             if not version:
-                history = await store.load(DOMAIN, task.run_id)
-                if not _claimable(fold(history.events), task, seq):
+                history, run = await load_run(store, task.run_id, task.origin)
+                if not _claimable(run, task, seq):
                     return None
                 version = history.version
             try:
@@ -194,8 +195,8 @@ class TaskHandler:
         then, if the run moved on meanwhile, from its history."""
         for _ in range(MAX_TRIES):
             if not version:
-                history = await store.load(DOMAIN, task.run_id)
-                if not _still_ours(fold(history.events), task, seq):
+                history, run = await load_run(store, task.run_id, task.origin)
+                if not _still_ours(run, task, seq):
                     return False
                 version = history.version
             try:
@@ -229,12 +230,11 @@ def _still_ours(run: RunView, task: StepTask, seq: int) -> bool:
 
 def _failed(task: StepTask, error: str, *, retry: bool) -> Event:
     if task.compensation:
-        return StepCompensated(step=task.step, error=error)
+        return StepCompensated(step=task.step, error=error, origin=task.origin)
     again = retry and task.retry_delay is not None
     retry_at = time.time() + (task.retry_delay or 0.0) if again else 0.0
-    return StepFailed(
-        step=task.step, attempt=task.attempt, error=error, will_retry=again, retry_at=retry_at
-    )
+    return StepFailed(step=task.step, attempt=task.attempt, error=error, will_retry=again,
+                      retry_at=retry_at, origin=task.origin)  # fmt: skip
 
 
 def _observe(bus: Bus, task: StepTask, outcome: Event, seconds: float) -> None:

@@ -242,3 +242,22 @@ async def test_an_input_function_that_raises_fails_its_step(nats_url: str) -> No
     assert run.steps["a"].status == "completed"
     assert run.steps["b"].status == "failed"
     assert run.steps["b"].error == "input: KeyError: 'no such field'"
+
+
+async def test_a_run_is_read_from_its_first_event_or_else_whole(nats_url: str) -> None:
+    """Loads start at the run's first sequence (its `origin`); a wrong one reads it all."""
+    from bus import EventStore
+    from bus._workflow_events import load_run
+
+    app, _ = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        first = await runs.start("diamond", Job())
+        second = await runs.start("diamond", Job())
+        done = await runs.wait(second.run_id, timeout=20)
+        store = EventStore(harness.bus)
+        for origin in (0, second.seq, second.seq + 1, first.seq, 10**6):
+            history, run = await load_run(store, second.run_id, origin)
+            assert run == done, origin
+            assert history.version == done.seq
+        assert done.origin == second.seq
