@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -194,63 +194,92 @@ class Orchestrator:
         self.workflows = workflows
 
     async def handle(self, event: Event, envelope: Envelope[Event]) -> None:
-        bus = current_bus()
-        store = EventStore(bus)
         run_id = run_id_of(envelope)
         if run_id is None:
             return
         origin = envelope.seq if isinstance(event, RunStarted) else getattr(event, "origin", 0)
-        for _ in range(MAX_TRIES):
-            history, run = await load_run(store, run_id, origin or 0)
-            workflow = self.workflows.get(run.workflow)
-            if workflow is None:  # another app's workflow, or a run that is gone
-                log.debug("run %s: workflow %r is not declared here", run_id, run.workflow)
-                return
-            inputs = {
-                e.event.step: e.event.input
-                for e in history.events
-                if isinstance(e.event, StepScheduled) and e.event.input is not None
-            }
-            decisions = decide(run, workflow)
-            if decisions:
-                try:
-                    result = await store.append(
-                        DOMAIN,
-                        run_id,
-                        decisions,
-                        expected_version=history.version,
-                        event_ids=[new_event_id() for _ in decisions],
-                    )
-                except ConcurrencyError:
-                    continue  # the history moved on: decide again on what it is now
-                for decision, ack in zip(decisions, result.events, strict=True):
-                    run = apply_run(run, _as_envelope(decision, run_id, ack.seq))
-                    if isinstance(decision, StepScheduled) and decision.input is not None:
-                        inputs[decision.step] = decision.input
-                self._observe(run, workflow)
-                if decide(run, workflow):
-                    continue  # e.g. skipped steps, then the failure
-            sends = []  # parallel steps' tasks go out together
-            for task in tasks_for(run, workflow, inputs):
-                suffix = "compensate" if task.compensation else str(task.attempt)
-                action = workflow.step(task.step)
-                name = action.compensate if task.compensation else action.action
-                assert name is not None
-                task_id = f"{run_id}.{task.step}.{suffix}"
-                sends.append(bus.publish(task, name, event_id=task_id))
-            await asyncio.gather(*sends)
-            return
-        raise ConcurrencyError(f"{DOMAIN}.{run_id}.*", 0, None)  # retried later, with backoff
+        await advance(EventStore(current_bus()), run_id, origin or 0, self.workflows)
 
-    @staticmethod
-    def _observe(run: RunView, workflow: Workflow[Any]) -> None:
-        if not run.finished:
-            return
-        log.info("run %s %s%s", run.run_id, run.status, f": {run.error}" if run.error else "")
-        observer = current_bus().telemetry.observer
-        record = getattr(observer, "run_finished", None)
-        if record is not None:
-            record(workflow.name, run.status, _seconds_since(run.started_at))
+
+Still = Callable[[RunView], bool]
+
+
+async def advance(
+    store: EventStore,
+    run_id: str,
+    origin: int,
+    workflows: Mapping[str, Workflow[Any]],
+    lead: Event | None = None,
+    still: Still | None = None,
+) -> bool:
+    """Decide what follows in the run and record it, then send the tasks it schedules.
+
+    `lead` (a worker's outcome) goes first in the same append, if `still(run)` holds on the
+    history then (False if not: nothing is recorded). Each append is conditional on the
+    run's last sequence; when refused, the history is read again and decided again."""
+    for _ in range(MAX_TRIES):
+        history, run = await load_run(store, run_id, origin)
+        workflow = workflows.get(run.workflow)
+        if workflow is None:  # another app's workflow, or a run that is gone
+            log.debug("run %s: workflow %r is not declared here", run_id, run.workflow)
+            return False
+        if still is not None and not still(run):
+            return False
+        origin = run.origin
+        events = [] if lead is None else [lead]
+        after = run if lead is None else apply_run(run, _as_envelope(lead, run_id, run.seq + 1))
+        events += decide(after, workflow)
+        inputs = inputs_of(history.events)
+        if events:
+            try:
+                result = await store.append(DOMAIN, run_id, events,
+                                            expected_version=history.version,
+                                            event_ids=[new_event_id() for _ in events])  # fmt: skip
+            except ConcurrencyError:
+                continue  # the history moved on: decide again on what it is now
+            lead = still = None  # recorded
+            for event, ack in zip(events, result.events, strict=True):
+                run = apply_run(run, _as_envelope(event, run_id, ack.seq))
+                if isinstance(event, StepScheduled) and event.input is not None:
+                    inputs[event.step] = event.input
+            _observe(run, workflow)
+            if decide(run, workflow):
+                continue  # e.g. skipped steps, then the failure
+        await send_tasks(run, workflow, inputs)
+        return True
+    raise ConcurrencyError(f"{DOMAIN}.{run_id}.*", 0, None)  # retried later, with backoff
+
+
+def inputs_of(events: list[Envelope[Event]]) -> dict[str, Any]:
+    """Each step's input, as its scheduling recorded it (a retry records none)."""
+    return {
+        e.event.step: e.event.input
+        for e in events
+        if isinstance(e.event, StepScheduled) and e.event.input is not None
+    }
+
+
+async def send_tasks(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> None:
+    """Send the tasks of `run`'s scheduled steps not started (parallel ones together); a
+    task sent before has the same id, and JetStream stores it once."""
+    bus = current_bus()
+    sends = []
+    for task in tasks_for(run, workflow, inputs):
+        suffix = "compensate" if task.compensation else str(task.attempt)
+        step = workflow.step(task.step)
+        action = step.compensate if task.compensation else step.action
+        assert action is not None
+        sends.append(bus.publish(task, action, event_id=f"{run.run_id}.{task.step}.{suffix}"))
+    await asyncio.gather(*sends)
+
+
+def _observe(run: RunView, workflow: Workflow[Any]) -> None:
+    if not run.finished:
+        return
+    log.info("run %s %s%s", run.run_id, run.status, f": {run.error}" if run.error else "")
+    record = getattr(current_bus().telemetry.observer, "run_finished", None)
+    if record is not None:
+        record(workflow.name, run.status, _seconds_since(run.started_at))
 
 
 def _seconds_since(stamp: str | None) -> float:
