@@ -26,7 +26,7 @@ import logging
 import time
 import typing
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -35,15 +35,17 @@ from ._client import Bus, current_bus
 from ._envelope import Envelope
 from ._errors import ConcurrencyError, ConfigError
 from ._events import Event, new_event_id
+from ._orchestrator import advance
 from ._store import EventStore
 from ._subscribe import HandlerSpec, handler_spec
-from ._workflow import PermanentError, check_name, describe_error
+from ._workflow import PermanentError, Workflow, check_name, describe_error
 from ._workflow_events import (
     DOMAIN,
     TASKS,
     RunView,
     StepCompensated,
     StepCompleted,
+    StepDone,
     StepFailed,
     StepStarted,
     StepTask,
@@ -55,8 +57,11 @@ Action = Callable[[Any], Awaitable[Any]]
 MAX_TRIES = 50
 
 
-def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
-    """The consumer running action `name` (options as for `subscribe`: concurrency...)."""
+def action_spec(
+    name: str, fn: Action, workflows: Mapping[str, Workflow[Any]], **options: Any
+) -> HandlerSpec:
+    """The consumer running action `name` (options as for `subscribe`: concurrency...);
+    `workflows` are those of its app, whose next steps it decides as it records a step."""
     check_name(name, "action name")
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(f"action {name!r}: {fn.__qualname__} must be an async function")
@@ -67,7 +72,7 @@ def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
         hint = typing.get_type_hints(fn).get(params[0].name, Any)
     except (NameError, TypeError) as exc:
         raise ConfigError(f"action {name!r}: cannot read its annotations: {exc}") from None
-    handler = TaskHandler(fn, hint)
+    handler = TaskHandler(fn, hint, workflows)
     options.setdefault("max_deliver", 1000)  # failures are the steps'; this is for crashes
     return handler_spec(
         handler.handle,
@@ -99,9 +104,10 @@ _watches: weakref.WeakKeyDictionary[Bus, _Watch] = weakref.WeakKeyDictionary()
 
 
 class TaskHandler:
-    def __init__(self, fn: Action, input_type: Any) -> None:
+    def __init__(self, fn: Action, input_type: Any, workflows: Mapping[str, Workflow[Any]]) -> None:
         self.fn = fn
         self.input_type = input_type
+        self.workflows = workflows
 
     async def handle(self, task: StepTask, envelope: Envelope[StepTask]) -> None:
         bus = current_bus()
@@ -110,8 +116,11 @@ class TaskHandler:
         wait = task.not_before - time.time()
         if wait > 0:  # a retry's backoff (the history, not this process, holds the schedule)
             await asyncio.sleep(wait)
+        knows = task.workflow in self.workflows and not task.compensation
         claimed = await self._claim(store, task, seq)
         if claimed is None:
+            if knows:  # done already: a worker that died after recording may not have sent
+                await advance(store, task.run_id, task.origin, self.workflows)  # what follows
             return
         watch = _watches.setdefault(bus, _Watch())
         await watch.ensure(bus)
@@ -120,7 +129,15 @@ class TaskHandler:
         if outcome is None:
             return  # the run was cancelled: nothing to record
         seconds = time.monotonic() - started
-        if await self._record(store, task, seq, outcome, claimed):
+        if knows and isinstance(outcome, StepCompleted):
+            recorded = await advance(
+                store, task.run_id, task.origin, self.workflows,
+                lead=StepDone(**msgspec.structs.asdict(outcome)),
+                still=lambda run: _still_ours(run, task, seq),
+            )  # fmt: skip
+        else:
+            recorded = await self._record(store, task, seq, outcome, claimed)
+        if recorded:
             _observe(bus, task, outcome, seconds)
             if isinstance(outcome, StepFailed):
                 log.warning("run %s: step %s attempt %d failed%s: %s", task.run_id, task.step,
