@@ -69,13 +69,6 @@ class StepCompleted(Event):
     origin: int = 0  # the sequence of the run's first event (0: unknown): see load_run
 
 
-class StepDone(StepCompleted):
-    """A step completed, recorded together with what follows from it by a worker that knows
-    the workflow (so not a trigger of the orchestrator: nothing is left to decide)."""
-
-    __event_name__ = "step_done"
-
-
 class StepFailed(Event):
     __domain__ = DOMAIN
     __event_name__ = "step_failed"
@@ -157,7 +150,6 @@ RUN_EVENTS: tuple[type[Event], ...] = (
     StepScheduled,
     StepStarted,
     StepCompleted,
-    StepDone,
     StepFailed,
     StepsSkipped,
     CompensationScheduled,

@@ -63,7 +63,7 @@ class WorkflowHost:
     def action(self, name: str, **options: Any) -> Callable[[Action], Action]:
         def decorator(fn: Action) -> Action:
             self._install()
-            self._add(action_spec(name, fn, self.workflows, **options))
+            self._add(action_spec(name, fn, **options))
             return fn
 
         return decorator

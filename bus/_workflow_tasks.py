@@ -26,7 +26,7 @@ import logging
 import time
 import typing
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -35,17 +35,15 @@ from ._client import Bus, current_bus
 from ._envelope import Envelope
 from ._errors import ConcurrencyError, ConfigError
 from ._events import Event, new_event_id
-from ._orchestrator import advance
 from ._store import EventStore
 from ._subscribe import HandlerSpec, handler_spec
-from ._workflow import PermanentError, Workflow, check_name, describe_error
+from ._workflow import PermanentError, check_name, describe_error
 from ._workflow_events import (
     DOMAIN,
     TASKS,
     RunView,
     StepCompensated,
     StepCompleted,
-    StepDone,
     StepFailed,
     StepStarted,
     StepTask,
@@ -57,11 +55,8 @@ Action = Callable[[Any], Awaitable[Any]]
 MAX_TRIES = 50
 
 
-def action_spec(
-    name: str, fn: Action, workflows: Mapping[str, Workflow[Any]], **options: Any
-) -> HandlerSpec:
-    """The consumer running action `name` (options as for `subscribe`: concurrency...);
-    `workflows` are those of its app, whose next steps it decides as it records a step."""
+def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
+    """The consumer running action `name` (options as for `subscribe`: concurrency...)."""
     check_name(name, "action name")
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(f"action {name!r}: {fn.__qualname__} must be an async function")
@@ -72,7 +67,7 @@ def action_spec(
         hint = typing.get_type_hints(fn).get(params[0].name, Any)
     except (NameError, TypeError) as exc:
         raise ConfigError(f"action {name!r}: cannot read its annotations: {exc}") from None
-    handler = TaskHandler(fn, hint, workflows)
+    handler = TaskHandler(fn, hint)
     options.setdefault("max_deliver", 1000)  # failures are the steps'; this is for crashes
     return handler_spec(
         handler.handle,
@@ -104,10 +99,9 @@ _watches: weakref.WeakKeyDictionary[Bus, _Watch] = weakref.WeakKeyDictionary()
 
 
 class TaskHandler:
-    def __init__(self, fn: Action, input_type: Any, workflows: Mapping[str, Workflow[Any]]) -> None:
+    def __init__(self, fn: Action, input_type: Any) -> None:
         self.fn = fn
         self.input_type = input_type
-        self.workflows = workflows
 
     async def handle(self, task: StepTask, envelope: Envelope[StepTask]) -> None:
         bus = current_bus()
@@ -116,11 +110,8 @@ class TaskHandler:
         wait = task.not_before - time.time()
         if wait > 0:  # a retry's backoff (the history, not this process, holds the schedule)
             await asyncio.sleep(wait)
-        knows = task.workflow in self.workflows and not task.compensation
         claimed = await self._claim(store, task, seq)
         if claimed is None:
-            if knows:  # done already: a worker that died after recording may not have sent
-                await advance(store, task.run_id, task.origin, self.workflows)  # what follows
             return
         watch = _watches.setdefault(bus, _Watch())
         await watch.ensure(bus)
@@ -129,15 +120,7 @@ class TaskHandler:
         if outcome is None:
             return  # the run was cancelled: nothing to record
         seconds = time.monotonic() - started
-        if knows and isinstance(outcome, StepCompleted):
-            recorded = await advance(
-                store, task.run_id, task.origin, self.workflows,
-                lead=StepDone(**msgspec.structs.asdict(outcome)),
-                still=lambda run: _still_ours(run, task, seq),
-            )  # fmt: skip
-        else:
-            recorded = await self._record(store, task, seq, outcome, claimed)
-        if recorded:
+        if await self._record(store, task, seq, outcome, claimed):
             _observe(bus, task, outcome, seconds)
             if isinstance(outcome, StepFailed):
                 log.warning("run %s: step %s attempt %d failed%s: %s", task.run_id, task.step,
