@@ -9,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from bus import Bus, EmbeddedServer, EventStore, Workflows
@@ -26,15 +27,20 @@ def env_for(url: str, **extra: str) -> dict[str, str]:
     return {**os.environ, "BUS_NATS_URL": url, "BUS_METRICS_PORT": "0", **extra}
 
 
+@pytest.mark.parametrize(
+    "actions", [ACTIONS, "tests.chaos.workflow_app:app"], ids=["worker", "deciding-worker"]
+)
 async def test_kill_9_worker_then_orchestrator_mid_run(
-    nats_server: EmbeddedServer, tmp_path: Path
+    nats_server: EmbeddedServer, tmp_path: Path, actions: str
 ) -> None:
+    """The worker hosts the action alone, or the workflow too (then it orchestrates as well:
+    two orchestrators are killed)."""
     env = env_for(nats_server.url)
     app = workflow_app.orchestrator
     async with Bus(nats_server.url, registry=app.registry, streams=app.streams) as bus:
         runs = Workflows(bus, app)
         with (
-            running([BUS, "worker", "--app", ACTIONS], tmp_path / "w1.log", env) as worker,
+            running([BUS, "worker", "--app", actions], tmp_path / "w1.log", env) as worker,
             running([BUS, "worker", "--app", ORCHESTRATOR], tmp_path / "o1.log", env) as orch,
         ):
             started = await runs.start("chain", {"seconds": {"b": 30.0}})
@@ -49,7 +55,7 @@ async def test_kill_9_worker_then_orchestrator_mid_run(
         # b's task comes back to the new worker once its ack wait is over; it sleeps less.
         with (
             running(
-                [BUS, "worker", "--app", ACTIONS], tmp_path / "w2.log", {**env, "WF_SLOW": "0"}
+                [BUS, "worker", "--app", actions], tmp_path / "w2.log", {**env, "WF_SLOW": "0"}
             ),
             running([BUS, "worker", "--app", ORCHESTRATOR], tmp_path / "o2.log", env),
         ):
@@ -86,9 +92,14 @@ async def test_one_trace_spans_every_handler_of_a_run(
             trace_id = span.get_span_context().trace_id
             assert (await runs.wait(started.run_id, timeout=30)).status == "completed"
 
-            def handlers() -> list[bytes]:
-                spans = [s for _, s in receiver.received() if s.name.startswith("process wf-")]
-                return [s.trace_id for s in spans]
+            def spans(name: str) -> list[bytes]:
+                return [s.trace_id for _, s in receiver.received() if s.name == f"process {name}"]
 
-            await eventually(lambda: len(handlers()) >= 7)  # 3 actions, 4 decisions
+            def handlers() -> list[bytes]:
+                return spans("wf-sleep") + spans("wf-orchestrator-wfchain")
+
+            # the action thrice, the orchestrator on the run's start and on each step's end
+            await eventually(
+                lambda: len(spans("wf-sleep")) == 3 and spans("wf-orchestrator-wfchain")
+            )
     assert set(handlers()) == {trace_id.to_bytes(16, "big")}
