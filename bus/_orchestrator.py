@@ -3,7 +3,8 @@
 It is a handler on the run events that can change a decision (run started, step completed
 or failed, compensation done, cancel requested), on one durable consumer per app, so any
 number of instances share the work. For each event it loads the run's whole history (from
-the leader on a replicated stream: bus.EventStore), folds it (bus._workflow_events), decides
+its first event, whose sequence every trigger carries; from the leader on a replicated
+stream: bus.EventStore), folds it (bus._workflow_events), decides
 (`decide`, pure) and appends its decisions conditional on the run's last sequence. If
 anything else was appended meanwhile (a worker's outcome, a second orchestrator's decision
 on another event of the same run), JetStream refuses the append (ConcurrencyError) and it

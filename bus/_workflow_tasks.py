@@ -6,12 +6,14 @@
 An action is hosted by any `bus worker` / `bus up` of the app: one durable consumer per
 action (`wf-<action>` on `wftask.<action>.task`), so its instances share the tasks.
 
-Before running a task the handler claims it: it loads the run's history and appends
-`StepStarted` conditional on the run's last sequence, only if the history shows that
-attempt scheduled and not started (or started by this very task message, which is then a
-redelivery after its worker died). Its outcome is appended the same way, only while the
-history shows the attempt still running with this task: so no step is recorded as completed
-twice, under redelivery, duplicate tasks or kill -9 at any point. A step's handler is
+Before running a task the handler claims it: it appends `StepStarted` conditional on the
+run's last sequence, only if the history shows that attempt scheduled and not started (or
+started by this very task message, which is then a redelivery after its worker died). Its
+outcome is appended the same way, only while the history shows the attempt still running
+with this task: so no step is recorded as completed twice, under redelivery, duplicate
+tasks or kill -9 at any point. Both first try without reading the history: the claim at the
+run's version the task was sent at, the outcome at the claim's (at those, the attempt was
+ours by construction); refused, they read it and check. A step's handler is
 stopped when its run is cancelled (a watch on `wf.*.cancel_requested` in each process), and
 after `timeout` seconds (a failed attempt). A Bus observer with `step_finished(workflow,
 step, outcome, seconds)` (observability.metrics has it) counts each recorded attempt:
