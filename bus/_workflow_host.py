@@ -54,7 +54,11 @@ class WorkflowHost:
             orchestrator = Orchestrator(self.workflows)
             self._add(
                 handler_spec(
-                    orchestrator.handle, durable=durable, events=TRIGGERS, max_deliver=1000
+                    orchestrator.handle,
+                    durable=durable,
+                    events=TRIGGERS,
+                    max_deliver=1000,
+                    ack_wait=5.0,  # a decision held by a dead instance is made again after it
                 )
             )
         self.workflows[workflow.name] = workflow

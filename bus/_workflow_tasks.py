@@ -71,6 +71,7 @@ def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
         raise ConfigError(f"action {name!r}: cannot read its annotations: {exc}") from None
     handler = TaskHandler(fn, hint)
     options.setdefault("max_deliver", 1000)  # failures are the steps'; this is for crashes
+    options.setdefault("ack_wait", 10.0)  # a step held by a dead worker runs again after it
     return handler_spec(
         handler.handle,
         f"{TASKS}.{name}.task",
