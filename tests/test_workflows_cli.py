@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,14 @@ def test_start_wait_get_list_and_cancel(pipeline: None, nats_url: str, tmp_path:
     assert "parse" in table.stdout
     assert "completed" in table.stdout
 
+    from services.pipeline import app
+    from services.runtime.examples import try_commands
+
+    first = try_commands(app)[0]  # what bus up's panel offers to try, as printed
+    assert first == """bus workflows start code_analysis '{"code": "hello"}' --wait"""
+    tried = cli(*shlex.split(first)[2:])
+    assert tried.returncode == 0, tried.stderr
+
     failed = cli("start", "code_analysis", '{"code": "def (:"}', "--wait")
     assert failed.returncode == 1
     assert "parse: failed" in failed.stdout
@@ -65,7 +74,7 @@ def test_start_wait_get_list_and_cancel(pipeline: None, nats_url: str, tmp_path:
     listed = json.loads(shown.stdout)
     assert listed[0]["name"] == "code_analysis"
     deadline = time.monotonic() + 20  # the projector folds the runs
-    while listed[0]["runs"] != {"completed": 1, "failed": 1}:
+    while listed[0]["runs"] != {"completed": 2, "failed": 1}:
         assert time.monotonic() < deadline, listed
         time.sleep(0.1)
         listed = json.loads(cli("list", "--json").stdout)
@@ -73,8 +82,8 @@ def test_start_wait_get_list_and_cancel(pipeline: None, nats_url: str, tmp_path:
     assert status.returncode == 0, status.stderr
     counts = json.loads(status.stdout)["workflows"]["code_analysis"]
     assert counts["runs"] == listed[0]["runs"]
-    assert counts["steps"]["parse"] == {"completed": 1, "failed": 1}
-    assert counts["steps"]["generate_report"] == {"completed": 1, "skipped": 1}
+    assert counts["steps"]["parse"] == {"completed": 2, "failed": 1}
+    assert counts["steps"]["generate_report"] == {"completed": 2, "skipped": 1}
     runs = json.loads(cli("runs", "code_analysis", "--status", "failed", "--json").stdout)
     assert len(runs["items"]) == 1
 
