@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import statistics
 import tempfile
 import time
@@ -220,7 +221,12 @@ def _report(rows: dict[str, list[tuple[float, float, float]]], as_json: bool) ->
         name: [statistics.median(col) for col in zip(*r, strict=True)] for name, r in rows.items()
     }
     ratio = med["workflow"][0] / med["hand-written"][0]
-    if not as_json:
+    if as_json:
+        figures = {name: {"runs_per_s": m[0], "p50_s": m[1], "p99_s": m[2],
+                          "runs_per_s_each": [x[0] for x in rows[name]]}
+                   for name, m in med.items()}  # fmt: skip
+        print(json.dumps({"scenario": "patterns", "workflow": figures, "ratio": ratio}))
+    else:
         table = Table("case", "runs/s (median, min-max)", "p50 ms", "p99 ms",
                       title=f"patterns: 4-step pipeline, {RUNS_PER_ROUND} runs x {len(rows['workflow'])}, "
                       f"{IN_FLIGHT} in flight")  # fmt: skip
