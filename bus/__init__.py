@@ -6,6 +6,8 @@ and so on), as is the NATS fast lane (`bus._nats`). `bus.testing` is the pytest 
 
 from ._aggregate import Aggregate, Repository
 from ._app import App, load_app
+from ._breaker import CircuitPolicy, Circuits
+from ._buckets import BucketSpec, KeyEntry, KeyPage
 from ._client import Bus, current_bus
 from ._codec import Codec, json_schema
 from ._consumer import Consumer
@@ -17,12 +19,15 @@ from ._errors import (
     BusClosed,
     BusError,
     BusTimeout,
+    CircuitOpen,
     ConcurrencyError,
     ConfigError,
     ConnectError,
     DecodeError,
     Fenced,
     InvalidSubject,
+    KeyExists,
+    KeyNotFound,
     NoResponders,
     NoStreamForSubject,
     OutboundBufferFull,
@@ -30,12 +35,15 @@ from ._errors import (
     PublishTimeout,
     RemoteError,
     RequestTimeout,
+    RevisionMismatch,
     ServerError,
+    ServiceError,
     StreamConflict,
     StreamError,
     StreamNotFound,
 )
 from ._events import Event, EventRegistry, new_event_id
+from ._health import ComponentHealth, HealthRecords, Heartbeat, heartbeats
 from ._idempotency import Claim, IdempotencyRecords, InFlight, Mismatch, Replay
 from ._lease import Lease
 from ._live_view import LiveView
@@ -46,6 +54,7 @@ from ._projector import Projector
 from ._registry import Component, Registration, Silent, components, silent_components
 from ._rpc import Responder
 from ._server import EmbeddedCluster, EmbeddedServer
+from ._shared_state import Bucket
 from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
@@ -68,13 +77,19 @@ __all__ = (
     "AppendResult",
     "Backoff",
     "BeyondStreamEnd",
+    "Bucket",
+    "BucketSpec",
     "Bus",
     "BusClosed",
     "BusError",
     "BusTimeout",
+    "CircuitOpen",
+    "CircuitPolicy",
+    "Circuits",
     "Claim",
     "Codec",
     "Component",
+    "ComponentHealth",
     "ConcurrencyError",
     "ConfigError",
     "ConnectError",
@@ -90,10 +105,16 @@ __all__ = (
     "EventRegistry",
     "EventStore",
     "Fenced",
+    "HealthRecords",
+    "Heartbeat",
     "History",
     "IdempotencyRecords",
     "InFlight",
     "InvalidSubject",
+    "KeyEntry",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyPage",
     "Lease",
     "LiveView",
     "Mismatch",
@@ -115,10 +136,12 @@ __all__ = (
     "Repository",
     "RequestTimeout",
     "Responder",
+    "RevisionMismatch",
     "Router",
     "RunContext",
     "RunView",
     "ServerError",
+    "ServiceError",
     "Silent",
     "Started",
     "Step",
@@ -137,6 +160,7 @@ __all__ = (
     "current_bus",
     "current_envelope",
     "event_subject",
+    "heartbeats",
     "json_schema",
     "load_app",
     "matches",

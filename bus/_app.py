@@ -9,11 +9,12 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ._buckets import BucketSpec
 from ._errors import ConfigError
 from ._events import Event, EventRegistry
 from ._projection import Projection
 from ._streams import StreamSpec
-from ._subscribe import Handler, Router
+from ._subscribe import Handler, Responds, Router
 from ._workflow import Workflow
 from ._workflow_host import WorkflowHost
 from ._workflow_tasks import Action
@@ -28,6 +29,7 @@ class App:
         events: Iterable[type[Event]] = (),
         router: Router | None = None,
         projections: Iterable[Projection[Any]] = (),
+        buckets: Iterable[BucketSpec] = (),
     ) -> None:
         self.name = name
         self.streams = list(streams)
@@ -38,6 +40,7 @@ class App:
             name, self.streams, self.projections, self.registry, self.router
         )
         self.workflows = self._workflows.workflows
+        self.buckets = {b.name: b for b in buckets}  # shared state (JetStream KV) by name
 
     def projection(self, name: str) -> Projection[Any]:
         try:
@@ -60,6 +63,13 @@ class App:
     def action(self, name: str, **options: Any) -> Callable[[Action], Action]:
         """Decorator: run the workflow steps of action `name` (options as for `subscribe`)."""
         return self._workflows.action(name, **options)
+
+    def serve(
+        self, subject: str, *, service: str | None = None, **options: Any
+    ) -> Callable[[Responds], Responds]:
+        """Decorator: a responder on `subject`, hosted by `bus worker` and `bus up`, in the
+        nats.micro service `service` (default: the app's name)."""
+        return self.router.serve(subject, service=service or self.name, **options)
 
 
 def load_app(ref: str) -> App:

@@ -15,30 +15,30 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
+from . import _calls as calls
 from . import _deadletter as deadletter
 from . import _rpc as rpc
+from ._breaker import CircuitPolicy, Circuits
+from ._buckets import BucketSpec
 from ._codec import Codec, ContentType
 from ._consumer import Consumer
 from ._credentials import Credentials, describe, is_auth_failure, redact_url, split_urls
 from ._envelope import Envelope, open_message
-from ._errors import (
-    BusClosed,
-    ConfigError,
-    ConnectError,
-)
+from ._errors import BusClosed, ConfigError, ConnectError
 from ._events import Event, EventRegistry
 from ._nats.acks import PublishResult
 from ._nats.connection import Connection
 from ._nats.direct import StoredMessage
 from ._publish import Publisher, template_of
 from ._reader import read_messages
+from ._shared_state import Bucket, Buckets
 from ._streams import StreamManager, StreamSpec, existing_name
 from ._subjects import validate_pattern
 from ._subscribe import Handler, Router, handler_spec
@@ -46,7 +46,6 @@ from ._tail import messages_on
 from ._telemetry import Observer, Telemetry
 
 log = logging.getLogger("bus")
-R = TypeVar("R")
 
 
 _current_bus: ContextVar[Bus] = ContextVar("current_bus")
@@ -72,6 +71,7 @@ class Bus:
         registry: EventRegistry | None = None,
         content_type: ContentType = "json",
         streams: Iterable[StreamSpec] = (),
+        buckets: Iterable[BucketSpec] = (),
         manage_streams: bool = True,
         router: Router | None = None,
         publish_timeout: float = 5.0,
@@ -80,6 +80,7 @@ class Bus:
         replicas: int = 1,
         observer: Observer | None = None,
         tracer_provider: TracerProvider | None = None,
+        circuits: Circuits | CircuitPolicy | None = None,
     ) -> None:
         if replicas not in (1, 3, 5):
             raise ConfigError("replicas must be 1, 3 or 5")
@@ -90,6 +91,7 @@ class Bus:
         self.registry = registry if registry is not None else EventRegistry()
         self.codec = Codec(content_type)
         self.stream_specs = list(streams)
+        self._buckets = Buckets(self, buckets)  # created at start, like the streams
         self.manage_streams = manage_streams
         self.router = router if router is not None else Router()
         self.publish_timeout = publish_timeout
@@ -101,6 +103,7 @@ class Bus:
         self._publisher: Publisher | None = None
         self._streams: StreamManager | None = None
         self._responders: list[rpc.Responder] = []
+        self.circuits = Circuits.of(circuits, observer)  # per endpoint called; may be shared
         self._observer, self._tracer_provider = observer, tracer_provider
         # What it reports: its tracer is settled when it starts (tracing set up before that).
         self.telemetry = Telemetry(NoOpTracerProvider(), observer)
@@ -149,8 +152,10 @@ class Bus:
                     await self._streams.ensure(spec)
                 else:
                     await self._streams.verify(spec)
+            await self._buckets.ensure()
             for handler in self.router.specs:
                 await self._start_consumer(handler)
+            await self._start_responders(self.router.responders)
         except BaseException:
             await self.close()
             raise
@@ -163,8 +168,7 @@ class Bus:
         self._state = "closing"  # handlers still in flight may publish while they finish
         await asyncio.gather(*(c.stop(self.drain_timeout) for c in self.consumers))
         self._state = "closed"
-        for responder in self._responders:
-            await responder.stop()
+        await asyncio.gather(*(responder.stop() for responder in self._responders))
         if self._nc is not None and not self._nc.is_closed:
             try:
                 async with asyncio.timeout(self.drain_timeout):
@@ -359,6 +363,10 @@ class Bus:
             async for message in messages:
                 yield message
 
+    def bucket(self, name: str) -> Bucket[Any]:
+        """The handle on bucket `name`, one declared in `buckets=` (ConfigError if not)."""
+        return self._buckets[name]
+
     # -- dead letters -------------------------------------------------------------------------
 
     async def dead_letters(
@@ -371,23 +379,19 @@ class Bus:
 
     # -- request / reply ----------------------------------------------------------------------
 
-    async def request(
-        self, subject: str, payload: Any, response_type: type[R], timeout: float = 5.0
-    ) -> R:
-        return await rpc.request(self.nc, subject, payload, response_type, timeout)
+    request = calls.request  # (subject, payload, response_type, timeout=5.0, *, endpoint=None)
 
     async def serve(
-        self,
-        subject: str,
-        handler: Callable[[Any], Awaitable[Any]],
-        *,
-        service: str,
-        version: str = "0.1.0",
-        queue_group: str | None = None,
+        self, subject: str, handler: Callable[[Any], Awaitable[Any]], **options: Any
     ) -> rpc.Responder:
-        """Answer requests on `subject` with `handler` (see bus.rpc) until stopped."""
-        responder = await rpc.serve(
-            self.nc, subject, handler, service=service, version=version, queue_group=queue_group
-        )
-        self._responders = [r for r in self._responders if r.running] + [responder]
-        return responder
+        """Answer requests on `subject` until stopped; options: bus._rpc.responder_spec's."""
+        return (await self._start_responders([rpc.responder_spec(handler, subject, **options)]))[0]
+
+    async def _start_responders(self, specs: list[rpc.ResponderSpec]) -> list[rpc.Responder]:
+        token = _current_bus.set(self)  # copied into the subscriptions' tasks
+        try:
+            started = await rpc.start_services(self.nc, self.telemetry, specs)
+        finally:
+            _current_bus.reset(token)
+        self._responders = [r for r in self._responders if r.running] + started
+        return started

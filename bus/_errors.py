@@ -11,11 +11,16 @@ BusError
 │   └── RequestTimeout               no reply to a request in time
 ├── NoResponders                     nobody serves a request subject
 ├── RemoteError                      a responder answered with an error
+├── CircuitOpen                      calls to a failing endpoint are refused for a while
+├── ServiceError                     raised by a responder: answer with this error code
 ├── StreamError
 │   ├── StreamNotFound(LookupError)
 │   ├── StreamConflict               an existing stream differs in a field that cannot change
 │   └── NoStreamForSubject           JetStream has no stream on that subject
 ├── ConcurrencyError                 expected version differs from the stream's
+│   └── RevisionMismatch             a key's revision is not the one a write expected
+│       └── KeyExists                a create found the key there
+├── KeyNotFound(LookupError)         no such key in a bucket (or it was deleted)
 ├── Fenced                           another instance has taken over what this one ran
 ├── PublishError                     JetStream refused a publish for another reason
 ├── DecodeError(ValueError)          bytes that are not a known, valid event
@@ -97,6 +102,32 @@ class RemoteError(BusError):
         self.code = code
         self.description = description
 
+    @property
+    def callers_fault(self) -> bool:
+        """A 4xx-style answer: the request was refused, the responder itself is well."""
+        return 400 <= self.code < 500
+
+
+class CircuitOpen(BusError):
+    """Requests on `endpoint` failed too often lately: refused at once for `retry_after`
+    seconds (then a probe is let through) rather than left to time out."""
+
+    def __init__(self, endpoint: str, retry_after: float) -> None:
+        super().__init__(f"circuit open for {endpoint!r}: retry in {retry_after:.1f}s")
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+
+
+class ServiceError(BusError):
+    """Raised by a responder to answer with an error the caller gets as RemoteError:
+    `raise ServiceError(404, "no task 't1'")`. A 4xx code says the request was at fault (it
+    does not count against the responder's circuit); anything else that the responder was."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+
 
 class StreamError(BusError):
     """A stream is missing, differs from its definition, or refused an operation."""
@@ -133,6 +164,33 @@ class ConcurrencyError(BusError):
         self.subject = subject
         self.expected = expected
         self.actual = actual
+
+
+class RevisionMismatch(ConcurrencyError):
+    """A compare-and-set on a key lost: its `current` revision (0: absent) is not `expected`."""
+
+    def __init__(self, bucket: str, key: str, expected: int, current: int) -> None:
+        super().__init__(f"$KV.{bucket}.{key}", expected, current)
+        shown = "it is absent" if not current else f"it is at revision {current}"
+        self.args = (f"{bucket}/{key}: expected revision {expected}, {shown}",)
+        self.bucket = bucket
+        self.key = key
+        self.current = current
+
+
+class KeyExists(RevisionMismatch):
+    """A create found the key there (at revision `current`)."""
+
+    def __init__(self, bucket: str, key: str, current: int) -> None:
+        super().__init__(bucket, key, 0, current)
+        self.args = (f"{bucket}/{key} exists (revision {current})",)
+
+
+class KeyNotFound(BusError, LookupError):
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"bucket {bucket!r} has no key {key!r}")
+        self.bucket = bucket
+        self.key = key
 
 
 class Fenced(BusError):

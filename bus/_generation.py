@@ -7,10 +7,16 @@ changed key once (pipelined). A key's record carries the last sequence applied t
 a crash at any point the replayed events at or below it are skipped: nothing applies twice.
 An event it cannot key or apply goes to the dead-letter stream, named after the projection.
 
-Fencing: `open` writes the bucket's fence, and a batch's keys are written as JetStream atomic
-batches, each conditional on the fence still being that one (`Nats-Expected-Last-Subject-
-Sequence` on the fence's subject), so once another instance has opened the bucket, whatever
-this one still sends is refused whole (`Fenced`).
+Fencing: `open` writes the bucket's fence, and every key write is conditional on the fence
+still being that one (`Nats-Expected-Last-Subject-Sequence` on the fence's subject), so once
+another instance has opened the bucket, whatever this one still sends is refused (`Fenced`).
+What it stored before that is harmless: records carry their sequence, and the new holder
+reads the bucket after its fence. On a single replica the writes are pipelined, each guarded.
+A replicated bucket refuses a guarded write while another on that subject is in flight, so
+there a batch's keys go as JetStream atomic batches guarded once; not on a single replica,
+where the server stages each atomic batch in a file store of its own (measured: 7-20 ms a
+batch on file storage against 0.5-2.5 ms on an R3 cluster and 1.7 ms for 100 guarded
+pipelined writes).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from ._errors import BusError, ConcurrencyError, DecodeError, Fenced
 from ._events import Event
 from ._feed import SharedReads, Tail
 from ._kv import ensure_bucket, kv_key
+from ._nats.acks import PublishResult
 from ._nats.direct import StoredMessage
 from ._nats.wire import Outgoing
 from ._projection import FENCE_KEY, Projection, Record, read_records
@@ -70,6 +77,7 @@ class Generation:
         self.failures = 0
         self.last_error = ""
         self._guard: dict[str, str] = {}  # the headers that make a key write fenced
+        self._replicated = False
         self._cache: dict[str, Record] = {}
         # True while the cache holds every key of the bucket (it started empty here and was
         # never trimmed): a key not in it is new, and needs no read to find that out.
@@ -98,6 +106,7 @@ class Generation:
         }
         info = await self.bus.streams.info(f"KV_{self.bucket}")
         self._complete = info.messages == 1  # the fence alone: every key will be new
+        self._replicated = info.replicas > 1
 
     async def follow(self, wake: asyncio.Event) -> None:
         """Once caught up: have new messages pushed (and `wake` set) instead of reading."""
@@ -244,24 +253,28 @@ class Generation:
             self._cache.update(await read_records(self.bus, self.bucket, chunk, self.bucket_seq))
 
     async def _write(self, changed: dict[str, Record]) -> None:
-        """Store the changed records: atomic batches of up to MAX_ATOMIC_BATCH, each refused
-        whole unless the fence is still this instance's."""
+        """Store the changed records, each write refused unless the fence is still this
+        instance's: pipelined on a single replica, atomic batches on a replicated bucket."""
         self.written = {}
         if not changed:
             return
         encode, prefix = msgspec.msgpack.encode, f"$KV.{self.bucket}."
+        guard = {} if self._replicated else self._guard
         outs = [
-            Outgoing(prefix + kv_key(key), encode(record), {}, "")
+            Outgoing(prefix + kv_key(key), encode(record), guard, "")
             for key, record in changed.items()
         ]
         try:
             step = self.bus.telemetry.step
             with step(f"kv put {self.bucket}", **{"bus.kv.keys": len(outs)}):
-                for start in range(0, len(outs), MAX_ATOMIC_BATCH):
-                    batch = outs[start : start + MAX_ATOMIC_BATCH]
-                    batch[0] = Outgoing(batch[0].subject, batch[0].payload, self._guard, "")
-                    stored = await self.bus.publisher.send_atomic(batch)
-                    self.bucket_seq = stored[-1].seq
+                if self._replicated:
+                    for start in range(0, len(outs), MAX_ATOMIC_BATCH):
+                        batch = outs[start : start + MAX_ATOMIC_BATCH]
+                        batch[0] = Outgoing(batch[0].subject, batch[0].payload, self._guard, "")
+                        self.bucket_seq = (await self.bus.publisher.send_atomic(batch))[-1].seq
+                else:
+                    acks = await self.bus.publisher.send_many(outs)
+                    self.bucket_seq = max(a.seq for a in acks if isinstance(a, PublishResult))
         except ConcurrencyError:
             self._complete = False
             raise Fenced(f"projection {self.projection.name!r}") from None

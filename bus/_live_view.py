@@ -5,7 +5,10 @@ its projection's status and to the active generation's keys on direct lanes (no 
 could drop), so:
 
 - `wait_for(seq)` answers from the status in memory, woken by the projector's checkpoint,
-  or sooner by a projector in the same process (`applied`);
+  or sooner by a projector in the same process (`applied`); for a projection that reads
+  some subjects of its stream, "has it seen `seq`?" takes a read by subject, which
+  `expect(stream, seq)` starts as soon as this process has stored an event, so the
+  read-your-writes query that follows finds the answer ready or under way;
 - `get(key)` answers recently written or read keys from a bounded LRU without a round trip;
   a miss reads the bucket. The projector writes a batch's keys before its checkpoint, and one connection
   delivers them in that order, so a key read after `wait_for(seq)` already reflects `seq`.
@@ -26,7 +29,8 @@ from typing import Any, Generic, Self
 import msgspec
 
 from ._client import Bus
-from ._errors import StreamNotFound
+from ._coverage import Coverage
+from ._errors import BusError, StreamNotFound
 from ._kv import from_kv_key
 from ._projection import (
     FENCE_KEY,
@@ -63,6 +67,11 @@ class LiveView(Generic[S]):
         self._keys_lane: Any = None
         self._keys_prefix = b""
         self._following: asyncio.Task[None] | None = None
+        self._coverage: Coverage | None = None
+        # A stream sequence the projection is known to have seen past its position (no
+        # event it reads up to it is unapplied), and the latest `expect`ed one.
+        self._verified = self._wanted = 0
+        self._checker: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         nc = self._bus.nc
@@ -73,8 +82,9 @@ class LiveView(Generic[S]):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._following:
-            self._following.cancel()
+        for task in (self._following, self._checker):
+            if task is not None:
+                task.cancel()
         for lane in (self._status_lane, self._keys_lane):
             if lane is not None:
                 self._bus.nc.close_lane(lane)
@@ -116,9 +126,12 @@ class LiveView(Generic[S]):
         await self._check_epoch()
         try:
             async with asyncio.timeout(timeout):
-                coverage = await self.view.coverage()
+                coverage = self._coverage = await self.view.coverage()
+                checker = self._checker
+                if checker is not None and self._wanted >= seq > self._seen():
+                    await asyncio.wait([checker])  # the answer is under way: share it
                 while (
-                    target := await coverage.unapplied(self._bus, self._status.position, seq)
+                    target := await coverage.unapplied(self._bus, self._seen(), seq)
                 ) is not None:
                     await self._until(target)
                     while self._status.position < target:  # slow: is it stored at all?
@@ -127,6 +140,31 @@ class LiveView(Generic[S]):
         except TimeoutError:
             raise not_reached(self.projection.name, seq, timeout) from None
         return seen(self._status, seq)
+
+    def expect(self, stream: str, seq: int) -> None:
+        """This process has just stored an event at `seq` of `stream`: for a projection
+        reading some of its subjects, start finding out whether it has seen `seq` (one read
+        in flight at a time, answering for every sequence asked meanwhile)."""
+        coverage = self._coverage
+        if coverage is None or coverage.reads_all or coverage.stream != stream:
+            return
+        self._wanted = max(self._wanted, seq)
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.create_task(self._check(coverage))
+
+    async def _check(self, coverage: Coverage) -> None:
+        while (target := self._wanted) > self._seen():
+            fence, generation = self._status.fence, self._status.generation
+            try:
+                if await coverage.unapplied(self._bus, self._seen(), target) is not None:
+                    return  # an event it reads is still to apply: its checkpoint will tell
+            except BusError:
+                return  # the query asks again itself
+            if (fence, generation) == (self._status.fence, self._status.generation):
+                self._verified = max(self._verified, target)
+
+    def _seen(self) -> int:
+        return max(self._status.position, self._verified)
 
     async def _until(self, seq: int) -> None:
         """Wait for a status reaching `seq`; after RECHECK seconds without one, ask for it (a
@@ -211,6 +249,8 @@ class LiveView(Generic[S]):
         current = self._status
         if status.fence < current.fence or status.generation < current.generation:
             return  # from an instance that lost the projection, or a retired generation
+        if (status.generation, status.fence) != (current.generation, current.fence):
+            self._verified = 0  # learnt of the instance and generation it no longer is
         if status.generation != current.generation:
             self._records.clear()
             self._following = asyncio.create_task(self._follow(status.generation))
@@ -242,5 +282,6 @@ class LiveView(Generic[S]):
         """Updates may have been missed: forget the keys, read the status again."""
         self._epoch = self._bus.nc.reconnects
         self._records.clear()
+        self._verified = 0
         await self._bus.nc.flush()  # our lanes are registered before we read
         self._offer(await self.view.status())

@@ -29,7 +29,7 @@ from nats.js.kv import KeyValue
 from ._client import Bus
 from ._errors import ConfigError, StreamError, StreamNotFound
 from ._kv import ensure_bucket, kv_key
-from ._reader import read_messages
+from ._reader import read_latest
 from ._subjects import validate_token
 
 BUCKET = "bus_components"
@@ -63,6 +63,7 @@ class Component(msgspec.Struct, kw_only=True):
     )
     heartbeat_at: str = ""
     ttl: float = TTL  # it beats every ttl/3
+    circuits: dict[str, str] = {}  # endpoint -> state, of those that failed lately (bus._breaker)
 
     @property
     def key(self) -> str:
@@ -122,6 +123,7 @@ class Registration:
     async def _beat(self) -> None:
         assert self._kv is not None
         self.component.heartbeat_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.component.circuits = self._bus.circuits.snapshot()  # as of this beat
         await self._kv.put(self.component.key, msgspec.json.encode(self.component))
 
     async def _first_beat(self) -> None:
@@ -185,23 +187,15 @@ async def silent_components(bus: Bus, name: str | None = None) -> list[Silent]:
 
 async def _registered(bus: Bus) -> list[tuple[Component, float]]:
     """Every entry with the seconds since the server stored its last heartbeat."""
-    latest: dict[str, Any] = {}
-    next_seq = 1
-    while True:
-        try:
-            page = await read_messages(bus.nc, f"KV_{BUCKET}", next_seq, 1000)
-        except StreamNotFound:
-            return []
-        for message in page:
-            latest[message.subject] = message  # empty data for a delete marker
-        if len(page) < 1000:
-            break
-        next_seq = page[-1].seq + 1
+    try:
+        latest = await read_latest(bus.nc, f"KV_{BUCKET}")
+    except StreamNotFound:
+        return []
     decode = msgspec.json.Decoder(Component).decode
     now = datetime.now(UTC)
     found = []
     for message in latest.values():
-        if not message.data:
+        if not message.data:  # a delete marker
             continue
         with contextlib.suppress(msgspec.DecodeError, ValueError):
             age = (now - datetime.fromisoformat(message.time)).total_seconds()

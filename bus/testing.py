@@ -169,6 +169,7 @@ async def run_app(
             name=f"test-{app.name}",
             registry=app.registry,
             streams=app.streams,
+            buckets=app.buckets.values(),
             router=app.router,
             drain_timeout=2.0,
         ) as bus,

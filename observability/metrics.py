@@ -20,6 +20,7 @@ LATENCY_BUCKETS = (
     0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 STREAM_CONSUMER = ["stream", "consumer"]
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class Metrics:
@@ -124,6 +125,46 @@ class Metrics:
             ["component"],
             registry=r,
         )
+        self.component_up = Gauge(
+            "bus_component_up",
+            "1 while every registered instance of the component heartbeats and passes (or"
+            " warns on) the edge's health check; 0 once one fails.",
+            ["component"],
+            registry=r,
+        )
+        self.component_checks = Counter(
+            "bus_component_health_checks",
+            "Health checks of registered instances by the edge's monitor, by verdict.",
+            ["component", "status"],
+            registry=r,
+        )
+
+        # Request/reply, labelled by the endpoint (the subject pattern served or called).
+        self.rpc_client_duration = Histogram(
+            "rpc_client_call_duration_seconds",
+            "Requests made, by endpoint and outcome (ok, refused, error, timeout, no_responders,"
+            " circuit_open): the count is requests, those not ok the errors.",
+            ["rpc_method", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rpc_server_duration = Histogram(
+            "rpc_server_call_duration_seconds",
+            "Requests answered, by service, endpoint and outcome (ok, bad_request, refused,"
+            " error).",
+            ["rpc_service", "rpc_method", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "bus_circuit_breaker_state",
+            "State of this process's circuit for an endpoint: 0 closed, 1 half-open, 2 open"
+            " (listed from the endpoint's first failure on).",
+            ["rpc_method"],
+            registry=r,
+        )
+        self._requests: dict[tuple[str, str], Histogram] = {}
+        self._answers: dict[tuple[str, str, str], Histogram] = {}
 
         self.workflow_runs = Counter(
             "bus_workflow_runs",
@@ -170,6 +211,27 @@ class Metrics:
     def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
         self.workflow_steps.labels(workflow, step, outcome).inc()
         self.workflow_step_duration.labels(workflow, step).observe(seconds, _exemplar())
+
+    def requested(self, endpoint: str, outcome: str, seconds: float) -> None:
+        # Per request: the labelled child is looked up once (`labels()` costs as much as the
+        # observation), from a table as bounded as the labels.
+        child = self._requests.get((endpoint, outcome))
+        if child is None:
+            child = self._requests[endpoint, outcome] = self.rpc_client_duration.labels(
+                endpoint, outcome
+            )
+        child.observe(seconds, _exemplar())
+
+    def served(self, service: str, endpoint: str, outcome: str, seconds: float) -> None:
+        child = self._answers.get((service, endpoint, outcome))
+        if child is None:
+            child = self._answers[service, endpoint, outcome] = self.rpc_server_duration.labels(
+                service, endpoint, outcome
+            )
+        child.observe(seconds, _exemplar())
+
+    def circuit_changed(self, endpoint: str, state: str) -> None:
+        self.circuit_state.labels(endpoint).set(CIRCUIT_STATES[state])
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition for this `Accept` header: OpenMetrics (with exemplars) when asked."""

@@ -73,7 +73,7 @@ def test_latency_panels_carry_exemplars() -> None:
 
 def test_alert_rules_are_complete() -> None:
     rules = alert_rules()
-    assert len(rules) == 5
+    assert len(rules) == 6
     for rule in rules:
         assert rule["for"], rule["alert"]
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
@@ -206,5 +206,5 @@ def test_every_expression_returns_data_from_a_live_prometheus(tmp_path: Path) ->
             for r in g["rules"]
             if r["health"] != "ok"
         ]
-        assert len([r for g in rules for r in g["rules"]]) == 5
+        assert len([r for g in rules for r in g["rules"]]) == 6
         assert unhealthy == []

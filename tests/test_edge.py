@@ -18,7 +18,7 @@ import pytest
 from bus import Bus, Projector
 from bus._server import free_port
 from services.bench import http as bench_http
-from services.demo import TaskCreated, app
+from services.demo import TaskCreated, TaskFailed, app
 from services.edge import create_app
 from tests.edge import KEYS, READ, WRITE, serve
 
@@ -328,6 +328,7 @@ async def test_the_http_bench_reads_its_writes_with_both_clients(nats_url: str) 
         Projector(bus, bench_app.projections.values()),
     ):
         await bus.publish(TaskCreated(title="bench"), "b1")
+        await bus.publish(TaskFailed(attempt=1, reason="bench"), "b0")  # the filtered case's key
         async for client in serve(api):
             base, port = str(client.base_url), client.base_url.port
             assert port is not None

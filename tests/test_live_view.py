@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import msgspec
 import pytest
 
-from bus import Bus, BusTimeout, LiveView, ProjectionView, Projector
+from bus import Bus, BusTimeout, Envelope, Event, LiveView, Projection, ProjectionView, Projector
 from bus._projection import Record
 from services.demo import TaskCompleted, TaskCreated, TaskProgressed, TaskView, app
 
 task = app.projections["task"]
+
+
+class Count(msgspec.Struct):
+    count: int = 0
+
+
+def add(state: Count, envelope: Envelope[Event]) -> Count:
+    return Count(state.count + 1)
 
 
 async def test_read_your_writes_from_memory_over_many_writes(tasks: Bus) -> None:
@@ -116,3 +125,31 @@ async def test_an_observed_projector_tells_the_view_what_it_stored(nats_url: str
                 held = await stored.get(key)
                 assert held is not None
                 assert held[1] >= record.seq
+
+
+async def test_an_expected_write_never_hides_an_unapplied_event(nats_url: str) -> None:
+    """`expect` starts the "has it seen it?" read for a projection reading one event type:
+    while an event it reads is unapplied, a later write of another type is not seen; once
+    applied, it is, and the check the write started answers for it."""
+    created = Projection(
+        f"created_{uuid.uuid4().hex[:8]}", ("tasks.*.created",), Count, lambda e: "all", add
+    )
+    async with (
+        Bus(nats_url, registry=app.registry, streams=app.streams) as bus,
+        LiveView(bus, created) as live,  # no projector yet
+    ):
+        ours = await bus.publish(TaskCreated(title="x"), "ex1")
+        other = await bus.publish(TaskProgressed(attempt=1), "ex1")
+        with pytest.raises(BusTimeout):  # (it learns the projection's coverage here)
+            await live.wait_for(ours.seq, timeout=0.3)
+        live.expect(other.stream, other.seq)
+        with pytest.raises(BusTimeout):
+            await live.wait_for(other.seq, timeout=0.3)
+        async with Projector(bus, [created]):
+            await live.wait_for(other.seq, timeout=10)
+            later = await bus.publish(TaskProgressed(attempt=2), "ex1")
+            live.expect(later.stream, later.seq)
+            assert (await live.wait_for(later.seq, timeout=10)).position >= later.seq
+            found = await live.get("all")
+            assert found is not None
+            assert found[0].count >= 1

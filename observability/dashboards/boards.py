@@ -175,12 +175,21 @@ def edge_http() -> dashboard.Dashboard:
 
 def components() -> dashboard.Dashboard:
     alive = "max by (component) (bus_components_alive)"
+    healthy = "min by (component) (bus_component_up)"  # any edge seeing a failure counts
+    failed = _errors("bus_component_health_checks_total", "component", '{status="fail"}')
     return _board(
         "bus-components",
         "Components",
-        "Component instances heartbeating in the registry.",
+        "Component instances heartbeating in the registry, and the edge's health checks of them.",
         count("Alive now", alive, "{{component}}"),
         graph("Alive instances", "short", (alive, "{{component}}"), width=24),
+        graph(
+            "Healthy (1) or failing (0)",
+            "short",
+            (healthy, "{{component}}"),
+            description="0 while an instance fails the edge's health check (alert BusComponentUnhealthy).",
+        ),
+        graph("Failed health checks", "ops", (failed, "{{component}}")),
     )
 
 

@@ -13,7 +13,7 @@
 - The same pairs in three more forms, POSTing a `progressed` event of one task: followed by
   a plain GET of that task (no waiting: what read-your-writes is judged against, since
   absolute milliseconds move with the machine), by a GET with `after_seq` of that task, and
-  by a GET with `after_seq` of `created`, a projection that does not read `progressed`
+  by a GET with `after_seq` of `failures`, a projection that does not read `progressed`
   (services/bench/app.py).
 
 wrk comes from Debian (`apt-get install wrk`); it is C, so the load generator is not the
@@ -181,7 +181,7 @@ PAIRS: dict[str, tuple[str, bytes, Pair]] = {
     "ryw": ("created", b'{"title": "t"}', lambda key, seq: f"task/{key}?after_seq={seq}"),
     "plain": ("progressed", b'{"attempt": 1}', lambda key, seq: "task/b1"),
     "unfiltered": ("progressed", b'{"attempt": 1}', lambda key, seq: f"task/b1?after_seq={seq}"),
-    "filtered": ("progressed", b'{"attempt": 1}', lambda key, seq: f"created/all?after_seq={seq}"),
+    "filtered": ("progressed", b'{"attempt": 1}', lambda key, seq: f"failures/all?after_seq={seq}"),
 }
 
 
@@ -268,6 +268,11 @@ def run_http_bench(runs: int, seconds: int, sync_interval: str, as_json: bool) -
                 f"{edge}/api/v1/events/tasks.b1.created", json={"title": "bench"}, headers=AUTH
             )
             seq = seeded.json()["seq"]
+            httpx.post(  # the key the filtered case reads
+                f"{edge}/api/v1/events/tasks.b0.failed",
+                json={"attempt": 1, "reason": "bench"},
+                headers=AUTH,
+            ).raise_for_status()
             httpx.get(
                 f"{edge}/api/v1/projections/task/b1", params={"after_seq": seq}, headers=AUTH
             ).raise_for_status()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from bus import App, Bus, BusError, load_app
+from bus import App, BucketSpec, Bus, BusError, load_app
 from services.runtime.lifecycle import run as run_loop
 from services.runtime.settings import Settings
 
@@ -105,13 +105,14 @@ def app_option(verb: Callable[..., Any]) -> Callable[..., Any]:
     return chosen
 
 
-def connect(app: App | None = None) -> Bus:
+def connect(app: App | None = None, buckets: Iterable[BucketSpec] = ()) -> Bus:
     settings = Settings.from_env()
     return Bus(
         settings.resolve_nats_url(),
         credentials=settings.credentials,
         name="bus-cli",
         registry=app.registry if app else None,
+        buckets=buckets,
         drain_timeout=2.0,
     )
 

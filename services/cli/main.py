@@ -39,6 +39,7 @@ from .console import (
     json_option,
     run,
 )
+from .kv import kv
 from .workflows import workflows
 
 
@@ -51,6 +52,7 @@ def main() -> None:
 for verb in cli_run.VERBS:
     main.add_command(verb)
 main.add_command(workflows)
+main.add_command(kv)
 
 
 @main.command()
@@ -337,17 +339,15 @@ async def aggregate_show(domain: str, aggregate_id: str, app_ref: str, as_json: 
 @json_option
 @run
 async def components_verb(as_json: bool) -> None:
-    """Running components (heartbeating services and nats.micro responders)."""
-    from bus import components
+    """Components (heartbeating services, nats.micro responders, and instances whose
+    heartbeat stopped) with the edge's last health verdict on each."""
+    from services.edge.monitor import listing
+
+    from .components import render
 
     async with connect() as bus:
-        found = await components(bus)
-    table = Table("name", "kind", "version", "instance", "health", "heartbeat", "offers")
-    for c in found:
-        offers = ", ".join(c.capabilities or c.endpoints)
-        heartbeat = c.heartbeat_at or "-"
-        table.add_row(c.name, c.kind, c.version, c.instance, c.health_url, heartbeat, offers)
-    emit(as_json, found, table)
+        found = await listing(bus)
+    emit(as_json, found, render(found))
 
 
 @main.command()

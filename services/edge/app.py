@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import App, Bus, Credentials, IdempotencyRecords, LiveView
+from bus import App, Bus, CircuitPolicy, Circuits, Credentials, IdempotencyRecords, LiveView
 from observability import tracing
 from observability.metrics import Metrics
 
@@ -20,10 +20,13 @@ from . import (
     events,
     fastpath,
     health,
+    kv,
     limits,
     mcp_endpoint,
+    monitor,
     problems,
     projections,
+    requests,
     tail,
     workflows,
 )
@@ -38,6 +41,7 @@ CORS_HEADERS = [
     "Content-Type",
     "Idempotency-Key",
     "If-Match",
+    "If-None-Match",
     "Last-Event-ID",
     "Mcp-Session-Id",
     "Mcp-Protocol-Version",
@@ -62,6 +66,9 @@ def create_app(
     idempotency_ttl: float = IdempotencyRecords.DEFAULT_TTL,
     replicas: int = 1,
     metrics: Metrics | None = None,
+    circuits: Circuits | CircuitPolicy | None = None,
+    health_interval: float = monitor.INTERVAL,
+    health_timeout: float = monitor.TIMEOUT,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -70,7 +77,10 @@ def create_app(
     events per second per key (0: unlimited); a WebSocket tail client that reads nothing for
     `slow_client_timeout` seconds is disconnected; an `Idempotency-Key` is kept for
     `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
-    `metrics` is where it counts (its own unless the process shares one, as `bus up` does)."""
+    `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
+    every `health_interval` seconds (0: never) it checks the registered components, each
+    within `health_timeout` seconds (services/edge/monitor.py); `circuits` guard its requests
+    (a policy, or a table the process shares)."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -88,13 +98,21 @@ def create_app(
                 registry=app.registry,
                 credentials=credentials,
                 replicas=replicas,
+                buckets=app.buckets.values(),
                 observer=metrics,
+                circuits=circuits,
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
         ):
             api.state.bus = bus
             api.state.idempotency = IdempotencyRecords(bus, ttl=idempotency_ttl)
+            api.state.monitor = None
+            if health_interval > 0:
+                watching = monitor.HealthMonitor(
+                    bus, metrics, interval=health_interval, timeout=health_timeout
+                )
+                api.state.monitor = await views.enter_async_context(watching)
             api.state.views = {
                 name: await views.enter_async_context(LiveView(bus, projection))
                 for name, projection in app.projections.items()
@@ -116,7 +134,7 @@ def create_app(
         api.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=CORS_HEADERS,
             expose_headers=[
                 "Bus-Stale",
@@ -124,12 +142,14 @@ def create_app(
                 "Mcp-Session-Id",
                 "Location",
                 "Idempotent-Replayed",
+                "ETag",
             ],
         )
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
-    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, workflows):
+    routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
+    for module in (*routers, workflows):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     tracing.instrument(api)

@@ -8,9 +8,18 @@ import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 
-from bus import Bus, BusError, Component, components, json_schema, silent_components
+from bus import (
+    Bus,
+    BusError,
+    Component,
+    HealthRecords,
+    components,
+    json_schema,
+    silent_components,
+)
 
 from .auth import require
+from .monitor import listing, with_health, worst
 
 NAME_PATTERN = r"^[A-Za-z0-9_\-:~@=+%!]+$"  # one subject token, as bus.registry requires
 router = APIRouter(prefix="/api/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
@@ -64,7 +73,9 @@ async def stream_page(bus: Bus, name: str, from_seq: int, limit: int) -> dict[st
 
 @router.get("/components")
 async def list_components(request: Request) -> Response:
-    return _json(await components(request.app.state.bus))
+    """Running components, then registered instances whose heartbeat stopped, each with the
+    health monitor's last verdict on it (`health`; services/edge/monitor.py)."""
+    return _json(await listing(request.app.state.bus))
 
 
 @router.get("/components/{name}")
@@ -72,13 +83,18 @@ async def one_component(
     request: Request, name: str = Path(max_length=Component.MAX_NAME, pattern=NAME_PATTERN)
 ) -> Response:
     """The running instances of component `name` (with their health URLs), and those whose
-    heartbeat stopped without a deregistration (`silent`, with seconds since the last)."""
+    heartbeat stopped without a deregistration (`silent`, with seconds since the last); each
+    with the monitor's last verdict (`health`), and `status` the worst of them."""
     bus = request.app.state.bus
     running = await components(bus, name)
     silent = [s for s in await silent_components(bus, name) if s.component not in running]
     if not running and not silent:
         raise HTTPException(404, f"no component named {name!r} is registered")
-    return _json({"name": name, "instances": running, "silent": silent})
+    verdicts = await HealthRecords(bus).by_key()
+    instances = [with_health(c, verdicts.get(c.key)) for c in running]
+    stopped = [with_health(s, verdicts.get(s.component.key)) for s in silent]
+    status = worst(i["health"] for i in [*instances, *stopped])
+    return _json({"name": name, "status": status, "instances": instances, "silent": stopped})
 
 
 @router.get("/schemas")

@@ -110,6 +110,12 @@ async def publish_event(
     return created(answer)
 
 
+def expect_reads(state: State, stream: str, seq: int) -> None:
+    """A read-your-writes query of `seq` is likely next: the views start looking (LiveView)."""
+    for view in state.views.values():
+        view.expect(stream, seq)
+
+
 def created(answer: Answer) -> Response:
     """201 with the result; a replayed one says so."""
     headers = {REPLAYED: "true"} if answer.replayed else None
@@ -138,6 +144,7 @@ async def publish_fields(
         result = await state.bus.publish(
             event, aggregate_id, event_id=key, expected_version=expected
         )
+        expect_reads(state, result.stream, result.seq)
         return _encode(Published(result.event_id, result.stream, result.seq))
 
     try:
@@ -229,6 +236,7 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
         appended = await EventStore(state.bus).append(
             batch.domain, batch.id, events, expected_version=batch.expected_version, event_ids=ids
         )
+        expect_reads(state, appended.stream, appended.events[-1].seq)
         out = BatchResult(
             appended.stream,
             appended.version,

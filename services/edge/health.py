@@ -1,6 +1,7 @@
 """Health: `/livez` (the process), `/readyz` (NATS, JetStream, streams, projections not stale),
 `/health` (application/health+json: pass|warn|fail per check; fail gives 503), which also
-warns about registered components whose heartbeat stopped."""
+warns about registered components whose heartbeat stopped or whose health check fails (the
+monitor's last round: services/edge/monitor.py). A warning, not a failure: the edge is fine."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ async def add_silent_components(state: State, found: Checks) -> None:
             f"(one every {c.ttl / 3:g} s) and no deregistration"
         )
         found.add(f"component:{c.name}", "warn", s.silent_for, "s", output)
+    told = {s.component.key for s in silent}
+    for v in state.monitor.failing() if state.monitor else []:
+        if v.key not in told:
+            found.add(f"component:{v.name}", "warn", output=f"instance {v.instance}: {v.reason}")
 
 
 async def report(state: State) -> dict[str, Any]:

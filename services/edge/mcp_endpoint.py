@@ -25,9 +25,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers, State
 from starlette.types import Receive, Scope, Send
 
-from bus import BusError, components, json_schema
+from bus import BusError, json_schema
 
-from . import catalogue, events, health, projections, workflow_tools
+from . import catalogue, events, health, kv, monitor, projections, requests, workflow_tools
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
 from .limits import charge
 
@@ -122,8 +122,9 @@ def build_server(state: State) -> MCPServer[Any]:
         return json_schema(state.app.registry)
 
     async def list_components() -> Any:
-        """Running components: services that heartbeat, and nats.micro responders."""
-        return await components(state.bus)
+        """Components (services that heartbeat, nats.micro responders, instances whose
+        heartbeat stopped), each with the edge's last health verdict (`health`)."""
+        return await monitor.listing(state.bus)
 
     async def get_health() -> Any:
         """The edge's health report: NATS, JetStream, streams, projection lag."""
@@ -142,6 +143,21 @@ def build_server(state: State) -> MCPServer[Any]:
         server.add_tool(_guarded(tool), structured_output=False)
     for extra in workflow_tools.tools(state, may_write) if state.app.workflows else []:
         server.add_tool(_guarded(extra), structured_output=False)
+
+    async def call_service(subject: str, data: dict[str, Any], timeout: float = 5.0) -> Any:
+        """Ask one of the app's responders (`list_components` shows them: kind "micro"),
+        e.g. subject `tasks.get`, data `{"id": "t1"}`; returns the reply. A request may
+        change things: it needs the write scope."""
+        check_scope(caller_scopes(state, CALLER.get()), "write")
+        if not 0 < timeout <= requests.MAX_TIMEOUT:
+            raise HTTPException(
+                422, f"timeout must be more than 0 and at most {requests.MAX_TIMEOUT:g} s"
+            )
+        return msgspec.json.decode(await requests.call(state, subject, data, timeout))
+
+    server.add_tool(_guarded(call_service), structured_output=False)
+    for state_tool in kv.mcp_tools(state, CALLER):  # get_state, set_state
+        server.add_tool(_guarded(state_tool), structured_output=False)
     _add_resources(server, state)
 
     async def each_request_key(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:

@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bus import App, ConfigError, Credentials
+from bus import App, CircuitPolicy, ConfigError, Credentials
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Names = Annotated[tuple[str, ...], NoDecode]  # comma-separated in the environment
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # seconds an Idempotency-Key is honoured (a retry must find it: at least a minute)
     idempotency_ttl: float = Field(default=86400.0, ge=60, allow_inf_nan=False)
     replicas: int = 1  # of the app's streams and our KV buckets: 1, 3 (a cluster) or 5
+    # seconds between the edge's checks of the registered components (0: none), and the
+    # seconds one check may take
+    health_interval: float = Field(default=5.0, ge=0, le=3600, allow_inf_nan=False)
+    health_timeout: float = Field(default=2.0, gt=0, le=60, allow_inf_nan=False)
     metrics_host: str = "127.0.0.1"  # where `bus projector` and `bus worker` serve /metrics
     metrics_port: Port | None = None  # unset: they serve none
     nats_user: str | None = None  # how to authenticate to NATS: one of user (+ password),
@@ -54,6 +58,12 @@ class Settings(BaseSettings):
     nats_tls_ca: Path | None = None  # TLS to NATS
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    # A request's circuit opens after this many failures (0: never) within the window (s),
+    # stays open the cool-down (s), then lets that many probes by (bus.CircuitPolicy).
+    circuit_failures: int = Field(default=5, ge=0)
+    circuit_window: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    circuit_cool_down: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    circuit_probes: int = Field(default=1, ge=1)
 
     @field_validator("cors_origins", "edge_allowed_hosts", mode="before")
     @classmethod
@@ -127,7 +137,15 @@ class Settings(BaseSettings):
             "registry": app.registry,
             "streams": [dataclasses.replace(s, replicas=self.replicas) for s in app.streams],
             "replicas": self.replicas,
+            "circuits": self.circuit_policy,
+            "buckets": list(app.buckets.values()),
         }
+
+    @property
+    def circuit_policy(self) -> CircuitPolicy:
+        return CircuitPolicy(
+            self.circuit_failures, self.circuit_window, self.circuit_cool_down, self.circuit_probes
+        )
 
     def edge_options(self) -> dict[str, Any]:
         """The keyword arguments `create_app` takes from these settings."""
@@ -140,6 +158,9 @@ class Settings(BaseSettings):
             "publish_rate": self.publish_rate,
             "idempotency_ttl": self.idempotency_ttl,
             "replicas": self.replicas,
+            "circuits": self.circuit_policy,
+            "health_interval": self.health_interval,
+            "health_timeout": self.health_timeout,
         }
 
     @property

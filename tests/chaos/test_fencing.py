@@ -95,7 +95,9 @@ async def test_a_projector_paused_past_its_lease_writes_nothing(
     async with Bus(nats_url, registry=app.registry, streams=app.streams) as bus:
         seen = Stored()
         await seen.watch(bus)
-        results = await bus.publish_many((Bumped(n=n), f"k{n % KEYS}") for n in range(EVENTS))
+        results = await bus.publish_many(  # (each ack waits for an fsync: a busy disk is slow)
+            ((Bumped(n=n), f"k{n % KEYS}") for n in range(EVENTS)), timeout=60
+        )
         last = results[-1].seq
         view = ProjectionView(bus, app.projection("bumps"))
         with contextlib.ExitStack() as stack:
