@@ -1,7 +1,8 @@
 """`bus bench --scenario patterns`: the integration patterns beside what they replace.
 
 Each case is `async (runs, as_json) -> list[Verdict]`; `CASES` lists them, so a pattern's
-benchmark joins by being added there. The workflow case runs the 4-step pipeline's DAG
+benchmark joins by being added there (KV and request/reply: services/bench/kv.py, rpc.py). The
+workflow case runs the 4-step pipeline's DAG
 (`parse` -> `analyze_complexity`, `security_scan` -> `generate_report`) with no-op handlers,
 beside the same four steps hand-written as `bus.subscribe` handlers publishing to each other
 (the join kept in memory): runs per second and run latency (start to last step done), with
@@ -32,6 +33,8 @@ from rich.table import Table
 
 from bus import App, Bus, EmbeddedServer, Event, RunContext, Step, StreamSpec, Workflow, Workflows
 
+from .kv import run_kv_bench
+from .rpc import run_rpc_bench
 from .summary import Verdict, at_least
 
 Case = Callable[[int, bool], Awaitable[list[Verdict]]]
@@ -239,7 +242,7 @@ def _report(rows: dict[str, list[tuple[float, float, float]]], as_json: bool) ->
     return [at_least("patterns", "workflow runs/s vs hand-written", ratio, TARGET, "x")]
 
 
-CASES: list[Case] = [workflow_case]
+CASES: list[Case] = [workflow_case, run_kv_bench, run_rpc_bench]
 
 
 async def run_patterns_bench(runs: int, as_json: bool) -> list[Verdict]:

@@ -56,7 +56,8 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
     help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild; "
     "http: the edge beside bare FastAPI under wrk, and read-your-writes latency; "
     "tracing: publish and consume with tracing off, at 10% and at 100% sampling; "
-    "patterns: workflows beside hand-written handlers; "
+    "patterns: workflows beside hand-written handlers, KV compare-and-set and requests "
+    "beside raw nats-py; "
     "all: each of them, then a summary of every target.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
