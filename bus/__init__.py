@@ -58,6 +58,7 @@ from ._shared_state import Bucket
 from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
+    EVENT_SUBJECT_PATTERN,
     event_subject,
     matches,
     parse_event_subject,
@@ -72,6 +73,7 @@ from ._workflow_events import RunView, StepView
 from ._workflow_runs import Started, Workflows
 
 __all__ = (
+    "EVENT_SUBJECT_PATTERN",
     "Aggregate",
     "App",
     "AppendResult",

@@ -24,6 +24,7 @@ from . import (
     limits,
     mcp_endpoint,
     monitor,
+    openapi,
     problems,
     projections,
     requests,
@@ -152,5 +153,6 @@ def create_app(
     for module in (*routers, workflows):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
+    openapi.install(api)
     tracing.instrument(api)
     return api
