@@ -117,6 +117,7 @@ async def test_the_same_idempotency_key_answers_the_same_run(http: httpx.AsyncCl
         ("get", "/code_analysis/runs", {"params": {"limit": "100000"}}, 422),
         ("get", "/nope/runs", {}, 404),
         ("post", "/code_analysis/runs/code_analysis-missing:cancel", {}, 404),
+        ("get", "/code_analysis/runs/code_analysis-x:cancel", {}, 405),
         ("post", "/code_analysis/runs/code_analysis-x>:cancel", {}, 400),
     ],
 )  # fmt: skip

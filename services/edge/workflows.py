@@ -142,6 +142,8 @@ async def list_runs(name: str, request: Request) -> Response:
 @router.get("/{name}/runs/{run_id}", dependencies=read, openapi_extra=query_parameters(RunQuery))
 async def get_run(name: str, run_id: str, request: Request) -> Response:
     """The run and its steps; with `after_seq`, once the run projection has seen it."""
+    if run_id.endswith(":cancel"):  # no run id has a colon: this is the cancel resource
+        raise HTTPException(405, "only POST cancels a run", headers={"Allow": "POST"})
     q: RunQuery = _query(request, RunQuery)
     runs = known(request.app.state, name)
     return _json((await run(runs, name, run_id, q.after_seq)).public())
