@@ -72,6 +72,9 @@ from ._subjects import (
 )
 from ._subscribe import Backoff, Router
 from ._telemetry import Observer, Telemetry
+from ._workflow import PermanentError, RunContext, Step, Workflow
+from ._workflow_events import RunView, StepView
+from ._workflow_runs import Started, Workflows
 
 __all__ = (
     "EVENT_SUBJECT_PATTERN",
@@ -126,6 +129,7 @@ __all__ = (
     "NoStreamForSubject",
     "Observer",
     "OutboundBufferFull",
+    "PermanentError",
     "Projection",
     "ProjectionStatus",
     "ProjectionView",
@@ -143,10 +147,15 @@ __all__ = (
     "Responder",
     "RevisionMismatch",
     "Router",
+    "RunContext",
+    "RunView",
     "ServerError",
     "ServiceError",
     "Signer",
     "Silent",
+    "Started",
+    "Step",
+    "StepView",
     "StoredMessage",
     "StreamConflict",
     "StreamError",
@@ -155,6 +164,8 @@ __all__ = (
     "StreamSpec",
     "StreamSummary",
     "Telemetry",
+    "Workflow",
+    "Workflows",
     "components",
     "current_bus",
     "current_envelope",

@@ -41,6 +41,7 @@ from .console import (
 )
 from .keys import keys
 from .kv import kv
+from .workflows import workflows
 
 
 @click.group()
@@ -51,6 +52,7 @@ def main() -> None:
 
 for verb in cli_run.VERBS:
     main.add_command(verb)
+main.add_command(workflows)
 main.add_command(kv)
 main.add_command(keys)
 

@@ -38,6 +38,7 @@ from . import (
     projections,
     requests,
     tail,
+    workflows,
 )
 from . import metrics as http_metrics
 
@@ -160,7 +161,7 @@ def create_app(
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
     routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
-    for module in routers:
+    for module in (*routers, workflows):
         api.include_router(module.router)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     openapi.install(api)
