@@ -322,10 +322,18 @@ class Bus:
     # -- reading ------------------------------------------------------------------------------
 
     async def read(
-        self, stream: str, from_seq: int = 1, limit: int = 100, subject: str | None = None
+        self,
+        stream: str,
+        from_seq: int = 1,
+        limit: int = 100,
+        subject: str | None = None,
+        *,
+        since: str | None = None,
     ) -> list[StoredMessage]:
-        """Stored messages from `from_seq` on, one round trip per call (batched direct get)."""
-        return await read_messages(self.nc, existing_name(stream), from_seq, limit, subject)
+        """Stored messages from `from_seq` on (or stored at or after `since`, an RFC 3339
+        time), one round trip per call (batched direct get)."""
+        name = existing_name(stream)
+        return await read_messages(self.nc, name, from_seq, limit, subject, since=since)
 
     def open(self, message: StoredMessage) -> Envelope[Event]:
         """Decode a stored message with this bus's registry; raises DecodeError."""
@@ -373,6 +381,10 @@ class Bus:
 
     async def replay(self, stream: str, seq: int) -> PublishResult:
         return await deadletter.replay(self.nc, self.publisher, stream, seq)
+
+    async def discard(self, stream: str, seq: int) -> None:
+        """Delete dead letter `seq` of `stream` without replaying it (StreamNotFound if none)."""
+        await deadletter.discard(self.nc, stream, seq)
 
     # -- request / reply ----------------------------------------------------------------------
 

@@ -120,3 +120,12 @@ async def replay(nc: Connection, publisher: Publisher, stream: str, seq: int) ->
     with contextlib.suppress(nats.errors.Error):  # a leftover entry is visible and harmless
         await nc.jetstream().delete_msg(dlq, seq)
     return result
+
+
+async def discard(nc: Connection, stream: str, seq: int) -> None:
+    """Delete dead letter `seq` of `stream`: given up on, on purpose."""
+    dlq = dead_letter_stream(stream)
+    try:
+        await nc.jetstream().delete_msg(dlq, seq)
+    except nats.errors.Error as exc:
+        raise StreamNotFound(f"{dlq} has no message {seq}") from exc

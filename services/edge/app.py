@@ -17,6 +17,8 @@ from . import (
     asyncapi,
     auth,
     catalogue,
+    console,
+    deadletters,
     events,
     fastpath,
     health,
@@ -26,6 +28,7 @@ from . import (
     monitor,
     problems,
     projections,
+    rebuilds,
     tail,
 )
 from . import metrics as http_metrics
@@ -66,6 +69,7 @@ def create_app(
     metrics: Metrics | None = None,
     health_interval: float = monitor.INTERVAL,
     health_timeout: float = monitor.TIMEOUT,
+    grafana_url: str | None = None,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -76,7 +80,8 @@ def create_app(
     `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
     `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
     every `health_interval` seconds (0: never) it checks the registered components, each
-    within `health_timeout` seconds (services/edge/monitor.py)."""
+    within `health_timeout` seconds (services/edge/monitor.py); the console at `/ui` links
+    trace ids to `grafana_url`."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -145,6 +150,9 @@ def create_app(
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
     for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv):
         api.include_router(module.router)
+    api.include_router(deadletters.router)
+    api.include_router(rebuilds.router)
+    console.install(api, grafana_url)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     tracing.instrument(api)
     return api
