@@ -57,14 +57,15 @@ async def newest_first(
     read by sequence, doubling while a filter matches too few."""
     info = await bus.streams.info(name)
     end = min(before_seq or info.last_seq + 1, info.last_seq + 1)
+    first = max(1, info.first_seq)  # an empty stream says 0
     found: list[StoredMessage] = []
     start, window = end, limit
-    while start > info.first_seq and len(found) < limit:
-        lo = max(info.first_seq, start - window)
+    while start > first and len(found) < limit:
+        lo = max(first, start - window)
         found = await _range(bus, name, lo, start, subject) + found
         start, window = lo, window * 2
     page = found[-limit:][::-1]
-    more = len(found) > limit or start > info.first_seq
+    more = len(found) > limit or start > first
     return {
         "items": [shown(bus, m) for m in page],
         "next_before_seq": page[-1].seq if page and more else None,

@@ -1,4 +1,4 @@
-// Building the page from data, as text only: no innerHTML anywhere in the console.
+// Building the page from data, as text only: never as markup, anywhere in the console.
 
 /** An element with attributes, listeners (`on<event>`) and children (nodes or text). */
 export function h(tag, props = {}, ...children) {
