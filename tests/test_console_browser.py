@@ -2,14 +2,14 @@
 uvicorn with the demo app's worker and projector on a real nats-server: the key prompt,
 every page showing data the test publishes, writes (publish, rebuild, dead-letter replay,
 compare-and-set), a read-only key, public reads, light and dark, 1280 px and narrow, and
-hostile payloads shown as text. Screenshots of every page land in pytest's temporary
-directory (`console-screenshots`)."""
+hostile payloads shown as text. Screenshots of every page are kept (see `shots`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,13 @@ def chrome() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("console-screenshots", numbered=False)
+    """Where the screenshots go: $BUS_CONSOLE_SCREENSHOTS (CI keeps it), else pytest's
+    temporary directory."""
+    chosen = os.environ.get("BUS_CONSOLE_SCREENSHOTS")
+    if not chosen:
+        return tmp_path_factory.mktemp("console-screenshots", numbered=False)
+    Path(chosen).mkdir(parents=True, exist_ok=True)
+    return Path(chosen)
 
 
 @contextlib.asynccontextmanager
