@@ -6,6 +6,7 @@ and so on), as is the NATS fast lane (`bus._nats`). `bus.testing` is the pytest 
 
 from ._aggregate import Aggregate, Repository
 from ._app import App, load_app
+from ._breaker import CircuitPolicy, Circuits
 from ._buckets import BucketSpec, KeyEntry, KeyPage
 from ._client import Bus, current_bus
 from ._codec import Codec, json_schema
@@ -18,6 +19,7 @@ from ._errors import (
     BusClosed,
     BusError,
     BusTimeout,
+    CircuitOpen,
     ConcurrencyError,
     ConfigError,
     ConnectError,
@@ -35,6 +37,7 @@ from ._errors import (
     RequestTimeout,
     RevisionMismatch,
     ServerError,
+    ServiceError,
     StreamConflict,
     StreamError,
     StreamNotFound,
@@ -77,6 +80,9 @@ __all__ = (
     "BusClosed",
     "BusError",
     "BusTimeout",
+    "CircuitOpen",
+    "CircuitPolicy",
+    "Circuits",
     "Claim",
     "Codec",
     "Component",
@@ -129,6 +135,7 @@ __all__ = (
     "RevisionMismatch",
     "Router",
     "ServerError",
+    "ServiceError",
     "Silent",
     "StoredMessage",
     "StreamConflict",

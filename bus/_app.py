@@ -14,7 +14,7 @@ from ._errors import ConfigError
 from ._events import Event, EventRegistry
 from ._projection import Projection
 from ._streams import StreamSpec
-from ._subscribe import Handler, Router
+from ._subscribe import Handler, Responds, Router
 
 
 class App:
@@ -48,6 +48,13 @@ class App:
         self, subject: str | None = None, *, durable: str, **options: Any
     ) -> Callable[[Handler], Handler]:
         return self.router.subscribe(subject, durable=durable, **options)
+
+    def serve(
+        self, subject: str, *, service: str | None = None, **options: Any
+    ) -> Callable[[Responds], Responds]:
+        """Decorator: a responder on `subject`, hosted by `bus worker` and `bus up`, in the
+        nats.micro service `service` (default: the app's name)."""
+        return self.router.serve(subject, service=service or self.name, **options)
 
 
 def load_app(ref: str) -> App:

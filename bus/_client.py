@@ -15,15 +15,18 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
+from . import _calls as calls
 from . import _deadletter as deadletter
+from . import _reader as reader
 from . import _rpc as rpc
+from ._breaker import CircuitPolicy, Circuits
 from ._buckets import BucketSpec
 from ._codec import Codec, ContentType
 from ._consumer import Consumer
@@ -35,16 +38,14 @@ from ._nats.acks import PublishResult
 from ._nats.connection import Connection
 from ._nats.direct import StoredMessage
 from ._publish import Publisher, template_of
-from ._reader import read_messages
 from ._shared_state import Bucket, Buckets
-from ._streams import StreamManager, StreamSpec, existing_name
+from ._streams import StreamManager, StreamSpec
 from ._subjects import validate_pattern
 from ._subscribe import Handler, Router, handler_spec
 from ._tail import messages_on
 from ._telemetry import Observer, Telemetry
 
 log = logging.getLogger("bus")
-R = TypeVar("R")
 
 
 _current_bus: ContextVar[Bus] = ContextVar("current_bus")
@@ -79,6 +80,7 @@ class Bus:
         replicas: int = 1,
         observer: Observer | None = None,
         tracer_provider: TracerProvider | None = None,
+        circuits: Circuits | CircuitPolicy | None = None,
     ) -> None:
         if replicas not in (1, 3, 5):
             raise ConfigError("replicas must be 1, 3 or 5")
@@ -101,6 +103,7 @@ class Bus:
         self._publisher: Publisher | None = None
         self._streams: StreamManager | None = None
         self._responders: list[rpc.Responder] = []
+        self.circuits = Circuits.of(circuits, observer)  # per endpoint called; may be shared
         self._observer, self._tracer_provider = observer, tracer_provider
         # What it reports: its tracer is settled when it starts (tracing set up before that).
         self.telemetry = Telemetry(NoOpTracerProvider(), observer)
@@ -152,6 +155,7 @@ class Bus:
             await self._buckets.ensure()
             for handler in self.router.specs:
                 await self._start_consumer(handler)
+            await self._start_responders(self.router.responders)
         except BaseException:
             await self.close()
             raise
@@ -164,8 +168,7 @@ class Bus:
         self._state = "closing"  # handlers still in flight may publish while they finish
         await asyncio.gather(*(c.stop(self.drain_timeout) for c in self.consumers))
         self._state = "closed"
-        for responder in self._responders:
-            await responder.stop()
+        await asyncio.gather(*(responder.stop() for responder in self._responders))
         if self._nc is not None and not self._nc.is_closed:
             try:
                 async with asyncio.timeout(self.drain_timeout):
@@ -321,19 +324,7 @@ class Bus:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def read(
-        self,
-        stream: str,
-        from_seq: int = 1,
-        limit: int = 100,
-        subject: str | None = None,
-        *,
-        since: str | None = None,
-    ) -> list[StoredMessage]:
-        """Stored messages from `from_seq` on (or stored at or after `since`, an RFC 3339
-        time), one round trip per call (batched direct get)."""
-        name = existing_name(stream)
-        return await read_messages(self.nc, name, from_seq, limit, subject, since=since)
+    read = reader.read  # (stream, from_seq=1, limit=100, subject=None, *, since=None)
 
     def open(self, message: StoredMessage) -> Envelope[Event]:
         """Decode a stored message with this bus's registry; raises DecodeError."""
@@ -382,29 +373,23 @@ class Bus:
     async def replay(self, stream: str, seq: int) -> PublishResult:
         return await deadletter.replay(self.nc, self.publisher, stream, seq)
 
-    async def discard(self, stream: str, seq: int) -> None:
-        """Delete dead letter `seq` of `stream` without replaying it (StreamNotFound if none)."""
-        await deadletter.discard(self.nc, stream, seq)
+    discard = deadletter.discard  # (stream, seq): delete a dead letter, not replayed
 
     # -- request / reply ----------------------------------------------------------------------
 
-    async def request(
-        self, subject: str, payload: Any, response_type: type[R], timeout: float = 5.0
-    ) -> R:
-        return await rpc.request(self.nc, subject, payload, response_type, timeout)
+    request = calls.request  # (subject, payload, response_type, timeout=5.0, *, endpoint=None)
 
     async def serve(
-        self,
-        subject: str,
-        handler: Callable[[Any], Awaitable[Any]],
-        *,
-        service: str,
-        version: str = "0.1.0",
-        queue_group: str | None = None,
+        self, subject: str, handler: Callable[[Any], Awaitable[Any]], **options: Any
     ) -> rpc.Responder:
-        """Answer requests on `subject` with `handler` (see bus.rpc) until stopped."""
-        responder = await rpc.serve(
-            self.nc, subject, handler, service=service, version=version, queue_group=queue_group
-        )
-        self._responders = [r for r in self._responders if r.running] + [responder]
-        return responder
+        """Answer requests on `subject` until stopped; options: bus._rpc.responder_spec's."""
+        return (await self._start_responders([rpc.responder_spec(handler, subject, **options)]))[0]
+
+    async def _start_responders(self, specs: list[rpc.ResponderSpec]) -> list[rpc.Responder]:
+        token = _current_bus.set(self)  # copied into the subscriptions' tasks
+        try:
+            started = await rpc.start_services(self.nc, self.telemetry, specs)
+        finally:
+            _current_bus.reset(token)
+        self._responders = [r for r in self._responders if r.running] + started
+        return started

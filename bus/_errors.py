@@ -11,6 +11,8 @@ BusError
 │   └── RequestTimeout               no reply to a request in time
 ├── NoResponders                     nobody serves a request subject
 ├── RemoteError                      a responder answered with an error
+├── CircuitOpen                      calls to a failing endpoint are refused for a while
+├── ServiceError                     raised by a responder: answer with this error code
 ├── StreamError
 │   ├── StreamNotFound(LookupError)
 │   ├── StreamConflict               an existing stream differs in a field that cannot change
@@ -97,6 +99,32 @@ class RemoteError(BusError):
     def __init__(self, subject: str, code: int, description: str) -> None:
         super().__init__(f"{subject!r} answered {code}: {description}")
         self.subject = subject
+        self.code = code
+        self.description = description
+
+    @property
+    def callers_fault(self) -> bool:
+        """A 4xx-style answer: the request was refused, the responder itself is well."""
+        return 400 <= self.code < 500
+
+
+class CircuitOpen(BusError):
+    """Requests on `endpoint` failed too often lately: refused at once for `retry_after`
+    seconds (then a probe is let through) rather than left to time out."""
+
+    def __init__(self, endpoint: str, retry_after: float) -> None:
+        super().__init__(f"circuit open for {endpoint!r}: retry in {retry_after:.1f}s")
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+
+
+class ServiceError(BusError):
+    """Raised by a responder to answer with an error the caller gets as RemoteError:
+    `raise ServiceError(404, "no task 't1'")`. A 4xx code says the request was at fault (it
+    does not count against the responder's circuit); anything else that the responder was."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(f"{code}: {description}")
         self.code = code
         self.description = description
 

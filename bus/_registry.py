@@ -63,6 +63,7 @@ class Component(msgspec.Struct, kw_only=True):
     )
     heartbeat_at: str = ""
     ttl: float = TTL  # it beats every ttl/3
+    circuits: dict[str, str] = {}  # endpoint -> state, of those that failed lately (bus._breaker)
 
     @property
     def key(self) -> str:
@@ -122,6 +123,7 @@ class Registration:
     async def _beat(self) -> None:
         assert self._kv is not None
         self.component.heartbeat_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.component.circuits = self._bus.circuits.snapshot()  # as of this beat
         await self._kv.put(self.component.key, msgspec.json.encode(self.component))
 
     async def _first_beat(self) -> None:

@@ -23,14 +23,16 @@ import types
 import typing
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ._envelope import Envelope
 from ._errors import ConfigError
 from ._events import Event
+from ._rpc import ResponderSpec, responder_spec
 from ._subjects import validate_pattern, validate_token
 
 Handler = Callable[..., Awaitable[None]]
+Responds = TypeVar("Responds", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,11 @@ def _event_classes(hint: Any) -> Iterator[type[Event]]:
 
 
 class Router:
-    """Collects handlers before a Bus runs them (like FastAPI's APIRouter)."""
+    """Collects handlers and responders before a Bus runs them (like FastAPI's APIRouter)."""
 
     def __init__(self) -> None:
         self.specs: list[HandlerSpec] = []
+        self.responders: list[ResponderSpec] = []
 
     def subscribe(
         self, subject: str | None = None, *, durable: str, **options: Any
@@ -170,6 +173,20 @@ class Router:
 
         return decorator
 
+    def serve(self, subject: str, **options: Any) -> Callable[[Responds], Responds]:
+        """Decorator: answer requests on `subject` once a Bus starts (options: `service`,
+        required, `version`, `queue_group`, `concurrency`; see bus._rpc)."""
+
+        def decorator(fn: Responds) -> Responds:
+            spec = responder_spec(fn, subject, **options)
+            if any(s.subject == spec.subject for s in self.responders):
+                raise ConfigError(f"subject {spec.subject!r} is served twice")
+            self.responders.append(spec)
+            return fn
+
+        return decorator
+
     def include(self, other: Router) -> None:
         for spec in other.specs:
             self.specs.append(spec)
+        self.responders.extend(other.responders)

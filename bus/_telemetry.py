@@ -9,7 +9,9 @@ check, and a publish passes on the trace context of the work it is part of (a re
 caller's trace, as the OpenTelemetry API does with no SDK. Span names and attributes follow
 the OpenTelemetry messaging conventions (OBSERVABILITY.md): `publish <subject template>`
 (PRODUCER, its context injected into the headers) and `process <consumer>` (CONSUMER, a
-child of the producer context and linked to it; batches link to every message instead).
+child of the producer context and linked to it; batches link to every message instead); for
+request/reply, `request <endpoint>` (CLIENT) and the responder's `process <endpoint>`
+(SERVER, its child).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ class Observer(Protocol):
 
     def dead_lettered(self, stream: str, consumer: str) -> None: ...
 
+    def requested(self, endpoint: str, outcome: str, seconds: float) -> None: ...
+
+    def served(self, service: str, endpoint: str, outcome: str, seconds: float) -> None: ...
+
+    def circuit_changed(self, endpoint: str, state: str) -> None: ...
+
 
 @functools.lru_cache(maxsize=1024)
 def _publish_attributes(template: str) -> tuple[str, dict[str, Any]]:
@@ -74,6 +82,44 @@ def end_publish(
     else:
         span.set_attributes({"messaging.nats.stream": stream, "messaging.nats.sequence": seq})
     span.end()
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_attributes(endpoint: str) -> tuple[str, dict[str, Any]]:
+    return f"request {endpoint}", {
+        "messaging.system": SYSTEM,
+        "messaging.operation.name": "request",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": endpoint,
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _serve_attributes(service: str, endpoint: str) -> tuple[str, dict[str, Any]]:
+    return f"process {endpoint}", {
+        "messaging.system": SYSTEM,
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": endpoint,
+        "rpc.service": service,
+        "rpc.method": endpoint,
+    }
+
+
+def _pass_on(headers: dict[str, str]) -> None:
+    """With tracing off: the caller's context, if any, passed on as it came (see `carried`)."""
+    if (context_in := carried()) is not None:
+        headers.update(context_in)
+
+
+def _sent(span: Span, headers: dict[str, str]) -> Span | None:
+    """The span's context written into `headers`; the span, or None if it records nothing
+    (an unsampled context travels as a bare `traceparent`)."""
+    if span.is_recording():
+        inject(headers, span)
+        return span
+    headers["traceparent"] = traceparent_of(span.get_span_context())
+    return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -157,11 +203,9 @@ class Telemetry:
         drop its span too), without the SDK's per-message propagation machinery."""
         tracer = self.tracer
         if tracer is None:
-            if (context_in := carried()) is not None:
-                headers.update(context_in)
+            _pass_on(headers)
             return None
-        if self.parent_decides and (parent := passed_on()):
-            headers["traceparent"] = parent
+        if self._unsampled(headers):
             return None
         name, attributes = _publish_attributes(template)
         span = tracer.start_span(
@@ -173,11 +217,45 @@ class Telemetry:
                 "messaging.message.body.size": size,
             },
         )
-        if span.is_recording():
-            inject(headers, span)
-            return span
-        headers["traceparent"] = traceparent_of(span.get_span_context())
-        return None
+        return _sent(span, headers)
+
+    def start_request(self, endpoint: str, headers: dict[str, str]) -> Span | None:
+        """A CLIENT span `request <endpoint>` for a request, its context written into
+        `headers`, as `start_publish` does; None when off."""
+        tracer = self.tracer
+        if tracer is None:
+            _pass_on(headers)
+            return None
+        if self._unsampled(headers):
+            return None
+        name, attributes = _request_attributes(endpoint)
+        return _sent(tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes), headers)
+
+    def serving(
+        self, service: str, endpoint: str, headers: Mapping[str, str]
+    ) -> contextlib.AbstractContextManager[Span | None]:
+        """A SERVER span `process <endpoint>` around answering a request, a child of the
+        caller's context in its headers and current while it runs; None when off (then what
+        the responder publishes carries the caller's context on)."""
+        tracer = self.tracer
+        if tracer is None:
+            return Continuing(headers)
+        parent = unsampled(headers) if self.parent_decides else None
+        if parent is not None:
+            return Unsampled(parent)
+        name, attributes = _serve_attributes(service, endpoint)
+        span = tracer.start_span(
+            name, context=extract(headers)[0], kind=SpanKind.SERVER, attributes=attributes
+        )
+        return _Current(span)
+
+    def _unsampled(self, headers: dict[str, str]) -> bool:
+        """Whether the current work is of a trace a parent-based sampler dropped: then its
+        traceparent is written into `headers` as it is, and no span made."""
+        if self.parent_decides and (parent := passed_on()):
+            headers["traceparent"] = parent
+            return True
+        return False
 
     @contextlib.contextmanager
     def publishing_batch(self, template: str, count: int) -> Iterator[dict[str, str] | None]:

@@ -20,6 +20,7 @@ LATENCY_BUCKETS = (
     0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 STREAM_CONSUMER = ["stream", "consumer"]
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class Metrics:
@@ -138,6 +139,33 @@ class Metrics:
             registry=r,
         )
 
+        # Request/reply, labelled by the endpoint (the subject pattern served or called).
+        self.rpc_client_duration = Histogram(
+            "rpc_client_call_duration_seconds",
+            "Requests made, by endpoint and outcome (ok, refused, error, timeout, no_responders,"
+            " circuit_open): the count is requests, those not ok the errors.",
+            ["rpc_method", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rpc_server_duration = Histogram(
+            "rpc_server_call_duration_seconds",
+            "Requests answered, by service, endpoint and outcome (ok, bad_request, refused,"
+            " error).",
+            ["rpc_service", "rpc_method", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "bus_circuit_breaker_state",
+            "State of this process's circuit for an endpoint: 0 closed, 1 half-open, 2 open"
+            " (listed from the endpoint's first failure on).",
+            ["rpc_method"],
+            registry=r,
+        )
+        self._requests: dict[tuple[str, str], Histogram] = {}
+        self._answers: dict[tuple[str, str, str], Histogram] = {}
+
     def published(self, destination: str, outcome: str, seconds: float, count: int) -> None:
         self.sent.labels(destination, outcome).inc(count)
         self.operation_duration.labels("publish", destination).observe(seconds, _exemplar())
@@ -148,6 +176,27 @@ class Metrics:
 
     def dead_lettered(self, stream: str, consumer: str) -> None:
         self.dead_letters.labels(stream, consumer).inc()
+
+    def requested(self, endpoint: str, outcome: str, seconds: float) -> None:
+        # Per request: the labelled child is looked up once (`labels()` costs as much as the
+        # observation), from a table as bounded as the labels.
+        child = self._requests.get((endpoint, outcome))
+        if child is None:
+            child = self._requests[endpoint, outcome] = self.rpc_client_duration.labels(
+                endpoint, outcome
+            )
+        child.observe(seconds, _exemplar())
+
+    def served(self, service: str, endpoint: str, outcome: str, seconds: float) -> None:
+        child = self._answers.get((service, endpoint, outcome))
+        if child is None:
+            child = self._answers[service, endpoint, outcome] = self.rpc_server_duration.labels(
+                service, endpoint, outcome
+            )
+        child.observe(seconds, _exemplar())
+
+    def circuit_changed(self, endpoint: str, state: str) -> None:
+        self.circuit_state.labels(endpoint).set(CIRCUIT_STATES[state])
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition for this `Accept` header: OpenMetrics (with exemplars) when asked."""

@@ -152,6 +152,7 @@ def test_services_reach_nats_only_through_bus() -> None:
         "services.bench.messaging",
         "services.bench.state",
         "services.bench.ceiling",
+        "services.bench.rpc",
         "services.bench.kv",
     }
     reached = []

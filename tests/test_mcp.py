@@ -26,6 +26,7 @@ TOOLS = {
     "describe_event_types",
     "list_components",
     "get_health",
+    "call_service",
     "get_state",
     "set_state",
 }

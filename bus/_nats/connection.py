@@ -5,6 +5,8 @@ a per-subscription task before a callback sees it. For a pull consumer that is m
 cost of consuming (on the bench machine raw `fetch`+ack tops out near 11k msgs/s; the same
 messages through a direct lane near 100k). A lane receives the raw protocol fields straight
 from the parser; everything else (reconnects, resubscribing, publishing) stays nats-py's.
+Requests get their replies the same way (`ask`): on one lane, each settling its caller's
+future, without nats-py's per-request `wait_for` and per-reply task hop.
 
 This leans on nats-py internals (`_process_msg`, the pending buffer). Every consumer test
 runs through the lane, so a nats-py release that changes them fails the suite at once.
@@ -38,6 +40,10 @@ class Connection(Client):
         super().__init__()
         self._lanes: dict[int, Lane] = {}
         self._ps = LaneParser(self)
+        self._replies = ""  # the inbox our requests' replies come to, once its lane is open
+        self._replies_opening: asyncio.Future[str] | None = None
+        self._asking: dict[int, asyncio.Future[tuple[bytes, bytes | None]]] = {}
+        self._asked = 0
 
     async def open(
         self,
@@ -104,6 +110,47 @@ class Connection(Client):
     def close_lane(self, sub: Subscription) -> None:
         self._lanes.pop(sub._id, None)
 
+    async def ask(
+        self, subject: str, payload: bytes, headers: bytes | None, timeout: float
+    ) -> tuple[bytes, bytes | None]:
+        """A request: the reply's data and raw header block (None: it has none); TimeoutError
+        when none comes within `timeout` seconds."""
+        inbox = self._replies or await self._reply_lane()
+        self._asked = token = self._asked + 1
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[bytes, bytes | None]] = loop.create_future()
+        self._asking[token] = answer
+        expiry = loop.call_later(timeout, _expire, answer)
+        try:
+            self.buffer(subject, payload, f"{inbox}.{token}", headers)
+            self.flush_soon()
+            return await answer
+        finally:
+            expiry.cancel()
+            self._asking.pop(token, None)
+
+    async def _reply_lane(self) -> str:
+        """Open the replies' lane once, however many requests wait for it."""
+        if self._replies_opening is None:
+            self._replies_opening = asyncio.ensure_future(self._open_reply_lane())
+        return await asyncio.shield(self._replies_opening)
+
+    async def _open_reply_lane(self) -> str:
+        inbox = self.new_inbox()
+        try:
+            await self.open_lane(f"{inbox}.*", self._on_reply)
+        except BaseException:
+            self._replies_opening = None  # the next request tries again
+            raise
+        self._replies = inbox
+        return inbox
+
+    def _on_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        token = subject[subject.rfind(b".") + 1 :]
+        answer = self._asking.pop(int(token), None) if token.isdigit() else None
+        if answer is not None and not answer.done():  # (else a reply after its timeout)
+            answer.set_result((data, headers))
+
     async def send(
         self, subject: str, payload: bytes, reply: str = "", headers: bytes | None = None
     ) -> None:
@@ -147,3 +194,8 @@ class Connection(Client):
         queue = self._flush_queue
         if queue is not None and queue.empty() and self.is_connected:
             queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def _expire(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())

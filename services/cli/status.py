@@ -2,8 +2,9 @@
 
 Server, streams, durable consumers with what they still owe, projections with their lag and
 the registered components with the edge's last health verdict on each (and the verdicts on
-instances no longer running); KV and object-store streams are internal and left out, but for
-the app's own buckets (shared state).
+instances no longer running) and the request circuits each holds (as of its last heartbeat:
+the breakers live in the calling processes); KV and object-store streams are internal and
+left out, but for the app's own buckets (shared state).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def render(status: Status) -> Table:
             f"{comp.kind} {comp.instance}, heartbeat {comp.heartbeat_at or '-'}, "
             f"{health_word(verdict)}{_checked(verdict)}",
         )
+        for endpoint, state in sorted(comp.circuits.items()):
+            table.add_row("circuit", f"{comp.name} → {endpoint}", state.replace("_", "-"))
     for gone in verdicts.values():  # instances the registry no longer lists as running
         table.add_row(
             "component", gone.name, f"{gone.instance}, {health_word(gone)}{_checked(gone)}"

@@ -3,19 +3,33 @@
 A worker handles `tasks.<id>.created`: it fails `fail_times` times before completing, so a
 task with `fail_times >= max_deliver` (5) ends in the dead-letter stream `DLQ_TASKS`.
 Projections: `task` (task id → status, title, attempts, version) and `task_counts`
-(status → how many times tasks entered it).
+(status → how many times tasks entered it). The workers answer `tasks.get` requests
+(`{"id": ...}`) with a task's `task` state; an unknown id is a 404.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import msgspec
 
-from bus import App, BucketSpec, Envelope, Event, Projection, StreamSpec, current_bus
+from bus import (
+    App,
+    BucketSpec,
+    Envelope,
+    Event,
+    Projection,
+    ProjectionView,
+    ServiceError,
+    StreamSpec,
+    current_bus,
+)
 
 log = logging.getLogger("tasks")
 MAX_DELIVER = 5
+EVENTS = "tasks.*.*"  # what the stream and projections hold: tasks.<id>.<event>
+MAX_ID = 128  # characters of a task id a request may ask for
 
 
 class TaskCreated(Event):
@@ -92,11 +106,13 @@ def count(state: StatusCount, envelope: Envelope[Event]) -> StatusCount:
 
 app = App(
     "tasks",
-    streams=[StreamSpec.for_domain("tasks")],
+    # Events are tasks.<id>.<event>. On tasks.> the stream would also store (and answer) the
+    # tasks.get requests the app serves, and the projector's wake-ups hear them.
+    streams=[StreamSpec("TASKS", (EVENTS,))],
     events=[TaskCreated, TaskProgressed, TaskCompleted, TaskFailed],
     projections=[
-        Projection("task", ("tasks.>",), TaskView, task_id, apply_task),
-        Projection("task_counts", ("tasks.>",), StatusCount, status_key, count),
+        Projection("task", (EVENTS,), TaskView, task_id, apply_task),
+        Projection("task_counts", (EVENTS,), StatusCount, status_key, count),
     ],
     buckets=[BucketSpec("settings", history=10)],  # shared state: /api/v1/kv/settings/...
 )
@@ -117,3 +133,19 @@ async def run_task(event: TaskCreated, envelope: Envelope[TaskCreated]) -> None:
         raise DemoFailure(f"task {task_id}: failing attempt {attempt} of {event.fail_times}")
     await bus.publish(TaskCompleted(attempts=attempt), task_id)
     log.info("task %s completed on attempt %d", task_id, attempt)
+
+
+class GetTask(msgspec.Struct, forbid_unknown_fields=True):
+    """A `tasks.get` request."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+
+
+@app.serve("tasks.get")
+async def get_task(request: GetTask) -> TaskView:
+    """A task's state in the `task` projection (as of its last checkpoint)."""
+    view: ProjectionView[TaskView] = ProjectionView(current_bus(), app.projection("task"))
+    found = await view.get(request.id)
+    if found is None:
+        raise ServiceError(404, f"no task {request.id!r}")
+    return found[0]

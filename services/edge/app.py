@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import App, Bus, Credentials, IdempotencyRecords, LiveView
+from bus import App, Bus, CircuitPolicy, Circuits, Credentials, IdempotencyRecords, LiveView
 from observability import tracing
 from observability.metrics import Metrics
 
@@ -29,6 +29,7 @@ from . import (
     problems,
     projections,
     rebuilds,
+    requests,
     tail,
 )
 from . import metrics as http_metrics
@@ -67,6 +68,7 @@ def create_app(
     idempotency_ttl: float = IdempotencyRecords.DEFAULT_TTL,
     replicas: int = 1,
     metrics: Metrics | None = None,
+    circuits: Circuits | CircuitPolicy | None = None,
     health_interval: float = monitor.INTERVAL,
     health_timeout: float = monitor.TIMEOUT,
     grafana_url: str | None = None,
@@ -80,8 +82,9 @@ def create_app(
     `idempotency_ttl` seconds; `replicas` is that of the KV buckets the edge creates;
     `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
     every `health_interval` seconds (0: never) it checks the registered components, each
-    within `health_timeout` seconds (services/edge/monitor.py); the console at `/ui` links
-    trace ids to `grafana_url`."""
+    within `health_timeout` seconds (services/edge/monitor.py); `circuits` guard its requests
+    (a policy, or a table the process shares); the console at `/ui` links trace ids to
+    `grafana_url`."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -101,6 +104,7 @@ def create_app(
                 replicas=replicas,
                 buckets=app.buckets.values(),
                 observer=metrics,
+                circuits=circuits,
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
@@ -148,7 +152,8 @@ def create_app(
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
-    for module in (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv):
+    routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
+    for module in routers:
         api.include_router(module.router)
     api.include_router(deadletters.router)
     api.include_router(rebuilds.router)

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from bus import BusError, json_schema
 
-from . import catalogue, events, health, kv, monitor, projections
+from . import catalogue, events, health, kv, monitor, projections, requests
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
 from .limits import charge
 
@@ -138,6 +138,19 @@ def build_server(state: State) -> MCPServer[Any]:
         get_health,
     ):
         server.add_tool(_guarded(tool), structured_output=False)
+
+    async def call_service(subject: str, data: dict[str, Any], timeout: float = 5.0) -> Any:
+        """Ask one of the app's responders (`list_components` shows them: kind "micro"),
+        e.g. subject `tasks.get`, data `{"id": "t1"}`; returns the reply. A request may
+        change things: it needs the write scope."""
+        check_scope(caller_scopes(state, CALLER.get()), "write")
+        if not 0 < timeout <= requests.MAX_TIMEOUT:
+            raise HTTPException(
+                422, f"timeout must be more than 0 and at most {requests.MAX_TIMEOUT:g} s"
+            )
+        return msgspec.json.decode(await requests.call(state, subject, data, timeout))
+
+    server.add_tool(_guarded(call_service), structured_output=False)
     for state_tool in kv.mcp_tools(state, CALLER):  # get_state, set_state
         server.add_tool(_guarded(state_tool), structured_output=False)
     _add_resources(server, state)

@@ -11,7 +11,7 @@ from typing import Any
 
 import uvicorn
 
-from bus import App, Bus, Component, ConfigError, Registration
+from bus import App, Bus, Circuits, Component, ConfigError, Registration
 from services.runtime.settings import Settings
 
 GRACE = 3  # seconds open connections (live tails never end by themselves) get at a stop
@@ -84,14 +84,17 @@ async def serve_edge(
         url = settings.resolve_nats_url()
         # Connected first: unreachable NATS is one clear error now, not a failed start-up
         # later. This connection keeps the registration (with the replicas the settings ask
-        # for, should it create the registry's bucket).
+        # for, should it create the registry's bucket), and shows the edge's circuits.
+        circuits = Circuits(settings.circuit_policy, observer=instruments.metrics)
         async with Bus(
             url,
             credentials=settings.credentials,
             name=f"edge-{app.name}-registry",
             replicas=settings.replicas,
+            circuits=circuits,
         ) as bus:
-            api = create_app(app, url, metrics=instruments.metrics, **settings.edge_options())
+            options = settings.edge_options() | {"circuits": circuits}
+            api = create_app(app, url, metrics=instruments.metrics, **options)
             if api.state.dev_key:
                 show_key(api.state.dev_key)
             async with until_signalled() as stop:

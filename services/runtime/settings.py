@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bus import App, ConfigError, Credentials
+from bus import App, CircuitPolicy, ConfigError, Credentials
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Names = Annotated[tuple[str, ...], NoDecode]  # comma-separated in the environment
@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     nats_tls_ca: Path | None = None  # TLS to NATS
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    # A request's circuit opens after this many failures (0: never) within the window (s),
+    # stays open the cool-down (s), then lets that many probes by (bus.CircuitPolicy).
+    circuit_failures: int = Field(default=5, ge=0)
+    circuit_window: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    circuit_cool_down: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    circuit_probes: int = Field(default=1, ge=1)
 
     @field_validator("cors_origins", "edge_allowed_hosts", mode="before")
     @classmethod
@@ -132,8 +138,15 @@ class Settings(BaseSettings):
             "registry": app.registry,
             "streams": [dataclasses.replace(s, replicas=self.replicas) for s in app.streams],
             "replicas": self.replicas,
+            "circuits": self.circuit_policy,
             "buckets": list(app.buckets.values()),
         }
+
+    @property
+    def circuit_policy(self) -> CircuitPolicy:
+        return CircuitPolicy(
+            self.circuit_failures, self.circuit_window, self.circuit_cool_down, self.circuit_probes
+        )
 
     def edge_options(self) -> dict[str, Any]:
         """The keyword arguments `create_app` takes from these settings."""
@@ -147,6 +160,7 @@ class Settings(BaseSettings):
             "publish_rate": self.publish_rate,
             "idempotency_ttl": self.idempotency_ttl,
             "replicas": self.replicas,
+            "circuits": self.circuit_policy,
             "health_interval": self.health_interval,
             "health_timeout": self.health_timeout,
         }

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from bus import App, Bus, Component, EmbeddedServer, Registration
+from bus import App, Bus, Circuits, Component, EmbeddedServer, Registration
 from services.edge import create_app
 from services.edge.server import advertised_url, edge_component, start_edge, stop_edge
 
@@ -104,24 +104,28 @@ async def run_up(
     instruments = telemetry.setup(app.name, json_logs=as_json)
     server = None if settings.nats_url else _start_server(settings, fresh)
     url = settings.nats_url or server.url  # type: ignore[union-attr]
+    # One circuit table for the handlers' requests and the edge's: its registry entry shows it.
+    circuits = Circuits(settings.circuit_policy, observer=instruments.metrics)
     try:
         bus = Bus(
             url,
             name=f"bus-up-{app.name}",
             router=app.router,
             observer=instruments.metrics,
-            **settings.bus_options(app),
+            **settings.bus_options(app) | {"circuits": circuits},
         )
         async with until_signalled() as stop, bus, contextlib.AsyncExitStack() as registered:
             projector = ProjectorService(bus, app)
             projecting = asyncio.create_task(projector.run(stop))
-            api = create_app(app, url, metrics=instruments.metrics, **settings.edge_options())
+            options = settings.edge_options() | {"circuits": circuits}
+            api = create_app(app, url, metrics=instruments.metrics, **options)
             edge, serving, port = await start_edge(api, settings.edge_host, settings.edge_port)
             for name, view in api.state.views.items():  # reads learn of a batch as it is stored
                 projector.projector.observe(name, view.applied)
             edge_url = advertised_url(settings.edge_host, port)
             capabilities = ["edge", *(f"handler:{c.spec.durable}" for c in bus.consumers)]
             capabilities += [f"projection:{name}" for name in app.projections]
+            capabilities += [f"responder:{r.subject}" for r in app.router.responders]
             await registered.enter_async_context(
                 Registration(bus, edge_component(app.name, edge_url, capabilities))
             )

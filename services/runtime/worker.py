@@ -2,7 +2,8 @@
 
 Run as many as the load needs: durable consumers share the work. Serves its probes
 (`/livez`, `/readyz`, `/health`, `/metrics`: services.runtime.probes) and registers in the component
-registry with them and a `handler:<durable>` capability per handler; SIGTERM drains
+registry with them, a `handler:<durable>` capability per handler and a `responder:<subject>`
+one per responder (which it also answers on: `app.serve`); SIGTERM drains
 in-flight handlers before the connection closes (unfinished messages are redelivered
 elsewhere).
 """
@@ -39,7 +40,9 @@ async def serve_worker(settings: Settings, app: App, json_logs: bool = False) ->
             ) as probes,
             bus,
         ):
-            me = probes.component(component, [f"handler:{c.spec.durable}" for c in bus.consumers])
+            offers = [f"handler:{c.spec.durable}" for c in bus.consumers]
+            offers += [f"responder:{r.subject}" for r in app.router.responders]
+            me = probes.component(component, offers)
             async with Registration(bus, me):
                 log.info(
                     "worker for %s: %s; health at %s",
