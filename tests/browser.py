@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from axe_selenium_python import Axe
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
@@ -146,6 +147,14 @@ class Page:
 
     def size(self, width_height: tuple[int, int]) -> None:
         self.driver.set_window_size(*width_height)
+
+    def accessibility(self) -> list[dict[str, Any]]:
+        """axe-core's serious and critical violations on the page as it is."""
+        axe = Axe(self.driver)
+        axe.inject()
+        results = axe.run()
+        assert results["passes"], "axe checked nothing"
+        return [v for v in results["violations"] if v["impact"] in ("serious", "critical")]
 
     def shot(self, name: str) -> None:
         """A screenshot, kept as a test artifact."""

@@ -454,3 +454,41 @@ async def test_public_reads_need_no_key(nats_url: str, chrome: Any, shots: Path)
             chrome.get("about:blank")
 
         await page.run(keyless)
+
+
+async def test_every_page_passes_axe_in_light_and_dark(console: tuple[Bus, Page]) -> None:
+    bus, page = console
+    await bus.publish(TaskCreated(title="checked"), "a1")
+    await bus.bucket("settings").put("limits", {"rate": 1})
+    routes = (
+        ("", "task_counts"),
+        ("streams", "TASKS"),
+        ("streams/TASKS", "tasks.a1.created"),
+        ("streams/TASKS/events/1", "checked"),
+        ("projections", "task_counts"),
+        ("projections/task", "a1"),
+        ("dead-letters", "TASKS"),
+        ("dead-letters/TASKS", "No dead letters"),
+        ("components", "billing"),
+        ("state", "settings"),
+        ("state/settings", "limits"),
+        ("state/settings/limits", "rate"),
+        ("publish", "TaskCompleted"),
+    )
+
+    def audit() -> None:
+        page.open()
+        page.login("w-key")
+        failures = {}
+        for theme in ("light", "dark"):
+            if page.js("return document.documentElement.dataset.theme") != theme:
+                page.find("#theme").click()
+            for route, needle in routes:
+                page.go(route)
+                page.until_text(needle)
+                if found := page.accessibility():
+                    failures[f"{theme} #/{route}"] = [(v["id"], v["help"]) for v in found]
+        page.js("localStorage.removeItem('bus.theme')")
+        assert failures == {}
+
+    await page.run(audit)
