@@ -43,7 +43,11 @@ async def _fill(url: str, stream: str, domain: str, count: int) -> None:
         for n in range(count):
             body = msgspec.json.encode({"title": f"event {n}"})
             if n == count - 1:
-                await nc.jetstream().publish(f"{domain}.a{n % 1000}.created", body, stream=stream)
+                js = nc.jetstream()
+                await js.publish(f"{domain}.a{n % 1000}.created", body, stream=stream, timeout=600)
+                stored = (await js.stream_info(stream)).state.messages
+                if stored != count:
+                    raise SystemExit(f"{stream} holds {stored} events, not {count}")
             else:
                 await nc.publish(f"{domain}.a{n % 1000}.created", body)
             if n % 10_000 == 9_999:

@@ -36,7 +36,7 @@ export async function render({ main, signal }) {
         "Consumers",
         table(
           [
-            ["Consumer", (c) => c.name],
+            ["Consumer", (c) => (c.durable ? c.name : [c.name, " ", h("span", { class: "muted" }, "(ephemeral)")])],
             ["Stream", (c) => c.stream],
             ["Pending", (c) => num(c.pending), { num: true }],
             ["Ack pending", (c) => num(c.ack_pending), { num: true }],
