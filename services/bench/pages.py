@@ -32,26 +32,26 @@ BIG, SMALL = 1_000_000, 1_000
 PAGE = 50
 TURNS = 200  # reads of each page per run and side
 TARGET = 1.5
+WINDOW = 2000  # events published per acked window while filling
 
 
 async def _fill(url: str, stream: str, domain: str, count: int) -> None:
-    """`count` events on `<domain>.<id>.created`, a thousand aggregates: core publishes (no
-    ack each), then the last with an ack, which comes once the server has stored all of
-    them (it handles one connection's messages in order)."""
+    """`count` events on `<domain>.<id>.created`, a thousand aggregates, in windows: core
+    publishes (no ack each) closed by one acked publish, which comes once the server has
+    stored the window (it handles one connection's messages in order), so its ingest queue
+    never overflows."""
     nc = await nats.connect(url)
+    js = nc.jetstream()
     try:
         for n in range(count):
-            body = msgspec.json.encode({"title": f"event {n}"})
-            if n == count - 1:
-                js = nc.jetstream()
-                await js.publish(f"{domain}.a{n % 1000}.created", body, stream=stream, timeout=600)
-                stored = (await js.stream_info(stream)).state.messages
-                if stored != count:
-                    raise SystemExit(f"{stream} holds {stored} events, not {count}")
+            subject, body = f"{domain}.a{n % 1000}.created", msgspec.json.encode({"n": n})
+            if n % WINDOW == WINDOW - 1 or n == count - 1:
+                await js.publish(subject, body, stream=stream, timeout=60)
             else:
-                await nc.publish(f"{domain}.a{n % 1000}.created", body)
-            if n % 10_000 == 9_999:
-                await nc.flush()
+                await nc.publish(subject, body)
+        stored = (await js.stream_info(stream)).state.messages
+        if stored != count:
+            raise SystemExit(f"{stream} holds {stored} events, not {count}")
     finally:
         await nc.close()
 

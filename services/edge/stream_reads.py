@@ -41,9 +41,10 @@ async def _range(bus: Bus, name: str, lo: int, hi: int, subject: str | None) -> 
     found: list[StoredMessage] = []
     seq = lo
     while seq < hi:
-        page = await bus.read(name, seq, min(hi - seq, 1000), subject)
+        wanted = min(hi - seq, 1000)
+        page = await bus.read(name, seq, wanted, subject)
         found += [m for m in page if m.seq < hi]
-        if not page or page[-1].seq >= hi - 1:
+        if len(page) < wanted or page[-1].seq >= hi - 1:  # the stream's end, or the range's
             break
         seq = page[-1].seq + 1
     return found
