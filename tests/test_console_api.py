@@ -79,6 +79,8 @@ async def test_one_event_with_every_header_and_found_by_its_id(edge: httpx.Async
     refused(await edge.get(f"{EVENTS}/99", headers=READ), 404)
     refused(await edge.get(f"{EVENTS}/0", headers=READ), 422)
     refused(await edge.get(f"{EVENTS}/x", headers=READ), 422)
+    refused(await edge.get(f"{EVENTS}/{2**64 + 1}", headers=READ), 422)
+    refused(await edge.get("/api/v1/streams/<script>/consumers", headers=READ), 404)
     refused(await edge.get(f"{EVENTS}/by-id/not-a-uuid", headers=READ), 400)
     uuid4 = "6f1c64a2-54a8-4c1e-9a8e-0f6a4b8f6d1e"
     refused(await edge.get(f"{EVENTS}/by-id/{uuid4}", headers=READ), 400)
@@ -97,6 +99,8 @@ async def test_stream_page_bad_input_is_4xx(edge: httpx.AsyncClient) -> None:
         {"before_seq": "x"},
         {"subject": "a" * 300},
         {"newest": "maybe"},
+        {"from_seq": 2**64 + 1},
+        {"before_seq": 2**64 + 1},
     ):
         refused(await edge.get(EVENTS, params=params, headers=READ), 422)
     for pattern in ("tasks..x", "tasks.>.x", "<script>", "a b"):
@@ -189,6 +193,10 @@ async def test_dead_letters_listed_replayed_and_discarded(
     refused(await edge.post("/api/v1/streams/a.b/dead-letters:replay", headers=WRITE), 400)
     refused(await edge.get("/api/v1/streams/NOPE/dead-letters", headers=READ), 404)
     refused(await edge.get(DEAD, params={"limit": 0}, headers=READ), 422)
+    refused(await edge.get(DEAD, params={"from_seq": 2**64 + 1}, headers=READ), 422)
+    refused(await edge.delete(f"{DEAD}/{2**64 + 1}", headers=WRITE), 422)
+    refused(await edge.get("/api/v1/streams/<script>/dead-letters", headers=READ), 400)
+    refused(await edge.post("/api/v1/projections/<script>:rebuild", headers=WRITE), 404)
     assert len(await dead_letters(edge)) == 2  # nothing changed
 
     replayed = None

@@ -50,11 +50,14 @@ async def stream_consumers(request: Request, name: str) -> Response:
 async def stream_events(
     request: Request,
     name: str,
-    from_seq: int = Query(1, ge=1),
+    from_seq: int = Query(1, ge=1, le=stream_reads.MAX_SEQ),
     limit: int = Query(100, ge=1, le=1000),
     subject: str | None = Query(None, max_length=256, description="A subject pattern"),
     before_seq: int | None = Query(
-        None, ge=1, description="Newest first: events before this sequence (next_before_seq)"
+        None,
+        ge=1,
+        le=stream_reads.MAX_SEQ,
+        description="Newest first: events before this sequence (next_before_seq)",
     ),
     newest: bool = Query(False, description="Newest first, from the end of the stream"),
 ) -> Response:
@@ -69,7 +72,9 @@ async def stream_events(
 
 
 @router.get("/streams/{name}/events/{seq}")
-async def stream_event(request: Request, name: str, seq: int = Path(ge=1)) -> Response:
+async def stream_event(
+    request: Request, name: str, seq: int = Path(ge=1, le=stream_reads.MAX_SEQ)
+) -> Response:
     """One stored event with every header."""
     return _json(await stream_reads.one(request.app.state.bus, name, seq))
 

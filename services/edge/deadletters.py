@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from bus import Bus, DeadLetter, PublishError, PublishResult, StreamNotFound, validate_token
 
 from .auth import require
+from .stream_reads import MAX_SEQ
 
 router = APIRouter(prefix="/api/v1/streams", tags=["dead letters"])
 read = [Depends(require("read"))]
@@ -65,7 +66,7 @@ async def _letters(bus: Bus, name: str, from_seq: int, limit: int) -> list[DeadL
 async def list_dead_letters(
     request: Request,
     name: str,
-    from_seq: int = Query(1, ge=1),
+    from_seq: int = Query(1, ge=1, le=MAX_SEQ),
     limit: int = Query(100, ge=1, le=1000),
 ) -> Response:
     """Dead letters of stream `name` from `from_seq`; `next_seq` pages on."""
@@ -75,7 +76,7 @@ async def list_dead_letters(
 
 
 @router.post("/{name}/dead-letters/{seq}:replay", dependencies=write)
-async def replay_one(request: Request, name: str, seq: int = Path(ge=1)) -> Response:
+async def replay_one(request: Request, name: str, seq: int = Path(ge=1, le=MAX_SEQ)) -> Response:
     """Republish dead letter `seq` to its original subject and remove it."""
     validate_token(name, "stream")
     return _json(await _replay(request.app.state.bus, name, seq))
@@ -90,7 +91,7 @@ async def replay_all(request: Request, name: str) -> Response:
 
 
 @router.delete("/{name}/dead-letters/{seq}", status_code=204, dependencies=write)
-async def discard(request: Request, name: str, seq: int = Path(ge=1)) -> Response:
+async def discard(request: Request, name: str, seq: int = Path(ge=1, le=MAX_SEQ)) -> Response:
     """Delete dead letter `seq` without replaying it."""
     validate_token(name, "stream")
     await request.app.state.bus.discard(name, seq)

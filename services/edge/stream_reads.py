@@ -13,6 +13,7 @@ from fastapi import HTTPException
 
 from bus import Bus, BusError, StoredMessage
 
+MAX_SEQ = 2**63 - 1  # past this the server refuses the read as malformed
 ID_SLACK = timedelta(seconds=5)  # publisher and server clocks may disagree this much
 ID_PAGES = 4  # pages read around an id's time before it is declared absent
 
