@@ -147,8 +147,14 @@ async def test_publish_from_the_form_then_follow_it_to_its_projection_and_cause(
     _, page = console
 
     def publish_from_form() -> None:
-        page.open("publish")
+        page.open("streams/TASKS")  # a live tail here, the form in a second tab
         page.login("w-key")
+        page.until_text("no events yet")
+        page.find("#tail-toggle").click()
+        page.until_text("Following")
+        tailing = page.driver.current_window_handle
+        page.js("window.open('#/publish')")  # the tab's key goes with it (sessionStorage)
+        page.driver.switch_to.window(page.driver.window_handles[-1])
         page.until(lambda: page.visible("#event-type"))
         page.js(
             "const s = document.getElementById('event-type'); s.value = 'TaskCreated';"
@@ -163,6 +169,10 @@ async def test_publish_from_the_form_then_follow_it_to_its_projection_and_cause(
         page.find("main .ok a").click()
         page.until_text("from the form")
         assert "tasks.f1.created" in page.text()
+        page.driver.close()
+        page.driver.switch_to.window(tailing)
+        page.until_text("from the form", css="ol.tail")
+        page.shot("tail-of-the-form")
 
     await page.run(publish_from_form)
 
