@@ -58,6 +58,7 @@ from ._shared_state import Bucket
 from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
+    EVENT_SUBJECT_PATTERN,
     event_subject,
     matches,
     parse_event_subject,
@@ -69,6 +70,7 @@ from ._subscribe import Backoff, Router
 from ._telemetry import Observer, Telemetry
 
 __all__ = (
+    "EVENT_SUBJECT_PATTERN",
     "Aggregate",
     "App",
     "AppendResult",

@@ -9,6 +9,8 @@ from ._errors import InvalidSubject
 # A token is printable ASCII without space, dot or wildcard; '$' leads system subjects.
 _TOKEN = re.compile(r"[A-Za-z0-9_\-:~@=+%!]+")
 MAX_SUBJECT_BYTES = 1024
+# An event's subject, `<domain>.<aggregate_id>.<event_name>`, as a JSON Schema pattern.
+EVENT_SUBJECT_PATTERN = rf"^{_TOKEN.pattern}\.{_TOKEN.pattern}\.{_TOKEN.pattern}$"
 
 
 def validate_token(token: str, what: str = "token") -> str:

@@ -21,10 +21,16 @@ ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 EXCLUDED_URLS = "/metrics,/livez,/readyz"
 
 
-def enabled() -> bool:
+def enabled(endpoints: tuple[str, ...] = ENDPOINTS) -> bool:
+    """Whether one of `endpoints` is set (and the SDK is not disabled)."""
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
-    return any(os.environ.get(name) for name in ENDPOINTS)
+    return any(os.environ.get(name) for name in endpoints)
+
+
+def resource(component: str) -> Resource:
+    """What traces and logs say they come from: `OTEL_SERVICE_NAME`, else the component."""
+    return Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or component})
 
 
 def setup(component: str) -> TracerProvider | None:
@@ -32,8 +38,7 @@ def setup(component: str) -> TracerProvider | None:
     if not enabled():
         return None
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")  # stable HTTP conventions
-    name = os.environ.get("OTEL_SERVICE_NAME") or component
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider = TracerProvider(resource=resource(component))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider

@@ -83,7 +83,9 @@ def test_no_secret_in_logs_answers_status_or_traces(receiver: Receiver, tmp_path
         emitted += [p.read_text() for p in tmp_path.glob("*.json")]
         with receiver.lock:
             emitted += [str(span) for _, span in receiver.spans]
+            emitted += [str(record) for _, record in receiver.logs]  # logs over OTLP too
     assert len(receiver.spans) > 5  # the traces were there to search
+    assert receiver.logs  # and the exported logs
     everything = "\n".join(emitted)
     assert "dead-lettered" in everything  # the run did what the search is about
     for secret in SECRETS:

@@ -26,6 +26,7 @@ from . import (
     limits,
     mcp_endpoint,
     monitor,
+    openapi,
     problems,
     projections,
     rebuilds,
@@ -159,5 +160,6 @@ def create_app(
     api.include_router(rebuilds.router)
     console.install(api, grafana_url)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
+    openapi.install(api)
     tracing.instrument(api)
     return api

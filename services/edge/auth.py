@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -58,15 +57,19 @@ def check_scope(scopes: frozenset[str], scope: str) -> None:
         raise Unauthorized(403, f"this key lacks the {scope!r} scope")
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[None]]:
-    """A dependency checking the caller's key (async: FastAPI runs sync ones in a thread)."""
+class require:
+    """A dependency checking the caller's key (async: FastAPI runs sync ones in a thread); its
+    `scope` is what `/openapi.json` documents for each operation (services/edge/openapi.py)."""
 
-    async def check(request: Request) -> None:
-        if scope == "read" and request.app.state.public_reads:
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    async def __call__(self, request: Request) -> None:
+        if self.scope == "read" and request.app.state.public_reads:
             return
-        check_scope(caller_scopes(request.app.state, request.headers.get("authorization")), scope)
-
-    return check
+        check_scope(
+            caller_scopes(request.app.state, request.headers.get("authorization")), self.scope
+        )
 
 
 def refusal(exc: Unauthorized) -> JSONResponse:

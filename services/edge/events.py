@@ -3,7 +3,7 @@ their registered types; with an `Idempotency-Key`, once (see `idempotent`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
@@ -47,7 +47,7 @@ class BatchItem(msgspec.Struct, forbid_unknown_fields=True):
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     domain: str
     id: str
-    events: list[BatchItem]
+    events: Annotated[list[BatchItem], msgspec.Meta(min_length=1, max_length=EventStore.MAX_EVENTS)]
     expected_version: int | None = None
 
 
@@ -58,6 +58,14 @@ class BatchResult(msgspec.Struct):
 
 
 _decode_batch = msgspec.json.Decoder(BatchRequest).decode
+
+
+def _answer(description: str, body: type) -> dict[str, Any]:
+    """An OpenAPI response whose JSON body is `body` (typed for generated clients)."""
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": msgspec.json.schema(body)}},
+    }
 
 
 async def read_body(request: Request) -> bytes:
@@ -85,7 +93,7 @@ async def read_body(request: Request) -> bytes:
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
     },
-    responses={201: {"description": "Stored (or already stored under this Idempotency-Key)"}},
+    responses={201: _answer("Stored (or already stored under this Idempotency-Key)", Published)},
 )
 async def publish_event(
     subject: str,
@@ -189,6 +197,7 @@ def _event(cls: type[Event], fields: Any) -> Event:
     "/events:batch",
     status_code=201,
     dependencies=[Depends(require("write"))],
+    responses={201: _answer("Stored, all of them (or earlier under this key)", BatchResult)},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -206,8 +215,6 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
         raise HTTPException(422, f"batch: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    if not 1 <= len(batch.events) <= EventStore.MAX_EVENTS:
-        raise HTTPException(422, f"a batch holds 1 to {EventStore.MAX_EVENTS} events")
     state = request.app.state
     charge(state.publish_buckets, request.headers.get("authorization"), len(batch.events))
     validate_token(batch.domain, "domain")

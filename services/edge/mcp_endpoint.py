@@ -27,7 +27,17 @@ from starlette.types import Receive, Scope, Send
 
 from bus import BusError, json_schema
 
-from . import catalogue, events, health, kv, monitor, projections, requests
+from . import (
+    catalogue,
+    events,
+    health,
+    kv,
+    mcp_completion,
+    mcp_logging,
+    monitor,
+    projections,
+    requests,
+)
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
 from .limits import charge
 
@@ -154,6 +164,7 @@ def build_server(state: State) -> MCPServer[Any]:
     for state_tool in kv.mcp_tools(state, CALLER):  # get_state, set_state
         server.add_tool(_guarded(state_tool), structured_output=False)
     _add_resources(server, state)
+    mcp_completion.install(server, state)
 
     async def each_request_key(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
         """A session's tools run in the task that opened it: take the scopes (and the trace
@@ -235,6 +246,7 @@ def install(api: FastAPI, allowed_hosts: list[str], allowed_origins: list[str]) 
     )
     server.streamable_http_app(transport_security=security, max_request_body_size=MAX_BODY)
     manager = server.session_manager  # the SDK's way to mount into another app
+    mcp_logging.install(server)  # on the lowlevel server the manager runs
     api.state.mcp_manager = manager
     api.state.mcp_server = server
     gate = Gate(api.state, StreamableHTTPASGIApp(manager))

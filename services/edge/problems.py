@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from bus import (
     BusClosed,
@@ -24,15 +25,22 @@ from bus import (
 )
 
 PROBLEM = "application/problem+json"
+# Embedded with its own `$defs` (hoisted into components/schemas: services/edge/openapi.py),
+# so generated clients share one Problem type.
 PROBLEM_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
+    "$ref": "#/$defs/Problem",
+    "$defs": {
+        "Problem": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+            },
+            "required": ["type", "title", "status"],
+        }
     },
-    "required": ["type", "title", "status"],
 }
 # Every refusal the edge can give, documented once for all routes (OpenAPI stays true).
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -69,6 +77,8 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         response = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -82,6 +92,19 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(BusError)
     async def bus_error(request: Request, exc: BusError) -> JSONResponse:
         return from_bus_error(exc)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's 405 names only the first
+    route's, where a path has several (GET and PUT of a key are two routes)."""
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 def from_bus_error(exc: BusError) -> JSONResponse:

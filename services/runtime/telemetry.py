@@ -1,6 +1,6 @@
-"""A service's telemetry: OTLP traces when configured, JSON logs carrying trace ids, the bus's
-observations recorded as Prometheus metrics, and the `/metrics` answer (served by the edge,
-and by `services.runtime.probes` for the worker and projector)."""
+"""A service's telemetry: OTLP traces and logs when configured, JSON logs carrying trace ids,
+the bus's observations recorded as Prometheus metrics, and the `/metrics` answer (served by
+the edge, and by `services.runtime.probes` for the worker and projector)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def add_event_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
 @dataclass(frozen=True)
 class Instruments:
     """What a service reports through: its metrics (the Bus's observer, and what `/metrics`
-    renders) and what flushes its spans at exit."""
+    renders) and what flushes its spans and logs at exit."""
 
     metrics: Metrics
     flush: Callable[[], None]
@@ -39,11 +39,16 @@ class Instruments:
 
 def setup(component: str, json_logs: bool = False) -> Instruments:
     """Logs, traces and metrics for this process (set up before its Bus starts)."""
-    logs.setup(component, extra=(add_event_id,), json=True if json_logs else None)
+    exporting = logs.setup(component, extra=(add_event_id,), json=True if json_logs else None)
     for chatty in ("mcp", "httpx"):  # their per-session and per-request INFO lines are noise
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    provider = tracing.setup(component)
-    return Instruments(Metrics(), provider.shutdown if provider is not None else lambda: None)
+    providers = [p for p in (tracing.setup(component), exporting) if p is not None]
+
+    def flush() -> None:  # spans first: their export may still log
+        for provider in providers:
+            provider.shutdown()
+
+    return Instruments(Metrics(), flush)
 
 
 async def refresh(bus: Bus, app: App, m: Metrics) -> None:
