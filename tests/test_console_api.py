@@ -185,16 +185,16 @@ async def test_dead_letters_listed_replayed_and_discarded(
 
     refused(await edge.post(f"{DEAD}/{first['seq']}:replay"), 401)
     refused(await edge.post(f"{DEAD}/{first['seq']}:replay", headers=READ), 403)
-    refused(await edge.delete(f"{DEAD}/{first['seq']}", headers=READ), 403)
+    refused(await edge.post(f"{DEAD}/{first['seq']}:discard", headers=READ), 403)
     refused(await edge.post(f"{DEAD}/999:replay", headers=WRITE), 404)
-    refused(await edge.delete(f"{DEAD}/999", headers=WRITE), 404)
+    refused(await edge.post(f"{DEAD}/999:discard", headers=WRITE), 404)
     refused(await edge.post(f"{DEAD}/0:replay", headers=WRITE), 422)
     refused(await edge.post(f"{DEAD}/x:replay", headers=WRITE), 422)
     refused(await edge.post("/api/v1/streams/a.b/dead-letters:replay", headers=WRITE), 400)
     refused(await edge.get("/api/v1/streams/NOPE/dead-letters", headers=READ), 404)
     refused(await edge.get(DEAD, params={"limit": 0}, headers=READ), 422)
     refused(await edge.get(DEAD, params={"from_seq": 2**64 + 1}, headers=READ), 422)
-    refused(await edge.delete(f"{DEAD}/{2**64 + 1}", headers=WRITE), 422)
+    refused(await edge.post(f"{DEAD}/{2**64 + 1}:discard", headers=WRITE), 422)
     refused(await edge.get("/api/v1/streams/<script>/dead-letters", headers=READ), 400)
     refused(await edge.post("/api/v1/projections/<script>:rebuild", headers=WRITE), 404)
     assert len(await dead_letters(edge)) == 2  # nothing changed
@@ -204,7 +204,7 @@ async def test_dead_letters_listed_replayed_and_discarded(
         replayed = await edge.post(f"{DEAD}/{first['seq']}:replay", headers=WRITE)
     assert replayed.status_code == 200, replayed.text
     assert replayed.json()["subject"] == "tasks.d1.created"
-    gone = await edge.delete(f"{DEAD}/{second['seq']}", headers=WRITE)
+    gone = await edge.post(f"{DEAD}/{second['seq']}:discard", headers=WRITE)
     assert gone.status_code == 204
     assert [d["seq"] for d in await dead_letters(edge)] == []
     again = (await edge.get(f"{EVENTS}/{replayed.json()['seq']}", headers=READ)).json()
@@ -215,6 +215,10 @@ async def test_rebuild_needs_a_projector_and_a_known_projection(
     tasks: Bus, edge: httpx.AsyncClient
 ) -> None:
     refused(await edge.post("/api/v1/projections/nope:rebuild", headers=WRITE), 404)
+    refused(await edge.get("/api/v1/projections/nope:rebuild", headers=READ), 404)
+    refused(await edge.get("/api/v1/projections/task:rebuild"), 401)
+    idle = (await edge.get("/api/v1/projections/task:rebuild", headers=READ)).json()
+    assert (idle["name"], idle["rebuilding"], idle["progress"]) == ("task", 0, None)
     refused(await edge.post("/api/v1/projections/task:rebuild"), 401)
     refused(await edge.post("/api/v1/projections/task:rebuild", headers=READ), 403)
     # The fixture runs projections in process, not the projector service that answers.

@@ -153,11 +153,11 @@ def create_app(
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
+    api.include_router(rebuilds.router)  # before projections' /{name}, which would take it
     routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
     for module in routers:
         api.include_router(module.router)
     api.include_router(deadletters.router)
-    api.include_router(rebuilds.router)
     console.install(api, grafana_url)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     openapi.install(api)

@@ -4,7 +4,7 @@
                                                                    original subject and seq
     POST   /api/v1/streams/{name}/dead-letters/{seq}:replay        republish to its subject
     POST   /api/v1/streams/{name}/dead-letters:replay              every one, oldest first
-    DELETE /api/v1/streams/{name}/dead-letters/{seq}               given up on, on purpose
+    POST   /api/v1/streams/{name}/dead-letters/{seq}:discard       given up on, on purpose
 
 What `bus dlq` does, for the console and any client; replays and discards need `write`.
 """
@@ -90,7 +90,7 @@ async def replay_all(request: Request, name: str) -> Response:
     return _json({"replayed": [await _replay(bus, name, d.seq) for d in letters]})
 
 
-@router.delete("/{name}/dead-letters/{seq}", status_code=204, dependencies=write)
+@router.post("/{name}/dead-letters/{seq}:discard", status_code=204, dependencies=write)
 async def discard(request: Request, name: str, seq: int = Path(ge=1, le=MAX_SEQ)) -> Response:
     """Delete dead letter `seq` without replaying it."""
     validate_token(name, "stream")

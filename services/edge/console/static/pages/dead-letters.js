@@ -33,7 +33,7 @@ export async function letters({ main, params: [name], query, canWrite }) {
   const outcome = h("div", { "aria-live": "polite" });
   const replayOne = (d) =>
     operate(outcome, `Replay dead letter #${d.seq} to ${d.original_subject}?`, () => api(`${path}/${d.seq}:replay`, { method: "POST" }), (r) => `Replayed to ${r.subject} as ${r.stream} #${r.seq}.`);
-  const discard = (d) => operate(outcome, `Discard dead letter #${d.seq} for good? It is not replayed.`, () => api(`${path}/${d.seq}`, { method: "DELETE" }), `Discarded #${d.seq}.`);
+  const discard = (d) => operate(outcome, `Discard dead letter #${d.seq} for good? It is not replayed.`, () => api(`${path}/${d.seq}:discard`, { method: "POST" }), `Discarded #${d.seq}.`);
   const replayAll = () => operate(outcome, `Replay all ${page.items.length} dead letters of ${name}?`, () => api(`${path}:replay`, { method: "POST" }), (r) => `Replayed ${r.replayed.length}.`);
   const actions = (d) => [
     button("Replay", () => replayOne(d), { write: true, label: `Replay #${d.seq}` }),

@@ -37,21 +37,21 @@ async function rebuild(before, where, signal) {
   const bar = h("progress", { max: "100", value: "0", "aria-label": `Rebuild of ${before.name}` });
   const label = h("span", { role: "status" }, "Starting…");
   where.replaceChildren(section(`Rebuilding ${before.name}`, bar, " ", label));
+  const path = `/api/v1/projections/${encodeURIComponent(before.name)}:rebuild`;
   try {
-    await api(`/api/v1/projections/${encodeURIComponent(before.name)}:rebuild`, { method: "POST" });
+    await api(path, { method: "POST" });
   } catch (error) {
     where.replaceChildren(errorBox(error));
     return;
   }
   while (!signal.aborted) {
-    const now = (await api("/api/v1/projections")).find((p) => p.name === before.name);
-    if (!now) return;
+    const now = await api(path);
     if (now.generation > before.generation) {
       bar.value = 100;
       label.textContent = `100% · generation ${now.generation} serves queries`;
       return;
     }
-    const percent = now.rebuilding ? Math.min(99, Math.floor((100 * now.rebuild_position) / Math.max(1, now.position))) : 0;
+    const percent = now.progress === null ? 0 : Math.min(99, Math.floor(100 * now.progress));
     bar.value = percent;
     label.textContent = `${percent}% · ${num(now.rebuild_position)} of ${num(now.position)}`;
     await new Promise((resolve) => setTimeout(resolve, 250));
