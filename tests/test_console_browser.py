@@ -320,9 +320,9 @@ async def test_a_read_only_key_sees_no_write_button_and_a_forged_write_is_refuse
         page.login("r-key")
         page.until(lambda: "read-only" in page.text("#who"))
         page.go("dead-letters/TASKS")
-        page.reload_until(lambda: "doomed" in page.text())
+        page.reload_until(lambda: "handler failed" in page.text())
         for route, needle in (
-            ("dead-letters/TASKS", "doomed"),
+            ("dead-letters/TASKS", "handler failed"),
             ("projections", "task_counts"),
             ("state/settings", "limits"),
             ("state/settings/limits", "rate"),
@@ -384,7 +384,10 @@ async def test_hostile_payloads_subjects_and_values_are_shown_as_text(
         page.go("state/settings/evil")
         page.until_text("window.__pwned=2")
         page.go("dead-letters/TASKS")
-        page.reload_until(lambda: "dead <img" in page.text())
+        payloads = (
+            "return [...document.querySelectorAll('main details pre')].map(p => p.textContent)"
+        )
+        page.reload_until(lambda: any("dead <img" in p for p in page.js(payloads)))
         page.shot("hostile")
         assert page.js("return window.__pwned") is None
         assert page.js("return document.querySelectorAll('img, main script').length") == 0
@@ -461,6 +464,10 @@ async def test_public_reads_need_no_key(nats_url: str, chrome: Any, shots: Path)
             page.until_text("task_counts")
             assert page.all("[data-write]") == []
             page.shot("public-reads")
+            page.find("#use-key").click()  # a key adds what it may write
+            page.login("w-key")
+            page.until(lambda: page.text("#who") == "read + write")
+            page.until(lambda: page.all("[data-write]"))
             chrome.get("about:blank")
 
         await page.run(keyless)

@@ -64,7 +64,7 @@ export async function* events(path, signal) {
         const colon = line.indexOf(":");
         const field = line.slice(0, colon);
         const text = line.slice(colon + 1).replace(/^ /, "");
-        if (field === "data") frame.data += text;
+        if (field === "data") frame.data += frame.data ? `\n${text}` : text;
         else if (field === "id" || field === "event") frame[field] = text;
       }
       buffer = buffer.slice(end + 2);

@@ -101,6 +101,7 @@ async function start() {
   const scopes = session.scopes.length ? session.scopes.join(" + ") : "public reads, no key";
   document.getElementById("who").textContent = canWrite() ? scopes : `${scopes} · read-only`;
   document.getElementById("forget").hidden = !key.get();
+  document.getElementById("use-key").hidden = Boolean(key.get()); // public reads: a key adds writes
   await show();
 }
 
@@ -116,7 +117,8 @@ document.getElementById("login-form").addEventListener("submit", (event) => {
   key.set(value);
   start();
 });
-document.getElementById("login").addEventListener("cancel", (event) => event.preventDefault());
+document.getElementById("login").addEventListener("cancel", (event) => session || event.preventDefault());
+document.getElementById("use-key").addEventListener("click", () => askForKey(""));
 document.getElementById("forget").addEventListener("click", () => {
   key.forget();
   location.hash = "#/";

@@ -1,7 +1,7 @@
 // Dead letters: per stream, with reason and attempts; replay one or all, discard, confirmed.
 import { api } from "../api.js";
 import { h, route, withQuery } from "../dom.js";
-import { table, num, button, confirmed, act, reload } from "../ui.js";
+import { table, num, button, confirmed, act, reload, ago } from "../ui.js";
 import { appStreams } from "./common.js";
 
 export async function list({ main }) {
@@ -47,13 +47,13 @@ export async function letters({ main, params: [name], query, canWrite }) {
     table(
       [
         ["Seq", (d) => num(d.seq), { num: true }],
-        ["Time", (d) => d.time],
+        ["Stored", (d) => ago(d.time)],
         ["Original", (d) => h("a", { href: route("streams", name, "events", d.original_seq) }, `${d.original_subject} #${d.original_seq}`)],
         ["Type", (d) => d.event_type || "–"],
         ["Consumer", (d) => d.consumer],
         ["Attempts", (d) => num(d.attempts), { num: true }],
         ["Reason", (d) => d.reason],
-        ["Payload", (d) => h("code", {}, d.data)],
+        ["Payload", (d) => h("details", {}, h("summary", {}, `${d.data.length} bytes`), h("pre", { class: "json" }, d.data))],
         ...(canWrite ? [["", actions]] : []),
       ],
       page.items,
