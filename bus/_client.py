@@ -37,6 +37,7 @@ from ._events import Event, EventRegistry
 from ._nats.acks import PublishResult
 from ._nats.connection import Connection
 from ._nats.direct import StoredMessage
+from ._protection import Protection
 from ._publish import Publisher, template_of
 from ._shared_state import Bucket, Buckets
 from ._streams import StreamManager, StreamSpec
@@ -81,6 +82,7 @@ class Bus:
         observer: Observer | None = None,
         tracer_provider: TracerProvider | None = None,
         circuits: Circuits | CircuitPolicy | None = None,
+        protection: Protection | None = None,
     ) -> None:
         if replicas not in (1, 3, 5):
             raise ConfigError("replicas must be 1, 3 or 5")
@@ -89,7 +91,7 @@ class Bus:
         self._connect_opts = (credentials or Credentials()).connect_options()
         self.name = name
         self.registry = registry if registry is not None else EventRegistry()
-        self.codec = Codec(content_type)
+        self.codec = Codec(content_type, protection)  # signing, encryption: bus._protection
         self.stream_specs = list(streams)
         self._buckets = Buckets(self, buckets)  # created at start, like the streams
         self.manage_streams = manage_streams

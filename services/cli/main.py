@@ -39,7 +39,9 @@ from .console import (
     json_option,
     run,
 )
+from .keys import keys
 from .kv import kv
+from .workflows import workflows
 
 
 @click.group()
@@ -50,7 +52,9 @@ def main() -> None:
 
 for verb in cli_run.VERBS:
     main.add_command(verb)
+main.add_command(workflows)
 main.add_command(kv)
+main.add_command(keys)
 
 
 @main.command()

@@ -50,12 +50,15 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
 @click.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["all", "messaging", "state", "http", "tracing"]),
+    type=click.Choice(["all", "messaging", "state", "http", "tracing", "security", "patterns"]),
     default="all",
     show_default=True,
     help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild; "
     "http: the edge beside bare FastAPI under wrk, and read-your-writes latency; "
     "tracing: publish and consume with tracing off, at 10% and at 100% sampling; "
+    "security: publish and consume with signing, encryption and both, vs off; "
+    "patterns: workflows beside hand-written handlers, KV compare-and-set and requests "
+    "beside raw nats-py; "
     "all: each of them, then a summary of every target.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
@@ -84,6 +87,8 @@ def bench(
     """Measure bus against raw nats-py on one embedded server, in one run."""
     from services.bench.http import run_http_bench
     from services.bench.messaging import run_bench
+    from services.bench.patterns import run_patterns_bench
+    from services.bench.security import run_security_bench
     from services.bench.state import run_state_bench
     from services.bench.summary import Verdict, show
     from services.bench.tracing import run_tracing_bench
@@ -93,6 +98,8 @@ def bench(
         "state": lambda: run_loop(run_state_bench(runs, events, as_json)),
         "http": lambda: run_http_bench(runs, 10, sync_interval, as_json),
         "tracing": lambda: run_tracing_bench(runs, messages, as_json),
+        "security": lambda: run_loop(run_security_bench(runs, messages, as_json)),
+        "patterns": lambda: run_loop(run_patterns_bench(runs, as_json)),
     }
     try:
         if scenario != "all":

@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import App, Bus, CircuitPolicy, Circuits, Credentials, IdempotencyRecords, LiveView
+from bus import (
+    App,
+    Bus,
+    CircuitPolicy,
+    Circuits,
+    Credentials,
+    IdempotencyRecords,
+    LiveView,
+    Protection,
+)
 from observability import tracing
 from observability.metrics import Metrics
 
@@ -32,6 +41,7 @@ from . import (
     rebuilds,
     requests,
     tail,
+    workflows,
 )
 from . import metrics as http_metrics
 
@@ -72,6 +82,7 @@ def create_app(
     circuits: Circuits | CircuitPolicy | None = None,
     health_interval: float = monitor.INTERVAL,
     health_timeout: float = monitor.TIMEOUT,
+    protection: Protection | None = None,
     grafana_url: str | None = None,
 ) -> FastAPI:
     """The edge for `app`.
@@ -106,6 +117,7 @@ def create_app(
                 buckets=app.buckets.values(),
                 observer=metrics,
                 circuits=circuits,
+                protection=protection,  # the edge reads plaintext, publishes sealed
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
@@ -155,7 +167,7 @@ def create_app(
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
     api.include_router(rebuilds.router)  # before projections' /{name}, which would take it
     routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
-    for module in routers:
+    for module in (*routers, workflows):
         api.include_router(module.router)
     api.include_router(deadletters.router)
     console.install(api, grafana_url)

@@ -37,6 +37,7 @@ from . import (
     monitor,
     projections,
     requests,
+    workflow_tools,
 )
 from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
 from .limits import charge
@@ -81,6 +82,10 @@ def build_server(state: State) -> MCPServer[Any]:
         log_level="WARNING",
     )
 
+    def may_write() -> None:
+        check_scope(caller_scopes(state, CALLER.get()), "write")
+        charge(state.publish_buckets, CALLER.get())
+
     async def publish_event(
         subject: str,
         data: dict[str, Any],
@@ -91,8 +96,7 @@ def build_server(state: State) -> MCPServer[Any]:
         With an idempotency_key (the event's id), once: the same key and call within a day
         (by default) return the first result; another call with that key is refused (422),
         as is one while the first is in flight (409)."""
-        check_scope(caller_scopes(state, CALLER.get()), "write")
-        charge(state.publish_buckets, CALLER.get())
+        may_write()
         answer = await events.publish_fields(
             state, subject, data, idempotency_key, expected_version, "idempotency_key"
         )
@@ -148,6 +152,8 @@ def build_server(state: State) -> MCPServer[Any]:
         get_health,
     ):
         server.add_tool(_guarded(tool), structured_output=False)
+    for extra in workflow_tools.tools(state, may_write) if state.app.workflows else []:
+        server.add_tool(_guarded(extra), structured_output=False)
 
     async def call_service(subject: str, data: dict[str, Any], timeout: float = 5.0) -> Any:
         """Ask one of the app's responders (`list_components` shows them: kind "micro"),

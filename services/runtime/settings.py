@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bus import App, CircuitPolicy, ConfigError, Credentials
+from bus import App, CircuitPolicy, ConfigError, Credentials, Protection
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Names = Annotated[tuple[str, ...], NoDecode]  # comma-separated in the environment
@@ -65,8 +65,17 @@ class Settings(BaseSettings):
     circuit_window: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     circuit_cool_down: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     circuit_probes: int = Field(default=1, ge=1)
+    # Signed and encrypted events (bus._protection): this process's nkeys seed file, the
+    # public keys it trusts, the domains (`*`: all) whose events must be signed by one of
+    # them, and payload keys per domain (`tasks=id:base64,...;...`, or a file holding that).
+    signing_seed: Path | None = None
+    trusted_signers: Names = ()
+    require_signatures: Names = ()
+    encryption_keys: SecretStr | None = None
 
-    @field_validator("cors_origins", "edge_allowed_hosts", mode="before")
+    @field_validator(
+        "cors_origins", "edge_allowed_hosts", "trusted_signers", "require_signatures", mode="before"
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -140,7 +149,15 @@ class Settings(BaseSettings):
             "replicas": self.replicas,
             "circuits": self.circuit_policy,
             "buckets": list(app.buckets.values()),
+            "protection": self.protection,
         }
+
+    @property
+    def protection(self) -> Protection | None:
+        keys = self.encryption_keys.get_secret_value() if self.encryption_keys else None
+        return Protection.from_settings(
+            self.signing_seed, self.trusted_signers, self.require_signatures, keys
+        )
 
     @property
     def circuit_policy(self) -> CircuitPolicy:
@@ -163,6 +180,7 @@ class Settings(BaseSettings):
             "circuits": self.circuit_policy,
             "health_interval": self.health_interval,
             "health_timeout": self.health_timeout,
+            "protection": self.protection,
         }
 
     @property
