@@ -26,7 +26,7 @@ from bus import (
     load_app,
     parse_event_subject,
 )
-from services.runtime.projector import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
+from services.runtime.rebuild_requests import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
 
 from . import run as cli_run
 from .console import (

@@ -26,6 +26,8 @@ from . import (
     asyncapi,
     auth,
     catalogue,
+    console,
+    deadletters,
     events,
     fastpath,
     health,
@@ -36,6 +38,7 @@ from . import (
     openapi,
     problems,
     projections,
+    rebuilds,
     requests,
     tail,
     workflows,
@@ -80,6 +83,7 @@ def create_app(
     health_interval: float = monitor.INTERVAL,
     health_timeout: float = monitor.TIMEOUT,
     protection: Protection | None = None,
+    grafana_url: str | None = None,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -91,7 +95,8 @@ def create_app(
     `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
     every `health_interval` seconds (0: never) it checks the registered components, each
     within `health_timeout` seconds (services/edge/monitor.py); `circuits` guard its requests
-    (a policy, or a table the process shares)."""
+    (a policy, or a table the process shares); the console at `/ui` links trace ids to
+    `grafana_url`."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -160,9 +165,12 @@ def create_app(
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
+    api.include_router(rebuilds.router)  # before projections' /{name}, which would take it
     routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
     for module in (*routers, workflows):
         api.include_router(module.router)
+    api.include_router(deadletters.router)
+    console.install(api, grafana_url)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     openapi.install(api)
     tracing.instrument(api)

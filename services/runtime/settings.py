@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     edge_port: Port = 8080  # 0: a free port
     api_keys: SecretStr | None = None  # key:read+write+admin,key2:read
     public_reads: bool = False  # reads without a key
+    grafana_url: str | None = None  # the console links trace ids to Grafana's Explore there
     cors_origins: Names = ()  # browser origins allowed to call the edge
     edge_allowed_hosts: Names = ()  # Host values /mcp accepts (DNS-rebinding guard)
     publish_rate: float = Field(default=1000.0, ge=0, allow_inf_nan=False)  # per key per s; 0: none
@@ -170,6 +171,7 @@ class Settings(BaseSettings):
             "credentials": self.credentials,
             "api_keys": self.api_keys.get_secret_value() if self.api_keys else None,
             "public_reads": self.public_reads,
+            "grafana_url": self.grafana_url,
             "cors_origins": list(self.cors_origins),
             "allowed_hosts": list(self.edge_allowed_hosts) or None,
             "publish_rate": self.publish_rate,
