@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from ._errors import ConfigError
+from ._errors import BusError, ConfigError
 from ._subjects import validate_token
 from ._subscribe import Backoff
 
@@ -35,8 +35,9 @@ I = TypeVar("I")  # noqa: E741 - the input type, as in Workflow[I]
 T = TypeVar("T")
 
 
-class PermanentError(Exception):
-    """Raised by an action for a failure that retrying cannot fix: the step fails at once."""
+class PermanentError(BusError):
+    """Raised by an action for a failure that retrying cannot fix: the step fails at once
+    (in the BusError tree, as `ServiceError` is for a responder's own errors)."""
 
 
 def describe_error(exc: BaseException) -> str:
