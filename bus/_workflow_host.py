@@ -28,6 +28,8 @@ from ._workflow_events import (
 )
 from ._workflow_tasks import Action, action_spec
 
+ORCHESTRATOR_CONCURRENCY = 64
+
 
 class WorkflowHost:
     """The workflow part of an App (it hands in its lists, which this fills)."""
@@ -57,6 +59,7 @@ class WorkflowHost:
                     orchestrator.handle,
                     durable=durable,
                     events=TRIGGERS,
+                    concurrency=ORCHESTRATOR_CONCURRENCY,
                     max_deliver=1000,
                     ack_wait=5.0,  # a decision held by a dead instance is made again after it
                 )
