@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 
 from ._client import current_bus
-from ._envelope import Envelope, now_rfc3339
+from ._envelope import Envelope
 from ._errors import ConcurrencyError
 from ._events import Event, new_event_id
 from ._store import EventStore
@@ -62,7 +62,7 @@ from ._workflow_events import (
     apply_run,
     run_id_of,
 )
-from ._workflow_known import Known
+from ._workflow_known import Known, as_envelope
 
 log = logging.getLogger("bus.workflow")
 TRIGGERS = (RunStarted, StepCompleted, StepFailed, StepCompensated, CancelRequested)
@@ -182,14 +182,6 @@ def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) 
     return out
 
 
-def _as_envelope(event: Event, run_id: str, seq: int) -> Envelope[Event]:
-    """A decision just appended, as the fold sees a stored event."""
-    subject = f"{DOMAIN}.{run_id}.{event.__event_name__}"
-    return Envelope(
-        event=event, id="", subject=subject, occurred_at=now_rfc3339(), correlation_id="", seq=seq
-    )
-
-
 class Orchestrator:
     """The handler deciding runs of `workflows` (runs of other workflows are left alone)."""
 
@@ -201,9 +193,12 @@ class Orchestrator:
         run_id = run_id_of(envelope)
         if run_id is None:
             return
-        fresh = isinstance(event, RunStarted) and self.known.get(run_id) is None
-        if fresh:  # the run's whole history so far: decided without a read
-            self.known.remember(apply_run(RunView(), envelope), {})
+        if isinstance(event, RunStarted):  # the run's whole history so far: no read
+            fresh = self.known.get(run_id) is None
+            if fresh:
+                self.known.remember(apply_run(RunView(), envelope), {})
+        else:
+            fresh = self.known.follow(run_id, envelope)
         origin = envelope.seq if isinstance(event, RunStarted) else getattr(event, "origin", 0)
         store = EventStore(current_bus())
         await advance(store, run_id, origin or 0, self.workflows, self.known, fresh=fresh)
@@ -241,7 +236,7 @@ async def advance(
                 fresh = False  # the history moved on: read what, and decide again
                 continue
             for event, ack in zip(events, result.events, strict=True):
-                run = apply_run(run, _as_envelope(event, run_id, ack.seq))
+                run = apply_run(run, as_envelope(event, run_id, ack.seq))
                 if isinstance(event, StepScheduled) and event.input is not None:
                     inputs[event.step] = event.input
             known.remember(run, inputs)

@@ -13,8 +13,19 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from ._envelope import Envelope, now_rfc3339
+from ._events import Event
 from ._store import EventStore
-from ._workflow_events import DOMAIN, RunView, StepScheduled, apply_run, load_run
+from ._workflow_events import (
+    DOMAIN,
+    RunView,
+    StepCompleted,
+    StepFailed,
+    StepScheduled,
+    StepStarted,
+    apply_run,
+    load_run,
+)
 
 SIZE = 10_000  # runs remembered per instance (least recently decided dropped first)
 
@@ -35,6 +46,20 @@ class Known:
         self._runs.move_to_end(run.run_id)
         while len(self._runs) > self.size:
             self._runs.popitem(last=False)
+
+    def follow(self, run_id: str, envelope: Envelope[Event]) -> bool:
+        """Whether a worker's outcome makes the run known whole: it landed right after its
+        claim, and the claim right after what is kept (then both are folded in)."""
+        kept, event = self._runs.get(run_id), envelope.event
+        if kept is None or not isinstance(event, StepCompleted | StepFailed):
+            return False
+        landed = event.landed
+        if landed is None or landed.claimed_after != kept[0].seq or landed.after != landed.claimed:
+            return False
+        claim = StepStarted(step=event.step, attempt=event.attempt, task_seq=landed.task_seq)
+        run = apply_run(kept[0], as_envelope(claim, run_id, landed.claimed))
+        self.remember(apply_run(run, envelope), kept[1])
+        return True
 
     def forget(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
@@ -65,3 +90,11 @@ class Known:
         if run.run_id:
             self.remember(run, inputs)
         return run, inputs, bool(events)
+
+
+def as_envelope(event: Event, run_id: str, seq: int) -> Envelope[Event]:
+    """An event known to be stored at `seq`, as the fold sees a stored one."""
+    subject = f"{DOMAIN}.{run_id}.{event.__event_name__}"
+    return Envelope(
+        event=event, id="", subject=subject, occurred_at=now_rfc3339(), correlation_id="", seq=seq
+    )
