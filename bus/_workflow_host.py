@@ -28,7 +28,9 @@ from ._workflow_events import (
 )
 from ._workflow_tasks import Action, action_spec
 
-ORCHESTRATOR_CONCURRENCY = 64
+# Decisions at once per instance: 64 runs in flight queued behind the default 16, and each may
+# hold an atomic batch, of which the server takes ~50 per stream in flight (ADR-50).
+ORCHESTRATOR_CONCURRENCY = 32
 
 
 class WorkflowHost:
