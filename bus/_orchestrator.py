@@ -2,15 +2,17 @@
 
 It is a handler on the run events that can change a decision (run started, step completed
 or failed, compensation done, cancel requested), on one durable consumer per app, so any
-number of instances share the work. For each event it loads the run's whole history (from
-its first event, whose sequence every trigger carries; from the leader on a replicated
-stream: bus.EventStore), folds it (bus._workflow_events), decides
-(`decide`, pure) and appends its decisions conditional on the run's last sequence. If
-anything else was appended meanwhile (a worker's outcome, a second orchestrator's decision
-on another event of the same run), JetStream refuses the append (ConcurrencyError) and it
-reloads and decides again. That condition IS the fencing: two instances, or a rerun after a
-kill -9 between the append and the ack, never record a decision twice, because the second
-one decides on a history that already holds the first's.
+number of instances share the work. For each event it reads the run's history (from its
+first event, whose sequence every trigger carries; from the leader on a replicated stream:
+bus.EventStore), folds it (bus._workflow_events), decides (`decide`, pure) and appends its
+decisions conditional on the run's last sequence. It keeps each run folded as it last saw it
+(bus._workflow_known), so it reads only what was appended since, and not at all where that
+is known to be nothing. If anything else was appended meanwhile (a worker's outcome, a
+second orchestrator's decision on another event of the same run), JetStream refuses the
+append (ConcurrencyError) and it reads on and decides again. That condition IS the
+fencing: two instances, or a rerun after a kill -9 between the append and the ack, never
+record a decision twice, because the second one decides on a history that already holds
+the first's.
 
 After deciding it sends a task for every scheduled step not started yet (`tasks_for`); the
 task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so resending after a crash stores nothing
@@ -30,14 +32,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from ._client import current_bus
-from ._envelope import Envelope, now_rfc3339
+from ._envelope import Envelope
 from ._errors import ConcurrencyError
 from ._events import Event, new_event_id
 from ._store import EventStore
@@ -58,9 +60,9 @@ from ._workflow_events import (
     StepsSkipped,
     StepTask,
     apply_run,
-    load_run,
     run_id_of,
 )
+from ._workflow_known import Known, as_envelope
 
 log = logging.getLogger("bus.workflow")
 TRIGGERS = (RunStarted, StepCompleted, StepFailed, StepCompensated, CancelRequested)
@@ -180,29 +182,26 @@ def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) 
     return out
 
 
-def _as_envelope(event: Event, run_id: str, seq: int) -> Envelope[Event]:
-    """A decision just appended, as the fold sees a stored event."""
-    subject = f"{DOMAIN}.{run_id}.{event.__event_name__}"
-    return Envelope(
-        event=event, id="", subject=subject, occurred_at=now_rfc3339(), correlation_id="", seq=seq
-    )
-
-
 class Orchestrator:
     """The handler deciding runs of `workflows` (runs of other workflows are left alone)."""
 
     def __init__(self, workflows: Mapping[str, Workflow[Any]]) -> None:
         self.workflows = workflows
+        self.known = Known()
 
     async def handle(self, event: Event, envelope: Envelope[Event]) -> None:
         run_id = run_id_of(envelope)
         if run_id is None:
             return
+        if isinstance(event, RunStarted):  # the run's whole history so far: no read
+            fresh = self.known.get(run_id) is None
+            if fresh:
+                self.known.remember(apply_run(RunView(), envelope), {})
+        else:
+            fresh = self.known.follow(run_id, envelope)
         origin = envelope.seq if isinstance(event, RunStarted) else getattr(event, "origin", 0)
-        await advance(EventStore(current_bus()), run_id, origin or 0, self.workflows)
-
-
-Still = Callable[[RunView], bool]
+        store = EventStore(current_bus())
+        await advance(store, run_id, origin or 0, self.workflows, self.known, fresh=fresh)
 
 
 async def advance(
@@ -210,54 +209,45 @@ async def advance(
     run_id: str,
     origin: int,
     workflows: Mapping[str, Workflow[Any]],
-    lead: Event | None = None,
-    still: Still | None = None,
+    known: Known,
+    fresh: bool = False,
 ) -> bool:
     """Decide what follows in the run and record it, then send the tasks it schedules.
 
-    `lead` (a worker's outcome) goes first in the same append, if `still(run)` holds on the
-    history then (False if not: nothing is recorded). Each append is conditional on the
-    run's last sequence; when refused, the history is read again and decided again."""
+    Each append is conditional on the run's last sequence; when refused, what was appended
+    since is read and decided on again. `fresh`: what `known` holds is the whole history."""
     for _ in range(MAX_TRIES):
-        history, run = await load_run(store, run_id, origin)
+        kept = known.get(run_id) if fresh else None
+        if kept is not None:
+            run, inputs = kept[0], dict(kept[1])
+        else:
+            run, inputs, _ = await known.read(store, run_id, origin)
         workflow = workflows.get(run.workflow)
         if workflow is None:  # another app's workflow, or a run that is gone
             log.debug("run %s: workflow %r is not declared here", run_id, run.workflow)
             return False
-        if still is not None and not still(run):
-            return False
         origin = run.origin
-        events = [] if lead is None else [lead]
-        after = run if lead is None else apply_run(run, _as_envelope(lead, run_id, run.seq + 1))
-        events += decide(after, workflow)
-        inputs = inputs_of(history.events)
+        events = decide(run, workflow)
         if events:
             try:
-                result = await store.append(DOMAIN, run_id, events,
-                                            expected_version=history.version,
+                result = await store.append(DOMAIN, run_id, events, expected_version=run.seq,
                                             event_ids=[new_event_id() for _ in events])  # fmt: skip
             except ConcurrencyError:
-                continue  # the history moved on: decide again on what it is now
-            lead = still = None  # recorded
+                fresh = False  # the history moved on: read what, and decide again
+                continue
             for event, ack in zip(events, result.events, strict=True):
-                run = apply_run(run, _as_envelope(event, run_id, ack.seq))
+                run = apply_run(run, as_envelope(event, run_id, ack.seq))
                 if isinstance(event, StepScheduled) and event.input is not None:
                     inputs[event.step] = event.input
+            known.remember(run, inputs)
+            fresh = True  # known up to our own append
             _observe(run, workflow)
             if decide(run, workflow):
                 continue  # e.g. skipped steps, then the failure
         await send_tasks(run, workflow, inputs)
         return True
+    known.forget(run_id)
     raise ConcurrencyError(f"{DOMAIN}.{run_id}.*", 0, None)  # retried later, with backoff
-
-
-def inputs_of(events: list[Envelope[Event]]) -> dict[str, Any]:
-    """Each step's input, as its scheduling recorded it (a retry records none)."""
-    return {
-        e.event.step: e.event.input
-        for e in events
-        if isinstance(e.event, StepScheduled) and e.event.input is not None
-    }
 
 
 async def send_tasks(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> None:

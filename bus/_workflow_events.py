@@ -59,6 +59,16 @@ class StepStarted(Event):
     task_seq: int  # the task message running it: a redelivery of it may start it again
 
 
+class Landed(msgspec.Struct, frozen=True, array_like=True):
+    """Where a worker's claim of a step and its outcome landed: an orchestrator that knows
+    the run up to `claimed_after` then knows it whole without a read (bus._workflow_known)."""
+
+    task_seq: int  # the task message, as in StepStarted
+    claimed: int  # the claim's (StepStarted's) sequence
+    claimed_after: int  # the run's version the claim was appended at
+    after: int = 0  # the run's version the outcome was appended at
+
+
 class StepCompleted(Event):
     __domain__ = DOMAIN
     __event_name__ = "step_completed"
@@ -67,6 +77,7 @@ class StepCompleted(Event):
     output: Any
     seconds: float = 0.0
     origin: int = 0  # the sequence of the run's first event (0: unknown): see load_run
+    landed: Landed | None = None
 
 
 class StepFailed(Event):
@@ -78,6 +89,7 @@ class StepFailed(Event):
     will_retry: bool = False
     retry_at: float = 0.0
     origin: int = 0
+    landed: Landed | None = None
 
 
 class StepsSkipped(Event):

@@ -28,6 +28,10 @@ from ._workflow_events import (
 )
 from ._workflow_tasks import Action, action_spec
 
+# Decisions at once per instance: 64 runs in flight queued behind the default 16, and each may
+# hold an atomic batch, of which the server takes ~50 per stream in flight (ADR-50).
+ORCHESTRATOR_CONCURRENCY = 32
+
 
 class WorkflowHost:
     """The workflow part of an App (it hands in its lists, which this fills)."""
@@ -57,6 +61,7 @@ class WorkflowHost:
                     orchestrator.handle,
                     durable=durable,
                     events=TRIGGERS,
+                    concurrency=ORCHESTRATOR_CONCURRENCY,
                     max_deliver=1000,
                     ack_wait=5.0,  # a decision held by a dead instance is made again after it
                 )

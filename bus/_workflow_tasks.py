@@ -13,8 +13,9 @@ outcome is appended the same way, only while the history shows the attempt still
 with this task: so no step is recorded as completed twice, under redelivery, duplicate
 tasks or kill -9 at any point. Both first try without reading the history: the claim at the
 run's version the task was sent at, the outcome at the claim's (at those, the attempt was
-ours by construction); refused, they read it and check. A step's handler is
-stopped when its run is cancelled (a watch on `wf.*.cancel_requested` in each process), and
+ours by construction); refused, they read it and check. The outcome says where the claim
+and it landed (`Landed`), so the orchestrator needs no read when nothing came between.
+A step's handler is stopped when its run is cancelled (a watch on `wf.*.cancel_requested` in each process), and
 after `timeout` seconds (a failed attempt). A Bus observer with `step_finished(workflow,
 step, outcome, seconds)` (observability.metrics has it) counts each recorded attempt:
 outcome completed, failed or retried.
@@ -43,6 +44,7 @@ from ._workflow import PermanentError, check_name, describe_error
 from ._workflow_events import (
     DOMAIN,
     TASKS,
+    Landed,
     RunView,
     StepCompensated,
     StepCompleted,
@@ -123,7 +125,10 @@ class TaskHandler:
         if outcome is None:
             return  # the run was cancelled: nothing to record
         seconds = time.monotonic() - started
-        if await self._record(store, task, seq, outcome, claimed):
+        if isinstance(outcome, StepCompleted | StepFailed):
+            landed = Landed(task_seq=seq, claimed=claimed[0], claimed_after=claimed[1])
+            outcome = msgspec.structs.replace(outcome, landed=landed)
+        if await self._record(store, task, seq, outcome, claimed[0]):
             _observe(bus, task, outcome, seconds)
             if isinstance(outcome, StepFailed):
                 log.warning("run %s: step %s attempt %d failed%s: %s", task.run_id, task.step,
@@ -167,11 +172,11 @@ class TaskHandler:
             origin=task.origin,
         )
 
-    async def _claim(self, store: EventStore, task: StepTask, seq: int) -> int | None:
-        """The run's version once this task's attempt is recorded started (None: it is not
-        ours to run; 0: a compensation, recorded once when done)."""
+    async def _claim(self, store: EventStore, task: StepTask, seq: int) -> tuple[int, int] | None:
+        """The run's version once this task's attempt is recorded started, and the version
+        it was recorded at (None: not ours to run; (0, 0): a compensation, recorded once)."""
         if task.compensation:
-            return 0
+            return 0, 0
         started = StepStarted(step=task.step, attempt=task.attempt, task_seq=seq)
         version = task.version  # first without reading: at it, the step was ours to start
         for _ in range(MAX_TRIES):
@@ -185,7 +190,7 @@ class TaskHandler:
                     DOMAIN, task.run_id, [started], expected_version=version,
                     event_ids=[new_event_id()],
                 )  # fmt: skip
-                return result.version
+                return result.version, version
             except ConcurrencyError:
                 version = 0
         raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
@@ -202,6 +207,11 @@ class TaskHandler:
                 if not _still_ours(run, task, seq):
                     return False
                 version = history.version
+            landed = getattr(outcome, "landed", None)
+            if landed is not None:
+                outcome = msgspec.structs.replace(
+                    outcome, landed=msgspec.structs.replace(landed, after=version)
+                )
             try:
                 await store.append(
                     DOMAIN, task.run_id, [outcome], expected_version=version,
