@@ -7,6 +7,7 @@ read-only key, hostile outputs and errors shown as text, narrow windows, axe in 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -79,7 +80,7 @@ async def page(nats_url: str, chrome: Any, shots: Any) -> AsyncIterator[Page]:
     async with run_app(app, nats_url):
         async for client in serve(create_app(app, nats_url, api_keys=KEYS)):
             console = Page(chrome, str(client.base_url), shots)
-            await console.run(lambda: console.size(WIDE))
+            await console.run(functools.partial(console.size, WIDE))
             try:
                 yield console
             finally:
@@ -101,7 +102,9 @@ async def runs(page: Page) -> list[dict[str, Any]]:
 async def finished(page: Page, count: int) -> None:
     """Until `count` runs have ended (polled with a deadline)."""
     async with asyncio.timeout(30):
-        while sum(r["status"] != "running" for r in await runs(page)) < count:
+        while True:
+            if sum(r["status"] != "running" for r in await runs(page)) >= count:
+                return
             await asyncio.sleep(0.1)
 
 
@@ -126,7 +129,7 @@ async def test_definitions_then_a_run_from_the_form_turns_green(page: Page) -> N
         column = "return Object.fromEntries([...document.querySelectorAll('svg.dag g.node')].map(g => [g.dataset.step, +g.querySelector('rect').getAttribute('x')]))"  # fmt: skip
         x = page.js(column)
         assert x["reserve"] < x["charge"] < x["pack"] == x["invoice"] < x["ship"]
-        assert page.all("svg.dag path.edge") and len(page.all("svg.dag path.edge")) == 5
+        assert len(page.all("svg.dag path.edge")) == 5
         page.shot("workflows")
         page.find("main a[href='#/workflows/order']").click()
         page.until(lambda: page.visible("#input-item"))

@@ -71,7 +71,7 @@ function view(run) {
       "Attempts, outputs and errors",
       table(
         [
-          ["Step", (s) => h("code", {}, s.name)],
+          ["Step", (s) => h("code", { class: "step" }, s.name)],
           ["State", (s) => badge(s.status)],
           ["Attempts", (s) => num(s.attempts), { num: true }],
           ["Took", (s) => took(s), { num: true }],

@@ -124,5 +124,6 @@ export function took(run) {
   const end = run.ended_at ? Date.parse(run.ended_at) : Date.now();
   const seconds = (end - Date.parse(run.started_at)) / 1000;
   if (Number.isNaN(seconds)) return "–";
+  if (seconds < 1) return num(Math.round(seconds * 1000), "ms");
   return seconds < 60 ? num(Math.round(seconds * 10) / 10, "s") : num(Math.round(seconds / 6) / 10, "min");
 }
