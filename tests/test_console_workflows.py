@@ -7,6 +7,7 @@ read-only key, hostile outputs and errors shown as text, narrow windows, axe in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from bus import App, PermanentError, RunContext, Step, Workflow
 from bus.testing import run_app
 from services.edge import create_app
+from services.pipeline import app as pipeline
 from tests import browser
 from tests.browser import NARROW, WIDE, Page
 from tests.edge import KEYS, READ, WRITE, serve
@@ -73,19 +75,25 @@ def shop(release: asyncio.Event) -> App:
     return app
 
 
+@contextlib.asynccontextmanager
+async def console(app: App, nats_url: str, chrome: Any, shots: Any) -> AsyncIterator[Page]:
+    """`app`'s handlers and projections here, its edge under uvicorn, the shared browser."""
+    async with run_app(app, nats_url):
+        async for client in serve(create_app(app, nats_url, api_keys=KEYS)):
+            opened = Page(chrome, str(client.base_url), shots)
+            await opened.run(functools.partial(opened.size, WIDE))
+            yield opened
+            await opened.run(functools.partial(chrome.get, "about:blank"))  # its reads end first
+
+
 @pytest.fixture
 async def page(nats_url: str, chrome: Any, shots: Any) -> AsyncIterator[Page]:
     release = asyncio.Event()
-    app = shop(release)
-    async with run_app(app, nats_url):
-        async for client in serve(create_app(app, nats_url, api_keys=KEYS)):
-            console = Page(chrome, str(client.base_url), shots)
-            await console.run(functools.partial(console.size, WIDE))
-            try:
-                yield console
-            finally:
-                release.set()
-                await console.run(lambda: chrome.get("about:blank"))
+    async with console(shop(release), nats_url, chrome, shots) as opened:
+        try:
+            yield opened
+        finally:
+            release.set()  # a held step returns before the worker stops
 
 
 async def start(page: Page, headers: dict[str, str] = WRITE, **order: Any) -> httpx.Response:
@@ -301,3 +309,23 @@ async def test_narrow_window_and_axe_in_light_and_dark(page: Page) -> None:
         assert failures == {}
 
     await page.run(audit)
+
+
+async def test_the_pipeline_run_from_its_form_turns_green(
+    nats_url: str, chrome: Any, shots: Any
+) -> None:
+    async with console(pipeline, nats_url, chrome, shots) as page:
+
+        def analyse() -> None:
+            page.open("workflows/code_analysis")
+            page.login("w-key")
+            page.until(lambda: page.visible("textarea#input-code"))  # 64 KiB: a text area
+            assert page.find("#input-language").get_attribute("value") == "python"
+            page.find("#input-code").send_keys("def f(x):\n    return x + 1\n")
+            page.button("Start run").click()
+            page.until_text("Ended: completed", timeout=60)
+            assert set(page.js(STATES).values()) == {"completed"}
+            assert '"grade"' in page.text()
+            page.shot("workflow-pipeline")
+
+        await page.run(analyse)
