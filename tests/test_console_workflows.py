@@ -260,6 +260,9 @@ async def test_a_read_only_key_sees_no_start_or_cancel_and_forged_ones_are_refus
         assert "needs a key with the write scope" in page.text()
         assert page.all("#start-run") == []
         assert page.all("[data-write]") == []
+        page.go("workflows")
+        page.until_text("Runs of order")
+        assert "Start a run" not in page.text()
         run_page(page, held, None)
         page.until(lambda: page.js(STATES)["charge"] == "running")
         assert page.all("[data-write]") == []

@@ -10,7 +10,7 @@ import { every } from "./common.js";
 const STATUSES = ["running", "completed", "failed", "cancelled"];
 const BASE = "/api/v1/workflows";
 
-export async function list({ main }) {
+export async function list({ main, canWrite }) {
   const { items } = await api(BASE);
   main.append(h("h1", {}, "Workflows"));
   if (!items.length) {
@@ -23,7 +23,7 @@ export async function list({ main }) {
         w.name,
         h("p", { class: "muted" }, `${w.steps.length} steps · version ${w.version} · input ${objectSchema(w.input_schema).title || "object"}`),
         dag(`Steps of ${w.name}`, w.steps),
-        h("p", {}, h("a", { href: route("workflows", w.name) }, `Runs of ${w.name}`)),
+        h("p", {}, h("a", { href: route("workflows", w.name) }, canWrite ? `Start a run, or see the runs of ${w.name}` : `Runs of ${w.name}`)),
       ),
     );
   }
