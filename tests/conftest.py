@@ -1,8 +1,11 @@
 """Test settings (Hypothesis without wall-clock limits: the machine is shared and noisy) and
-the fixtures shared by the edge, MCP, tracing and shutdown tests."""
+the fixtures shared by the edge, MCP, tracing, shutdown and console tests."""
 
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +38,25 @@ async def edge(tasks: Bus, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """The demo edge under uvicorn, with a 64 KiB body limit."""
     async for client in serve(create_app(app, nats_url, api_keys=KEYS, body_limit=64 * 1024)):
         yield client
+
+
+@pytest.fixture(scope="session")
+def chrome() -> Iterator[Any]:
+    """The session's one headless chromium, shared by every console test."""
+    from tests import browser  # selenium: only for the sessions that run the console tests
+
+    yield from browser.chromium()
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the console's screenshots go: $BUS_CONSOLE_SCREENSHOTS (CI keeps it), else
+    pytest's temporary directory."""
+    chosen = os.environ.get("BUS_CONSOLE_SCREENSHOTS")
+    if not chosen:
+        return tmp_path_factory.mktemp("console-screenshots", numbered=False)
+    Path(chosen).mkdir(parents=True, exist_ok=True)
+    return Path(chosen)
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,6 @@ from tests.edge import KEYS, WRITE, serve
 
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
-
-
-@pytest.fixture(scope="session")
-def chrome() -> Iterator[Any]:
-    yield from browser.chromium()
-
-
-@pytest.fixture(scope="session")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the screenshots go: $BUS_CONSOLE_SCREENSHOTS (CI keeps it), else pytest's
-    temporary directory."""
-    chosen = os.environ.get("BUS_CONSOLE_SCREENSHOTS")
-    if not chosen:
-        return tmp_path_factory.mktemp("console-screenshots", numbered=False)
-    Path(chosen).mkdir(parents=True, exist_ok=True)
-    return Path(chosen)
 
 
 @contextlib.asynccontextmanager

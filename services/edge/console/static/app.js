@@ -9,6 +9,8 @@ import * as deadLetters from "./pages/dead-letters.js";
 import * as components from "./pages/components.js";
 import * as state from "./pages/state.js";
 import * as publish from "./pages/publish.js";
+import * as workflows from "./pages/workflows.js";
+import * as workflowRun from "./pages/workflow-run.js";
 
 // [pattern over the decoded path parts, page, which render]
 const ROUTES = [
@@ -22,6 +24,9 @@ const ROUTES = [
   [["dead-letters"], deadLetters.list, "Dead letters"],
   [["dead-letters", "*"], deadLetters.letters, "Dead letters"],
   [["components"], components.render, "Components"],
+  [["workflows"], workflows.list, "Workflows"],
+  [["workflows", "*"], workflows.definition, "Workflows"],
+  [["workflows", "*", "runs", "*"], workflowRun.render, "Workflows"],
   [["state"], state.buckets, "Shared state"],
   [["state", "*"], state.keys, "Shared state"],
   [["state", "*", "*"], state.entry, "Shared state"],

@@ -21,7 +21,7 @@ export function table(columns, rows, empty, label) {
   );
 }
 
-const TONES = { pass: "good", ok: "good", running: "good", done: "good", warn: "warn", rebuilding: "warn", lagging: "warn", fail: "bad", failing: "bad", unknown: "muted" };
+const TONES = { pass: "good", ok: "good", running: "good", done: "good", warn: "warn", rebuilding: "warn", lagging: "warn", fail: "bad", failing: "bad", unknown: "muted", completed: "good", failed: "bad", cancelled: "warn" };
 
 /** A state shown as a coloured badge that also says it in words (colour-blind safe). */
 export function badge(word) {

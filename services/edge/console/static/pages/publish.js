@@ -2,6 +2,7 @@
 import { api } from "../api.js";
 import { h, route } from "../dom.js";
 import { section, errorBox } from "../ui.js";
+import { schemaFields } from "../form.js";
 
 export async function render({ main, canWrite }) {
   main.append(h("h1", {}, "Publish"));
@@ -24,34 +25,15 @@ export async function render({ main, canWrite }) {
   main.append(h("div", { class: "toolbar" }, h("label", { for: "event-type" }, "Event type"), picker), form, outcome);
 }
 
-/** One input per property, typed as its schema says; objects and arrays as JSON text. */
+/** The type's fields, and the aggregate id its subject needs. */
 function fields(schema, outcome) {
-  const inputs = {};
-  const required = new Set(schema.required || []);
-  const rows = Object.entries(schema.properties || {}).map(([name, prop]) => {
-    const id = `field-${name}`;
-    const type = prop.type;
-    let input;
-    if (type === "boolean") input = h("input", { id, name, type: "checkbox", checked: prop.default === true });
-    else if (type === "integer" || type === "number") input = h("input", { id, name, type: "number", step: type === "integer" ? "1" : "any", value: prop.default ?? "", required: required.has(name) });
-    else if (type === "string" && prop.enum) input = h("select", { id, name }, prop.enum.map((v) => h("option", { value: v }, v)));
-    else if (type === "string") input = h("input", { id, name, value: prop.default ?? "", required: required.has(name) });
-    else input = h("textarea", { id, name, rows: "3", placeholder: "JSON" }, prop.default === undefined ? "" : JSON.stringify(prop.default));
-    inputs[name] = { input, type };
-    return [h("label", { for: id }, name, required.has(name) ? " (required)" : ""), input];
-  });
+  const { rows, read } = schemaFields(schema, "field");
   const aggregate = h("input", { id: "aggregate-id", name: "aggregate", required: true, pattern: "[A-Za-z0-9_\\-:~@=+%!]+", "aria-describedby": "aggregate-help" });
   async function submit(event) {
     event.preventDefault();
-    const data = {};
+    let data;
     try {
-      for (const [name, { input, type }] of Object.entries(inputs)) {
-        if (type === "boolean") data[name] = input.checked;
-        else if (input.value === "") continue;
-        else if (type === "integer" || type === "number") data[name] = Number(input.value);
-        else if (type === "string") data[name] = input.value;
-        else data[name] = JSON.parse(input.value);
-      }
+      data = read();
     } catch (error) {
       outcome.replaceChildren(errorBox({ title: "Not JSON", detail: error.message }));
       return;
