@@ -49,6 +49,7 @@ from ._lease import Lease
 from ._live_view import LiveView
 from ._nats.acks import PublishResult
 from ._nats.direct import StoredMessage
+from ._principal import acting_as
 from ._projection import Projection, ProjectionStatus, ProjectionView
 from ._projector import Projector
 from ._registry import Component, Registration, Silent, components, silent_components
@@ -147,6 +148,7 @@ __all__ = (
     "StreamSpec",
     "StreamSummary",
     "Telemetry",
+    "acting_as",
     "components",
     "current_bus",
     "current_envelope",

@@ -31,6 +31,7 @@ from . import (
     tail,
 )
 from . import metrics as http_metrics
+from .tokens import Tokens
 
 log = logging.getLogger("bus.edge")
 BODY_LIMIT = 1024 * 1024
@@ -69,6 +70,7 @@ def create_app(
     circuits: Circuits | CircuitPolicy | None = None,
     health_interval: float = monitor.INTERVAL,
     health_timeout: float = monitor.TIMEOUT,
+    tokens: Tokens | None = None,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -80,12 +82,12 @@ def create_app(
     `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
     every `health_interval` seconds (0: never) it checks the registered components, each
     within `health_timeout` seconds (services/edge/monitor.py); `circuits` guard its requests
-    (a policy, or a table the process shares)."""
+    (a policy, or a table the process shares); `tokens` verifies JWT bearer tokens."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
         key = auth.dev_key()
-        keys = {key: auth.SCOPES}
+        keys = auth.parse_keys(f"{key}:read+write+admin@dev")
         log.warning("BUS_API_KEYS is not set: a development key with every scope is in use")
     dev_key = next(iter(keys)) if not api_keys else None
 
@@ -98,7 +100,7 @@ def create_app(
                 registry=app.registry,
                 credentials=credentials,
                 replicas=replicas,
-                buckets=app.buckets.values(),
+                buckets=[*app.buckets.values(), *([limits.RATES] if publish_rate else [])],
                 observer=metrics,
                 circuits=circuits,
             ) as bus,
@@ -106,6 +108,8 @@ def create_app(
             api.state.mcp_manager.run(),
         ):
             api.state.bus = bus
+            if publish_rate:
+                api.state.publish_buckets.bucket = bus.bucket(limits.RATES.name)
             api.state.idempotency = IdempotencyRecords(bus, ttl=idempotency_ttl)
             api.state.monitor = None
             if health_interval > 0:
@@ -125,7 +129,8 @@ def create_app(
     api.state.dev_key = dev_key  # shown by `bus up` when no keys were configured
     api.state.public_reads = public_reads
     api.state.body_limit = body_limit
-    api.state.publish_buckets = limits.TokenBuckets(publish_rate)
+    api.state.tokens = tokens
+    api.state.publish_buckets = limits.PublishLimits(publish_rate)
     api.state.slow_client_timeout = slow_client_timeout
     problems.install(api)
     auth.install(api)

@@ -62,6 +62,7 @@ async def stream_page(bus: Bus, name: str, from_seq: int, limit: int) -> dict[st
                 "id": envelope.id,
                 "correlation_id": envelope.correlation_id,
                 "causation_id": envelope.causation_id,
+                "principal": envelope.principal,
                 "data": envelope.event,
             }
         except BusError as exc:  # shown as what it is, not hidden

@@ -15,6 +15,7 @@ from bus import (
     Event,
     EventStore,
     IdempotencyRecords,
+    acting_as,
     parse_event_subject,
     validate_token,
 )
@@ -113,7 +114,8 @@ async def publish_event(
         fields = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    with request.app.state.bus.telemetry.continuing(request.headers):
+    who = request.state.principal.name
+    with request.app.state.bus.telemetry.continuing(request.headers), acting_as(who):
         answer = await publish_fields(request.app.state, subject, fields, idempotency_key, expected)
     return created(answer)
 
@@ -216,7 +218,8 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
     state = request.app.state
-    charge(state.publish_buckets, request.headers.get("authorization"), len(batch.events))
+    who = request.state.principal.name
+    await charge(state.publish_buckets, who, len(batch.events))
     validate_token(batch.domain, "domain")
     validate_token(batch.id, "aggregate id")
     key = (
@@ -251,7 +254,7 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
         )
         return _encode(out)
 
-    with state.bus.telemetry.continuing(request.headers):
+    with state.bus.telemetry.continuing(request.headers), acting_as(who):
         if key is None:
             return created(Answer(await attempt(False), False))
         return created(await once(state, key, batch_request(batch), attempt))

@@ -25,7 +25,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers, State
 from starlette.types import Receive, Scope, Send
 
-from bus import BusError, json_schema
+from bus import BusError, acting_as, json_schema
 
 from . import (
     catalogue,
@@ -38,7 +38,7 @@ from . import (
     projections,
     requests,
 )
-from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
+from .auth import Unauthorized, caller_scopes, refusal, require, writer
 from .limits import charge
 
 MAX_BODY = 1024 * 1024
@@ -91,11 +91,12 @@ def build_server(state: State) -> MCPServer[Any]:
         With an idempotency_key (the event's id), once: the same key and call within a day
         (by default) return the first result; another call with that key is refused (422),
         as is one while the first is in flight (409)."""
-        check_scope(caller_scopes(state, CALLER.get()), "write")
-        charge(state.publish_buckets, CALLER.get())
-        answer = await events.publish_fields(
-            state, subject, data, idempotency_key, expected_version, "idempotency_key"
-        )
+        who = await writer(state, CALLER.get())
+        await charge(state.publish_buckets, who.name)
+        with acting_as(who.name):
+            answer = await events.publish_fields(
+                state, subject, data, idempotency_key, expected_version, "idempotency_key"
+            )
         return msgspec.json.decode(answer.body)
 
     async def query_projection(
@@ -153,7 +154,7 @@ def build_server(state: State) -> MCPServer[Any]:
         """Ask one of the app's responders (`list_components` shows them: kind "micro"),
         e.g. subject `tasks.get`, data `{"id": "t1"}`; returns the reply. A request may
         change things: it needs the write scope."""
-        check_scope(caller_scopes(state, CALLER.get()), "write")
+        await writer(state, CALLER.get())
         if not 0 < timeout <= requests.MAX_TIMEOUT:
             raise HTTPException(
                 422, f"timeout must be more than 0 and at most {requests.MAX_TIMEOUT:g} s"
@@ -174,7 +175,9 @@ def build_server(state: State) -> MCPServer[Any]:
         if headers is None:  # 2026-07-28: served inline, the gate's values are this request's
             return await call_next(ctx)
         authorization = headers.get("authorization")
-        caller_scopes(state, authorization)  # the gate let it in; a session must not change that
+        await caller_scopes(
+            state, authorization
+        )  # the gate let it in; a session must not change that
         token = CALLER.set(authorization)
         try:
             with state.bus.telemetry.continuing(headers):
@@ -224,7 +227,7 @@ class Gate:
         headers = Headers(scope=scope)
         authorization = headers.get("authorization")
         try:
-            caller_scopes(self.state, authorization)
+            await caller_scopes(self.state, authorization)
         except Unauthorized as exc:
             await refusal(exc)(scope, receive, send)
             return

@@ -34,10 +34,17 @@ def _data(bus: Bus, message: StoredMessage) -> object:
         return {"undecodable": message.data.decode(errors="replace")}
 
 
+def _by(message: StoredMessage) -> dict[str, str]:
+    """Who published it through an edge (Bus-Principal), when anyone did."""
+    principal = message.headers.get("Bus-Principal")
+    return {"principal": principal} if principal else {}
+
+
 def _frame(bus: Bus, message: StoredMessage) -> str:
     event_type = message.headers.get("Bus-Event-Type", "message")
     payload = json.dumps(
-        {"subject": message.subject, "data": _data(bus, message)}, ensure_ascii=False
+        {"subject": message.subject, "data": _data(bus, message)} | _by(message),
+        ensure_ascii=False,
     )
     return f"id: {message.seq}\nevent: {event_type}\ndata: {payload}\n\n"
 
@@ -49,7 +56,8 @@ def _ws_message(bus: Bus, message: StoredMessage) -> str:
             "subject": message.subject,
             "type": message.headers.get("Bus-Event-Type", "message"),
             "data": _data(bus, message),
-        },
+        }
+        | _by(message),
         ensure_ascii=False,
     )
 
@@ -97,7 +105,7 @@ async def ws_tail(
     bus: Bus = state.bus
     try:
         if not state.public_reads:
-            check_scope(caller_scopes(state, websocket.headers.get("authorization")), "read")
+            check_scope(await caller_scopes(state, websocket.headers.get("authorization")), "read")
         validate_pattern(subject)
         await bus.stream_for(subject)
     except (Unauthorized, BusError) as exc:  # refused at the handshake (HTTP 403)
