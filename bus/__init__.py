@@ -60,6 +60,7 @@ from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
     EVENT_SUBJECT_PATTERN,
+    covers,
     event_subject,
     matches,
     parse_event_subject,
@@ -150,6 +151,7 @@ __all__ = (
     "Telemetry",
     "acting_as",
     "components",
+    "covers",
     "current_bus",
     "current_envelope",
     "event_subject",

@@ -8,6 +8,7 @@ Writes need `write`; reads need `read` unless the edge is told reads are public.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -17,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
-from bus import ConfigError
+from bus import ConfigError, InvalidSubject, validate_pattern
 
 from .problems import problem
 from .tokens import InvalidToken, Principal, Tokens
@@ -39,11 +40,30 @@ def parse_keys(spec: str) -> dict[str, Principal]:
         key, _, rest = item.partition(":")
         scopes, at, name = rest.partition("@")
         wanted = frozenset(filter(None, scopes.split("+")))
-        if not key or not wanted or not wanted <= SCOPES or (at and not _NAME.fullmatch(name)):
-            raise ConfigError(f"BUS_API_KEYS entry {item[:4]}…: want key:read+write+admin[@name]")
+        if (
+            not key
+            or not wanted
+            or not all(map(_scope, wanted))
+            or (at and not _NAME.fullmatch(name))
+        ):
+            raise ConfigError(
+                f"BUS_API_KEYS entry {item[:4]}…: want key:read+write+admin[+publish:<pattern>"
+                "+read:<pattern>][@name]"
+            )
         name = name or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
         keys[key] = Principal(name, wanted)
     return keys
+
+
+def _scope(scope: str) -> bool:
+    """read, write, admin, or publish:<pattern> / read:<pattern> (services/edge/permissions.py)."""
+    kind, _, pattern = scope.partition(":")
+    if not pattern:
+        return scope in SCOPES
+    try:
+        return kind in ("publish", "read") and bool(validate_pattern(pattern))
+    except InvalidSubject:
+        return False
 
 
 def dev_key() -> str:
@@ -87,17 +107,25 @@ def check_scope(scopes: frozenset[str], scope: str) -> None:
 class require:
     """A dependency checking the caller (async: FastAPI runs sync ones in a thread); its
     `scope` is what `/openapi.json` documents for each operation (services/edge/openapi.py).
-    The principal it finds is `request.state.principal` (None on public reads)."""
+    The principal it finds is `request.state.principal` (None on an anonymous public read).
+    `narrowed` routes also let in callers limited to subject patterns, and check the subject
+    themselves (services/edge/permissions.py)."""
 
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
+    def __init__(self, scope: str, *, narrowed: bool = False) -> None:
+        self.scope, self.narrowed = scope, narrowed
 
     async def __call__(self, request: Request) -> None:
         request.state.principal = None
+        authorization = request.headers.get("authorization")
         if self.scope == "read" and request.app.state.public_reads:
+            if authorization:  # a key may still show it is admin
+                with contextlib.suppress(Unauthorized):
+                    request.state.principal = await caller(request.app.state, authorization)
             return
-        principal = await caller(request.app.state, request.headers.get("authorization"))
-        check_scope(principal.scopes, self.scope)
+        principal = await caller(request.app.state, authorization)
+        kind = "publish:" if self.scope == "write" else "read:"
+        if not (self.narrowed and any(s.startswith(kind) for s in principal.scopes)):
+            check_scope(principal.scopes, self.scope)
         request.state.principal = principal
 
 

@@ -20,9 +20,12 @@ from bus import (
 
 from .auth import require
 from .monitor import listing, with_health, worst
+from .permissions import may_read_stream, permit_stream
 
 NAME_PATTERN = r"^[A-Za-z0-9_\-:~@=+%!]+$"  # one subject token, as bus.registry requires
-router = APIRouter(prefix="/api/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
+router = APIRouter(
+    prefix="/api/v1", tags=["catalogue"], dependencies=[Depends(require("read", narrowed=True))]
+)
 
 
 def _json(data: Any) -> Response:
@@ -31,11 +34,14 @@ def _json(data: Any) -> Response:
 
 @router.get("/streams")
 async def list_streams(request: Request) -> Response:
-    return _json(await request.app.state.bus.streams.list())
+    """The streams this caller may read (the backbone's: admin only)."""
+    state, who = request.app.state, request.state.principal
+    return _json([s for s in await state.bus.streams.list() if may_read_stream(state, who, s.name)])
 
 
 @router.get("/streams/{name}")
 async def stream_info(request: Request, name: str) -> Response:
+    await permit_stream(request.app.state, request.state.principal, name)
     return _json(await request.app.state.bus.streams.info(name))
 
 
@@ -47,6 +53,7 @@ async def stream_events(
     limit: int = Query(100, ge=1, le=1000),
 ) -> Response:
     """Stored events from `from_seq`, each decoded with its metadata; `next_seq` pages on."""
+    await permit_stream(request.app.state, request.state.principal, name)
     return _json(await stream_page(request.app.state.bus, name, from_seq, limit))
 
 
@@ -72,7 +79,7 @@ async def stream_page(bus: Bus, name: str, from_seq: int, limit: int) -> dict[st
     return {"items": items, "next_seq": next_seq}
 
 
-@router.get("/components")
+@router.get("/components", dependencies=[Depends(require("read"))])
 async def list_components(request: Request) -> Response:
     """Running components, then registered instances whose heartbeat stopped, each with the
     health monitor's last verdict on it (`health`; services/edge/monitor.py)."""

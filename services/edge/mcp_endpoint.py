@@ -38,8 +38,9 @@ from . import (
     projections,
     requests,
 )
-from .auth import Unauthorized, caller_scopes, refusal, require, writer
+from .auth import Unauthorized, caller, caller_scopes, check_scope, refusal, require, writer
 from .limits import charge
+from .permissions import may_read_stream, permit_stream, publisher
 
 MAX_BODY = 1024 * 1024
 # The caller's verified `Authorization` header, for the tools' scope checks and rate limit.
@@ -91,7 +92,7 @@ def build_server(state: State) -> MCPServer[Any]:
         With an idempotency_key (the event's id), once: the same key and call within a day
         (by default) return the first result; another call with that key is refused (422),
         as is one while the first is in flight (409)."""
-        who = await writer(state, CALLER.get())
+        who = await publisher(state, CALLER.get(), subject)
         await charge(state.publish_buckets, who.name)
         with acting_as(who.name):
             answer = await events.publish_fields(
@@ -119,11 +120,13 @@ def build_server(state: State) -> MCPServer[Any]:
         """Stored events of a stream from from_seq (at most 1000), decoded with metadata."""
         if from_seq < 1 or not 1 <= limit <= 1000:
             raise HTTPException(422, "from_seq >= 1 and 1 <= limit <= 1000")
+        await permit_stream(state, await caller(state, CALLER.get()), name)
         return await catalogue.stream_page(state.bus, name, from_seq, limit)
 
     async def list_streams() -> Any:
         """The streams on the server with their counts."""
-        return await state.bus.streams.list()
+        who = await caller(state, CALLER.get())
+        return [s for s in await state.bus.streams.list() if may_read_stream(state, who, s.name)]
 
     async def describe_event_types() -> Any:
         """JSON Schema of every registered event type and version."""
@@ -226,8 +229,8 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         authorization = headers.get("authorization")
-        try:
-            await caller_scopes(self.state, authorization)
+        try:  # every tool reads; those that write check that too
+            check_scope(await caller_scopes(self.state, authorization), "read")
         except Unauthorized as exc:
             await refusal(exc)(scope, receive, send)
             return
