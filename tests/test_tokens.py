@@ -310,3 +310,20 @@ def test_configuration_is_checked(tmp_path: Path, pem: Path) -> None:
     junk.write_text("not a key")
     with pytest.raises(ConfigError, match="not a public key"):
         Tokens(public_key=junk)
+
+
+async def test_an_oversized_jwks_is_not_taken(jwks: tuple[JwksServer, str]) -> None:
+    served, url = jwks
+    key = ec.generate_private_key(ec.SECP256R1())
+    served.keys = [jwk(key.public_key(), "a", ECAlgorithm), {"kty": "x", "pad": "p" * 300_000}]
+    with pytest.raises(InvalidToken, match="not known"):
+        await Tokens(jwks_url=url).verify(mint(key, "ES256", {"kid": "a"}))
+
+
+def test_settings_make_the_verifier(pem: Path) -> None:
+    from services.runtime.settings import Settings
+
+    assert Settings().edge_options()["tokens"] is None
+    tokens = Settings(jwt_public_key=pem, jwt_issuer=ISSUER).edge_options()["tokens"]
+    assert isinstance(tokens, Tokens)
+    assert tokens.issuer == ISSUER
