@@ -33,6 +33,7 @@ from ._errors import (
     OutboundBufferFull,
     PublishError,
     PublishTimeout,
+    Rejected,
     RemoteError,
     RequestTimeout,
     RevisionMismatch,
@@ -45,6 +46,7 @@ from ._errors import (
 from ._events import Event, EventRegistry, new_event_id
 from ._health import ComponentHealth, HealthRecords, Heartbeat, heartbeats
 from ._idempotency import Claim, IdempotencyRecords, InFlight, Mismatch, Replay
+from ._keyring import Keyring, new_key
 from ._lease import Lease
 from ._live_view import LiveView
 from ._nats.acks import PublishResult
@@ -52,10 +54,12 @@ from ._nats.direct import StoredMessage
 from ._principal import acting_as
 from ._projection import Projection, ProjectionStatus, ProjectionView
 from ._projector import Projector
+from ._protection import Protection
 from ._registry import Component, Registration, Silent, components, silent_components
 from ._rpc import Responder
 from ._server import EmbeddedCluster, EmbeddedServer
 from ._shared_state import Bucket
+from ._signing import Signer
 from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
@@ -70,6 +74,9 @@ from ._subjects import (
 )
 from ._subscribe import Backoff, Router
 from ._telemetry import Observer, Telemetry
+from ._workflow import PermanentError, RunContext, Step, Workflow
+from ._workflow_events import RunView, StepView
+from ._workflow_runs import Started, Workflows
 
 __all__ = (
     "EVENT_SUBJECT_PATTERN",
@@ -116,6 +123,7 @@ __all__ = (
     "KeyExists",
     "KeyNotFound",
     "KeyPage",
+    "Keyring",
     "Lease",
     "LiveView",
     "Mismatch",
@@ -123,14 +131,17 @@ __all__ = (
     "NoStreamForSubject",
     "Observer",
     "OutboundBufferFull",
+    "PermanentError",
     "Projection",
     "ProjectionStatus",
     "ProjectionView",
     "Projector",
+    "Protection",
     "PublishError",
     "PublishResult",
     "PublishTimeout",
     "Registration",
+    "Rejected",
     "RemoteError",
     "Replay",
     "Repository",
@@ -138,9 +149,15 @@ __all__ = (
     "Responder",
     "RevisionMismatch",
     "Router",
+    "RunContext",
+    "RunView",
     "ServerError",
     "ServiceError",
+    "Signer",
     "Silent",
+    "Started",
+    "Step",
+    "StepView",
     "StoredMessage",
     "StreamConflict",
     "StreamError",
@@ -149,6 +166,8 @@ __all__ = (
     "StreamSpec",
     "StreamSummary",
     "Telemetry",
+    "Workflow",
+    "Workflows",
     "acting_as",
     "components",
     "covers",
@@ -160,6 +179,7 @@ __all__ = (
     "load_app",
     "matches",
     "new_event_id",
+    "new_key",
     "parse_event_subject",
     "silent_components",
     "validate_pattern",

@@ -15,6 +15,9 @@ from ._events import Event, EventRegistry
 from ._projection import Projection
 from ._streams import StreamSpec
 from ._subscribe import Handler, Responds, Router
+from ._workflow import Workflow
+from ._workflow_host import WorkflowHost
+from ._workflow_tasks import Action
 
 
 class App:
@@ -33,6 +36,10 @@ class App:
         self.registry = EventRegistry(events)
         self.router = router if router is not None else Router()
         self.projections = {p.name: p for p in projections}
+        self._workflows = WorkflowHost(
+            name, self.streams, self.projections, self.registry, self.router
+        )
+        self.workflows = self._workflows.workflows
         self.buckets = {b.name: b for b in buckets}  # shared state (JetStream KV) by name
 
     def projection(self, name: str) -> Projection[Any]:
@@ -48,6 +55,14 @@ class App:
         self, subject: str | None = None, *, durable: str, **options: Any
     ) -> Callable[[Handler], Handler]:
         return self.router.subscribe(subject, durable=durable, **options)
+
+    def workflow(self, workflow: Workflow[Any]) -> Workflow[Any]:
+        """Declare a workflow: every worker of this app orchestrates its runs."""
+        return self._workflows.define(workflow)
+
+    def action(self, name: str, **options: Any) -> Callable[[Action], Action]:
+        """Decorator: run the workflow steps of action `name` (options as for `subscribe`)."""
+        return self._workflows.action(name, **options)
 
     def serve(
         self, subject: str, *, service: str | None = None, **options: Any

@@ -24,6 +24,7 @@ from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
 from . import _calls as calls
 from . import _deadletter as deadletter
+from . import _reader as reader
 from . import _rpc as rpc
 from ._breaker import CircuitPolicy, Circuits
 from ._buckets import BucketSpec
@@ -36,10 +37,10 @@ from ._events import Event, EventRegistry
 from ._nats.acks import PublishResult
 from ._nats.connection import Connection
 from ._nats.direct import StoredMessage
+from ._protection import Protection
 from ._publish import Publisher, template_of
-from ._reader import read_messages
 from ._shared_state import Bucket, Buckets
-from ._streams import StreamManager, StreamSpec, existing_name
+from ._streams import StreamManager, StreamSpec
 from ._subjects import validate_pattern
 from ._subscribe import Handler, Router, handler_spec
 from ._tail import messages_on
@@ -81,6 +82,7 @@ class Bus:
         observer: Observer | None = None,
         tracer_provider: TracerProvider | None = None,
         circuits: Circuits | CircuitPolicy | None = None,
+        protection: Protection | None = None,
     ) -> None:
         if replicas not in (1, 3, 5):
             raise ConfigError("replicas must be 1, 3 or 5")
@@ -89,7 +91,7 @@ class Bus:
         self._connect_opts = (credentials or Credentials()).connect_options()
         self.name = name
         self.registry = registry if registry is not None else EventRegistry()
-        self.codec = Codec(content_type)
+        self.codec = Codec(content_type, protection)  # signing, encryption: bus._protection
         self.stream_specs = list(streams)
         self._buckets = Buckets(self, buckets)  # created at start, like the streams
         self.manage_streams = manage_streams
@@ -324,11 +326,7 @@ class Bus:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def read(
-        self, stream: str, from_seq: int = 1, limit: int = 100, subject: str | None = None
-    ) -> list[StoredMessage]:
-        """Stored messages from `from_seq` on, one round trip per call (batched direct get)."""
-        return await read_messages(self.nc, existing_name(stream), from_seq, limit, subject)
+    read = reader.read  # (stream, from_seq=1, limit=100, subject=None, *, since=None)
 
     def open(self, message: StoredMessage) -> Envelope[Event]:
         """Decode a stored message with this bus's registry; raises DecodeError."""
@@ -376,6 +374,8 @@ class Bus:
 
     async def replay(self, stream: str, seq: int) -> PublishResult:
         return await deadletter.replay(self.nc, self.publisher, stream, seq)
+
+    discard = deadletter.discard  # (stream, seq): delete a dead letter, not replayed
 
     # -- request / reply ----------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ Encoders and typed decoders are built once and kept (msgspec is fastest that way
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -13,17 +13,26 @@ from . import _headers as h
 from ._errors import ConfigError, DecodeError
 from ._events import Event, EventRegistry
 
+if TYPE_CHECKING:
+    from ._protection import Protection
+
 ContentType = Literal["json", "msgpack"]
 _MIME = {"json": h.JSON, "msgpack": h.MSGPACK}
 
 
 class Codec:
-    """Encodes events in one content type; decodes either, chosen by the message's header."""
+    """Encodes events in one content type; decodes either, chosen by the message's header.
 
-    def __init__(self, content_type: ContentType = "json") -> None:
+    `protection` (signing, encryption: bus._protection) wraps the encoded payload on the way
+    out and is undone before decoding, like Temporal's payload codecs."""
+
+    def __init__(
+        self, content_type: ContentType = "json", protection: Protection | None = None
+    ) -> None:
         if content_type not in _MIME:
             raise ConfigError(f"content type must be 'json' or 'msgpack', not {content_type!r}")
         self.content_type = content_type
+        self.protection = protection
         self.mime = _MIME[content_type]
         self._encode = (
             msgspec.json.Encoder() if content_type == "json" else msgspec.msgpack.Encoder()

@@ -293,7 +293,7 @@ class Consumer:
             if not self.spec.accepts(type(env.event)):
                 raise DecodeError(f"{type(env.event).__name__} is not handled here", msg.subject)
         except DecodeError as exc:
-            return f"undecodable: {exc.reason}"
+            return exc.verdict
         if attempt > self.spec.max_deliver:
             return f"lost during attempt {self.spec.max_deliver} (crash?)"
         return env

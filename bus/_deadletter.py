@@ -20,7 +20,7 @@ from ._nats.connection import Connection
 from ._nats.direct import StoredMessage
 from ._nats.wire import Outgoing
 from ._publish import Publisher
-from ._reader import read_messages
+from ._reader import Reading, read_messages
 from ._streams import dead_letter_stream, dead_letter_subject
 
 ORIGINAL_MSG_ID = "Bus-Original-Msg-Id"
@@ -120,3 +120,13 @@ async def replay(nc: Connection, publisher: Publisher, stream: str, seq: int) ->
     with contextlib.suppress(nats.errors.Error):  # a leftover entry is visible and harmless
         await nc.jetstream().delete_msg(dlq, seq)
     return result
+
+
+async def discard(bus: Reading, stream: str, seq: int) -> None:
+    """Delete dead letter `seq` of `stream`: given up on, on purpose (`Bus.discard`;
+    StreamNotFound when there is no such dead letter)."""
+    dlq = dead_letter_stream(stream)
+    try:
+        await bus.nc.jetstream().delete_msg(dlq, seq)
+    except nats.errors.Error as exc:
+        raise StreamNotFound(f"{dlq} has no message {seq}") from exc

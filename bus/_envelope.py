@@ -111,6 +111,8 @@ def open_message(
 ) -> Envelope[Event]:
     """Decode one message into an Envelope; raise DecodeError for anything unreadable."""
     hdrs = hdrs or {}
+    if codec.protection is not None:  # (Rejected when it may not be read)
+        data = codec.protection.open(subject, data, hdrs)
     cls = resolve_type(subject, hdrs, registry)
     raw_version = hdrs.get(h.EVENT_VERSION)
     try:

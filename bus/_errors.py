@@ -24,6 +24,7 @@ BusError
 ├── Fenced                           another instance has taken over what this one ran
 ├── PublishError                     JetStream refused a publish for another reason
 ├── DecodeError(ValueError)          bytes that are not a known, valid event
+│   └── Rejected                     unsigned, forged, untrusted or undecryptable
 └── ServerError                      the embedded nats-server failed to start or stop
 """
 
@@ -216,6 +217,19 @@ class DecodeError(BusError, ValueError):
         super().__init__(f"cannot decode message{where}: {reason}")
         self.reason = reason
         self.subject = subject
+
+    @property
+    def verdict(self) -> str:
+        """The dead-letter reason for such a message."""
+        return f"undecodable: {self.reason}"
+
+
+class Rejected(DecodeError):
+    """A message that may not be read: its signature or its encryption does not check out."""
+
+    @property
+    def verdict(self) -> str:
+        return f"rejected: {self.reason}"
 
 
 class ServerError(BusError):

@@ -233,7 +233,7 @@ class Generation:
             try:
                 envelope = self.bus.open(message)
             except DecodeError as exc:
-                await self._reject(message, f"undecodable: {exc.reason}")
+                await self._reject(message, exc.verdict)
                 continue
             try:
                 key = self.projection.key(envelope)

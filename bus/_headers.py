@@ -29,6 +29,10 @@ ORIGINAL_SUBJECT: Final = "Bus-Original-Subject"
 ORIGINAL_SEQ: Final = "Bus-Original-Seq"
 REPLAYED_FROM: Final = "Bus-Replayed-From"
 
+SIGNER: Final = "Bus-Signer"  # the nkeys public key that signed (bus._signing)
+SIGNATURE: Final = "Bus-Signature"  # Ed25519, base64url
+KEY_ID: Final = "Bus-Key-Id"  # the payload key that encrypted (bus._keyring)
+
 STATUS: Final = "Status"  # JetStream status messages (pull requests, heartbeats)
 DESCRIPTION: Final = "Description"
 PENDING_MESSAGES: Final = "Nats-Pending-Messages"

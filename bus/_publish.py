@@ -21,12 +21,7 @@ from . import _telemetry as telemetry
 from ._atomic import send_atomic
 from ._codec import Codec
 from ._envelope import build_headers
-from ._errors import (
-    BusClosed,
-    BusError,
-    ConfigError,
-    PublishTimeout,
-)
+from ._errors import BusClosed, BusError, ConfigError, PublishTimeout
 from ._events import Event, new_event_id
 from ._followups import Run, current_run
 from ._nats.acks import NO_RESPONDERS, TOO_LARGE, PublishResult, read_ack
@@ -334,6 +329,8 @@ class Publisher:
         """`trace_headers` (a batch span's context) replace the span of its own an event
         otherwise gets while tracing is on."""
         since = 0 if run is None else run.rerun_since
+        if (protection := self._codec.protection) is not None:  # before the trace headers
+            payload = protection.seal(subject, event_id, hdrs, payload)
         if trace_headers is not None:
             hdrs.update(trace_headers)
             return Outgoing(subject, payload, hdrs, event_id, None, since)

@@ -12,6 +12,7 @@ Replicated streams use it where a read must be fresh; a single replica is always
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import msgspec
 import nats.errors
@@ -20,11 +21,33 @@ from ._errors import BusTimeout, StreamError, StreamNotFound
 from ._nats.connection import Connection
 from ._nats.direct import StoredMessage, direct_get, direct_gets
 from ._nats.wire import parse_headers
+from ._streams import existing_name
 
 _encode = msgspec.json.Encoder().encode
 NO_MESSAGE = 10037  # JetStream err_code: no message found
 STREAM_NOT_FOUND = 10059
 STALE_PATIENCE = 0.5  # seconds a replica that is behind is waited for before asking the leader
+
+
+class Reading(Protocol):
+    """What reading needs of a Bus."""
+
+    @property
+    def nc(self) -> Connection: ...
+
+
+async def read(
+    bus: Reading,
+    stream: str,
+    from_seq: int = 1,
+    limit: int = 100,
+    subject: str | None = None,
+    *,
+    since: str | None = None,
+) -> list[StoredMessage]:
+    """Stored messages from `from_seq` on (or stored at or after `since`, an RFC 3339 time),
+    one round trip per call (batched direct get): `Bus.read`."""
+    return await read_messages(bus.nc, existing_name(stream), from_seq, limit, subject, since=since)
 
 
 async def read_messages(

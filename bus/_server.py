@@ -80,6 +80,10 @@ class EmbeddedServer:
     cluster_name: str | None = None
     cluster_port: int | None = None
     routes: list[str] = field(default_factory=list)
+    # JetStream encrypts its store at rest with `cipher` ("chachapoly" or "aes") under
+    # `store_key`; a store written so cannot be read without that key.
+    cipher: str | None = None
+    store_key: str | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,8 +121,12 @@ class EmbeddedServer:
             "jetstream {",
             f"  store_dir: {q(str(self.store_dir / 'jetstream'))}",
             f"  sync_interval: {q(self.sync_interval)}",
-            "}",
         ]
+        if self.cipher:
+            if self.cipher not in ("chachapoly", "aes") or not self.store_key:
+                raise ServerError("cipher must be 'chachapoly' or 'aes', with a store_key")
+            lines += [f"  cipher: {self.cipher}", f"  key: {q(self.store_key)}"]
+        lines += ["}"]
         if self.monitor_port is not None:
             lines.append(f"http: {q(f'{self.host}:{self.monitor_port or -1}')}")
         if self.user or self.token or self.nkeys:
@@ -157,6 +165,7 @@ class EmbeddedServer:
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir()
         conf = self.store_dir / "nats-server.conf"
+        conf.touch(mode=0o600)  # (it may hold passwords and the store key)
         conf.write_text(self.config_text())
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(

@@ -166,6 +166,33 @@ class Metrics:
         self._requests: dict[tuple[str, str], Histogram] = {}
         self._answers: dict[tuple[str, str, str], Histogram] = {}
 
+        self.workflow_runs = Counter(
+            "bus_workflow_runs",
+            "Workflow runs finished, by outcome (completed, failed, cancelled).",
+            ["workflow", "outcome"],
+            registry=r,
+        )
+        self.workflow_run_duration = Histogram(
+            "bus_workflow_run_duration_seconds",
+            "Workflow runs from start to end, by outcome.",
+            ["workflow", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.workflow_steps = Counter(
+            "bus_workflow_steps",
+            "Workflow step attempts finished, by outcome (completed, failed, retried).",
+            ["workflow", "step", "outcome"],
+            registry=r,
+        )
+        self.workflow_step_duration = Histogram(
+            "bus_workflow_step_duration_seconds",
+            "Workflow step attempts, handler time.",
+            ["workflow", "step"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def published(self, destination: str, outcome: str, seconds: float, count: int) -> None:
         self.sent.labels(destination, outcome).inc(count)
         self.operation_duration.labels("publish", destination).observe(seconds, _exemplar())
@@ -176,6 +203,14 @@ class Metrics:
 
     def dead_lettered(self, stream: str, consumer: str) -> None:
         self.dead_letters.labels(stream, consumer).inc()
+
+    def run_finished(self, workflow: str, outcome: str, seconds: float) -> None:
+        self.workflow_runs.labels(workflow, outcome).inc()
+        self.workflow_run_duration.labels(workflow, outcome).observe(seconds, _exemplar())
+
+    def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
+        self.workflow_steps.labels(workflow, step, outcome).inc()
+        self.workflow_step_duration.labels(workflow, step).observe(seconds, _exemplar())
 
     def requested(self, endpoint: str, outcome: str, seconds: float) -> None:
         # Per request: the labelled child is looked up once (`labels()` costs as much as the

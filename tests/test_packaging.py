@@ -27,6 +27,9 @@ def test_the_wheel_ships_py_typed_and_the_license(tmp_path: Path) -> None:
     assert "bus/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert "bus/_nats/connection.py" in names
+    console = "services/edge/console/static"
+    for shipped in ("index.html", "app.js", "style.css", "pages/streams.js"):
+        assert f"{console}/{shipped}" in names  # the console, as package data
     assert not any(n.startswith("tests/") for n in names)
 
 

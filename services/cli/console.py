@@ -114,6 +114,7 @@ def connect(app: App | None = None, buckets: Iterable[BucketSpec] = ()) -> Bus:
         registry=app.registry if app else None,
         buckets=buckets,
         drain_timeout=2.0,
+        protection=settings.protection,  # `bus tail` and the like read plaintext
     )
 
 

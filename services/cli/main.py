@@ -27,7 +27,7 @@ from bus import (
     load_app,
     parse_event_subject,
 )
-from services.runtime.projector import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
+from services.runtime.rebuild_requests import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
 
 from . import run as cli_run
 from .console import (
@@ -40,7 +40,9 @@ from .console import (
     json_option,
     run,
 )
+from .keys import keys
 from .kv import kv
+from .workflows import workflows
 
 
 @click.group()
@@ -51,7 +53,9 @@ def main() -> None:
 
 for verb in cli_run.VERBS:
     main.add_command(verb)
+main.add_command(workflows)
 main.add_command(kv)
+main.add_command(keys)
 
 
 @main.command()

@@ -50,13 +50,18 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
 @click.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["all", "messaging", "state", "http", "tracing", "tokens"]),
+    type=click.Choice(
+        ["all", "messaging", "state", "http", "tracing", "security", "patterns", "tokens"]
+    ),
     default="all",
     show_default=True,
     help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild; "
     "http: the edge beside bare FastAPI under wrk, and read-your-writes latency; "
     "tracing: publish and consume with tracing off, at 10% and at 100% sampling; "
     "tokens: the GET projection path with a JWT beside an API key; "
+    "security: publish and consume with signing, encryption and both, vs off; "
+    "patterns: workflows beside hand-written handlers, KV compare-and-set and requests "
+    "beside raw nats-py; "
     "all: each of them, then a summary of every target.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
@@ -85,6 +90,8 @@ def bench(
     """Measure bus against raw nats-py on one embedded server, in one run."""
     from services.bench.http import run_http_bench
     from services.bench.messaging import run_bench
+    from services.bench.patterns import run_patterns_bench
+    from services.bench.security import run_security_bench
     from services.bench.state import run_state_bench
     from services.bench.summary import Verdict, show
     from services.bench.tokens import run_tokens_bench
@@ -96,6 +103,8 @@ def bench(
         "http": lambda: run_http_bench(runs, 10, sync_interval, as_json),
         "tracing": lambda: run_tracing_bench(runs, messages, as_json),
         "tokens": lambda: run_tokens_bench(runs, 10, as_json),
+        "security": lambda: run_loop(run_security_bench(runs, messages, as_json)),
+        "patterns": lambda: run_loop(run_patterns_bench(runs, as_json)),
     }
     try:
         if scenario != "all":

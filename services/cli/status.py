@@ -9,6 +9,8 @@ left out, but for the app's own buckets (shared state).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from rich.table import Table
 
@@ -22,6 +24,7 @@ from bus import (
     ProjectionView,
     StreamError,
     StreamSummary,
+    Workflows,
     components,
 )
 
@@ -49,6 +52,7 @@ class Status(msgspec.Struct):
     consumers: list[ConsumerState]
     projections: list[ProjectionStatus]
     components: list[Component]
+    workflows: dict[str, dict[str, Any]] = {}  # runs and steps by status, per workflow
     health: list[ComponentHealth] = []
 
 
@@ -69,8 +73,9 @@ async def collect(bus: Bus, app: App) -> Status:
         if c.durable
     ]
     projections = [await ProjectionView(bus, p).status() for p in app.projections.values()]
+    runs = await Workflows(bus, app).counts() if app.workflows else {}
     found, health = await components(bus), await HealthRecords(bus).read()
-    return Status(server, streams, consumers, projections, found, health)
+    return Status(server, streams, consumers, projections, found, workflows=runs, health=health)
 
 
 def render(status: Status) -> Table:
@@ -95,6 +100,11 @@ def render(status: Status) -> Table:
         failures = f", {p.failures} failures" if p.failures else ""
         table.add_row("projection", p.name, f"position {p.position}, lag {p.lag}{failures}")
     table.add_section()
+    for name, counts in status.workflows.items():
+        table.add_row("workflow", name, "runs: " + _by_status(counts["runs"]))
+        for step, by_status in counts["steps"].items():
+            table.add_row("", f"  {step}", _by_status(by_status))
+    table.add_section()
     verdicts = {v.key: v for v in status.health}
     for comp in status.components:
         verdict = verdicts.pop(comp.key, None)
@@ -111,6 +121,10 @@ def render(status: Status) -> Table:
             "component", gone.name, f"{gone.instance}, {health_word(gone)}{_checked(gone)}"
         )
     return table
+
+
+def _by_status(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
 def _checked(verdict: ComponentHealth | None) -> str:

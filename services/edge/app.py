@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from bus import App, Bus, CircuitPolicy, Circuits, Credentials, IdempotencyRecords, LiveView
+from bus import (
+    App,
+    Bus,
+    CircuitPolicy,
+    Circuits,
+    Credentials,
+    IdempotencyRecords,
+    LiveView,
+    Protection,
+)
 from observability import tracing
 from observability.metrics import Metrics
 
@@ -17,6 +26,8 @@ from . import (
     asyncapi,
     auth,
     catalogue,
+    console,
+    deadletters,
     events,
     fastpath,
     health,
@@ -27,8 +38,10 @@ from . import (
     openapi,
     problems,
     projections,
+    rebuilds,
     requests,
     tail,
+    workflows,
 )
 from . import metrics as http_metrics
 from .tokens import Tokens
@@ -70,6 +83,8 @@ def create_app(
     circuits: Circuits | CircuitPolicy | None = None,
     health_interval: float = monitor.INTERVAL,
     health_timeout: float = monitor.TIMEOUT,
+    protection: Protection | None = None,
+    grafana_url: str | None = None,
     tokens: Tokens | None = None,
 ) -> FastAPI:
     """The edge for `app`.
@@ -82,7 +97,8 @@ def create_app(
     `metrics` is where it counts (its own unless the process shares one, as `bus up` does);
     every `health_interval` seconds (0: never) it checks the registered components, each
     within `health_timeout` seconds (services/edge/monitor.py); `circuits` guard its requests
-    (a policy, or a table the process shares); `tokens` verifies JWT bearer tokens."""
+    (a policy, or a table the process shares); the console at `/ui` links trace ids to
+    `grafana_url`; `tokens` verifies JWT bearer tokens."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
@@ -103,6 +119,7 @@ def create_app(
                 buckets=[*app.buckets.values(), *([limits.RATES] if publish_rate else [])],
                 observer=metrics,
                 circuits=circuits,
+                protection=protection,  # the edge reads plaintext, publishes sealed
             ) as bus,
             contextlib.AsyncExitStack() as views,
             api.state.mcp_manager.run(),
@@ -153,9 +170,12 @@ def create_app(
     api.add_middleware(fastpath.HotReads, state=api.state)  # inside the metrics
     api.state.metrics = metrics
     api.add_middleware(http_metrics.HttpMetrics, metrics=metrics)
+    api.include_router(rebuilds.router)  # before projections' /{name}, which would take it
     routers = (health, http_metrics, events, projections, catalogue, asyncapi, tail, kv, requests)
-    for module in routers:
+    for module in (*routers, workflows):
         api.include_router(module.router)
+    api.include_router(deadletters.router)
+    console.install(api, grafana_url)
     mcp_endpoint.install(api, allowed_hosts or LOCAL_HOSTS, [*LOCAL_ORIGINS, *origins])
     openapi.install(api)
     tracing.instrument(api)

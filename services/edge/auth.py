@@ -6,8 +6,8 @@ Writes need `write`; reads need `read` unless the edge is told reads are public.
 `BUS_API_KEYS`, the edge makes one development key with every scope and logs it.
 """
 
-from __future__ import annotations
-
+# (No `from __future__ import annotations`: FastAPI before 0.116 resolves a callable
+# instance's string annotations against no globals, and took `request` for a query field.)
 import contextlib
 import hashlib
 import hmac

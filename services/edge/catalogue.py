@@ -10,14 +10,15 @@ from fastapi.responses import Response
 
 from bus import (
     Bus,
-    BusError,
     Component,
     HealthRecords,
     components,
     json_schema,
     silent_components,
+    validate_pattern,
 )
 
+from . import stream_reads
 from .auth import require
 from .monitor import listing, with_health, worst
 from .permissions import may_read_stream, permit_stream
@@ -45,38 +46,63 @@ async def stream_info(request: Request, name: str) -> Response:
     return _json(await request.app.state.bus.streams.info(name))
 
 
+@router.get("/streams/{name}/consumers")
+async def stream_consumers(request: Request, name: str) -> Response:
+    """The stream's consumers: `pending` (stored, not yet delivered) and `ack_pending`."""
+    return _json(await request.app.state.bus.streams.consumers(name))
+
+
 @router.get("/streams/{name}/events")
 async def stream_events(
     request: Request,
     name: str,
-    from_seq: int = Query(1, ge=1),
+    from_seq: int = Query(1, ge=1, le=stream_reads.MAX_SEQ),
     limit: int = Query(100, ge=1, le=1000),
+    subject: str | None = Query(None, max_length=256, description="A subject pattern"),
+    before_seq: int | None = Query(
+        None,
+        ge=1,
+        le=stream_reads.MAX_SEQ,
+        description="Newest first: events before this sequence (next_before_seq)",
+    ),
+    newest: bool = Query(False, description="Newest first, from the end of the stream"),
 ) -> Response:
-    """Stored events from `from_seq`, each decoded with its metadata; `next_seq` pages on."""
+    """Stored events, each decoded with its metadata: from `from_seq` on (`next_seq` pages
+    on), or newest first with `newest` or `before_seq` (`next_before_seq` pages back)."""
+    bus = request.app.state.bus
     await permit_stream(request.app.state, request.state.principal, name)
-    return _json(await stream_page(request.app.state.bus, name, from_seq, limit))
+    if subject is not None:
+        validate_pattern(subject)
+    if newest or before_seq is not None:
+        return _json(await stream_reads.newest_first(bus, name, before_seq, limit, subject))
+    return _json(await stream_page(bus, name, from_seq, limit, subject))
 
 
-async def stream_page(bus: Bus, name: str, from_seq: int, limit: int) -> dict[str, Any]:
-    stored = await bus.read(name, from_seq, limit)
-    items = []
-    for m in stored:
-        item: dict[str, Any] = {"seq": m.seq, "subject": m.subject, "time": m.time}
-        try:
-            envelope = bus.open(m)
-            item |= {
-                "type": type(envelope.event).__event_type__,
-                "id": envelope.id,
-                "correlation_id": envelope.correlation_id,
-                "causation_id": envelope.causation_id,
-                "principal": envelope.principal,
-                "data": envelope.event,
-            }
-        except BusError as exc:  # shown as what it is, not hidden
-            item |= {"type": m.headers.get("Bus-Event-Type"), "undecodable": str(exc)}
-        items.append(item)
+@router.get("/streams/{name}/events/{seq}")
+async def stream_event(
+    request: Request, name: str, seq: int = Path(ge=1, le=stream_reads.MAX_SEQ)
+) -> Response:
+    """One stored event with every header."""
+    await permit_stream(request.app.state, request.state.principal, name)
+    return _json(await stream_reads.one(request.app.state.bus, name, seq))
+
+
+@router.get("/streams/{name}/events/by-id/{event_id}")
+async def stream_event_by_id(
+    request: Request, name: str, event_id: str = Path(max_length=64)
+) -> Response:
+    """The event with this id (a UUIDv7, as the bus makes them), with every header; read
+    from the time the id carries, not scanned for."""
+    await permit_stream(request.app.state, request.state.principal, name)
+    return _json(await stream_reads.by_id(request.app.state.bus, name, event_id))
+
+
+async def stream_page(
+    bus: Bus, name: str, from_seq: int, limit: int, subject: str | None = None
+) -> dict[str, Any]:
+    stored = await bus.read(name, from_seq, limit, subject)
     next_seq = stored[-1].seq + 1 if len(stored) == limit else None
-    return {"items": items, "next_seq": next_seq}
+    return {"items": [stream_reads.shown(bus, m) for m in stored], "next_seq": next_seq}
 
 
 @router.get("/components", dependencies=[Depends(require("read"))])

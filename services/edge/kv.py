@@ -5,6 +5,7 @@
                                                 exists) or `If-None-Match: *` (it does not),
                                                 else 412 saying the current revision
     DELETE /api/v1/kv/{bucket}/{key}            204 (`If-Match` as for PUT); 404 if absent
+    GET    /api/v1/kv                           the app's buckets
     GET    /api/v1/kv/{bucket}?prefix=&limit=&cursor=    live keys with values, paged
     GET    /api/v1/kv/{bucket}/{key}/history    the revisions kept, deletions included
     GET    /api/v1/kv/{bucket}:watch?key=&after_revision=   every change as Server-Sent
@@ -111,6 +112,14 @@ def refused(exc: RevisionMismatch) -> Response:
     """412, saying the key's current revision (0: absent)."""
     detail = str(exc)
     return problem(412, "Precondition Failed", detail, current_revision=exc.current)
+
+
+@router.get("", dependencies=read)
+async def list_buckets(request: Request) -> Response:
+    """The app's buckets: name, description, revisions kept per key, ttl."""
+    specs = request.app.state.app.buckets.values()
+    keep = ("name", "description", "history", "ttl")
+    return _json([{field: getattr(spec, field) for field in keep} for spec in specs])
 
 
 @router.get("/{bucket}:watch", dependencies=read, response_class=StreamingResponse,

@@ -37,6 +37,7 @@ from . import (
     monitor,
     projections,
     requests,
+    workflow_tools,
 )
 from .auth import Unauthorized, caller, caller_scopes, check_scope, refusal, require, writer
 from .limits import charge
@@ -81,6 +82,9 @@ def build_server(state: State) -> MCPServer[Any]:
         instructions="Publish events, query projections, read streams on the bus.",
         log_level="WARNING",
     )
+
+    async def may_write() -> None:
+        await charge(state.publish_buckets, (await writer(state, CALLER.get())).name)
 
     async def publish_event(
         subject: str,
@@ -152,6 +156,8 @@ def build_server(state: State) -> MCPServer[Any]:
         get_health,
     ):
         server.add_tool(_guarded(tool), structured_output=False)
+    for extra in workflow_tools.tools(state, may_write) if state.app.workflows else []:
+        server.add_tool(_guarded(extra), structured_output=False)
 
     async def call_service(subject: str, data: dict[str, Any], timeout: float = 5.0) -> Any:
         """Ask one of the app's responders (`list_components` shows them: kind "micro"),
@@ -178,9 +184,8 @@ def build_server(state: State) -> MCPServer[Any]:
         if headers is None:  # 2026-07-28: served inline, the gate's values are this request's
             return await call_next(ctx)
         authorization = headers.get("authorization")
-        await caller_scopes(
-            state, authorization
-        )  # the gate let it in; a session must not change that
+        # the gate let it in; a session must not change that
+        check_scope(await caller_scopes(state, authorization), "read")
         token = CALLER.set(authorization)
         try:
             with state.bus.telemetry.continuing(headers):

@@ -38,7 +38,16 @@ def sample_fields(cls: type[msgspec.Struct]) -> dict[str, Any]:
 
 def try_commands(app: App) -> list[str]:
     """`bus publish` of the app's first event type, a tail of its stream, and a read of the
-    projection that event feeds (or the projection list)."""
+    projection that event feeds (or the projection list); for an app with workflows, a run
+    of its first one."""
+    if app.workflows:
+        name, workflow = next(iter(app.workflows.items()))
+        sample = sample_value(workflow.input_type)
+        return [
+            f"bus workflows start {name} {shlex.quote(json.dumps(sample))} --wait",
+            "bus workflows list",
+            f"bus workflows runs {name}",
+        ]
     event_types = [cls for cls in app.registry if cls.__domain__ and cls.__event_name__]
     if not event_types:
         return ["bus streams", "bus components"]

@@ -15,27 +15,15 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
 from bus import App, Bus, BusError, Lease, Projector, Registration, Responder
 
 from . import telemetry
 from .lifecycle import until_signalled
 from .probes import serve_probes
+from .rebuild_requests import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
 from .settings import Settings
 
 log = logging.getLogger("bus.projector")
-REBUILD_SUBJECT = "bus.projector.rebuild"
-
-
-class RebuildRequest(msgspec.Struct):
-    """Asks the instance running a projection to rebuild it (on `bus.projector.rebuild.<name>`)."""
-
-
-class RebuildAnswer(msgspec.Struct):
-    started: bool
-    instance: str = ""
-    error: str = ""
 
 
 def instance_id() -> str:

@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bus import App, CircuitPolicy, ConfigError, Credentials
+from bus import App, CircuitPolicy, ConfigError, Credentials, Protection
 from services.edge.tokens import Tokens
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     edge_port: Port = 8080  # 0: a free port
     api_keys: SecretStr | None = None  # key:read+write+admin,key2:read
     public_reads: bool = False  # reads without a key
+    grafana_url: str | None = None  # the console links trace ids to Grafana's Explore there
     cors_origins: Names = ()  # browser origins allowed to call the edge
     edge_allowed_hosts: Names = ()  # Host values /mcp accepts (DNS-rebinding guard)
     publish_rate: float = Field(default=1000.0, ge=0, allow_inf_nan=False)  # per key per s; 0: none
@@ -72,8 +73,17 @@ class Settings(BaseSettings):
     jwt_jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # Signed and encrypted events (bus._protection): this process's nkeys seed file, the
+    # public keys it trusts, the domains (`*`: all) whose events must be signed by one of
+    # them, and payload keys per domain (`tasks=id:base64,...;...`, or a file holding that).
+    signing_seed: Path | None = None
+    trusted_signers: Names = ()
+    require_signatures: Names = ()
+    encryption_keys: SecretStr | None = None
 
-    @field_validator("cors_origins", "edge_allowed_hosts", mode="before")
+    @field_validator(
+        "cors_origins", "edge_allowed_hosts", "trusted_signers", "require_signatures", mode="before"
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -147,7 +157,15 @@ class Settings(BaseSettings):
             "replicas": self.replicas,
             "circuits": self.circuit_policy,
             "buckets": list(app.buckets.values()),
+            "protection": self.protection,
         }
+
+    @property
+    def protection(self) -> Protection | None:
+        keys = self.encryption_keys.get_secret_value() if self.encryption_keys else None
+        return Protection.from_settings(
+            self.signing_seed, self.trusted_signers, self.require_signatures, keys
+        )
 
     @property
     def circuit_policy(self) -> CircuitPolicy:
@@ -161,6 +179,7 @@ class Settings(BaseSettings):
             "credentials": self.credentials,
             "api_keys": self.api_keys.get_secret_value() if self.api_keys else None,
             "public_reads": self.public_reads,
+            "grafana_url": self.grafana_url,
             "cors_origins": list(self.cors_origins),
             "allowed_hosts": list(self.edge_allowed_hosts) or None,
             "publish_rate": self.publish_rate,
@@ -170,6 +189,7 @@ class Settings(BaseSettings):
             "health_interval": self.health_interval,
             "health_timeout": self.health_timeout,
             "tokens": self.tokens,
+            "protection": self.protection,
         }
 
     @property

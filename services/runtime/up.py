@@ -78,6 +78,7 @@ def _status(app: App, url: str, server: EmbeddedServer | None, bus: Bus) -> dict
 def _panel(status: dict[str, object], app: App) -> Panel:
     table = Table.grid(padding=(0, 2))
     table.add_row("edge", str(status["edge_url"]))
+    table.add_row("console", f"{status['edge_url']}/ui/")
     table.add_row("OpenAPI docs", f"{status['edge_url']}/docs")
     table.add_row("health", f"{status['edge_url']}/health")
     table.add_row("MCP", f"{status['edge_url']}/mcp")

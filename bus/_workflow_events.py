@@ -1,0 +1,303 @@
+"""A workflow run's history as events, and the fold that turns it into the run's state.
+
+Every run is an aggregate of the `wf` domain: stream `WF`, subjects `wf.<run_id>.<event>`
+(`run_id` is `<workflow>-<uuid7>`, so runs of a workflow sort together and by start time).
+Step work travels separately, as `StepTask` messages on `wftask.<action>.task` (stream
+`WFTASKS`), with `Nats-Msg-Id` `<run_id>.<step>.<attempt>` so a task sent twice is stored once.
+
+`apply_run` is the one fold: the orchestrator and the workers fold a run's history with it to
+decide, and the `workflow_runs` projection (key: run id) folds the stream with it for queries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ._envelope import Envelope
+from ._events import Event
+from ._projection import Projection
+from ._store import EventStore, History
+from ._streams import StreamSpec
+
+DOMAIN = "wf"
+TASKS = "wftask"
+RUNS_PROJECTION = "workflow_runs"
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class StepShape(msgspec.Struct, frozen=True, array_like=True):
+    name: str
+    action: str
+    depends_on: tuple[str, ...] = ()
+
+
+class RunStarted(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "started"
+    workflow: str
+    version: str
+    input: Any
+    steps: list[StepShape]
+
+
+class StepScheduled(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "step_scheduled"
+    step: str
+    attempt: int
+    input: Any
+    not_before: float = 0.0  # epoch seconds: a retry waits for its backoff
+
+
+class StepStarted(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "step_started"
+    step: str
+    attempt: int
+    task_seq: int  # the task message running it: a redelivery of it may start it again
+
+
+class StepCompleted(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "step_completed"
+    step: str
+    attempt: int
+    output: Any
+    seconds: float = 0.0
+    origin: int = 0  # the sequence of the run's first event (0: unknown): see load_run
+
+
+class StepFailed(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "step_failed"
+    step: str
+    attempt: int
+    error: str
+    will_retry: bool = False
+    retry_at: float = 0.0
+    origin: int = 0
+
+
+class StepsSkipped(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "steps_skipped"
+    steps: list[str]
+    reason: str
+
+
+class CompensationScheduled(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "compensation_scheduled"
+    step: str
+    action: str
+    input: Any
+
+
+class StepCompensated(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "step_compensated"
+    step: str
+    error: str | None = None
+    origin: int = 0
+
+
+class RunCompleted(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "completed"
+    output: Any
+
+
+class RunFailed(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "failed"
+    error: str
+
+
+class CancelRequested(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "cancel_requested"
+    reason: str = ""
+    origin: int = 0
+
+
+class RunCancelled(Event):
+    __domain__ = DOMAIN
+    __event_name__ = "cancelled"
+
+
+class StepTask(Event):
+    """Work for an action's handlers: run `step` of `run_id` (or compensate it)."""
+
+    __domain__ = TASKS
+    __event_name__ = "task"
+    run_id: str
+    workflow: str
+    step: str
+    attempt: int
+    input: Any
+    timeout: float | None = None
+    retry_delay: float | None = None  # None: this is the last attempt
+    not_before: float = 0.0
+    compensation: bool = False
+    version: int = 0  # the run's version when sent: a claim at it needs no read first
+    origin: int = 0  # the sequence of the run's first event
+
+
+RUN_EVENTS: tuple[type[Event], ...] = (
+    RunStarted,
+    StepScheduled,
+    StepStarted,
+    StepCompleted,
+    StepFailed,
+    StepsSkipped,
+    CompensationScheduled,
+    StepCompensated,
+    RunCompleted,
+    RunFailed,
+    CancelRequested,
+    RunCancelled,
+)
+
+
+class StepView(msgspec.Struct, kw_only=True):
+    """A step of a run: status pending|running|completed|failed|skipped|cancelled."""
+
+    status: str = "pending"
+    action: str = ""
+    depends_on: tuple[str, ...] = ()
+    attempts: int = 0
+    output: Any = None
+    error: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    scheduled: int = 0  # the attempt last scheduled (0: never)
+    not_before: float = 0.0
+    task_seq: int = 0
+    compensation: str | None = None  # scheduled | done | failed: <error>
+
+
+class RunView(msgspec.Struct, kw_only=True):
+    """A run: status running|completed|failed|cancelled; `seq` is its last event's."""
+
+    run_id: str = ""
+    workflow: str = ""
+    version: str = ""
+    status: str = "running"
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    steps: dict[str, StepView] = {}
+    started_at: str | None = None
+    ended_at: str | None = None
+    cancel_requested: bool = False
+    seq: int = 0
+    origin: int = 0  # the sequence of its first event: loads start there
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def public(self) -> dict[str, Any]:
+        """The run as the API shows it (without the engine's bookkeeping)."""
+        hidden = {"scheduled", "not_before", "task_seq"}
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        del out["cancel_requested"], out["origin"]
+        out["steps"] = {
+            name: {k: v for k, v in step.items() if k not in hidden}
+            for name, step in out["steps"].items()
+        }
+        return out
+
+
+def run_id_of(envelope: Envelope[Event]) -> str | None:
+    return envelope.subject.split(".")[1] if envelope.subject.startswith("wf.") else None
+
+
+def _step(run: RunView, name: str, **changes: Any) -> RunView:
+    steps = dict(run.steps)
+    current = steps.get(name) or StepView()
+    steps[name] = msgspec.structs.replace(current, **changes)
+    return msgspec.structs.replace(run, steps=steps)
+
+
+def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
+    """Fold one event of a run's history into its state (pure)."""
+    at, seq = envelope.occurred_at, envelope.seq or run.seq
+    run = msgspec.structs.replace(run, seq=seq)
+    match envelope.event:
+        case RunStarted(workflow=workflow, version=version, input=data, steps=shapes):
+            steps = {s.name: StepView(action=s.action, depends_on=s.depends_on) for s in shapes}
+            return RunView(
+                run_id=run_id_of(envelope) or "",
+                workflow=workflow,
+                version=version,
+                input=data,
+                steps=steps,
+                started_at=at,
+                seq=seq,
+                origin=seq,
+            )
+        case StepScheduled(step=name, attempt=attempt, not_before=not_before):
+            return _step(run, name, status="pending", scheduled=attempt, not_before=not_before)
+        case StepStarted(step=name, attempt=attempt, task_seq=task_seq):
+            return _step(
+                run, name, status="running", attempts=attempt, task_seq=task_seq, started_at=at
+            )
+        case StepCompleted(step=name, output=output):
+            return _step(run, name, status="completed", output=output, error=None, ended_at=at)
+        case StepFailed(step=name, attempt=attempt, error=error, will_retry=retry, retry_at=t):
+            status = "pending" if retry else "failed"
+            attempts = max(attempt, run.steps[name].attempts if name in run.steps else 0)
+            return _step(
+                run, name, status=status, attempts=attempts, error=error, ended_at=at, not_before=t
+            )
+        case StepsSkipped(steps=names):
+            for name in names:
+                run = _step(run, name, status="skipped")
+            return run
+        case CompensationScheduled(step=name):
+            return _step(run, name, compensation="scheduled")
+        case StepCompensated(step=name, error=error):
+            return _step(run, name, compensation="done" if error is None else f"failed: {error}")
+        case RunCompleted(output=output):
+            return msgspec.structs.replace(run, status="completed", output=output, ended_at=at)
+        case RunFailed(error=error):
+            return msgspec.structs.replace(run, status="failed", error=error, ended_at=at)
+        case CancelRequested():
+            return msgspec.structs.replace(run, cancel_requested=True)
+        case RunCancelled():
+            for name, step in run.steps.items():
+                if step.status in ("pending", "running"):
+                    run = _step(run, name, status="cancelled", ended_at=at)
+            return msgspec.structs.replace(run, status="cancelled", ended_at=at)
+    return run
+
+
+def fold(events: list[Envelope[Event]]) -> RunView:
+    run = RunView()
+    for envelope in events:
+        run = apply_run(run, envelope)
+    return run
+
+
+async def load_run(store: EventStore, run_id: str, origin: int = 0) -> tuple[History, RunView]:
+    """The run's history and state, fresh. Reading from `origin`, the sequence of its first
+    event, when known: a read by subject from the stream's start would look through every
+    run before it."""
+    history = await store.load(DOMAIN, run_id, since=max(origin - 1, 0))
+    if origin and not (history.events and isinstance(history.events[0].event, RunStarted)):
+        history = await store.load(DOMAIN, run_id)  # a wrong origin: read it all
+    return history, fold(history.events)
+
+
+def runs_projection() -> Projection[RunView]:
+    return Projection(RUNS_PROJECTION, (f"{DOMAIN}.>",), RunView, run_id_of, apply_run)
+
+
+def workflow_streams() -> list[StreamSpec]:
+    return [
+        StreamSpec.for_domain(DOMAIN, description="workflow runs' histories"),
+        StreamSpec.for_domain(TASKS, description="workflow steps' work, by action"),
+    ]

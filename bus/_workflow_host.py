@@ -1,0 +1,86 @@
+"""How an App hosts workflows: their streams, events, run projection and handlers.
+
+Declaring the first workflow (or action) adds the `WF` and `WFTASK` streams, the run events
+and the `workflow_runs` projection to the app; each workflow adds nothing more (one
+orchestrator handler per app decides the runs of all its workflows), each action one handler.
+So any `bus worker` / `bus up` of the app orchestrates its runs and runs its actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import ConfigError
+from ._events import EventRegistry
+from ._orchestrator import TRIGGERS, Orchestrator
+from ._projection import Projection
+from ._streams import StreamSpec
+from ._subjects import validate_token
+from ._subscribe import HandlerSpec, Router, handler_spec
+from ._workflow import Workflow
+from ._workflow_events import (
+    RUN_EVENTS,
+    RUNS_PROJECTION,
+    StepTask,
+    runs_projection,
+    workflow_streams,
+)
+from ._workflow_tasks import Action, action_spec
+
+
+class WorkflowHost:
+    """The workflow part of an App (it hands in its lists, which this fills)."""
+
+    def __init__(
+        self,
+        app: str,
+        streams: list[StreamSpec],
+        projections: dict[str, Projection[Any]],
+        registry: EventRegistry,
+        router: Router,
+    ) -> None:
+        self.app = app
+        self.streams, self.projections = streams, projections
+        self.registry, self.router = registry, router
+        self.workflows: dict[str, Workflow[Any]] = {}
+
+    def define(self, workflow: Workflow[Any]) -> Workflow[Any]:
+        if workflow.name in self.workflows:
+            raise ConfigError(f"workflow {workflow.name!r} is declared twice")
+        self._install()
+        if not self.workflows:
+            durable = validate_token(f"wf-orchestrator-{self.app}", "app name")
+            orchestrator = Orchestrator(self.workflows)
+            self._add(
+                handler_spec(
+                    orchestrator.handle,
+                    durable=durable,
+                    events=TRIGGERS,
+                    max_deliver=1000,
+                    ack_wait=5.0,  # a decision held by a dead instance is made again after it
+                )
+            )
+        self.workflows[workflow.name] = workflow
+        return workflow
+
+    def action(self, name: str, **options: Any) -> Callable[[Action], Action]:
+        def decorator(fn: Action) -> Action:
+            self._install()
+            self._add(action_spec(name, fn, **options))
+            return fn
+
+        return decorator
+
+    def _add(self, spec: HandlerSpec) -> None:
+        if any(s.durable == spec.durable for s in self.router.specs):
+            raise ConfigError(f"durable name {spec.durable!r} is used twice")
+        self.router.specs.append(spec)
+
+    def _install(self) -> None:
+        names = {s.name for s in self.streams}
+        self.streams.extend(s for s in workflow_streams() if s.name not in names)
+        for cls in RUN_EVENTS:
+            self.registry.register(cls)
+        self.registry.register(StepTask)
+        self.projections.setdefault(RUNS_PROJECTION, runs_projection())

@@ -1,0 +1,162 @@
+"""Workflow runs over HTTP: start (with an `Idempotency-Key`, once), read, list, cancel.
+
+POST /api/v1/workflows/{name}/runs                 201 {run_id, workflow, status, stream, seq}
+GET  /api/v1/workflows/{name}/runs/{run_id}        the run (?after_seq= waits for it)
+GET  /api/v1/workflows/{name}/runs                 ?status=&limit=&cursor=
+POST /api/v1/workflows/{name}/runs/{run_id}:cancel 202
+GET  /api/v1/workflows                             definitions, with their DAGs
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
+from starlette.datastructures import State
+
+from bus import ConfigError, IdempotencyRecords, RunView, Workflows
+
+from .auth import require
+from .events import KEY_HEADER, created, read_body
+from .idempotent import Answer, once
+from .limits import publish_limit
+from .projections import AFTER_SEQ, query_parameters
+
+router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
+read = [Depends(require("read"))]
+write = [Depends(require("write")), Depends(publish_limit)]
+_encode = msgspec.json.Encoder().encode
+_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+class RunQuery(msgspec.Struct):
+    after_seq: Annotated[int, msgspec.Meta(ge=1, description=AFTER_SEQ)] | None = None
+
+
+class ListQuery(msgspec.Struct):
+    status: Literal["running", "completed", "failed", "cancelled"] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+    cursor: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+def workflows(state: State) -> Workflows:
+    """The app's workflows on the edge's bus (made once)."""
+    if getattr(state, "workflows", None) is None:
+        state.workflows = Workflows(state.bus, state.app)
+    runs: Workflows = state.workflows
+    return runs
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(_encode(data), status_code=status, media_type="application/json")
+
+
+def _query(request: Request, cls: type[Any]) -> Any:
+    try:
+        return msgspec.convert(dict(request.query_params), cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise HTTPException(422, f"query: {exc}") from None
+
+
+def known(state: State, name: str) -> Workflows:
+    runs = workflows(state)
+    if name not in state.app.workflows:
+        raise HTTPException(404, f"no workflow named {name!r}")
+    return runs
+
+
+async def run(runs: Workflows, name: str, run_id: str, after_seq: int | None) -> RunView:
+    try:
+        run = await runs.get(run_id, after_seq) if run_id.startswith(f"{name}-") else None
+    except ConfigError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if run is None:
+        raise HTTPException(404, f"workflow {name!r} has no run {run_id!r}")
+    return run
+
+
+@router.get("", dependencies=read)
+async def list_definitions(request: Request) -> Response:
+    """Every workflow of the app: its input schema and its steps (the DAG)."""
+    return _json({"items": workflows(request.app.state).definitions()})
+
+
+@router.post(
+    "/{name}/runs",
+    status_code=201,
+    dependencies=write,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+async def start_run(
+    name: str, request: Request, idempotency_key: str | None = KEY_HEADER
+) -> Response:
+    """Start a run with the JSON body as its input (checked against the workflow's type)."""
+    state = request.app.state
+    body = await read_body(request)
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+    with state.bus.telemetry.continuing(request.headers):
+        answer = await start(state, name, data, idempotency_key)
+    return created(answer)
+
+
+async def start(
+    state: State, name: str, data: Any, key: str | None, key_name: str = "Idempotency-Key"
+) -> Answer:
+    """Validate and start (HTTP and MCP share this); once per `key`."""
+    runs = known(state, name)
+    try:
+        runs.definition(name).parse_input(data)
+    except msgspec.ValidationError as exc:
+        raise HTTPException(422, f"input of workflow {name!r}: {exc}") from None
+    if key is not None:
+        IdempotencyRecords.check_key(key, key_name)
+
+    async def attempt(takeover: bool) -> bytes:
+        return _encode(await runs.start(name, data, idempotency_key=key))
+
+    if key is None:
+        return Answer(await attempt(False), False)
+    fingerprint = IdempotencyRecords.fingerprint("workflow", name, _canonical(data))
+    return await once(state, key, fingerprint, attempt)
+
+
+@router.get("/{name}/runs", dependencies=read, openapi_extra=query_parameters(ListQuery))
+async def list_runs(name: str, request: Request) -> Response:
+    """Runs of the workflow, oldest first; pass the returned cursor for the next page."""
+    q: ListQuery = _query(request, ListQuery)
+    runs = known(request.app.state, name)
+    page, cursor = await runs.list(name, q.status, q.limit, q.cursor)
+    return _json({"items": [run.public() for run in page], "cursor": cursor})
+
+
+@router.get("/{name}/runs/{run_id}", dependencies=read, openapi_extra=query_parameters(RunQuery))
+async def get_run(name: str, run_id: str, request: Request) -> Response:
+    """The run and its steps; with `after_seq`, once the run projection has seen it."""
+    if run_id.endswith(":cancel"):  # no run id has a colon: this is the cancel resource
+        raise HTTPException(405, "only POST cancels a run", headers={"Allow": "POST"})
+    q: RunQuery = _query(request, RunQuery)
+    runs = known(request.app.state, name)
+    return _json((await run(runs, name, run_id, q.after_seq)).public())
+
+
+@router.post("/{name}/runs/{run_id}:cancel", status_code=202, dependencies=write)
+async def cancel_run(name: str, run_id: str, request: Request) -> Response:
+    """Ask the run to stop; a finished run stays as it is (the answer shows its status)."""
+    runs = known(request.app.state, name)
+    try:
+        answer = await runs.cancel(run_id) if run_id.startswith(f"{name}-") else None
+    except ConfigError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if answer is None:
+        raise HTTPException(404, f"workflow {name!r} has no run {run_id!r}")
+    return _json(answer, 202)

@@ -1,0 +1,263 @@
+"""Workflows on a real server: DAG order, parallel steps, retries, failures, cancel."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus import Workflows
+from bus.testing import run_app
+from tests.workflow_apps import Job, make_app
+
+
+async def test_a_diamond_runs_in_order_and_b_c_overlap(nats_url: str) -> None:
+    app, _calls = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("diamond", {"text": "x", "sleep": 0.3})
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "completed", run
+        steps = run.steps
+        assert all(s.status == "completed" and s.attempts == 1 for s in steps.values())
+        b, c = steps["b"].output, steps["c"].output
+        assert b["started"] < c["ended"]
+        assert c["started"] < b["ended"]
+        assert steps["d"].output["text"] == "x+x+x+x+x"
+        assert run.output == {"d": steps["d"].output}
+        view = await runs.get(started.run_id, after_seq=run.seq)
+        assert view is not None
+        assert view.status == "completed"
+
+
+async def test_a_step_failing_twice_then_succeeding_shows_three_attempts(nats_url: str) -> None:
+    app, calls = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("diamond", Job(fail_times={"c": 2}))
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "completed", run
+        assert run.steps["c"].attempts == 3
+        assert calls["c"] == 3
+        assert run.steps["c"].error is None
+        assert [run.steps[s].attempts for s in "abd"] == [1, 1, 1]
+
+
+async def test_a_step_that_always_fails_fails_the_run_skips_and_compensates(
+    nats_url: str,
+) -> None:
+    app, calls = make_app(retries=2)
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("diamond", Job(fail_times={"c": -1}))
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "failed", run
+        assert run.steps["c"].status == "failed"
+        assert run.steps["c"].attempts == 3
+        assert "c failed" in (run.steps["c"].error or "")
+        assert "'c'" in (run.error or "")
+        assert run.steps["d"].status == "skipped"
+        assert "d" not in calls
+        assert run.steps["b"].status == "completed"
+        assert run.steps["b"].compensation == "done"
+        assert calls["undo"] == 1
+
+
+async def test_a_permanent_error_is_not_retried(nats_url: str) -> None:
+    app, calls = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("diamond", Job(permanent=["a"]))
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "failed"
+        assert run.steps["a"].attempts == 1
+        assert calls == {"a": 1}
+        assert [run.steps[s].status for s in "bcd"] == ["skipped"] * 3
+        assert "PermanentError: a cannot be done" in (run.steps["a"].error or "")
+
+
+async def test_cancel_stops_a_run_in_flight(nats_url: str) -> None:
+    app, calls = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("diamond", Job(hold=["b"]))
+        async for run in runs.follow(started.run_id):
+            if run.steps["b"].status == "running":
+                break
+        answer = await runs.cancel(started.run_id, "changed my mind")
+        assert answer is not None
+        assert answer.status == "running"
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "cancelled"
+        assert run.steps["b"].status == "cancelled"
+        assert run.steps["d"].status == "cancelled"
+        assert "d" not in calls
+        again = await runs.cancel(started.run_id)
+        assert again is not None
+        assert again.status == "cancelled"
+        assert await runs.cancel("diamond-nope") is None
+
+
+async def test_the_same_idempotency_key_gives_the_same_run(nats_url: str) -> None:
+    app, _ = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        first = await runs.start("diamond", Job(), idempotency_key="k-1")
+        second = await runs.start("diamond", Job(text="other"), idempotency_key="k-1")
+        assert second.run_id == first.run_id
+        third = await runs.start("diamond", Job(), idempotency_key="k-2")
+        assert third.run_id != first.run_id
+        for started in (first, third):
+            run = await runs.wait(started.run_id, timeout=20)
+            assert run.status == "completed"
+            await runs.get(started.run_id, after_seq=run.seq)  # the projection has it
+        page, cursor = await runs.list("diamond", status="completed", limit=1)
+        assert len(page) == 1
+        assert cursor is not None
+        rest, end = await runs.list("diamond", status="completed", cursor=cursor)
+        assert len(rest) == 1
+        assert end is None
+        assert (await runs.list("diamond", status="failed"))[0] == []
+        counts = await runs.counts()
+        assert counts["diamond"]["runs"] == {"completed": 2}
+        assert counts["diamond"]["steps"]["d"] == {"completed": 2}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"text": 5}, {"fail_times": "x"}, [], "x", None, {"sleep": "long"}],
+)
+async def test_bad_input_is_refused_and_starts_nothing(nats_url: str, bad: object) -> None:
+    from bus import ConfigError
+
+    app, _calls = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        with pytest.raises(ConfigError, match="input of workflow"):
+            await runs.start("diamond", bad)
+        with pytest.raises(ConfigError, match="no workflow"):
+            await runs.start("nope", {})
+        assert (await harness.bus.streams.info("WF")).last_seq == 0
+
+
+async def test_two_orchestrators_at_once_record_each_decision_once(nats_url: str) -> None:
+    """A second app declaring the same workflow has its own orchestrator consumer: both
+    decide on every event of every run, and the fence lets each decision land once."""
+    from collections import Counter
+
+    from bus import App, Bus, EventStore
+    from bus._workflow_events import RunCompleted, StepCompleted, StepScheduled
+
+    app, _ = make_app()
+    rival = App("rival")
+    rival.workflow(app.workflows["diamond"])
+    async with (
+        run_app(app, nats_url) as harness,
+        Bus(nats_url, registry=rival.registry, streams=rival.streams, router=rival.router),
+    ):
+        runs = Workflows(harness.bus, app)
+        started = [await runs.start("diamond", Job(fail_times={"b": 1})) for _ in range(5)]
+        retried = 0  # b fails once in this process: one run retries it
+        for one in started:
+            assert (await runs.wait(one.run_id, timeout=30)).status == "completed"
+            history = await EventStore(harness.bus).load("wf", one.run_id)
+            events = [e.event for e in history.events]
+            scheduled = Counter((e.step, e.attempt) for e in events if isinstance(e, StepScheduled))
+            assert set(scheduled.values()) == {1}, scheduled
+            retried += ("b", 2) in scheduled
+            done = Counter(e.step for e in events if isinstance(e, StepCompleted))
+            assert done == {"a": 1, "b": 1, "c": 1, "d": 1}
+            assert sum(isinstance(e, RunCompleted) for e in events) == 1
+        assert retried == 1
+
+
+async def test_runs_and_steps_are_counted_by_the_observer(nats_url: str) -> None:
+    from bus import Bus, Projector
+    from observability.metrics import Metrics
+    from tests.domain import eventually
+
+    app, _ = make_app()
+    metrics = Metrics()
+    async with (
+        Bus(nats_url, registry=app.registry, streams=app.streams, router=app.router,
+            observer=metrics) as bus,
+        Projector(bus, app.projections.values()),
+    ):  # fmt: skip
+        runs = Workflows(bus, app)
+        started = await runs.start("diamond", Job(fail_times={"b": 1}))
+        assert (await runs.wait(started.run_id, timeout=20)).status == "completed"
+        value = metrics.registry.get_sample_value
+        done = {"workflow": "diamond", "outcome": "completed"}
+        await eventually(lambda: value("bus_workflow_runs_total", done))  # told after the append
+    assert value("bus_workflow_runs_total", {"workflow": "diamond", "outcome": "completed"}) == 1
+    steps = {"workflow": "diamond", "step": "b"}
+    assert value("bus_workflow_steps_total", {**steps, "outcome": "retried"}) == 1
+    assert value("bus_workflow_steps_total", {**steps, "outcome": "completed"}) == 1
+    assert value("bus_workflow_step_duration_seconds_count", steps) == 2
+    assert value("bus_workflow_run_duration_seconds_count",
+                 {"workflow": "diamond", "outcome": "completed"}) == 1  # fmt: skip
+
+
+async def test_a_step_over_its_timeout_fails_that_attempt(nats_url: str) -> None:
+    import asyncio
+
+    from bus import App, Step, Workflow
+
+    app = App("timeouts")
+    app.workflow(Workflow("slow", Job, [Step("a", "hang", timeout=0.2, retries=1)]))
+    cancelled: list[str] = []
+
+    @app.action("hang")
+    async def hang(job: Job) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(job.text)
+            raise
+
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        run = await runs.wait((await runs.start("slow", Job())).run_id, timeout=20)
+    assert run.status == "failed"
+    assert run.steps["a"].attempts == 2
+    assert run.steps["a"].error == "timed out after 0.2s"
+    assert cancelled == ["x", "x"]  # each attempt's handler was stopped
+
+
+async def test_an_input_function_that_raises_fails_its_step(nats_url: str) -> None:
+    from bus import App, Step, Workflow
+
+    def broken(ctx: object) -> None:
+        raise KeyError("no such field")
+
+    app = App("inputs")
+    app.workflow(Workflow("w", Job, [Step("a", "act"), Step("b", "act", ("a",), broken)]))
+
+    @app.action("act")
+    async def act(job: Job) -> str:
+        return job.text
+
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        run = await runs.wait((await runs.start("w", Job())).run_id, timeout=20)
+    assert run.status == "failed"
+    assert run.steps["a"].status == "completed"
+    assert run.steps["b"].status == "failed"
+    assert run.steps["b"].error == "input: KeyError: 'no such field'"
+
+
+async def test_a_run_is_read_from_its_first_event_or_else_whole(nats_url: str) -> None:
+    """Loads start at the run's first sequence (its `origin`); a wrong one reads it all."""
+    from bus import EventStore
+    from bus._workflow_events import load_run
+
+    app, _ = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        first = await runs.start("diamond", Job())
+        second = await runs.start("diamond", Job())
+        done = await runs.wait(second.run_id, timeout=20)
+        store = EventStore(harness.bus)
+        for origin in (0, second.seq, second.seq + 1, first.seq, 10**6):
+            history, run = await load_run(store, second.run_id, origin)
+            assert run == done, origin
+            assert history.version == done.seq
+        assert done.origin == second.seq
