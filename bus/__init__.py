@@ -51,6 +51,7 @@ from ._lease import Lease
 from ._live_view import LiveView
 from ._nats.acks import PublishResult
 from ._nats.direct import StoredMessage
+from ._principal import acting_as
 from ._projection import Projection, ProjectionStatus, ProjectionView
 from ._projector import Projector
 from ._protection import Protection
@@ -63,6 +64,7 @@ from ._store import AppendResult, EventStore, History
 from ._streams import ConsumerSummary, StreamManager, StreamSpec, StreamSummary
 from ._subjects import (
     EVENT_SUBJECT_PATTERN,
+    covers,
     event_subject,
     matches,
     parse_event_subject,
@@ -166,7 +168,9 @@ __all__ = (
     "Telemetry",
     "Workflow",
     "Workflows",
+    "acting_as",
     "components",
+    "covers",
     "current_bus",
     "current_envelope",
     "event_subject",

@@ -17,6 +17,7 @@ from . import _headers as h
 from ._codec import Codec
 from ._errors import DecodeError, InvalidSubject
 from ._events import Event, EventRegistry
+from ._principal import current_principal
 from ._subjects import parse_event_subject
 
 E = TypeVar("E", bound=Event)
@@ -31,6 +32,7 @@ class Envelope(msgspec.Struct, Generic[E], frozen=True, kw_only=True):
     occurred_at: str
     correlation_id: str
     causation_id: str | None = None
+    principal: str | None = None  # who published it through the edge (Bus-Principal)
     stream: str | None = None
     seq: int | None = None
     attempt: int = 1
@@ -74,6 +76,8 @@ def build_headers(
     }
     if causation_id:
         hdrs[h.CAUSATION_ID] = causation_id
+    if principal := current_principal():
+        hdrs[h.PRINCIPAL] = principal
     return hdrs
 
 
@@ -125,6 +129,7 @@ def open_message(
         occurred_at=hdrs.get(h.OCCURRED_AT, ""),
         correlation_id=hdrs.get(h.CORRELATION_ID) or event_id,
         causation_id=hdrs.get(h.CAUSATION_ID),
+        principal=hdrs.get(h.PRINCIPAL),
         stream=stream,
         seq=seq,
         attempt=attempt,

@@ -11,6 +11,7 @@ EVENT_VERSION: Final = "Bus-Event-Version"
 OCCURRED_AT: Final = "Bus-Occurred-At"
 CORRELATION_ID: Final = "Bus-Correlation-Id"
 CAUSATION_ID: Final = "Bus-Causation-Id"
+PRINCIPAL: Final = "Bus-Principal"  # who published it through the edge (bus/_principal.py)
 CONTENT_TYPE: Final = "Content-Type"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"

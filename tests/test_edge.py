@@ -136,7 +136,12 @@ async def test_auth_matrix(
     read = await edge.get("/api/v1/projections", headers=headers)
     assert read.status_code == read_status
     if write_status == 401:
-        assert write.headers["www-authenticate"] == "Bearer"
+        challenge = (
+            "Bearer"
+            if "Authorization" not in headers or "Basic" in str(headers)
+            else ('Bearer error="invalid_token", error_description="unknown API key"')
+        )
+        assert write.headers["www-authenticate"] == challenge
 
 
 async def test_projection_queries_errors_and_staleness(edge: httpx.AsyncClient) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from bus import EmbeddedServer
@@ -20,7 +21,10 @@ from tests.processes import BUS, running, wait_ready
 PASSWORD = "pw-Zq81-never-print-me"
 API_KEY = "key-Hx72-never-print-me"
 WRONG_KEY = "guess-Wp33-never-print-me"
-SECRETS = (PASSWORD, API_KEY, WRONG_KEY)
+JWT_SECRET = "jwt-Kp55-never-print-me-0123456789"
+TOKEN = jwt.encode({"sub": "svc", "exp": 2**31, "scope": "bus:read bus:write"}, JWT_SECRET)
+EXPIRED = jwt.encode({"sub": "svc", "exp": 1000, "scope": "bus:read"}, JWT_SECRET)
+SECRETS = (PASSWORD, API_KEY, WRONG_KEY, JWT_SECRET, TOKEN, EXPIRED, TOKEN.rsplit(".")[-1])
 
 
 @pytest.mark.slow
@@ -35,6 +39,7 @@ def test_no_secret_in_logs_answers_status_or_traces(receiver: Receiver, tmp_path
             "BUS_DATA_DIR": str(tmp_path),
             "BUS_EDGE_PORT": str(port),
             "BUS_API_KEYS": f"{API_KEY}:read+write+admin",
+            "BUS_JWT_SECRET": JWT_SECRET,
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
@@ -60,11 +65,19 @@ def test_no_secret_in_logs_answers_status_or_traces(receiver: Receiver, tmp_path
                 httpx.get(f"{base}/api/v1/projections/task/s1", headers=bad),
                 httpx.post(f"{base}/mcp/v2/tools/list", headers=bad),
                 httpx.post(f"{base}/mcp", json={}, headers=bad),
+                httpx.post(
+                    f"{base}/api/v1/events/tasks.s4.created",
+                    json={"title": "x"},
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ),
+                httpx.get(f"{base}/api/v1/streams", headers={"Authorization": f"Bearer {EXPIRED}"}),
+                httpx.post(f"{base}/mcp", json={}, headers={"Authorization": f"Bearer {EXPIRED}"}),
                 httpx.get(f"{base}/health"),
                 httpx.get(f"{base}/metrics"),
                 httpx.get(f"{base}/api/v1/components", headers=good),
             ]
             emitted += [f"{a.status_code} {a.headers} {a.text}" for a in answers]
+            assert [a.status_code for a in answers[6:9]] == [201, 401, 401]  # the tokens' turn
             time.sleep(3)  # retries, the dead letter, span batches
             for verb in (["status", "--json"], ["components", "--json"], ["streams"]):
                 ran = subprocess.run(

@@ -75,7 +75,7 @@ class Wrk(msgspec.Struct):
     p99_ms: float
 
 
-def _wrk(url: str, seconds: int) -> Wrk:
+def _wrk(url: str, seconds: int, authorization: str = AUTH["Authorization"]) -> Wrk:
     out = subprocess.run(
         [
             "wrk",
@@ -84,7 +84,7 @@ def _wrk(url: str, seconds: int) -> Wrk:
             f"-d{seconds}s",
             "--latency",
             "-H",
-            f"Authorization: {AUTH['Authorization']}",
+            f"Authorization: {authorization}",
             url,
         ],
         capture_output=True,

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import msgspec
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -119,6 +120,7 @@ async def tail(
 
 def show_message(bus: Bus, m: StoredMessage, as_json: bool) -> None:
     event_type = m.headers.get("Bus-Event-Type", "?")
+    principal = m.headers.get("Bus-Principal")
     try:
         fields: Any = msgspec.to_builtins(bus.open(m).event)
     except BusError:
@@ -126,10 +128,12 @@ def show_message(bus: Bus, m: StoredMessage, as_json: bool) -> None:
     if as_json:
         record = {"stream": m.stream, "seq": m.seq, "subject": m.subject, "time": m.time}
         record |= {"type": event_type, "id": m.headers.get("Nats-Msg-Id"), "data": fields}
+        record |= {"principal": principal} if principal else {}
         click.echo(json.dumps(record))
     else:
         console.print(
-            f"[dim]{m.seq:>6}[/] [cyan]{m.subject}[/] [bold]{event_type}[/] {json.dumps(fields)}",
+            f"[dim]{m.seq:>6}[/] [cyan]{m.subject}[/] [bold]{event_type}[/] {json.dumps(fields)}"
+            + (f" [dim]by {escape(principal)}[/]" if principal else ""),
             highlight=False,
             soft_wrap=True,
         )

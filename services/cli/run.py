@@ -50,12 +50,15 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
 @click.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["all", "messaging", "state", "http", "tracing", "security", "patterns"]),
+    type=click.Choice(
+        ["all", "messaging", "state", "http", "tracing", "security", "patterns", "tokens"]
+    ),
     default="all",
     show_default=True,
     help="messaging: publish and consume; state: OCC appends, loads, a projection rebuild; "
     "http: the edge beside bare FastAPI under wrk, and read-your-writes latency; "
     "tracing: publish and consume with tracing off, at 10% and at 100% sampling; "
+    "tokens: the GET projection path with a JWT beside an API key; "
     "security: publish and consume with signing, encryption and both, vs off; "
     "patterns: workflows beside hand-written handlers, KV compare-and-set and requests "
     "beside raw nats-py; "
@@ -91,6 +94,7 @@ def bench(
     from services.bench.security import run_security_bench
     from services.bench.state import run_state_bench
     from services.bench.summary import Verdict, show
+    from services.bench.tokens import run_tokens_bench
     from services.bench.tracing import run_tracing_bench
 
     scenarios: dict[str, Callable[[], list[Verdict]]] = {
@@ -98,6 +102,7 @@ def bench(
         "state": lambda: run_loop(run_state_bench(runs, events, as_json)),
         "http": lambda: run_http_bench(runs, 10, sync_interval, as_json),
         "tracing": lambda: run_tracing_bench(runs, messages, as_json),
+        "tokens": lambda: run_tokens_bench(runs, 10, as_json),
         "security": lambda: run_loop(run_security_bench(runs, messages, as_json)),
         "patterns": lambda: run_loop(run_patterns_bench(runs, as_json)),
     }

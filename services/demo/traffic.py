@@ -57,7 +57,7 @@ def _write_key(spec: str | None) -> str:
     from services.edge.auth import parse_keys
 
     keys = parse_keys(spec or "")
-    key = next((k for k, scopes in keys.items() if scopes & {"write", "admin"}), None)
+    key = next((k for k, who in keys.items() if who.scopes & {"write", "admin"}), None)
     if key is None:
         raise ConfigError(
             "no API key that may write: pass --key (the dev API key `bus up` printed) "

@@ -44,6 +44,7 @@ from . import (
     workflows,
 )
 from . import metrics as http_metrics
+from .tokens import Tokens
 
 log = logging.getLogger("bus.edge")
 BODY_LIMIT = 1024 * 1024
@@ -84,6 +85,7 @@ def create_app(
     health_timeout: float = monitor.TIMEOUT,
     protection: Protection | None = None,
     grafana_url: str | None = None,
+    tokens: Tokens | None = None,
 ) -> FastAPI:
     """The edge for `app`.
 
@@ -96,12 +98,12 @@ def create_app(
     every `health_interval` seconds (0: never) it checks the registered components, each
     within `health_timeout` seconds (services/edge/monitor.py); `circuits` guard its requests
     (a policy, or a table the process shares); the console at `/ui` links trace ids to
-    `grafana_url`."""
+    `grafana_url`; `tokens` verifies JWT bearer tokens."""
     metrics = metrics if metrics is not None else Metrics()
     keys = auth.parse_keys(api_keys or "")
     if not keys:
         key = auth.dev_key()
-        keys = {key: auth.SCOPES}
+        keys = auth.parse_keys(f"{key}:read+write+admin@dev")
         log.warning("BUS_API_KEYS is not set: a development key with every scope is in use")
     dev_key = next(iter(keys)) if not api_keys else None
 
@@ -114,7 +116,7 @@ def create_app(
                 registry=app.registry,
                 credentials=credentials,
                 replicas=replicas,
-                buckets=app.buckets.values(),
+                buckets=[*app.buckets.values(), *([limits.RATES] if publish_rate else [])],
                 observer=metrics,
                 circuits=circuits,
                 protection=protection,  # the edge reads plaintext, publishes sealed
@@ -123,6 +125,8 @@ def create_app(
             api.state.mcp_manager.run(),
         ):
             api.state.bus = bus
+            if publish_rate:
+                api.state.publish_buckets.bucket = bus.bucket(limits.RATES.name)
             api.state.idempotency = IdempotencyRecords(bus, ttl=idempotency_ttl)
             api.state.monitor = None
             if health_interval > 0:
@@ -142,7 +146,8 @@ def create_app(
     api.state.dev_key = dev_key  # shown by `bus up` when no keys were configured
     api.state.public_reads = public_reads
     api.state.body_limit = body_limit
-    api.state.publish_buckets = limits.TokenBuckets(publish_rate)
+    api.state.tokens = tokens
+    api.state.publish_buckets = limits.PublishLimits(publish_rate)
     api.state.slow_client_timeout = slow_client_timeout
     problems.install(api)
     auth.install(api)

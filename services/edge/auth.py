@@ -1,4 +1,6 @@
-"""API keys from `BUS_API_KEYS` (`key:read+write+admin,key2:read`), sent as bearer tokens.
+"""Who is calling: API keys from `BUS_API_KEYS` (`key:read+write+admin@name,key2:read`) or
+JWT bearer tokens (`BUS_JWT_*`, services/edge/tokens.py), both sent as bearer tokens. Every
+surface (HTTP, SSE, WebSocket, MCP, the console) asks here.
 
 Writes need `write`; reads need `read` unless the edge is told reads are public. With no
 `BUS_API_KEYS`, the edge makes one development key with every scope and logs it.
@@ -6,76 +8,132 @@ Writes need `write`; reads need `read` unless the edge is told reads are public.
 
 # (No `from __future__ import annotations`: FastAPI before 0.116 resolves a callable
 # instance's string annotations against no globals, and took `request` for a query field.)
+import contextlib
+import hashlib
 import hmac
+import re
 import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
-from bus import ConfigError
+from bus import ConfigError, InvalidSubject, validate_pattern
 
 from .problems import problem
+from .tokens import InvalidToken, Principal, Tokens
 
 SCOPES = frozenset({"read", "write", "admin"})
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class Unauthorized(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        self.status, self.detail = status, detail
+    def __init__(self, status: int, detail: str, error: str | None = None) -> None:
+        self.status, self.detail, self.error = status, detail, error
 
 
-def parse_keys(spec: str) -> dict[str, frozenset[str]]:
-    keys: dict[str, frozenset[str]] = {}
+def parse_keys(spec: str) -> dict[str, Principal]:
+    """Each key with its principal: the name after `@`, else `key-` and a digest of the key
+    (so the key itself never lands in an event header)."""
+    keys: dict[str, Principal] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        key, _, scopes = item.partition(":")
+        key, _, rest = item.partition(":")
+        scopes, at, name = rest.partition("@")
         wanted = frozenset(filter(None, scopes.split("+")))
-        if not key or not wanted or not wanted <= SCOPES:
-            raise ConfigError(f"BUS_API_KEYS entry {item[:4]}…: want key:read+write+admin")
-        keys[key] = wanted
+        if (
+            not key
+            or not wanted
+            or not all(map(_scope, wanted))
+            or (at and not _NAME.fullmatch(name))
+        ):
+            raise ConfigError(
+                f"BUS_API_KEYS entry {item[:4]}…: want key:read+write+admin[+publish:<pattern>"
+                "+read:<pattern>][@name]"
+            )
+        name = name or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+        keys[key] = Principal(name, wanted)
     return keys
+
+
+def _scope(scope: str) -> bool:
+    """read, write, admin, or publish:<pattern> / read:<pattern> (services/edge/permissions.py)."""
+    kind, _, pattern = scope.partition(":")
+    if not pattern:
+        return scope in SCOPES
+    try:
+        return kind in ("publish", "read") and bool(validate_pattern(pattern))
+    except InvalidSubject:
+        return False
 
 
 def dev_key() -> str:
     return secrets.token_urlsafe(24)
 
 
-def caller_scopes(state: State, authorization: str | None) -> frozenset[str]:
-    """The scopes of the key in an `Authorization: Bearer` header; 401 when absent or unknown."""
+async def caller(state: State, authorization: str | None) -> Principal:
+    """The principal behind an `Authorization: Bearer` header; 401 when absent or unknown."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise Unauthorized(401, "an API key is required (Authorization: Bearer <key>)")
-    keys: dict[str, frozenset[str]] = state.api_keys
-    scopes = next((s for k, s in keys.items() if hmac.compare_digest(k, token)), None)
-    if scopes is None:
-        raise Unauthorized(401, "unknown API key")
-    return scopes
+        raise Unauthorized(401, "an API key or token is required (Authorization: Bearer ...)")
+    tokens: Tokens | None = state.tokens
+    if tokens is not None and Tokens.looks_like(token):
+        try:
+            return await tokens.verify(token)
+        except InvalidToken as exc:
+            raise Unauthorized(401, exc.reason, "invalid_token") from None
+    keys: dict[str, Principal] = state.api_keys
+    found = next((p for k, p in keys.items() if hmac.compare_digest(k, token)), None)
+    if found is None:
+        raise Unauthorized(401, "unknown API key", "invalid_token")
+    return found
+
+
+async def writer(state: State, authorization: str | None) -> Principal:
+    """The caller, who must hold `write`."""
+    principal = await caller(state, authorization)
+    check_scope(principal.scopes, "write")
+    return principal
+
+
+async def caller_scopes(state: State, authorization: str | None) -> frozenset[str]:
+    return (await caller(state, authorization)).scopes
 
 
 def check_scope(scopes: frozenset[str], scope: str) -> None:
     if scope not in scopes and "admin" not in scopes:
-        raise Unauthorized(403, f"this key lacks the {scope!r} scope")
+        raise Unauthorized(403, f"this key or token lacks the {scope!r} scope")
 
 
 class require:
-    """A dependency checking the caller's key (async: FastAPI runs sync ones in a thread); its
-    `scope` is what `/openapi.json` documents for each operation (services/edge/openapi.py)."""
+    """A dependency checking the caller (async: FastAPI runs sync ones in a thread); its
+    `scope` is what `/openapi.json` documents for each operation (services/edge/openapi.py).
+    The principal it finds is `request.state.principal` (None on an anonymous public read).
+    `narrowed` routes also let in callers limited to subject patterns, and check the subject
+    themselves (services/edge/permissions.py)."""
 
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
+    def __init__(self, scope: str, *, narrowed: bool = False) -> None:
+        self.scope, self.narrowed = scope, narrowed
 
     async def __call__(self, request: Request) -> None:
+        request.state.principal = None
+        authorization = request.headers.get("authorization")
         if self.scope == "read" and request.app.state.public_reads:
+            if authorization:  # a key may still show it is admin
+                with contextlib.suppress(Unauthorized):
+                    request.state.principal = await caller(request.app.state, authorization)
             return
-        check_scope(
-            caller_scopes(request.app.state, request.headers.get("authorization")), self.scope
-        )
+        principal = await caller(request.app.state, authorization)
+        kind = "publish:" if self.scope == "write" else "read:"
+        if not (self.narrowed and any(s.startswith(kind) for s in principal.scopes)):
+            check_scope(principal.scopes, self.scope)
+        request.state.principal = principal
 
 
 def refusal(exc: Unauthorized) -> JSONResponse:
     response = problem(exc.status, "Unauthorized" if exc.status == 401 else "Forbidden", exc.detail)
     if exc.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
+        error = f' error="{exc.error}", error_description="{exc.detail}"' if exc.error else ""
+        response.headers["WWW-Authenticate"] = "Bearer" + error
     return response
 
 

@@ -21,9 +21,12 @@ from bus import (
 from . import stream_reads
 from .auth import require
 from .monitor import listing, with_health, worst
+from .permissions import may_read_stream, permit_stream
 
 NAME_PATTERN = r"^[A-Za-z0-9_\-:~@=+%!]+$"  # one subject token, as bus.registry requires
-router = APIRouter(prefix="/api/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
+router = APIRouter(
+    prefix="/api/v1", tags=["catalogue"], dependencies=[Depends(require("read", narrowed=True))]
+)
 
 
 def _json(data: Any) -> Response:
@@ -32,11 +35,14 @@ def _json(data: Any) -> Response:
 
 @router.get("/streams")
 async def list_streams(request: Request) -> Response:
-    return _json(await request.app.state.bus.streams.list())
+    """The streams this caller may read (the backbone's: admin only)."""
+    state, who = request.app.state, request.state.principal
+    return _json([s for s in await state.bus.streams.list() if may_read_stream(state, who, s.name)])
 
 
 @router.get("/streams/{name}")
 async def stream_info(request: Request, name: str) -> Response:
+    await permit_stream(request.app.state, request.state.principal, name)
     return _json(await request.app.state.bus.streams.info(name))
 
 
@@ -64,6 +70,7 @@ async def stream_events(
     """Stored events, each decoded with its metadata: from `from_seq` on (`next_seq` pages
     on), or newest first with `newest` or `before_seq` (`next_before_seq` pages back)."""
     bus = request.app.state.bus
+    await permit_stream(request.app.state, request.state.principal, name)
     if subject is not None:
         validate_pattern(subject)
     if newest or before_seq is not None:
@@ -76,6 +83,7 @@ async def stream_event(
     request: Request, name: str, seq: int = Path(ge=1, le=stream_reads.MAX_SEQ)
 ) -> Response:
     """One stored event with every header."""
+    await permit_stream(request.app.state, request.state.principal, name)
     return _json(await stream_reads.one(request.app.state.bus, name, seq))
 
 
@@ -85,6 +93,7 @@ async def stream_event_by_id(
 ) -> Response:
     """The event with this id (a UUIDv7, as the bus makes them), with every header; read
     from the time the id carries, not scanned for."""
+    await permit_stream(request.app.state, request.state.principal, name)
     return _json(await stream_reads.by_id(request.app.state.bus, name, event_id))
 
 
@@ -96,7 +105,7 @@ async def stream_page(
     return {"items": [stream_reads.shown(bus, m) for m in stored], "next_seq": next_seq}
 
 
-@router.get("/components")
+@router.get("/components", dependencies=[Depends(require("read"))])
 async def list_components(request: Request) -> Response:
     """Running components, then registered instances whose heartbeat stopped, each with the
     health monitor's last verdict on it (`health`; services/edge/monitor.py)."""

@@ -15,6 +15,7 @@ from bus import (
     Event,
     EventStore,
     IdempotencyRecords,
+    acting_as,
     parse_event_subject,
     validate_token,
 )
@@ -22,6 +23,7 @@ from bus import (
 from .auth import require
 from .idempotent import REPLAYED, Answer, once, stored_earlier
 from .limits import charge, publish_limit
+from .permissions import permit, publish_subject
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 KEY_HEADER = Header(
@@ -86,7 +88,11 @@ async def read_body(request: Request) -> bytes:
 @router.post(
     "/events/{subject}",
     status_code=201,
-    dependencies=[Depends(require("write")), Depends(publish_limit)],
+    dependencies=[
+        Depends(require("write", narrowed=True)),
+        Depends(publish_subject),
+        Depends(publish_limit),
+    ],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -113,7 +119,8 @@ async def publish_event(
         fields = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    with request.app.state.bus.telemetry.continuing(request.headers):
+    who = request.state.principal.name
+    with request.app.state.bus.telemetry.continuing(request.headers), acting_as(who):
         answer = await publish_fields(request.app.state, subject, fields, idempotency_key, expected)
     return created(answer)
 
@@ -196,7 +203,7 @@ def _event(cls: type[Event], fields: Any) -> Event:
 @router.post(
     "/events:batch",
     status_code=201,
-    dependencies=[Depends(require("write"))],
+    dependencies=[Depends(require("write", narrowed=True))],
     responses={201: _answer("Stored, all of them (or earlier under this key)", BatchResult)},
     openapi_extra={
         "requestBody": {
@@ -216,9 +223,13 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
     state = request.app.state
-    charge(state.publish_buckets, request.headers.get("authorization"), len(batch.events))
     validate_token(batch.domain, "domain")
     validate_token(batch.id, "aggregate id")
+    for item in batch.events:
+        event = validate_token(item.event, "event")
+        permit(request.state.principal, "write", f"{batch.domain}.{batch.id}.{event}")
+    who = request.state.principal.name
+    await charge(state.publish_buckets, who, len(batch.events))
     key = (
         None
         if idempotency_key is None
@@ -251,7 +262,7 @@ async def publish_batch(request: Request, idempotency_key: str | None = KEY_HEAD
         )
         return _encode(out)
 
-    with state.bus.telemetry.continuing(request.headers):
+    with state.bus.telemetry.continuing(request.headers), acting_as(who):
         if key is None:
             return created(Answer(await attempt(False), False))
         return created(await once(state, key, batch_request(batch), attempt))

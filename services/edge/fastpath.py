@@ -54,7 +54,7 @@ class HotReads:
                     (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"),
                     None,
                 )
-                check_scope(caller_scopes(state, authorization), "read")
+                check_scope(await caller_scopes(state, authorization), "read")
             query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
             q = msgspec.convert(query, projections.KeyQuery, strict=False)
             found, stale = await projections.query(

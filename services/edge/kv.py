@@ -30,7 +30,7 @@ from starlette.datastructures import State
 
 from bus import Bucket, KeyEntry, KeyNotFound, RevisionMismatch
 
-from .auth import caller_scopes, check_scope, require
+from .auth import require, writer
 from .events import read_body
 from .limits import charge, publish_limit
 from .problems import PROBLEM, PROBLEM_SCHEMA, problem
@@ -254,8 +254,7 @@ def mcp_tools(state: State, caller: ContextVar[str]) -> list[Callable[..., Await
     ) -> Any:
         """Write a key's JSON value. With expected_revision, only if the key is at that
         revision (0: only if it is absent); else refused, saying the current revision."""
-        check_scope(caller_scopes(state, caller.get()), "write")
-        charge(state.publish_buckets, caller.get())
+        await charge(state.publish_buckets, (await writer(state, caller.get())).name)
         if expected_revision is not None and expected_revision < 0:
             raise HTTPException(422, "expected_revision must be >= 0 (0: the key is absent)")
         expected: Expected = "" if expected_revision == 0 else expected_revision

@@ -25,7 +25,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers, State
 from starlette.types import Receive, Scope, Send
 
-from bus import BusError, json_schema
+from bus import BusError, acting_as, json_schema
 
 from . import (
     catalogue,
@@ -39,8 +39,9 @@ from . import (
     requests,
     workflow_tools,
 )
-from .auth import Unauthorized, caller_scopes, check_scope, refusal, require
+from .auth import Unauthorized, caller, caller_scopes, check_scope, refusal, require, writer
 from .limits import charge
+from .permissions import may_read_stream, permit_stream, publisher
 
 MAX_BODY = 1024 * 1024
 # The caller's verified `Authorization` header, for the tools' scope checks and rate limit.
@@ -82,9 +83,8 @@ def build_server(state: State) -> MCPServer[Any]:
         log_level="WARNING",
     )
 
-    def may_write() -> None:
-        check_scope(caller_scopes(state, CALLER.get()), "write")
-        charge(state.publish_buckets, CALLER.get())
+    async def may_write() -> None:
+        await charge(state.publish_buckets, (await writer(state, CALLER.get())).name)
 
     async def publish_event(
         subject: str,
@@ -96,10 +96,12 @@ def build_server(state: State) -> MCPServer[Any]:
         With an idempotency_key (the event's id), once: the same key and call within a day
         (by default) return the first result; another call with that key is refused (422),
         as is one while the first is in flight (409)."""
-        may_write()
-        answer = await events.publish_fields(
-            state, subject, data, idempotency_key, expected_version, "idempotency_key"
-        )
+        who = await publisher(state, CALLER.get(), subject)
+        await charge(state.publish_buckets, who.name)
+        with acting_as(who.name):
+            answer = await events.publish_fields(
+                state, subject, data, idempotency_key, expected_version, "idempotency_key"
+            )
         return msgspec.json.decode(answer.body)
 
     async def query_projection(
@@ -122,11 +124,13 @@ def build_server(state: State) -> MCPServer[Any]:
         """Stored events of a stream from from_seq (at most 1000), decoded with metadata."""
         if from_seq < 1 or not 1 <= limit <= 1000:
             raise HTTPException(422, "from_seq >= 1 and 1 <= limit <= 1000")
+        await permit_stream(state, await caller(state, CALLER.get()), name)
         return await catalogue.stream_page(state.bus, name, from_seq, limit)
 
     async def list_streams() -> Any:
         """The streams on the server with their counts."""
-        return await state.bus.streams.list()
+        who = await caller(state, CALLER.get())
+        return [s for s in await state.bus.streams.list() if may_read_stream(state, who, s.name)]
 
     async def describe_event_types() -> Any:
         """JSON Schema of every registered event type and version."""
@@ -159,7 +163,7 @@ def build_server(state: State) -> MCPServer[Any]:
         """Ask one of the app's responders (`list_components` shows them: kind "micro"),
         e.g. subject `tasks.get`, data `{"id": "t1"}`; returns the reply. A request may
         change things: it needs the write scope."""
-        check_scope(caller_scopes(state, CALLER.get()), "write")
+        await writer(state, CALLER.get())
         if not 0 < timeout <= requests.MAX_TIMEOUT:
             raise HTTPException(
                 422, f"timeout must be more than 0 and at most {requests.MAX_TIMEOUT:g} s"
@@ -180,7 +184,8 @@ def build_server(state: State) -> MCPServer[Any]:
         if headers is None:  # 2026-07-28: served inline, the gate's values are this request's
             return await call_next(ctx)
         authorization = headers.get("authorization")
-        caller_scopes(state, authorization)  # the gate let it in; a session must not change that
+        # the gate let it in; a session must not change that
+        check_scope(await caller_scopes(state, authorization), "read")
         token = CALLER.set(authorization)
         try:
             with state.bus.telemetry.continuing(headers):
@@ -229,8 +234,8 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         authorization = headers.get("authorization")
-        try:
-            caller_scopes(self.state, authorization)
+        try:  # every tool reads; those that write check that too
+            check_scope(await caller_scopes(self.state, authorization), "read")
         except Unauthorized as exc:
             await refusal(exc)(scope, receive, send)
             return

@@ -21,8 +21,9 @@ SCHEME = "bearer"
 SECURITY_SCHEME = {
     "type": "http",
     "scheme": "bearer",
-    "description": "An API key from BUS_API_KEYS, sent as `Authorization: Bearer <key>`. "
-    "Its scopes: `read`, `write` (publish, set state), `admin` (all of them).",
+    "description": "An API key from BUS_API_KEYS or a JWT (BUS_JWT_*), sent as "
+    "`Authorization: Bearer <key>`. Its scopes: `read`, `write` (publish, set state), `admin` "
+    "(all of them), or subject patterns (`publish:<pattern>`, `read:<pattern>`).",
 }
 # Newer FastAPI keeps included routers lazy and flattens them here; older lists APIRoutes.
 _flat: Callable[[list[Any]], Any] = getattr(routing, "iter_route_contexts", lambda routes: routes)

@@ -28,6 +28,7 @@ def shown(bus: Bus, m: StoredMessage, *, headers: bool = False) -> dict[str, Any
             "id": envelope.id,
             "correlation_id": envelope.correlation_id,
             "causation_id": envelope.causation_id,
+            "principal": envelope.principal,
             "data": envelope.event,
         }
     except BusError as exc:  # shown as what it is, not hidden

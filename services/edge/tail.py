@@ -21,7 +21,8 @@ from fastapi.responses import StreamingResponse
 
 from bus import Bus, BusError, StoredMessage, validate_pattern
 
-from .auth import Unauthorized, caller_scopes, check_scope, require
+from .auth import Unauthorized, require
+from .permissions import permit_tail, reader
 
 router = APIRouter(tags=["tail"])
 CLOSE_GRACE = 5.0  # how long a slow client has to take the close frame before the socket goes
@@ -34,10 +35,17 @@ def _data(bus: Bus, message: StoredMessage) -> object:
         return {"undecodable": message.data.decode(errors="replace")}
 
 
+def _by(message: StoredMessage) -> dict[str, str]:
+    """Who published it through an edge (Bus-Principal), when anyone did."""
+    principal = message.headers.get("Bus-Principal")
+    return {"principal": principal} if principal else {}
+
+
 def _frame(bus: Bus, message: StoredMessage) -> str:
     event_type = message.headers.get("Bus-Event-Type", "message")
     payload = json.dumps(
-        {"subject": message.subject, "data": _data(bus, message)}, ensure_ascii=False
+        {"subject": message.subject, "data": _data(bus, message)} | _by(message),
+        ensure_ascii=False,
     )
     return f"id: {message.seq}\nevent: {event_type}\ndata: {payload}\n\n"
 
@@ -49,14 +57,15 @@ def _ws_message(bus: Bus, message: StoredMessage) -> str:
             "subject": message.subject,
             "type": message.headers.get("Bus-Event-Type", "message"),
             "data": _data(bus, message),
-        },
+        }
+        | _by(message),
         ensure_ascii=False,
     )
 
 
 @router.get(
     "/events",
-    dependencies=[Depends(require("read"))],
+    dependencies=[Depends(require("read", narrowed=True))],
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
@@ -73,7 +82,8 @@ async def tail(
             raise HTTPException(400, "Last-Event-ID must be a stream sequence")
         from_seq = int(last_event_id) + 1
     bus: Bus = request.app.state.bus
-    await bus.stream_for(subject)  # 404 before the stream starts, not inside it
+    stream = await bus.stream_for(subject)  # 404 before the stream starts, not inside it
+    permit_tail(request.app.state, request.state.principal, subject, stream)
 
     async def frames() -> AsyncIterator[str]:
         messages = bus.tail(subject, from_seq)
@@ -96,10 +106,9 @@ async def ws_tail(
     state = websocket.app.state
     bus: Bus = state.bus
     try:
-        if not state.public_reads:
-            check_scope(caller_scopes(state, websocket.headers.get("authorization")), "read")
         validate_pattern(subject)
-        await bus.stream_for(subject)
+        who = await reader(state, websocket.headers.get("authorization"), subject)
+        permit_tail(state, who, subject, await bus.stream_for(subject))
     except (Unauthorized, BusError) as exc:  # refused at the handshake (HTTP 403)
         await websocket.close(code=1008, reason=str(getattr(exc, "detail", exc))[:120])
         return

@@ -12,7 +12,9 @@ from starlette.datastructures import State
 from . import workflows
 
 
-def tools(state: State, may_write: Callable[[], None]) -> list[Callable[..., Awaitable[Any]]]:
+def tools(
+    state: State, may_write: Callable[[], Awaitable[None]]
+) -> list[Callable[..., Awaitable[Any]]]:
     """The tools over this edge's app; `may_write` refuses a caller without the write scope."""
 
     async def start_workflow(
@@ -21,7 +23,7 @@ def tools(state: State, may_write: Callable[[], None]) -> list[Callable[..., Awa
         """Start a run of workflow `name` with `input` (checked against its input schema,
         see list_workflows). Returns {run_id, workflow, status, stream, seq}; pass seq as
         after_seq to get_workflow_run to read it back. With an idempotency_key, once."""
-        may_write()
+        await may_write()
         answer = await workflows.start(state, name, input, idempotency_key, "idempotency_key")
         return msgspec.json.decode(answer.body)
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
-from bus import ConfigError, IdempotencyRecords, RunView, Workflows
+from bus import ConfigError, IdempotencyRecords, RunView, Workflows, acting_as
 
 from .auth import require
 from .events import KEY_HEADER, created, read_body
@@ -104,7 +104,8 @@ async def start_run(
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    with state.bus.telemetry.continuing(request.headers):
+    who = request.state.principal.name  # the run's events say who started it
+    with state.bus.telemetry.continuing(request.headers), acting_as(who):
         answer = await start(state, name, data, idempotency_key)
     return created(answer)
 

@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from bus import App, CircuitPolicy, ConfigError, Credentials, Protection
+from services.edge.tokens import Tokens
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Names = Annotated[tuple[str, ...], NoDecode]  # comma-separated in the environment
@@ -65,6 +66,13 @@ class Settings(BaseSettings):
     circuit_window: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     circuit_cool_down: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     circuit_probes: int = Field(default=1, ge=1)
+    # JWT bearer tokens beside API keys (services/edge/tokens.py): one of secret (HS256),
+    # public key (a PEM file) or JWKS URL; issuer and audience checked when set
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: Path | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
     # Signed and encrypted events (bus._protection): this process's nkeys seed file, the
     # public keys it trusts, the domains (`*`: all) whose events must be signed by one of
     # them, and payload keys per domain (`tasks=id:base64,...;...`, or a file holding that).
@@ -180,8 +188,22 @@ class Settings(BaseSettings):
             "circuits": self.circuit_policy,
             "health_interval": self.health_interval,
             "health_timeout": self.health_timeout,
+            "tokens": self.tokens,
             "protection": self.protection,
         }
+
+    @property
+    def tokens(self) -> Tokens | None:
+        """The edge's JWT verifier, when a `BUS_JWT_*` key source is set."""
+        if not (self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url):
+            return None
+        return Tokens(
+            secret=self.jwt_secret.get_secret_value() if self.jwt_secret else None,
+            public_key=self.jwt_public_key,
+            jwks_url=self.jwt_jwks_url,
+            issuer=self.jwt_issuer,
+            audience=self.jwt_audience,
+        )
 
     @property
     def state_file(self) -> Path:

@@ -24,6 +24,6 @@ async def session(request: Request) -> Response:
     """The caller's scopes (401 for an unknown key, or no key unless reads are public)."""
     state = request.app.state
     header = request.headers.get("authorization")
-    scopes = [] if header is None and state.public_reads else caller_scopes(state, header)
+    scopes = [] if header is None and state.public_reads else await caller_scopes(state, header)
     found = Session(state.app.name, sorted(scopes), state.public_reads, state.grafana_url)
     return Response(msgspec.json.encode(found), media_type="application/json")
