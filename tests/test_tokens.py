@@ -44,7 +44,7 @@ def claims(**changes: Any) -> dict[str, Any]:
         "sub": "alice",
         "iss": ISSUER,
         "aud": AUDIENCE,
-        "exp": now + 600,
+        "exp": now + 86_400,  # a day: FORGED is minted when the suite is collected
         "iat": now,
         "scope": "openid bus:read bus:write",
     }
@@ -73,7 +73,7 @@ FORGED = {
     "HS256 with the public key": unsigned({"alg": "HS256", "typ": "JWT"}, PUBLIC_PEM),
     "wrong key": mint(OTHER_KEY),
     "expired": mint(exp=int(time.time()) - 3600),
-    "not yet valid": mint(nbf=int(time.time()) + 3600),
+    "not yet valid": mint(nbf=int(time.time()) + 43_200),
     "wrong issuer": mint(iss="https://evil.test"),
     "wrong audience": mint(aud="someone-else"),
     "no exp": mint(exp=None),
