@@ -51,7 +51,7 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
 @click.option(
     "--scenario",
     type=click.Choice(
-        ["all", "messaging", "state", "http", "tracing", "security", "patterns", "tokens"]
+        ["all", "messaging", "state", "http", "tracing", "security", "patterns", "tokens", "pages"]
     ),
     default="all",
     show_default=True,
@@ -61,7 +61,7 @@ def up(app_ref: str, fresh: bool, as_json: bool) -> None:
     "tokens: the GET projection path with a JWT beside an API key; "
     "security: publish and consume with signing, encryption and both, vs off; "
     "patterns: workflows beside hand-written handlers, KV compare-and-set and requests "
-    "beside raw nats-py; "
+    "beside raw nats-py; pages: the console's stream pages on 1,000,000 events beside 1,000; "
     "all: each of them, then a summary of every target.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
@@ -90,6 +90,7 @@ def bench(
     """Measure bus against raw nats-py on one embedded server, in one run."""
     from services.bench.http import run_http_bench
     from services.bench.messaging import run_bench
+    from services.bench.pages import run_pages_bench
     from services.bench.patterns import run_patterns_bench
     from services.bench.security import run_security_bench
     from services.bench.state import run_state_bench
@@ -105,6 +106,7 @@ def bench(
         "tokens": lambda: run_tokens_bench(runs, 10, as_json),
         "security": lambda: run_loop(run_security_bench(runs, messages, as_json)),
         "patterns": lambda: run_loop(run_patterns_bench(runs, as_json)),
+        "pages": lambda: run_loop(run_pages_bench(runs)),
     }
     try:
         if scenario != "all":
