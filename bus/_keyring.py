@@ -16,15 +16,16 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from ._errors import ConfigError
 from ._subjects import validate_token
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
 def new_key() -> str:
@@ -37,6 +38,11 @@ class Keyring:
     """One domain's keys, newest first; `repr` shows their ids, never the keys."""
 
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
+        # (cryptography is imported here, by the processes that encrypt: ~6 MB otherwise)
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._refused = (InvalidTag, ValueError)
         if not keys:
             raise ConfigError("a keyring needs at least one key")
         self._ciphers: dict[str, AESGCM] = {}
@@ -87,7 +93,7 @@ class Keyring:
         try:
             nonce, sealed = data[:NONCE_BYTES], data[NONCE_BYTES:]
             return cipher.decrypt(nonce, sealed, _bound(subject, event_id))
-        except (InvalidTag, ValueError):
+        except self._refused:
             return (
                 f"the ciphertext does not authenticate under key {key_id} (tampered, "
                 "or moved from another event or subject)"

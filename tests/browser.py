@@ -156,6 +156,20 @@ class Page:
         assert results["passes"], "axe checked nothing"
         return [v for v in results["violations"] if v["impact"] in ("serious", "critical")]
 
+    def audit(self, routes: tuple[tuple[str, str], ...]) -> dict[str, list[tuple[str, str]]]:
+        """axe-core's serious and critical findings on each route (shown once `needle` is on
+        the page), in the light theme and in the dark one, by "theme #/route"."""
+        failures = {}
+        for theme in ("light", "dark"):
+            if self.js("return document.documentElement.dataset.theme") != theme:
+                self.find("#theme").click()
+            for route, needle in routes:
+                self.go(route)
+                self.until_text(needle)
+                if found := self.accessibility():
+                    failures[f"{theme} #/{route}"] = [(v["id"], v["help"]) for v in found]
+        return failures
+
     def shot(self, name: str) -> None:
         """A screenshot, kept as a test artifact."""
         self.driver.save_screenshot(str(self.shots / f"{name}.png"))

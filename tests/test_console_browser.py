@@ -479,15 +479,7 @@ async def test_every_page_passes_axe_in_light_and_dark(console: tuple[Bus, Page]
     def audit() -> None:
         page.open()
         page.login("w-key")
-        failures = {}
-        for theme in ("light", "dark"):
-            if page.js("return document.documentElement.dataset.theme") != theme:
-                page.find("#theme").click()
-            for route, needle in routes:
-                page.go(route)
-                page.until_text(needle)
-                if found := page.accessibility():
-                    failures[f"{theme} #/{route}"] = [(v["id"], v["help"]) for v in found]
+        failures = page.audit(routes)
         page.js("localStorage.removeItem('bus.theme')")
         assert failures == {}
 

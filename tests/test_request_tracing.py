@@ -5,7 +5,6 @@ CLIENT span is the parent of the worker's SERVER span, in the HTTP request's tra
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from bus import EmbeddedServer
 from bus._server import free_port
 from tests.otlp import Receiver
-from tests.processes import BUS, running, wait_for, wait_ready
+from tests.processes import BUS, running, traced_env, wait_for, wait_ready
 
 KEY = "rpc-trace-key"
 
@@ -27,16 +26,7 @@ def test_the_callers_client_span_is_the_parent_of_the_responders_server_span(
 ) -> None:
     port = free_port()
     with EmbeddedServer(store_dir=tmp_path / "nats") as server:
-        env = {
-            **os.environ,
-            "BUS_NATS_URL": server.url,
-            "BUS_DATA_DIR": str(tmp_path),
-            "BUS_EDGE_PORT": str(port),
-            "BUS_API_KEYS": f"{KEY}:read+write",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        }
-        env.pop("OTEL_SERVICE_NAME", None)
+        env = traced_env(server.url, tmp_path, port, KEY, receiver.url)
         base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
         with contextlib.ExitStack() as stack:
             worker_log, edge_log = tmp_path / "worker.log", tmp_path / "edge.log"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from bus import EmbeddedServer
 from bus._server import free_port
 from tests import tracing_child
 from tests.otlp import Receiver
-from tests.processes import BUS, running, wait_ready
+from tests.processes import BUS, running, traced_env, wait_ready
 
 KEY = "trace-key"
 
@@ -28,16 +27,7 @@ def test_one_trace_from_http_through_worker_and_projector(
 ) -> None:
     port = free_port()
     with EmbeddedServer(store_dir=tmp_path / "nats") as server:
-        env = {
-            **os.environ,
-            "BUS_NATS_URL": server.url,
-            "BUS_DATA_DIR": str(tmp_path),
-            "BUS_EDGE_PORT": str(port),
-            "BUS_API_KEYS": f"{KEY}:read+write",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        }
-        env.pop("OTEL_SERVICE_NAME", None)
+        env = traced_env(server.url, tmp_path, port, KEY, receiver.url)
         with contextlib.ExitStack() as stack:
             procs = [
                 stack.enter_context(running([BUS, verb], tmp_path / f"{verb}.log", env))
