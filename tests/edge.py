@@ -20,3 +20,24 @@ async def serve(api: object) -> AsyncIterator[httpx.AsyncClient]:
             yield client
     finally:
         await stop_edge(server, task)
+
+
+async def sse_events(
+    edge: httpx.AsyncClient, path: str, count: int, headers: dict[str, str]
+) -> list[dict[str, str]]:
+    """The first `count` server-sent events of `path` (each as its fields), then disconnect."""
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    async with edge.stream("GET", path, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line:
+                field, _, value = line.partition(": ")
+                current[field] = value
+            elif current:
+                events.append(current)
+                current = {}
+                if len(events) == count:
+                    break
+    return events

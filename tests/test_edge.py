@@ -20,7 +20,7 @@ from bus._server import free_port
 from services.bench import http as bench_http
 from services.demo import TaskCreated, TaskFailed, app
 from services.edge import create_app
-from tests.edge import KEYS, READ, WRITE, serve
+from tests.edge import KEYS, READ, WRITE, serve, sse_events
 
 
 async def stored(bus: Bus) -> int:
@@ -277,22 +277,8 @@ def test_bus_edge_runs_alone_and_prints_its_dev_key(nats_url: str, tmp_path: Pat
 
 async def read_sse(edge: httpx.AsyncClient, count: int, **headers: str) -> list[dict[str, str]]:
     """The first `count` SSE events of /events?subject=tasks.>, then disconnect."""
-    events: list[dict[str, str]] = []
-    current: dict[str, str] = {}
     query = "/events?subject=tasks.>" + ("" if "Last-Event-ID" in headers else "&from_seq=1")
-    async with edge.stream("GET", query, headers={**READ, **headers}) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        async for line in response.aiter_lines():
-            if line:
-                field, _, value = line.partition(": ")
-                current[field] = value
-            elif current:
-                events.append(current)
-                current = {}
-                if len(events) == count:
-                    break
-    return events
+    return await sse_events(edge, query, count, {**READ, **headers})
 
 
 async def test_sse_resumes_exactly_after_last_event_id(edge: httpx.AsyncClient) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from bus import App, BucketSpec, Bus
 from services.edge import create_app
-from tests.edge import KEYS, READ, WRITE, serve
+from tests.edge import KEYS, READ, WRITE, serve, sse_events
 from tests.test_mcp import mcp_client
 
 KV = "/api/v1/kv/settings"
@@ -121,21 +121,7 @@ async def read_changes(
     edge: httpx.AsyncClient, count: int, query: str = "", **headers: str
 ) -> list[dict[str, str]]:
     """The first `count` SSE events of the bucket's watch, then disconnect."""
-    events: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    async with edge.stream("GET", f"{KV}:watch{query}", headers={**READ, **headers}) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        async for line in response.aiter_lines():
-            if line:
-                field, _, value = line.partition(": ")
-                current[field] = value
-            elif current:
-                events.append(current)
-                current = {}
-                if len(events) == count:
-                    break
-    return events
+    return await sse_events(edge, f"{KV}:watch{query}", count, {**READ, **headers})
 
 
 async def test_watch_as_sse_in_order_and_resumable(edge: httpx.AsyncClient) -> None:
