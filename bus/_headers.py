@@ -16,6 +16,7 @@ CONTENT_TYPE: Final = "Content-Type"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 
+EXPECTED_LAST_SEQ: Final = "Nats-Expected-Last-Sequence"  # of the whole stream
 EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
 
