@@ -148,6 +148,23 @@ async def test_replay_after_a_lost_checkpoint_applies_nothing_twice(counters: Bu
         assert await snapshot(view) == expected(ops)
 
 
+async def test_a_stray_write_in_its_bucket_is_not_taken_for_a_takeover(counters: Bus) -> None:
+    """Key writes expect the bucket's last sequence: a write that is not a fence moving in
+    between is refused, but the projector sees its fence still stands and goes on."""
+    projection = totals()
+    view = ProjectionView(counters, projection)
+    first = [("s", 1), ("t", 2)] * 5
+    async with Projector(counters, [projection]) as projector:
+        await view.wait_for(await publish_ops(counters, first), timeout=10)
+        stray = Outgoing(f"$KV.{projection.bucket(1)}.stray", b"not a record", {}, "")
+        await counters.publisher.send(stray)
+        more = [("s", 4), ("u", 8)] * 5
+        await view.wait_for(await publish_ops(counters, more), timeout=10)
+        assert projector.status(projection.name).failures == 0
+        got = {k: (await view.get(k) or (None, 0))[0] for k in "stu"}
+        assert got == expected(first + more)
+
+
 async def test_rebuild_switches_without_readers_seeing_gaps(counters: Bus) -> None:
     projection = totals()
     view = ProjectionView(counters, projection)
