@@ -50,6 +50,7 @@ log = logging.getLogger("bus.projector")
 IDLE_CHECK = 2.0  # seconds between looks at the stream when no wake-up arrived
 CACHE_KEYS = 50_000  # records kept in memory between batches
 KEYS_PER_READ = 256
+WRITE_BEHIND = 8  # full batches folded before their keys are stored, while behind
 _encode_fence = msgspec.json.Encoder().encode
 
 
@@ -70,7 +71,7 @@ class Generation:
         self.fence = fence  # the token its records carry
         self._shared = shared
         self.bucket = projection.bucket(number)
-        self.position = 0  # every event up to here that the projection reads is applied
+        self._position = self._read_to = 0
         self.lag = 0
         self.applied = 0
         self.written: dict[str, Record] = {}  # the last batch's records, as stored
@@ -80,6 +81,9 @@ class Generation:
         self._guard: dict[str, str] = {}  # the headers that make a key write fenced
         self._replicated = False
         self._cache: dict[str, Record] = {}
+        # Folded but not stored yet (key -> (seq, state)), read up to `_read_to`.
+        self._unwritten: dict[str, tuple[int, Any]] = {}
+        self._unwritten_applied = 0
         # True while the cache holds every key of the bucket (it started empty here and was
         # never trimmed): a key not in it is new, and needs no read to find that out.
         self._complete = False
@@ -91,6 +95,15 @@ class Generation:
         self._encode = msgspec.msgpack.Encoder().encode
         subjects = projection.subjects
         self._filter = subjects[0] if len(subjects) == 1 else None
+
+    @property
+    def position(self) -> int:
+        """Every event up to here that the projection reads is applied and stored."""
+        return self._position
+
+    @position.setter
+    def position(self, seq: int) -> None:
+        self._position = self._read_to = seq
 
     async def open(self) -> None:
         """Create the bucket if need be and fence it: from now on only this instance writes
@@ -125,27 +138,44 @@ class Generation:
             await tail.stop()
 
     async def step(self) -> int:
-        """Fold one batch; returns how many stream messages it took (0: caught up)."""
+        """Fold one batch; returns how many stream messages it took (0: caught up).
+
+        While behind (full batches), up to `WRITE_BEHIND` batches fold in memory before their
+        keys are written, each changed key once: a replay writes a key per window, not per
+        batch. The position moves when the keys are stored."""
         projection = self.projection
-        batch = await self._batch()
-        if not batch:
-            self.lag = 0
-            return 0
+        self.written = {}
         try:
+            batch = await self._batch()
+            if not batch:
+                await self._store()
+                self.lag = 0
+                return 0
             telemetry = self.bus.telemetry
             if telemetry.tracer is None:
-                applied = await self._fold(batch)
+                await self._fold(batch)
             else:
                 headers = [m.headers for m in batch]
                 with telemetry.processing(projection.name, self.stream, headers):
-                    applied = await self._fold(batch)
+                    await self._fold(batch)
+            self._read_to = batch[-1].seq
+            behind = len(batch) == projection.batch_size
+            if not behind or self._read_to - self.position >= WRITE_BEHIND * len(batch):
+                await self._store()
         except BaseException:
-            self.close()  # the retry must fold this batch again, not the one read ahead
+            self.close()  # the retry folds these batches again, not the one read ahead
             raise
-        self.applied += applied
-        self.position = batch[-1].seq
         self.lag = batch[-1].pending
         return len(batch)
+
+    async def _store(self) -> None:
+        """Write what folded since the last store; the position moves up to it."""
+        fence, encode = self.fence, self._encode
+        changed = {k: Record(seq, encode(st), fence) for k, (seq, st) in self._unwritten.items()}
+        await self._write(changed)
+        self.applied += self._unwritten_applied
+        self._unwritten, self._unwritten_applied = {}, 0
+        self.position = self._read_to
 
     async def advance(self) -> bool:
         """Move the position to the stream's end when no event of ours lies before it (a
@@ -168,27 +198,26 @@ class Generation:
         batch_size = self.projection.batch_size
         if self._tail is not None:
             if self._tail.following():
-                return self._tail.take(self.position, batch_size)
+                return self._tail.take(self._read_to, batch_size)
             await self.unfollow()
         start, pending = self._next or (0, None)
         self._next = None
-        if pending is not None and start != self.position + 1:  # a stale read-ahead
+        if pending is not None and start != self._read_to + 1:  # a stale read-ahead
             pending.cancel()
             pending = None
-        batch: list[StoredMessage] = await (pending or self._read(self.position + 1))
+        batch: list[StoredMessage] = await (pending or self._read(self._read_to + 1))
         if len(batch) == batch_size:
             after = batch[-1].seq + 1
             self._next = (after, asyncio.create_task(self._read(after)))
         return batch
 
-    async def _fold(self, batch: list[StoredMessage]) -> int:
-        """Apply a batch in memory and write each changed key once; returns events applied."""
+    async def _fold(self, batch: list[StoredMessage]) -> None:
+        """Apply a batch in memory, onto what folded since the last store."""
         projection = self.projection
         keyed = await self._keyed(batch)
+        changed = self._unwritten  # key -> (seq, state), encoded once when stored
         if not self._complete:
-            await self._load([key for _, _, key in keyed if key not in self._cache])
-        changed: dict[str, tuple[int, Any]] = {}  # key -> (seq, state), encoded once at the end
-        applied = 0
+            await self._load([k for _, _, k in keyed if k not in changed and k not in self._cache])
         for message, envelope, key in keyed:
             if key in changed:
                 seq, state = changed[key]
@@ -204,18 +233,16 @@ class Generation:
                 await self._reject(message, f"apply failed: {type(exc).__name__}: {exc}")
                 continue
             changed[key] = (message.seq, state)
-            applied += 1
-        fence = self.fence
-        await self._write(
-            {k: Record(seq, self._encode(st), fence) for k, (seq, st) in changed.items()}
-        )
-        return applied
+            self._unwritten_applied += 1
 
     def _read(self, from_seq: int) -> Any:
         return self._shared.read(self.stream, from_seq, self.projection.batch_size, self._filter)
 
     def close(self) -> None:
-        """Forget what was read ahead or pushed: the next step reads from the position."""
+        """Forget what was read ahead, pushed or folded but not stored: the next step reads
+        from the position."""
+        self._unwritten, self._unwritten_applied = {}, 0
+        self._read_to = self._position
         if self._next is not None:
             self._next[1].cancel()
             self._next = None

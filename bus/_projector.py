@@ -232,8 +232,9 @@ class Projector:
                 await self._switch(live)
             live.wake.clear()
             try:
+                before = live.current.position
                 read = await live.current.step()
-                if read:
+                if live.current.position != before:  # keys stored: tell the readers
                     current = live.current
                     for observer in self._observers.get(current.projection.name, ()):
                         observer(current.number, current.position, current.written)
