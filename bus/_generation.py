@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,7 +51,8 @@ log = logging.getLogger("bus.projector")
 IDLE_CHECK = 2.0  # seconds between looks at the stream when no wake-up arrived
 CACHE_KEYS = 50_000  # records kept in memory between batches
 KEYS_PER_READ = 256
-WRITE_BEHIND = 8  # full batches folded before their keys are stored, while behind
+WRITE_BEHIND = 8  # full batches folded before their keys are stored, while behind...
+WRITE_BEHIND_SECONDS = 0.5  # ...or for this long, so readers and checkpoints keep moving
 _encode_fence = msgspec.json.Encoder().encode
 
 
@@ -84,6 +86,7 @@ class Generation:
         # Folded but not stored yet (key -> (seq, state)), read up to `_read_to`.
         self._unwritten: dict[str, tuple[int, Any]] = {}
         self._unwritten_applied = 0
+        self._stored_at = 0.0  # monotonic time of the last store
         # True while the cache holds every key of the bucket (it started empty here and was
         # never trimmed): a key not in it is new, and needs no read to find that out.
         self._complete = False
@@ -140,9 +143,9 @@ class Generation:
     async def step(self) -> int:
         """Fold one batch; returns how many stream messages it took (0: caught up).
 
-        While behind (full batches), up to `WRITE_BEHIND` batches fold in memory before their
-        keys are written, each changed key once: a replay writes a key per window, not per
-        batch. The position moves when the keys are stored."""
+        While behind (full batches), up to `WRITE_BEHIND` batches (or half a second's worth)
+        fold in memory before their keys are written, each changed key once: a replay writes a
+        key per window, not per batch. The position moves when the keys are stored."""
         projection = self.projection
         self.written = {}
         try:
@@ -159,8 +162,11 @@ class Generation:
                 with telemetry.processing(projection.name, self.stream, headers):
                     await self._fold(batch)
             self._read_to = batch[-1].seq
-            behind = len(batch) == projection.batch_size
-            if not behind or self._read_to - self.position >= WRITE_BEHIND * len(batch):
+            if (
+                len(batch) < projection.batch_size  # caught up
+                or self._read_to - self.position >= WRITE_BEHIND * len(batch)
+                or time.monotonic() >= self._stored_at + WRITE_BEHIND_SECONDS
+            ):
                 await self._store()
         except BaseException:
             self.close()  # the retry folds these batches again, not the one read ahead
@@ -176,6 +182,7 @@ class Generation:
         self.applied += self._unwritten_applied
         self._unwritten, self._unwritten_applied = {}, 0
         self.position = self._read_to
+        self._stored_at = time.monotonic()
 
     async def advance(self) -> bool:
         """Move the position to the stream's end when no event of ours lies before it (a
