@@ -110,9 +110,7 @@ async def by_id(
     return shown(bus, found, headers=True)
 
 
-async def _from_time(
-    bus: Bus, name: str, event_id: str, parsed: uuid.UUID
-) -> StoredMessage | None:
+async def _from_time(bus: Bus, name: str, event_id: str, parsed: uuid.UUID) -> StoredMessage | None:
     at = datetime.fromtimestamp((parsed.int >> 80) / 1000, UTC)
     since = (at - ID_SLACK).isoformat().replace("+00:00", "Z")
     seq = 1
