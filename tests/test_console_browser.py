@@ -61,6 +61,7 @@ def test_key_prompt_then_every_read_page_shows_the_tests_data(
     backbone: Backbone, page: Page
 ) -> None:
     backbone.publish("tasks.r1.created", title="first task")
+    backbone.put("settings", "limits", {"rate": 1})
     page.open()
     page.until(lambda: page.visible("#login"))
     page.shot("login")
@@ -87,6 +88,8 @@ def test_key_prompt_then_every_read_page_shows_the_tests_data(
         ("components", "nats-server", "components"),
         ("dead-letters", "TASKS", "dead-letters"),
         ("state", "settings", "buckets"),
+        ("state/settings", "limits", "bucket"),
+        ("state/settings/limits", "rate", "key"),
         ("publish", "TaskCreated", "publish"),
         ("workflows", "4 steps", "workflows"),
         ("nowhere", "No page here", "not-found"),
@@ -132,7 +135,7 @@ def test_publish_from_the_form_then_follow_it_to_its_projection_and_causes(
     page.go(f"streams/TASKS/events/{progressed['seq']}")  # the worker's, caused by the form's
     page.until_text("TaskProgressed")
     page.shot("event")
-    follow_causation(page)
+    follow(page, "Correlation")
     page.until(lambda: page.driver.current_url.endswith(f"#/streams/TASKS/events/{created['seq']}"))  # fmt: skip
     page.until_text(f"Event #{created['seq']}")
     assert "from the form" in page.text()
@@ -145,16 +148,16 @@ def test_publish_from_the_form_then_follow_it_to_its_projection_and_causes(
     assert audited["causation_id"] == completed["id"]
     page.go(f"streams/TASKS/events/{audited['seq']}")
     page.until_text("TaskAudited")
-    follow_causation(page)
+    follow(page, "Causation")
     page.until(lambda: page.driver.current_url.endswith(f"#/streams/TASKS/events/{completed['seq']}"))  # fmt: skip
     page.until_text("TaskCompleted")
     page.shot("event-derived-id")
 
 
-def follow_causation(page: Page) -> None:
-    """Click the event's causation link (the second of its related-event links)."""
+def follow(page: Page, fact: str) -> None:
+    """Click the event's link to its related event `fact` (Correlation, Causation)."""
     rows = "return [...document.querySelectorAll('main dl.facts dt')].map(dt => dt.textContent)"
-    at = page.js(rows).index("Causation")
+    at = page.js(rows).index(fact)
     link = page.all("main dl.facts dd")[at].find_element("css selector", "a")
     assert "/id/" in (link.get_attribute("href") or "")
     link.click()
