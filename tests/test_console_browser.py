@@ -316,6 +316,8 @@ def test_hostile_payloads_subjects_and_values_are_shown_as_text(
     page.until_text(subject)
     page.go("state/settings/evil")
     page.until_text("window.__pwned=2")
+    page.go("streams/TASKS/id/<img src=x onerror=window.__pwned=5>?before_seq=<b>1</b>")
+    page.until_text("422")
     backbone.dead_letters("tasks.h2.created")
     page.go("dead-letters/TASKS")
     payloads = "return [...document.querySelectorAll('main details pre')].map(p => p.textContent)"
@@ -337,6 +339,7 @@ def test_a_pipeline_run_from_its_form_turns_green_and_the_overview_counts_runs_l
         started = http.post("/api/v1/workflows/code_analysis/runs", json={"code": "x = 1\n"}, headers=WRITE)  # fmt: skip
     assert started.status_code == 201, started.text
     page.until(lambda: page.all(completed) and int(page.find(completed).text) == before + 1, 30)
+    page.js("arguments[0].scrollIntoView()", page.find(completed))
     page.shot("overview-workflows")
 
     page.go("workflows/code_analysis")

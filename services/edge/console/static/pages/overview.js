@@ -96,18 +96,26 @@ export async function render({ main, signal }) {
           "Components",
         ),
       ),
-      section(
-        "Workflows",
-        table(
-          [["Workflow", (w) => h("a", { href: route("workflows", w.name) }, w.name)], ...STATUSES.map((s) => [s[0].toUpperCase() + s.slice(1), (w) => runCount(w, s), { num: true }])],
-          workflows,
-          "No workflows in this app.",
-          "Workflow runs by status",
+      wide(
+        section(
+          "Workflows",
+          table(
+            [["Workflow", (w) => h("a", { href: route("workflows", w.name) }, w.name)], ...STATUSES.map((s) => [s[0].toUpperCase() + s.slice(1), (w) => runCount(w, s), { num: true }])],
+            workflows,
+            "No workflows in this app.",
+            "Workflow runs by status",
+          ),
         ),
       ),
     );
     status.textContent = `Refreshed ${new Date().toLocaleTimeString("en-GB")}; every 2 s.`;
   }, (error) => status.replaceChildren(errorBox(error)));
+}
+
+/** A card across the whole grid (a table too wide for one column). */
+function wide(card) {
+  card.classList.add("wide");
+  return card;
 }
 
 export function projectionState(p) {
