@@ -65,6 +65,7 @@ def test_key_prompt_then_every_read_page_shows_the_tests_data(
     page.open()
     page.until(lambda: page.visible("#login"))
     page.shot("login")
+    assert page.accessibility() == []  # the key prompt, before any page
     page.login("not-a-key")
     page.until(lambda: "unknown API key" in page.text("#login-error"))
     assert page.js("return sessionStorage.getItem('bus.api-key')") == "not-a-key"
@@ -97,6 +98,7 @@ def test_key_prompt_then_every_read_page_shows_the_tests_data(
         page.go(route)
         page.until_text(needle)
         page.shot(name)
+    assert page.accessibility() == []  # the page for no page
 
 
 def test_publish_from_the_form_then_follow_it_to_its_projection_and_causes(
