@@ -187,10 +187,11 @@ def test_live_tail_with_pause_and_resume(backbone: Backbone, page: Page) -> None
 
 
 def test_rebuild_shows_progress_up_to_100(backbone: Backbone, page: Page) -> None:
+    events = [{"event": "created", "data": {"title": f"t{n}"}} for n in range(50)]
     with backbone.http() as http:
-        for n in range(150):
-            answer = http.post(f"/api/v1/events/tasks.rb{n}.created", json={"title": f"t{n}"}, headers=WRITE)  # fmt: skip
-            assert answer.status_code == 201, answer.text
+        batch = {"domain": "tasks", "id": "rb", "events": events}
+        answer = http.post("/api/v1/events:batch", json=batch, headers=WRITE)
+    assert answer.status_code == 201, answer.text
     page.open("projections")
     page.login("w-key")
     page.until(lambda: page.all("button[aria-label='Rebuild task']"))
@@ -409,7 +410,7 @@ def test_every_page_passes_axe_in_light_and_dark(backbone: Backbone, page: Page)
     routes = (
         ("", "code_analysis"),
         ("streams", "TASKS"),
-        ("streams/TASKS", "tasks.a1.created"),
+        ("streams/TASKS?subject=tasks.a1.*", "tasks.a1.created"),  # a few rows: axe is slow
         (f"streams/TASKS/events/{checked['seq']}", "checked"),
         ("projections", "task_counts"),
         ("projections/task?prefix=a1", "checked"),
