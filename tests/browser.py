@@ -1,6 +1,6 @@
 """Debian's chromium, headless, driven by Selenium through Debian's chromedriver, for the
-console's tests. Selenium blocks, and the edge under test serves on the test's event loop,
-so every browser step runs in a thread (`Page.run`)."""
+console's tests. Selenium blocks: where the edge under test serves on the test's event loop
+(not a `bus up` process), every browser step runs in a thread (`Page.run`)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from services.edge import create_app
 from tests.edge import KEYS, serve
 from tests.otlp import Receiver
 
+SCREENSHOTS = Path(__file__).resolve().parents[1] / ".bus" / "screenshots"
 settings.register_profile(
     "bus", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200
 )
@@ -49,14 +50,12 @@ def chrome() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the console's screenshots go: $BUS_CONSOLE_SCREENSHOTS (CI keeps it), else
-    pytest's temporary directory."""
-    chosen = os.environ.get("BUS_CONSOLE_SCREENSHOTS")
-    if not chosen:
-        return tmp_path_factory.mktemp("console-screenshots", numbered=False)
-    Path(chosen).mkdir(parents=True, exist_ok=True)
-    return Path(chosen)
+def shots() -> Path:
+    """Where the console's screenshots go: $BUS_CONSOLE_SCREENSHOTS, else the checkout's
+    .bus/screenshots (gitignored; `.ci/run` says where they are)."""
+    chosen = Path(os.environ.get("BUS_CONSOLE_SCREENSHOTS") or SCREENSHOTS)
+    chosen.mkdir(parents=True, exist_ok=True)
+    return chosen
 
 
 @pytest.fixture

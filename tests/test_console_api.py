@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -209,6 +210,44 @@ async def test_dead_letters_listed_replayed_and_discarded(
     assert [d["seq"] for d in await dead_letters(edge)] == []
     again = (await edge.get(f"{EVENTS}/{replayed.json()['seq']}", headers=READ)).json()
     assert again["headers"]["Bus-Replayed-From"] == f"DLQ_TASKS:{first['seq']}"
+
+
+async def test_an_id_a_handler_derived_is_found_back_from_what_it_caused(
+    failing: tuple[Bus, httpx.AsyncClient],
+) -> None:
+    """The worker's events carry ids derived from the message it handled (UUIDv8: no time
+    in them); they are read back by sequence from the event linking to them."""
+    _, edge = failing
+    created = await publish(edge, "tasks.v8.created", title="derived")
+    deadline = time.monotonic() + 30
+    while not (done := await newest(edge, "tasks.v8.completed")):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    completed = done[0]
+    assert uuid.UUID(completed["id"]).version == 8
+    assert completed["causation_id"] == created["id"]
+    by_id = f"{EVENTS}/by-id/{completed['id']}"
+    for params in ({}, {"before_seq": completed["seq"] + 1}, {"before_seq": 2**62}):
+        found = await edge.get(by_id, params=params, headers=READ)
+        assert found.status_code == 200, (params, found.text)
+        assert found.json()["seq"] == completed["seq"]
+        assert found.json()["headers"]["Nats-Msg-Id"] == completed["id"]
+    refused(await edge.get(by_id, params={"before_seq": completed["seq"]}, headers=READ), 404)
+    absent = "0f1c64a2-54a8-8c1e-9a8e-0f6a4b8f6d1e"  # a UUIDv8 the stream does not hold
+    refused(await edge.get(f"{EVENTS}/by-id/{absent}", headers=READ), 404)
+    cause = await edge.get(f"{EVENTS}/by-id/{created['id']}", params={"before_seq": 1}, headers=READ)  # fmt: skip
+    assert cause.json()["seq"] == created["seq"]  # a UUIDv7 is found by its time
+    for bad in (0, -1, "x", 2**64 + 1, "<script>", "1" * 300):
+        refused(await edge.get(by_id, params={"before_seq": bad}, headers=READ), 422)
+    refused(await edge.get(by_id, params={"before_seq": 1}), 401)
+    refused(await edge.get("/api/v1/streams/NOPE/events/by-id/" + absent, headers=READ), 404)
+
+
+async def newest(edge: httpx.AsyncClient, subject: str) -> list[dict[str, Any]]:
+    page = await edge.get(EVENTS, params={"newest": "true", "subject": subject}, headers=READ)
+    assert page.status_code == 200, page.text
+    items: list[dict[str, Any]] = page.json()["items"]
+    return items
 
 
 async def test_rebuild_needs_a_projector_and_a_known_projection(

@@ -89,12 +89,23 @@ async def stream_event(
 
 @router.get("/streams/{name}/events/by-id/{event_id}")
 async def stream_event_by_id(
-    request: Request, name: str, event_id: str = Path(max_length=64)
+    request: Request,
+    name: str,
+    event_id: str = Path(max_length=64),
+    before_seq: int | None = Query(
+        None,
+        ge=1,
+        le=stream_reads.MAX_SEQ,
+        description="A handler's derived id (UUIDv8): look back from this sequence (an event "
+        "it caused; default: the stream's end)",
+    ),
 ) -> Response:
-    """The event with this id (a UUIDv7, as the bus makes them), with every header; read
-    from the time the id carries, not scanned for."""
+    """The event with this id, with every header: a UUIDv7 (as the bus makes them) read from
+    the time it carries, a UUIDv8 (as handlers derive them) read back by sequence from
+    `before_seq`; a few pages either way, never a scan."""
     await permit_stream(request.app.state, request.state.principal, name)
-    return _json(await stream_reads.by_id(request.app.state.bus, name, event_id))
+    bus = request.app.state.bus
+    return _json(await stream_reads.by_id(bus, name, event_id, before_seq))
 
 
 async def stream_page(

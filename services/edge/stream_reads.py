@@ -15,7 +15,8 @@ from bus import Bus, BusError, StoredMessage
 
 MAX_SEQ = 2**63 - 1  # past this the server refuses the read as malformed
 ID_SLACK = timedelta(seconds=5)  # publisher and server clocks may disagree this much
-ID_PAGES = 4  # pages read around an id's time before it is declared absent
+ID_PAGES = 4  # pages read around an id's time (or before its effect) before it is absent
+ID_PAGE = 256  # messages a page
 
 
 def shown(bus: Bus, m: StoredMessage, *, headers: bool = False) -> dict[str, Any]:
@@ -86,24 +87,56 @@ async def one(bus: Bus, name: str, seq: int) -> dict[str, Any]:
     return shown(bus, found[0], headers=True)
 
 
-async def by_id(bus: Bus, name: str, event_id: str) -> dict[str, Any]:
-    """The event whose id is `event_id`, found from the time a UUIDv7 carries (ids the bus
-    makes): a few pages read from there, never the whole stream."""
+async def by_id(
+    bus: Bus, name: str, event_id: str, before_seq: int | None = None
+) -> dict[str, Any]:
+    """The event whose id is `event_id`, with every header: a few pages read, never the whole
+    stream. A UUIDv7 (an id the bus makes) carries its time: read from there. A UUIDv8 (an id
+    a handler derives, bus._followups) carries none, but its event was stored before the
+    events it caused: read back by sequence from `before_seq` (the event linking to it; by
+    default the stream's end)."""
     try:
         parsed = uuid.UUID(event_id)
     except ValueError:
         raise HTTPException(400, "the id is not a UUID") from None
-    if parsed.version != 7:
-        raise HTTPException(400, "only time-ordered ids (UUIDv7) can be looked up")
+    if parsed.version == 8:
+        found = await _before(bus, name, event_id, before_seq)
+    elif parsed.version == 7:
+        found = await _from_time(bus, name, event_id, parsed)
+    else:
+        raise HTTPException(400, "only ids the bus makes (UUIDv7) or derives (UUIDv8) are found")
+    if found is None:
+        raise HTTPException(404, f"stream {name!r} holds no event {event_id}")
+    return shown(bus, found, headers=True)
+
+
+async def _from_time(bus: Bus, name: str, event_id: str, parsed: uuid.UUID) -> StoredMessage | None:
     at = datetime.fromtimestamp((parsed.int >> 80) / 1000, UTC)
     since = (at - ID_SLACK).isoformat().replace("+00:00", "Z")
     seq = 1
     for n in range(ID_PAGES):
-        page = await bus.read(name, seq, 256, since=since if n == 0 else None)
+        page = await bus.read(name, seq, ID_PAGE, since=since if n == 0 else None)
         match = next((m for m in page if m.event_id == event_id), None)
-        if match is not None:
-            return shown(bus, match, headers=True)
-        if len(page) < 256 or page[-1].time > (at + ID_SLACK).isoformat():
-            break
+        if match is not None or len(page) < ID_PAGE or page[-1].time > (at + ID_SLACK).isoformat():
+            return match
         seq = page[-1].seq + 1
-    raise HTTPException(404, f"stream {name!r} holds no event {event_id}")
+    return None
+
+
+async def _before(
+    bus: Bus, name: str, event_id: str, before_seq: int | None
+) -> StoredMessage | None:
+    """Newest first from `before_seq`: a handler's event is usually just before its effects."""
+    info = await bus.streams.info(name)
+    end = min(before_seq or info.last_seq + 1, info.last_seq + 1)
+    first = max(1, info.first_seq)
+    for _ in range(ID_PAGES):
+        if end <= first:
+            break
+        lo = max(first, end - ID_PAGE)
+        page = await _range(bus, name, lo, end, None, ID_PAGE)
+        match = next((m for m in reversed(page) if m.event_id == event_id), None)
+        if match is not None:
+            return match
+        end = lo
+    return None

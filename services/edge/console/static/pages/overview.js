@@ -1,8 +1,30 @@
-// Overview: streams, consumers, projections, dead letters and components at a glance, live.
+// Overview: streams, consumers, projections, dead letters, components and workflow runs at a
+// glance, live.
 import { api } from "../api.js";
-import { h, route } from "../dom.js";
+import { h, route, withQuery } from "../dom.js";
 import { table, section, badge, num, errorBox } from "../ui.js";
 import { appStreams, every } from "./common.js";
+import { STATUSES } from "./workflows.js";
+
+const COUNTED = 1000; // runs a status is counted up to (one page of the runs API)
+
+/** Each workflow's runs by status, from the runs API (a page per status, counted). */
+async function workflowRuns() {
+  const { items } = await api("/api/v1/workflows");
+  const runs = (name, status) => api(`/api/v1/workflows/${encodeURIComponent(name)}/runs?status=${status}&limit=${COUNTED}`);
+  return Promise.all(
+    items.map(async ({ name }) => {
+      const pages = await Promise.all(STATUSES.map((s) => runs(name, s)));
+      return { name, counts: Object.fromEntries(STATUSES.map((s, i) => [s, pages[i].cursor ? null : pages[i].items.length])) };
+    }),
+  );
+}
+
+function runCount(w, status) {
+  const n = w.counts[status];
+  const shown = n === null ? `${num(COUNTED)}+` : num(n);
+  return n === 0 ? "0" : h("a", { href: withQuery(route("workflows", w.name), { status }), "aria-label": `${shown} ${status} runs of ${w.name}` }, shown);
+}
 
 export async function render({ main, signal }) {
   const body = h("div", { class: "grid" });
@@ -10,7 +32,7 @@ export async function render({ main, signal }) {
   main.append(h("h1", {}, "Overview"), status, body);
   let previous = null;
   await every(2, signal, async () => {
-    const [{ streams, deadLetters }, projections, components] = await Promise.all([appStreams(), api("/api/v1/projections"), api("/api/v1/components")]);
+    const [{ streams, deadLetters }, projections, components, workflows] = await Promise.all([appStreams(), api("/api/v1/projections"), api("/api/v1/components"), workflowRuns()]);
     const consumers = (await Promise.all(streams.map((s) => api(`/api/v1/streams/${encodeURIComponent(s.name)}/consumers`)))).flat();
     const now = performance.now();
     const rate = (s) => (previous && previous.counts[s.name] !== undefined ? (s.last_seq - previous.counts[s.name]) / ((now - previous.at) / 1000) : null);
@@ -74,9 +96,26 @@ export async function render({ main, signal }) {
           "Components",
         ),
       ),
+      wide(
+        section(
+          "Workflows",
+          table(
+            [["Workflow", (w) => h("a", { href: route("workflows", w.name) }, w.name)], ...STATUSES.map((s) => [s[0].toUpperCase() + s.slice(1), (w) => runCount(w, s), { num: true }])],
+            workflows,
+            "No workflows in this app.",
+            "Workflow runs by status",
+          ),
+        ),
+      ),
     );
     status.textContent = `Refreshed ${new Date().toLocaleTimeString("en-GB")}; every 2 s.`;
   }, (error) => status.replaceChildren(errorBox(error)));
+}
+
+/** A card across the whole grid (a table too wide for one column). */
+function wide(card) {
+  card.classList.add("wide");
+  return card;
 }
 
 export function projectionState(p) {

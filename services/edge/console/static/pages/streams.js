@@ -116,10 +116,11 @@ function traceLink(session, traceparent) {
   return h("a", { href: url, rel: "noopener noreferrer", target: "_blank" }, trace);
 }
 
-function related(name, id, own) {
+function related(name, id, own, seq) {
   if (!id) return "–";
   if (id === own) return h("span", {}, h("code", {}, id), " (this event)");
-  return h("a", { href: route("streams", name, "id", id) }, id);
+  // A handler's derived id carries no time: it is looked for back from this event.
+  return h("a", { href: withQuery(route("streams", name, "id", id), { before_seq: seq }) }, id);
 }
 
 export async function detail({ main, params: [name, seq], session }) {
@@ -133,8 +134,8 @@ export async function detail({ main, params: [name, seq], session }) {
     ["Event id", e.id ? h("code", {}, e.id) : "–"],
     ["Stored", e.time],
     ["Occurred", e.headers["Bus-Occurred-At"] || "–"],
-    ["Correlation", related(name, e.correlation_id, e.id)],
-    ["Causation", related(name, e.causation_id, e.id)],
+    ["Correlation", related(name, e.correlation_id, e.id, e.seq)],
+    ["Causation", related(name, e.causation_id, e.id, e.seq)],
     ["Principal", e.headers["Bus-Principal"] || "–"],
     ["Trace", traceLink(session, e.headers.traceparent)],
   ];
@@ -147,8 +148,8 @@ export async function detail({ main, params: [name, seq], session }) {
   );
 }
 
-export async function byId({ main, params: [name, id] }) {
+export async function byId({ main, params: [name, id], query }) {
   main.append(h("p", { class: "muted" }, `Looking for event ${id}…`));
-  const found = await api(`${eventsPath(name)}/by-id/${encodeURIComponent(id)}`);
+  const found = await api(withQuery(`${eventsPath(name)}/by-id/${encodeURIComponent(id)}`, { before_seq: query.get("before_seq") }));
   location.replace(route("streams", name, "events", found.seq));
 }

@@ -7,7 +7,7 @@ import { dag } from "../dag.js";
 import { objectSchema, schemaFields } from "../form.js";
 import { every } from "./common.js";
 
-const STATUSES = ["running", "completed", "failed", "cancelled"];
+export const STATUSES = ["running", "completed", "failed", "cancelled"];
 const BASE = "/api/v1/workflows";
 
 export async function list({ main, canWrite }) {
