@@ -81,6 +81,24 @@ async def test_bad_source_fails_parse_over_http(http: httpx.AsyncClient) -> None
     assert run["steps"]["generate_report"]["status"] == "skipped"
 
 
+async def test_counts_runs_and_steps_by_status(http: httpx.AsyncClient) -> None:
+    async def counts() -> dict[str, Any]:
+        r = await http.get(f"{BASE}/counts", headers=READ)
+        assert r.status_code == 200, r.text
+        [only] = r.json()["items"]
+        assert only["name"] == "code_analysis"
+        return only  # type: ignore[no-any-return]
+
+    assert (await http.get(f"{BASE}/counts")).status_code == 401
+    before = await counts()
+    r = await http.post(f"{BASE}/code_analysis/runs", json={"code": "def (:"}, headers=WRITE)
+    await finished(http, r.json()["run_id"], r.json()["seq"])
+    after = await counts()
+    assert after["runs"].get("failed", 0) == before["runs"].get("failed", 0) + 1
+    skipped = after["steps"]["generate_report"].get("skipped", 0)
+    assert skipped == before["steps"].get("generate_report", {}).get("skipped", 0) + 1
+
+
 async def test_the_same_idempotency_key_answers_the_same_run(http: httpx.AsyncClient) -> None:
     body = {"code": "x = 1\n"}
     headers = {**WRITE, "Idempotency-Key": "analysis-1"}

@@ -5,6 +5,7 @@ GET  /api/v1/workflows/{name}/runs/{run_id}        the run (?after_seq= waits fo
 GET  /api/v1/workflows/{name}/runs                 ?status=&limit=&cursor=
 POST /api/v1/workflows/{name}/runs/{run_id}:cancel 202
 GET  /api/v1/workflows                             definitions, with their DAGs
+GET  /api/v1/workflows/counts                      each workflow's runs and steps by status
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ async def run(runs: Workflows, name: str, run_id: str, after_seq: int | None) ->
 async def list_definitions(request: Request) -> Response:
     """Every workflow of the app: its input schema and its steps (the DAG)."""
     return _json({"items": workflows(request.app.state).definitions()})
+
+
+@router.get("/counts", dependencies=read)
+async def run_counts(request: Request) -> Response:
+    """Each workflow's runs and steps by status, from one read of the runs (the overview's)."""
+    state = request.app.state
+    counted = await workflows(state).counts()
+    empty: dict[str, dict[str, Any]] = {"runs": {}, "steps": {}}
+    return _json(
+        {"items": [{"name": n, **counted.get(n, empty)} for n in sorted(state.app.workflows)]}
+    )
 
 
 @router.post(
