@@ -53,14 +53,16 @@ from ._workflow_events import (
     RunFailed,
     RunStarted,
     RunView,
+    Scheduled,
     StepCompensated,
     StepCompleted,
     StepFailed,
-    StepScheduled,
+    StepsScheduled,
     StepsSkipped,
     StepTask,
     apply_run,
     run_id_of,
+    scheduled_inputs,
 )
 from ._workflow_known import Known, as_envelope
 
@@ -84,7 +86,7 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
     failed = [n for n in workflow.order if steps[n].status == "failed"]
     if failed:
         return _wind_down(run, workflow, failed[0])
-    out: list[Event] = []
+    out: list[Scheduled] = []
     ready = []
     for name in workflow.order:
         step = steps[name]
@@ -95,9 +97,7 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
         elif step.scheduled and step.attempts == step.scheduled:  # failed, retry it
             retry_at = _retry_at(run, name)
             out.append(
-                StepScheduled(
-                    step=name, attempt=step.scheduled + 1, input=None, not_before=retry_at
-                )
+                Scheduled(step=name, attempt=step.scheduled + 1, input=None, not_before=retry_at)
             )
     if ready:
         ctx = context(run, workflow)
@@ -107,13 +107,15 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
             except Exception as exc:  # the input function is user code: its failure is the step's
                 error = f"input: {describe_error(exc)}"
                 return [StepFailed(step=name, attempt=0, error=error, origin=run.origin)]
-            out.append(StepScheduled(step=name, attempt=1, input=data))
-    if not out and all(s.status == "completed" for s in steps.values()):
+            out.append(Scheduled(step=name, attempt=1, input=data))
+    if out:
+        return [StepsScheduled(steps=out)]
+    if all(s.status == "completed" for s in steps.values()):
         ctx = context(run, workflow)
         if workflow.output is not None:
             return [RunCompleted(output=msgspec.to_builtins(workflow.output(ctx)))]
         return [RunCompleted(output={n: steps[n].output for n in workflow.leaves})]
-    return out
+    return []
 
 
 def _retry_at(run: RunView, name: str) -> float:
@@ -237,8 +239,8 @@ async def advance(
                 continue
             for event, ack in zip(events, result.events, strict=True):
                 run = apply_run(run, as_envelope(event, run_id, ack.seq))
-                if isinstance(event, StepScheduled) and event.input is not None:
-                    inputs[event.step] = event.input
+                if isinstance(event, StepsScheduled):
+                    inputs.update(scheduled_inputs(event))
             known.remember(run, inputs)
             fresh = True  # known up to our own append
             _observe(run, workflow)

@@ -21,10 +21,11 @@ from ._workflow_events import (
     RunView,
     StepCompleted,
     StepFailed,
-    StepScheduled,
+    StepsScheduled,
     StepStarted,
     apply_run,
     load_run,
+    scheduled_inputs,
 )
 
 SIZE = 10_000  # runs remembered per instance (least recently decided dropped first)
@@ -85,8 +86,8 @@ class Known:
                 run = apply_run(run, envelope)
         for envelope in events:
             event = envelope.event
-            if isinstance(event, StepScheduled) and event.input is not None:
-                inputs[event.step] = event.input
+            if isinstance(event, StepsScheduled):
+                inputs.update(scheduled_inputs(event))
         if run.run_id:
             self.remember(run, inputs)
         return run, inputs, bool(events)

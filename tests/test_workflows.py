@@ -144,7 +144,7 @@ async def test_two_orchestrators_at_once_record_each_decision_once(nats_url: str
     from collections import Counter
 
     from bus import App, Bus, EventStore
-    from bus._workflow_events import RunCompleted, StepCompleted, StepScheduled
+    from bus._workflow_events import RunCompleted, StepCompleted, StepsScheduled
 
     app, _ = make_app()
     rival = App("rival")
@@ -160,7 +160,12 @@ async def test_two_orchestrators_at_once_record_each_decision_once(nats_url: str
             assert (await runs.wait(one.run_id, timeout=30)).status == "completed"
             history = await EventStore(harness.bus).load("wf", one.run_id)
             events = [e.event for e in history.events]
-            scheduled = Counter((e.step, e.attempt) for e in events if isinstance(e, StepScheduled))
+            scheduled = Counter(
+                (s.step, s.attempt)
+                for e in events
+                if isinstance(e, StepsScheduled)
+                for s in e.steps
+            )
             assert set(scheduled.values()) == {1}, scheduled
             retried += ("b", 2) in scheduled
             done = Counter(e.step for e in events if isinstance(e, StepCompleted))
