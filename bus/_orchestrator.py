@@ -4,8 +4,9 @@ It is a handler on the run events that can change a decision (run started, step 
 or failed, compensation done, cancel requested), on one durable consumer per app, so any
 number of instances share the work. For each event it reads the run's history (from its
 first event, whose sequence every trigger carries; from the leader on a replicated stream:
-bus.EventStore), folds it (bus._workflow_events), decides (`decide`, pure) and appends its
-decisions conditional on the run's last sequence. It keeps each run folded as it last saw it
+bus.EventStore), folds it (bus._workflow_events), decides (`decide`, pure: one event, the
+steps to start now in one `StepsScheduled`) and appends it conditional on the run's last
+sequence. It keeps each run folded as it last saw it
 (bus._workflow_known), so it reads only what was appended since, and not at all where that
 is known to be nothing. If anything else was appended meanwhile (a worker's outcome, a
 second orchestrator's decision on another event of the same run), JetStream refuses the
@@ -77,7 +78,8 @@ def context(run: RunView, workflow: Workflow[Any]) -> RunContext[Any]:
 
 
 def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
-    """The events that follow from `run`'s state (none: nothing to do now)."""
+    """The event that follows from `run`'s state (none: nothing to do now); one at most, so
+    an append is never an atomic batch."""
     if run.finished:
         return []
     if run.cancel_requested:
