@@ -23,9 +23,10 @@ Rules: a step whose dependencies all completed is scheduled (all such at once: t
 parallel); a failed attempt with retries left is scheduled again after its backoff; once a
 step has failed for good nothing new starts, the steps not started are skipped, and when none
 is running the completed steps with `compensate=` are compensated one at a time in reverse
-dependency order, then the run fails; a cancel request cancels the run (what is in flight
-is stopped by the workers and its outcome dropped). The instance recording a run's end tells
-the Bus observer's `run_finished(workflow, outcome, seconds)`, if it has one.
+dependency order, then the run fails; a cancel request stops what is in flight (the
+workers stop its handlers and drop their outcomes), compensates the completed steps the
+same way, then cancels the run. The instance recording a run's end tells the Bus observer's
+`run_finished(workflow, outcome, seconds)`, if it has one.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
     an append is never an atomic batch."""
     if run.finished:
         return []
-    if run.cancel_requested:
-        return [RunCancelled()]
+    if run.cancel_requested:  # what is running is stopped; what completed is undone first
+        undo = _compensation(run, workflow)
+        return [RunCancelled()] if undo is None else undo
     steps = run.steps
     failed = [n for n in workflow.order if steps[n].status == "failed"]
     if failed:
@@ -134,8 +136,19 @@ def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event
         return [StepsSkipped(steps=idle, reason=f"step {failed!r} failed")]
     if any(steps[n].status == "running" for n in workflow.order):
         return []  # what is running finishes (and may need compensating) first
+    undo = _compensation(run, workflow)
+    return (
+        [RunFailed(error=f"step {failed!r} failed: {steps[failed].error}")]
+        if undo is None
+        else undo
+    )
+
+
+def _compensation(run: RunView, workflow: Workflow[Any]) -> list[Event] | None:
+    """The next compensation, of the completed steps in reverse dependency order, one at a
+    time ([]: one is under way); None once there is none left to do."""
     for name in reversed(workflow.order):
-        step, definition = steps[name], workflow.step(name)
+        step, definition = run.steps[name], workflow.step(name)
         if step.status != "completed" or definition.compensate is None:
             continue
         if step.compensation is None:
@@ -144,17 +157,18 @@ def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event
             ]
         if step.compensation == "scheduled":
             return []
-    return [RunFailed(error=f"step {failed!r} failed: {steps[failed].error}")]
+    return None
 
 
 def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> list[StepTask]:
-    """A task for every step scheduled and not started, and every compensation not done."""
-    if run.finished or run.cancel_requested:
+    """A task for every step scheduled and not started (none once the run is to be
+    cancelled), and every compensation not done."""
+    if run.finished:
         return []
     out = []
     for name in workflow.order:
         step, definition = run.steps[name], workflow.step(name)
-        if step.status == "pending" and step.scheduled > step.attempts:
+        if step.status == "pending" and step.scheduled > step.attempts and not run.cancel_requested:
             last = step.scheduled > definition.retries
             delay = None if last else definition.backoff.delay(step.scheduled)
             out.append(

@@ -17,8 +17,8 @@ ours by construction); refused, they read what came since: other steps' claims a
 outcomes alone (parallel steps) leave the attempt theirs, anything else has them read the
 whole history and check. The outcome says where the claim and it landed (`Landed`), so the
 orchestrator needs no read when nothing came between. A step's handler is stopped when its
-run is cancelled (a watch on `wf.*.cancel_requested` in each process), and after `timeout`
-seconds (a failed attempt). A Bus observer with `step_finished(workflow,
+run is cancelled (a watch on `wf.*.cancel_requested` in each process; not a compensation's:
+a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus observer with `step_finished(workflow,
 step, outcome, seconds)` (observability.metrics has it) counts each recorded attempt:
 outcome completed, failed or retried.
 """
@@ -143,7 +143,8 @@ class TaskHandler:
         except msgspec.ValidationError as exc:
             return _failed(task, f"input: {exc}", retry=False)
         running = asyncio.ensure_future(self.fn(data))
-        watch.running.setdefault(task.run_id, set()).add(running)
+        if not task.compensation:  # a cancel is what may start compensations: they finish
+            watch.running.setdefault(task.run_id, set()).add(running)
         started = time.monotonic()
         try:
             output = await asyncio.wait_for(running, task.timeout)
