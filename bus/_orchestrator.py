@@ -15,8 +15,8 @@ fencing: two instances, or a rerun after a kill -9 between the append and the ac
 record a decision twice, because the second one decides on a history that already holds
 the first's.
 
-After deciding it sends a task for every scheduled step not started yet (`tasks_for`); the
-task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so resending after a crash stores nothing
+After deciding it sends a task for every scheduled step not started yet (`tasks_for`) and
+not sent by this instance already; the task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so resending after a crash stores nothing
 new, and a worker drops a task whose attempt the history shows taken.
 
 Rules: a step whose dependencies all completed is scheduled (all such at once: they run in
@@ -262,24 +262,32 @@ async def advance(
             _observe(run, workflow)
             if decide(run, workflow):
                 continue  # e.g. skipped steps, then the failure
-        await send_tasks(run, workflow, inputs)
+        await send_tasks(run, workflow, inputs, known.sent(run_id))
         return True
     known.forget(run_id)
     raise ConcurrencyError(f"{DOMAIN}.{run_id}.*", 0, None)  # retried later, with backoff
 
 
-async def send_tasks(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> None:
-    """Send the tasks of `run`'s scheduled steps not started (parallel ones together); a
-    task sent before has the same id, and JetStream stores it once."""
+async def send_tasks(
+    run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any], sent: set[str]
+) -> None:
+    """Send the tasks of `run`'s scheduled steps not started (parallel ones together) but
+    those in `sent` (added to it once stored); a task sent before has the same id, and
+    JetStream stores it once."""
     bus = current_bus()
-    sends = []
+    ids, sends = [], []
     for task in tasks_for(run, workflow, inputs):
         suffix = "compensate" if task.compensation else str(task.attempt)
+        task_id = f"{run.run_id}.{task.step}.{suffix}"
+        if task_id in sent:
+            continue
         step = workflow.step(task.step)
         action = step.compensate if task.compensation else step.action
         assert action is not None
-        sends.append(bus.publish(task, action, event_id=f"{run.run_id}.{task.step}.{suffix}"))
+        ids.append(task_id)
+        sends.append(bus.publish(task, action, event_id=task_id))
     await asyncio.gather(*sends)
+    sent.update(ids)
 
 
 def _observe(run: RunView, workflow: Workflow[Any]) -> None:
