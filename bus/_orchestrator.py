@@ -16,8 +16,9 @@ record a decision twice, because the second one decides on a history that alread
 the first's.
 
 After deciding it sends a task for every scheduled step not started yet (`tasks_for`) and
-not sent by this instance already; the task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so resending after a crash stores nothing
-new, and a worker drops a task whose attempt the history shows taken.
+not sent by this instance already; the task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so
+resending after a crash stores nothing new, and a worker drops a task whose attempt the
+history shows taken.
 
 Rules: a step whose dependencies all completed is scheduled (all such at once: they run in
 parallel); a failed attempt with retries left is scheduled again after its backoff; once a

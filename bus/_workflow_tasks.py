@@ -18,9 +18,9 @@ outcomes alone (parallel steps) leave the attempt theirs, anything else has them
 whole history and check. The outcome says where the claim and it landed (`Landed`), so the
 orchestrator needs no read when nothing came between. A step's handler is stopped when its
 run is cancelled (a watch on `wf.*.cancel_requested` in each process; not a compensation's:
-a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus observer with `step_finished(workflow,
-step, outcome, seconds)` (observability.metrics has it) counts each recorded attempt:
-outcome completed, failed or retried.
+a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus
+observer with `step_finished(workflow, step, outcome, seconds)` (observability.metrics has
+it) counts each recorded attempt: outcome completed, failed or retried.
 """
 
 from __future__ import annotations
