@@ -4,8 +4,9 @@ It is a handler on the run events that can change a decision (run started, step 
 or failed, compensation done, cancel requested), on one durable consumer per app, so any
 number of instances share the work. For each event it reads the run's history (from its
 first event, whose sequence every trigger carries; from the leader on a replicated stream:
-bus.EventStore), folds it (bus._workflow_events), decides (`decide`, pure) and appends its
-decisions conditional on the run's last sequence. It keeps each run folded as it last saw it
+bus.EventStore), folds it (bus._workflow_events), decides (`decide`, pure: one event, the
+steps to start now in one `StepsScheduled`) and appends it conditional on the run's last
+sequence. It keeps each run folded as it last saw it
 (bus._workflow_known), so it reads only what was appended since, and not at all where that
 is known to be nothing. If anything else was appended meanwhile (a worker's outcome, a
 second orchestrator's decision on another event of the same run), JetStream refuses the
@@ -14,17 +15,19 @@ fencing: two instances, or a rerun after a kill -9 between the append and the ac
 record a decision twice, because the second one decides on a history that already holds
 the first's.
 
-After deciding it sends a task for every scheduled step not started yet (`tasks_for`); the
-task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so resending after a crash stores nothing
-new, and a worker drops a task whose attempt the history shows taken.
+After deciding it sends a task for every scheduled step not started yet (`tasks_for`) and
+not sent by this instance already; the task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so
+resending after a crash stores nothing new, and a worker drops a task whose attempt the
+history shows taken.
 
 Rules: a step whose dependencies all completed is scheduled (all such at once: they run in
 parallel); a failed attempt with retries left is scheduled again after its backoff; once a
 step has failed for good nothing new starts, the steps not started are skipped, and when none
 is running the completed steps with `compensate=` are compensated one at a time in reverse
-dependency order, then the run fails; a cancel request cancels the run (what is in flight
-is stopped by the workers and its outcome dropped). The instance recording a run's end tells
-the Bus observer's `run_finished(workflow, outcome, seconds)`, if it has one.
+dependency order, then the run fails; a cancel request stops what is in flight (the
+workers stop its handlers and drop their outcomes), compensates the completed steps the
+same way, then cancels the run. The instance recording a run's end tells the Bus observer's
+`run_finished(workflow, outcome, seconds)`, if it has one.
 """
 
 from __future__ import annotations
@@ -53,14 +56,16 @@ from ._workflow_events import (
     RunFailed,
     RunStarted,
     RunView,
+    Scheduled,
     StepCompensated,
     StepCompleted,
     StepFailed,
-    StepScheduled,
+    StepsScheduled,
     StepsSkipped,
     StepTask,
     apply_run,
     run_id_of,
+    scheduled_inputs,
 )
 from ._workflow_known import Known, as_envelope
 
@@ -75,16 +80,18 @@ def context(run: RunView, workflow: Workflow[Any]) -> RunContext[Any]:
 
 
 def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
-    """The events that follow from `run`'s state (none: nothing to do now)."""
+    """The event that follows from `run`'s state (none: nothing to do now); one at most, so
+    an append is never an atomic batch."""
     if run.finished:
         return []
-    if run.cancel_requested:
-        return [RunCancelled()]
+    if run.cancel_requested:  # what is running is stopped; what completed is undone first
+        undo = _compensation(run, workflow)
+        return [RunCancelled()] if undo is None else undo
     steps = run.steps
     failed = [n for n in workflow.order if steps[n].status == "failed"]
     if failed:
         return _wind_down(run, workflow, failed[0])
-    out: list[Event] = []
+    out: list[Scheduled] = []
     ready = []
     for name in workflow.order:
         step = steps[name]
@@ -95,9 +102,7 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
         elif step.scheduled and step.attempts == step.scheduled:  # failed, retry it
             retry_at = _retry_at(run, name)
             out.append(
-                StepScheduled(
-                    step=name, attempt=step.scheduled + 1, input=None, not_before=retry_at
-                )
+                Scheduled(step=name, attempt=step.scheduled + 1, input=None, not_before=retry_at)
             )
     if ready:
         ctx = context(run, workflow)
@@ -107,13 +112,15 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
             except Exception as exc:  # the input function is user code: its failure is the step's
                 error = f"input: {describe_error(exc)}"
                 return [StepFailed(step=name, attempt=0, error=error, origin=run.origin)]
-            out.append(StepScheduled(step=name, attempt=1, input=data))
-    if not out and all(s.status == "completed" for s in steps.values()):
+            out.append(Scheduled(step=name, attempt=1, input=data))
+    if out:
+        return [StepsScheduled(steps=out)]
+    if all(s.status == "completed" for s in steps.values()):
         ctx = context(run, workflow)
         if workflow.output is not None:
             return [RunCompleted(output=msgspec.to_builtins(workflow.output(ctx)))]
         return [RunCompleted(output={n: steps[n].output for n in workflow.leaves})]
-    return out
+    return []
 
 
 def _retry_at(run: RunView, name: str) -> float:
@@ -130,8 +137,19 @@ def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event
         return [StepsSkipped(steps=idle, reason=f"step {failed!r} failed")]
     if any(steps[n].status == "running" for n in workflow.order):
         return []  # what is running finishes (and may need compensating) first
+    undo = _compensation(run, workflow)
+    return (
+        [RunFailed(error=f"step {failed!r} failed: {steps[failed].error}")]
+        if undo is None
+        else undo
+    )
+
+
+def _compensation(run: RunView, workflow: Workflow[Any]) -> list[Event] | None:
+    """The next compensation, of the completed steps in reverse dependency order, one at a
+    time ([]: one is under way); None once there is none left to do."""
     for name in reversed(workflow.order):
-        step, definition = steps[name], workflow.step(name)
+        step, definition = run.steps[name], workflow.step(name)
         if step.status != "completed" or definition.compensate is None:
             continue
         if step.compensation is None:
@@ -140,17 +158,18 @@ def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event
             ]
         if step.compensation == "scheduled":
             return []
-    return [RunFailed(error=f"step {failed!r} failed: {steps[failed].error}")]
+    return None
 
 
 def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> list[StepTask]:
-    """A task for every step scheduled and not started, and every compensation not done."""
-    if run.finished or run.cancel_requested:
+    """A task for every step scheduled and not started (none once the run is to be
+    cancelled), and every compensation not done."""
+    if run.finished:
         return []
     out = []
     for name in workflow.order:
         step, definition = run.steps[name], workflow.step(name)
-        if step.status == "pending" and step.scheduled > step.attempts:
+        if step.status == "pending" and step.scheduled > step.attempts and not run.cancel_requested:
             last = step.scheduled > definition.retries
             delay = None if last else definition.backoff.delay(step.scheduled)
             out.append(
@@ -237,31 +256,39 @@ async def advance(
                 continue
             for event, ack in zip(events, result.events, strict=True):
                 run = apply_run(run, as_envelope(event, run_id, ack.seq))
-                if isinstance(event, StepScheduled) and event.input is not None:
-                    inputs[event.step] = event.input
+                if isinstance(event, StepsScheduled):
+                    inputs.update(scheduled_inputs(event))
             known.remember(run, inputs)
             fresh = True  # known up to our own append
             _observe(run, workflow)
             if decide(run, workflow):
                 continue  # e.g. skipped steps, then the failure
-        await send_tasks(run, workflow, inputs)
+        await send_tasks(run, workflow, inputs, known.sent(run_id))
         return True
     known.forget(run_id)
     raise ConcurrencyError(f"{DOMAIN}.{run_id}.*", 0, None)  # retried later, with backoff
 
 
-async def send_tasks(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> None:
-    """Send the tasks of `run`'s scheduled steps not started (parallel ones together); a
-    task sent before has the same id, and JetStream stores it once."""
+async def send_tasks(
+    run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any], sent: set[str]
+) -> None:
+    """Send the tasks of `run`'s scheduled steps not started (parallel ones together) but
+    those in `sent` (added to it once stored); a task sent before has the same id, and
+    JetStream stores it once."""
     bus = current_bus()
-    sends = []
+    ids, sends = [], []
     for task in tasks_for(run, workflow, inputs):
         suffix = "compensate" if task.compensation else str(task.attempt)
+        task_id = f"{run.run_id}.{task.step}.{suffix}"
+        if task_id in sent:
+            continue
         step = workflow.step(task.step)
         action = step.compensate if task.compensation else step.action
         assert action is not None
-        sends.append(bus.publish(task, action, event_id=f"{run.run_id}.{task.step}.{suffix}"))
+        ids.append(task_id)
+        sends.append(bus.publish(task, action, event_id=task_id))
     await asyncio.gather(*sends)
+    sent.update(ids)
 
 
 def _observe(run: RunView, workflow: Workflow[Any]) -> None:

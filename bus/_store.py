@@ -20,7 +20,6 @@ from collections.abc import AsyncGenerator, Sequence
 
 import msgspec
 
-from . import _headers as h
 from ._atomic import MAX_ATOMIC_BATCH
 from ._client import Bus
 from ._envelope import Envelope
@@ -85,19 +84,16 @@ class EventStore:
                 raise ConfigError(f"{type(event).__name__} belongs to {event.__domain__!r}")
         publisher = self._bus.publisher
         ids = event_ids if event_ids is not None else [None] * len(events)
-        outs = [
-            publisher.prepare(event, aggregate_id, event_id=event_id, correlation_id=correlation_id)
-            for event, event_id in zip(events, ids, strict=True)
-        ]
-        if expected_version is not None:
-            first = publisher.prepare(
-                events[0],
+        outs = [  # the expected version on the first guards the whole batch
+            publisher.prepare(
+                event,
                 aggregate_id,
-                event_id=outs[0].event_id,
-                expected_version=expected_version,
-                correlation_id=outs[0].headers[h.CORRELATION_ID],
+                event_id=event_id,
+                correlation_id=correlation_id,
+                expected_version=expected_version if i == 0 else None,
             )
-            outs[0] = first
+            for i, (event, event_id) in enumerate(zip(events, ids, strict=True))
+        ]
         results = await publisher.send_atomic(outs)
         return AppendResult(results[-1].stream, results[-1].seq, results)
 

@@ -5,7 +5,10 @@ prefix: the next decision reads the events after `seq` (most often one or two of
 instead of the whole run, and decodes and folds only those. Right after appending its own
 decisions the instance knows the run exactly up to them, and the trigger that starts a run is
 its whole history: those decide without reading at all, and a refused append (something moved
-since) sends them back to reading the tail. Bounded; a finished run is dropped.
+since) sends them back to reading the tail. With each run it keeps the ids of the tasks it
+sent, so a parallel step's outcome does not send its sibling's task again (after a restart,
+or for a run not kept, they are sent again and JetStream stores them once). Bounded; a
+finished run is dropped.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from ._workflow_events import (
     RunView,
     StepCompleted,
     StepFailed,
-    StepScheduled,
+    StepsScheduled,
     StepStarted,
     apply_run,
     load_run,
+    scheduled_inputs,
 )
 
 SIZE = 10_000  # runs remembered per instance (least recently decided dropped first)
@@ -34,18 +38,26 @@ class Known:
     def __init__(self, size: int = SIZE) -> None:
         self.size = size
         self._runs: OrderedDict[str, tuple[RunView, dict[str, Any]]] = OrderedDict()
+        self._sent: dict[str, set[str]] = {}  # per run kept: the ids of the tasks sent
 
     def remember(self, run: RunView, inputs: dict[str, Any]) -> None:
         """Keep `run` (with its steps' scheduled inputs) unless a later state is kept."""
         if run.finished:
-            self._runs.pop(run.run_id, None)
+            self.forget(run.run_id)
             return
         kept = self._runs.get(run.run_id)
         if kept is None or kept[0].seq < run.seq:
             self._runs[run.run_id] = (run, inputs)
         self._runs.move_to_end(run.run_id)
         while len(self._runs) > self.size:
-            self._runs.popitem(last=False)
+            self._sent.pop(self._runs.popitem(last=False)[0], None)
+
+    def sent(self, run_id: str) -> set[str]:
+        """The ids of the tasks this instance sent for the run: another trigger of it (a
+        parallel step's outcome) need not send them again. Not kept: none (send them all)."""
+        if run_id not in self._runs:
+            return set()
+        return self._sent.setdefault(run_id, set())
 
     def follow(self, run_id: str, envelope: Envelope[Event]) -> bool:
         """Whether a worker's outcome makes the run known whole: it landed right after its
@@ -63,6 +75,7 @@ class Known:
 
     def forget(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
+        self._sent.pop(run_id, None)
 
     def get(self, run_id: str) -> tuple[RunView, dict[str, Any]] | None:
         return self._runs.get(run_id)
@@ -85,8 +98,8 @@ class Known:
                 run = apply_run(run, envelope)
         for envelope in events:
             event = envelope.event
-            if isinstance(event, StepScheduled) and event.input is not None:
-                inputs[event.step] = event.input
+            if isinstance(event, StepsScheduled):
+                inputs.update(scheduled_inputs(event))
         if run.run_id:
             self.remember(run, inputs)
         return run, inputs, bool(events)

@@ -159,7 +159,8 @@ class Workflows:
                 return out
 
     async def cancel(self, run_id: str, reason: str = "") -> Started | None:
-        """Ask the run to stop (None if there is no such run). A finished run stays as it
+        """Ask the run to stop (None if there is no such run): what runs is stopped, the
+        completed steps' compensations run, then it is cancelled. A finished run stays as it
         is: the answer then shows its status."""
         while True:
             history = await self._store.load(DOMAIN, validate_token(run_id, "run id"))

@@ -13,12 +13,14 @@ outcome is appended the same way, only while the history shows the attempt still
 with this task: so no step is recorded as completed twice, under redelivery, duplicate
 tasks or kill -9 at any point. Both first try without reading the history: the claim at the
 run's version the task was sent at, the outcome at the claim's (at those, the attempt was
-ours by construction); refused, they read it and check. The outcome says where the claim
-and it landed (`Landed`), so the orchestrator needs no read when nothing came between.
-A step's handler is stopped when its run is cancelled (a watch on `wf.*.cancel_requested` in each process), and
-after `timeout` seconds (a failed attempt). A Bus observer with `step_finished(workflow,
-step, outcome, seconds)` (observability.metrics has it) counts each recorded attempt:
-outcome completed, failed or retried.
+ours by construction); refused, they read what came since: other steps' claims and
+outcomes alone (parallel steps) leave the attempt theirs, anything else has them read the
+whole history and check. The outcome says where the claim and it landed (`Landed`), so the
+orchestrator needs no read when nothing came between. A step's handler is stopped when its
+run is cancelled (a watch on `wf.*.cancel_requested` in each process; not a compensation's:
+a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus
+observer with `step_finished(workflow, step, outcome, seconds)` (observability.metrics has
+it) counts each recorded attempt: outcome completed, failed or retried.
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ class TaskHandler:
         except msgspec.ValidationError as exc:
             return _failed(task, f"input: {exc}", retry=False)
         running = asyncio.ensure_future(self.fn(data))
-        watch.running.setdefault(task.run_id, set()).add(running)
+        if not task.compensation:  # a cancel is what may start compensations: they finish
+            watch.running.setdefault(task.run_id, set()).add(running)
         started = time.monotonic()
         try:
             output = await asyncio.wait_for(running, task.timeout)
@@ -192,7 +195,7 @@ class TaskHandler:
                 )  # fmt: skip
                 return result.version, version
             except ConcurrencyError:
-                version = 0
+                version = await _moved_on(store, task, version)
         raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
     async def _record(
@@ -219,8 +222,21 @@ class TaskHandler:
                 )  # fmt: skip
                 return True
             except ConcurrencyError:
-                version = 0
+                version = await _moved_on(store, task, version)
         raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
+
+
+async def _moved_on(store: EventStore, task: StepTask, version: int) -> int:
+    """The run's version now if all appended since `version` is other steps' work (a
+    parallel step's claim or outcome: what held for this step at `version` holds still), or
+    0 (read the whole history and check). Reads only the tail: the common refusal is cheap."""
+    tail = await store.load(DOMAIN, task.run_id, since=version)
+    others = (StepStarted, StepCompleted, StepFailed)
+    if tail.events and all(
+        isinstance(e.event, others) and e.event.step != task.step for e in tail.events
+    ):
+        return tail.version
+    return 0
 
 
 def _claimable(run: RunView, task: StepTask, seq: int) -> bool:

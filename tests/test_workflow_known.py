@@ -88,3 +88,20 @@ async def test_kept_runs_fold_like_the_history(nats_url: str) -> None:
             tail_read, _, _ = await stale.read(store, started.run_id, prefix[0].seq or 0)
             assert _decisive(tail_read) == _decisive(fold(events))
         assert followed >= 1
+
+
+def test_the_tasks_sent_are_kept_with_the_run_and_go_with_it() -> None:
+    """A kept run's sent task ids persist across triggers; a run not kept (or finished, or
+    pushed out) has none, so its tasks are sent again (JetStream stores them once)."""
+    known = Known(size=1)
+    assert known.sent("r1") == set()  # not kept: nothing known to be sent
+    known.remember(RunView(run_id="r1", seq=1), {})
+    known.sent("r1").add("r1.a.1")
+    assert known.sent("r1") == {"r1.a.1"}
+    known.remember(RunView(run_id="r1", seq=2), {})  # the run moved on: still sent
+    assert known.sent("r1") == {"r1.a.1"}
+    known.remember(RunView(run_id="r2", seq=3), {})  # r1 pushed out (size 1)
+    assert known.sent("r1") == set()
+    known.sent("r2").add("r2.a.1")
+    known.remember(RunView(run_id="r2", seq=4, status="completed"), {})
+    assert known.sent("r2") == set()

@@ -96,6 +96,33 @@ async def test_cancel_stops_a_run_in_flight(nats_url: str) -> None:
         assert await runs.cancel("diamond-nope") is None
 
 
+async def test_cancel_compensates_the_completed_steps_first(nats_url: str) -> None:
+    """b completed (and has `compensate=`), d is held: the cancel stops d, undoes b, and
+    only then records the run cancelled."""
+    from bus import EventStore
+    from bus._workflow_events import CancelRequested, RunCancelled, StepCompensated
+
+    app, calls = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("diamond", Job(hold=["d"]))
+        async for run in runs.follow(started.run_id):
+            if run.steps["d"].status == "running":
+                break
+        await runs.cancel(started.run_id)
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "cancelled"
+        assert run.steps["d"].status == "cancelled"
+        assert run.steps["b"].status == "completed"
+        assert run.steps["b"].compensation == "done"
+        assert calls["undo"] == 1
+        history = await EventStore(harness.bus).load("wf", started.run_id)
+        kinds = [type(e.event) for e in history.events]
+        assert (
+            kinds.index(CancelRequested) < kinds.index(StepCompensated) < kinds.index(RunCancelled)
+        )
+
+
 async def test_the_same_idempotency_key_gives_the_same_run(nats_url: str) -> None:
     app, _ = make_app()
     async with run_app(app, nats_url) as harness:
@@ -144,7 +171,7 @@ async def test_two_orchestrators_at_once_record_each_decision_once(nats_url: str
     from collections import Counter
 
     from bus import App, Bus, EventStore
-    from bus._workflow_events import RunCompleted, StepCompleted, StepScheduled
+    from bus._workflow_events import RunCompleted, StepCompleted, StepsScheduled
 
     app, _ = make_app()
     rival = App("rival")
@@ -160,7 +187,12 @@ async def test_two_orchestrators_at_once_record_each_decision_once(nats_url: str
             assert (await runs.wait(one.run_id, timeout=30)).status == "completed"
             history = await EventStore(harness.bus).load("wf", one.run_id)
             events = [e.event for e in history.events]
-            scheduled = Counter((e.step, e.attempt) for e in events if isinstance(e, StepScheduled))
+            scheduled = Counter(
+                (s.step, s.attempt)
+                for e in events
+                if isinstance(e, StepsScheduled)
+                for s in e.steps
+            )
             assert set(scheduled.values()) == {1}, scheduled
             retried += ("b", 2) in scheduled
             done = Counter(e.step for e in events if isinstance(e, StepCompleted))

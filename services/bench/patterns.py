@@ -7,16 +7,19 @@ workflow case runs the 4-step pipeline's DAG
 beside the same four steps hand-written as `bus.subscribe` handlers publishing to each other
 (the join kept in memory): runs per second and run latency (start to last step done), with
 `IN_FLIGHT` runs at a time, on one embedded server. The hand-written side keeps no history,
-status or retries. Per run the workflow makes about 31 server operations (35 before), the
-chain 11: 14 history events in 13 conditional appends (the start, 4 decisions, 4 claims, 4
-outcomes; ~2 more refused when parallel steps claim or record at once), ~2 reads of the run
-(after those refusals: the orchestrator keeps runs folded and follows a worker's outcome
-without a read), 5 task publishes, 9 deliveries with their acks (5 orchestrator decisions, 4
-tasks); the hand-written chain publishes 5 events and delivers 6. What bounds the workflow:
-a run's 13 appends are causal, one after another on one stream, while the hand-written side's
-unconditional, concurrent publishes are not. The server syncs to disk as nats-server does by
-default (every 2 minutes), as the messaging, KV and security scenarios run; with every write
-fsynced (`sync_interval="always"`) the workflow side measured about half as fast.
+status or retries. Per run the workflow makes about 28 server operations, the chain 11: 13
+history events in 13 single-event conditional appends (the start, 3 decisions - the two
+parallel steps scheduled by one event -, 4 claims, 4 outcomes, the end; ~1.5 more refused when
+parallel steps claim or record at once, each followed by a read of the run's tail), 4 task
+publishes, 9 deliveries with their acks (5 orchestrator decisions, 4 tasks); the hand-written
+chain publishes 5 events and delivers 6. What bounds the workflow now is CPU, the client
+process's most (~2 ms a run beside ~0.4 for the chain; the server's ~1 ms beside ~0.2): the
+ratio follows the work per run, so 0.5x wants that work more than halved, i.e. fewer
+operations per step (the claim not a record of its own, or the task itself the scheduling
+record), not faster ones. Before, a decision scheduling both parallel steps was a JetStream
+atomic batch of two, which cost the server ~1.7 ms of CPU (~70 plain appends) and was
+refused ('batch is incomplete') with many in flight. The server syncs to disk as nats-server
+does by default (every 2 minutes), as the messaging, KV and security scenarios run.
 """
 
 from __future__ import annotations
