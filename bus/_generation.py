@@ -143,9 +143,11 @@ class Generation:
     async def step(self) -> int:
         """Fold one batch; returns how many stream messages it took (0: caught up).
 
-        While behind (full batches), up to `WRITE_BEHIND` batches (or half a second's worth)
-        fold in memory before their keys are written, each changed key once: a replay writes a
-        key per window, not per batch. The position moves when the keys are stored."""
+        While replaying (reading full batches, not following pushed messages), up to
+        `WRITE_BEHIND` batches (or half a second's worth) fold in memory before their keys are
+        written, each changed key once: a replay writes a key per window, not per batch. Live
+        traffic is stored batch by batch (read-your-writes waits on it). The position moves
+        when the keys are stored."""
         projection = self.projection
         self.written = {}
         try:
@@ -164,6 +166,7 @@ class Generation:
             self._read_to = batch[-1].seq
             if (
                 len(batch) < projection.batch_size  # caught up
+                or self._tail is not None  # live
                 or self._read_to - self.position >= WRITE_BEHIND * len(batch)
                 or time.monotonic() >= self._stored_at + WRITE_BEHIND_SECONDS
             ):
