@@ -23,6 +23,8 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from bus import ConfigError
 
+from .grants import valid_scope
+
 LEEWAY = 30.0  # seconds of clock skew allowed on exp / nbf
 MAX_TOKEN = 8192  # characters: a longer bearer value is refused unparsed
 CACHE_SIZE = 10_000  # distinct tokens kept verified
@@ -240,9 +242,12 @@ async def _fetch(url: str) -> Any:
 
 
 def scopes_of(claim: Any) -> frozenset[str]:
-    """`bus:read bus:write` -> {read, write}; other scopes are not ours and are ignored."""
+    """`bus:read bus:write` -> {read, write}; scopes that are not ours, or not well formed
+    (`bus:read:>.x`), are ignored."""
     if not isinstance(claim, str):
         return frozenset()
     return frozenset(
-        s.removeprefix(SCOPE_PREFIX) for s in claim.split() if s.startswith(SCOPE_PREFIX)
+        s[len(SCOPE_PREFIX) :]
+        for s in claim.split()
+        if s.startswith(SCOPE_PREFIX) and valid_scope(s[len(SCOPE_PREFIX) :])
     )
