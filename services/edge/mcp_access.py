@@ -15,6 +15,37 @@ from .permissions import admitted
 from .tokens import Principal
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("mcp_caller")
+# What each tool needs, as its HTTP twin does: (scope, whether patterns of the scope's kind
+# let a caller in to have the names checked in the tool); `any`: any caller MCP lets in.
+# `check_tool` runs it before every call; a tool missing here is not served.
+TOOL_SCOPES: dict[str, tuple[str, bool]] = {
+    "publish_event": ("write", True),
+    "query_projection": ("read", True),
+    "list_projections": ("read", True),
+    "read_stream": ("read", True),
+    "list_streams": ("read", True),
+    "describe_event_types": ("read", True),
+    "list_components": ("read", False),
+    "get_health": ("any", True),  # /health is open; MCP still wants a caller
+    "start_workflow": ("write", True),
+    "get_workflow_run": ("read", True),
+    "list_workflows": ("read", True),
+    "call_service": ("request", True),
+    "get_state": ("read", True),
+    "set_state": ("write", True),
+}
+
+
+async def check_tool(state: State, name: str) -> Principal:
+    """The caller of tool `name`, holding what `TOOL_SCOPES` says it needs."""
+    scope, narrowed = TOOL_SCOPES[name]
+    if scope == "any":
+        return await mcp_gate(state, CALLER.get())
+    if narrowed:
+        return await mcp_caller(state, scope)
+    principal = await caller(state, CALLER.get())
+    check_scope(principal.scopes, scope)
+    return principal
 
 
 async def mcp_caller(state: State, scope: str) -> Principal:

@@ -42,7 +42,7 @@ from . import (
 from .auth import Unauthorized, caller, check_scope, refusal, require
 from .grants import KINDS
 from .limits import charge
-from .mcp_access import CALLER, mcp_caller, mcp_gate
+from .mcp_access import CALLER, TOOL_SCOPES, check_tool, mcp_caller, mcp_gate
 from .permissions import may_read_stream, permit_projection, permit_stream, publisher
 
 MAX_BODY = 1024 * 1024
@@ -59,12 +59,16 @@ def _builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-def _guarded(tool: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """HTTP-style refusals and bus errors become tool errors the model can read."""
+def _guarded(state: State, tool: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The caller checked as `TOOL_SCOPES` says (KeyError: a tool with no declared scope);
+    HTTP-style refusals and bus errors become tool errors the model can read."""
+    if tool.__name__ not in TOOL_SCOPES:
+        raise KeyError(f"MCP tool {tool.__name__} declares no scope (mcp_access.TOOL_SCOPES)")
 
     @functools.wraps(tool)
     async def call(**arguments: Any) -> Any:
         try:
+            await check_tool(state, tool.__name__)
             return _builtins(await tool(**arguments))
         except HTTPException as exc:
             raise ToolError(f"{exc.status_code}: {exc.detail}") from None
@@ -156,9 +160,9 @@ def build_server(state: State) -> MCPServer[Any]:
         list_components,
         get_health,
     ):
-        server.add_tool(_guarded(tool), structured_output=False)
+        server.add_tool(_guarded(state, tool), structured_output=False)
     for extra in workflow_tools.tools(state) if state.app.workflows else []:
-        server.add_tool(_guarded(extra), structured_output=False)
+        server.add_tool(_guarded(state, extra), structured_output=False)
 
     async def call_service(subject: str, data: dict[str, Any], timeout: float = 5.0) -> Any:
         """Ask one of the app's responders (`list_components` shows them: kind "micro"),
@@ -171,9 +175,9 @@ def build_server(state: State) -> MCPServer[Any]:
             )
         return msgspec.json.decode(await requests.call(state, who, subject, data, timeout))
 
-    server.add_tool(_guarded(call_service), structured_output=False)
+    server.add_tool(_guarded(state, call_service), structured_output=False)
     for state_tool in kv.mcp_tools(state, CALLER):  # get_state, set_state
-        server.add_tool(_guarded(state_tool), structured_output=False)
+        server.add_tool(_guarded(state, state_tool), structured_output=False)
     _add_resources(server, state)
     mcp_completion.install(server, state)
 
