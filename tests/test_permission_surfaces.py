@@ -12,12 +12,14 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from bus import Bus, Projector
 from services.edge import create_app
 from services.edge.tokens import Tokens
 from tests.access_app import make_app
 from tests.edge import serve
+from tests.test_mcp_completion import client_for, template, tool, values
 
 SECRET = "permission-surfaces-secret-0123456789"
 KEYS = ",".join(
@@ -248,3 +250,38 @@ async def test_bypass_attempts_change_nothing(edge: tuple[httpx.AsyncClient, Bus
     page = await bus.bucket("settings").keys("", 100, None)
     assert {e.key: e.value for e in page.items} == {"user2.a": 2}  # nothing changed
     assert (await bus.streams.info("WF")).messages == 0  # no run was started
+
+
+async def test_mcp_resources_and_completions_follow_the_same_rules(
+    edge: tuple[httpx.AsyncClient, Bus],
+) -> None:
+    client, _ = edge
+    for key, value in (("user1.a", 1), ("user2.a", 2)):
+        await client.put(f"/api/v1/kv/settings/{key}", json=value, headers=h("w-key"))
+    state_template = template("bus://state/{bucket}/{key}")
+    async with client_for(client, "kv-key") as session:
+        assert "1" in str(await session.read_resource("bus://state/settings/user1.a"))
+        for uri in (
+            "bus://state/settings/user2.a",
+            "bus://streams/TASKS",
+            "bus://streams/KV_settings",
+        ):
+            with pytest.raises(MCPError):
+                await session.read_resource(uri)
+        assert await values(session, state_template, "key", "user", {"bucket": "settings"}) == [
+            "user1.a"
+        ]
+        assert await values(session, template("bus://streams/{stream}"), "stream", "") == []
+    async with client_for(client, "proj-key") as session:
+        await session.read_resource("bus://streams/TASKS")
+        await session.read_resource("bus://projections/task")
+        with pytest.raises(MCPError):
+            await session.read_resource("bus://projections/workflow_runs")
+        with pytest.raises(MCPError):
+            await session.read_resource("bus://streams/KV_settings")
+        streams = await values(session, template("bus://streams/{stream}"), "stream", "")
+        assert streams == ["TASKS"]  # not its DLQ, the workflows' or the backbone's
+        assert await values(session, tool("query_projection"), "name", "") == [
+            "task",
+            "task_counts",
+        ]
