@@ -66,6 +66,8 @@ async def caller(state: State, authorization: str | None) -> Principal:
         raise Unauthorized(401, "an API key or token is required (Authorization: Bearer ...)")
     tokens: Tokens | None = state.tokens
     if tokens is not None and Tokens.looks_like(token):
+        if (known := tokens.cached(token)) is not None:  # the hot path: no coroutine
+            return known
         try:
             return await tokens.verify(token)
         except InvalidToken as exc:
