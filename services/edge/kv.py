@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -35,8 +34,9 @@ from bus import Bucket, KeyEntry, KeyNotFound, RevisionMismatch
 from .auth import require
 from .events import read_body
 from .grants import kv_name
-from .limits import charge, publish_limit
-from .permissions import admitted, may_read_key, permit, permit_key, reaches
+from .limits import publish_limit
+from .mcp_access import mcp_caller, mcp_writer
+from .permissions import may_read_key, permit, permit_key, reaches
 from .problems import PROBLEM, PROBLEM_SCHEMA, problem
 
 router = APIRouter(prefix="/api/v1/kv", tags=["kv"])
@@ -258,12 +258,12 @@ async def key_history(request: Request, bucket: str, key: str) -> Response:
     return _json({"bucket": bucket, "key": key, "history": entries})
 
 
-def mcp_tools(state: State, caller: ContextVar[str]) -> list[Callable[..., Awaitable[Any]]]:
-    """`get_state` and `set_state` for the MCP server (`caller`: the request's key)."""
+def mcp_tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
+    """`get_state` and `set_state` for the MCP server."""
 
     async def get_state(bucket: str, key: str) -> Any:
         """One key of a shared-state bucket: {bucket, key, revision, value}."""
-        who = await admitted(state, caller.get(), "read")
+        who = await mcp_caller(state, "read")
         handle = bucket_of(state, bucket)
         permit_key(who, "read", bucket, key)
         found = await handle.get(key)
@@ -276,10 +276,9 @@ def mcp_tools(state: State, caller: ContextVar[str]) -> list[Callable[..., Await
     ) -> Any:
         """Write a key's JSON value. With expected_revision, only if the key is at that
         revision (0: only if it is absent); else refused, saying the current revision."""
-        who = await admitted(state, caller.get(), "write")
+        who = await mcp_writer(state)
         handle = bucket_of(state, bucket)
         permit_key(who, "write", bucket, key)
-        await charge(state.publish_buckets, who.name)
         if expected_revision is not None and expected_revision < 0:
             raise HTTPException(422, "expected_revision must be >= 0 (0: the key is absent)")
         expected: Expected = "" if expected_revision == 0 else expected_revision

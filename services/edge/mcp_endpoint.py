@@ -176,7 +176,7 @@ def build_server(state: State) -> MCPServer[Any]:
         return msgspec.json.decode(await requests.call(state, who, subject, data, timeout))
 
     server.add_tool(_guarded(state, call_service), structured_output=False)
-    for state_tool in kv.mcp_tools(state, CALLER):  # get_state, set_state
+    for state_tool in kv.mcp_tools(state):  # get_state, set_state
         server.add_tool(_guarded(state, state_tool), structured_output=False)
     _add_resources(server, state)
     mcp_completion.install(server, state)
