@@ -79,13 +79,6 @@ async def caller(state: State, authorization: str | None) -> Principal:
     return found
 
 
-async def writer(state: State, authorization: str | None) -> Principal:
-    """The caller, who must hold `write`."""
-    principal = await caller(state, authorization)
-    check_scope(principal.scopes, "write")
-    return principal
-
-
 async def caller_scopes(state: State, authorization: str | None) -> frozenset[str]:
     return (await caller(state, authorization)).scopes
 

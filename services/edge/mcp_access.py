@@ -53,9 +53,10 @@ async def mcp_caller(state: State, scope: str) -> Principal:
     return await admitted(state, CALLER.get(), scope)
 
 
-async def mcp_writer(state: State, scope: str = "write") -> Principal:
-    """The caller, as `mcp_caller`, charged one write against its publish rate."""
-    who = await mcp_caller(state, scope)
+async def mcp_writer(state: State) -> Principal:
+    """The caller, holding `write` or a `publish:` pattern, charged one write against its
+    publish rate."""
+    who = await mcp_caller(state, "write")
     await charge(state.publish_buckets, who.name)
     return who
 
