@@ -6,10 +6,12 @@ nkeys wraps, minus its wrappers): its verification is faster than OpenSSL's thro
 `cryptography` (about 140 against 240 us here, one core of a busy machine), and a verify is
 most of what a signed message costs its consumer.
 
-What is signed: the subject, event id, type, version, key id, content type, time and causal
-ids, then the payload (the ciphertext when encrypted). So a signed payload moved to another
-subject or replayed under another event id no longer verifies; trace, delivery and
-dead-letter headers stay free to change.
+What is signed: the subject, event id, type, version, key id, content type, time, causal
+ids and principal (`Bus-Principal`: the edge sets it before the event is signed, so who
+published it is part of what the signer vouches for), then the payload (the ciphertext when
+encrypted). So a signed payload moved to another subject, replayed under another event id or
+credited to another principal no longer verifies; trace, delivery and dead-letter headers
+stay free to change.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _SIGNED_HEADERS = (
     h.OCCURRED_AT,
     h.CORRELATION_ID,
     h.CAUSATION_ID,
+    h.PRINCIPAL,  # absent signs as empty: adding one to an event that had none is a change too
 )
 
 

@@ -25,6 +25,7 @@ from bus import (
     Signer,
     StoredMessage,
     StreamSpec,
+    acting_as,
     new_key,
 )
 from services.demo import TaskCreated, app
@@ -123,6 +124,34 @@ async def test_unsigned_forged_replayed_moved_and_untrusted_are_dead_lettered(
     assert sum(r.startswith("rejected: bad signature") for r in reasons) == 4
     assert sum(r.startswith(f"rejected: untrusted signer '{STRANGER.public_key}'") for r in reasons)
     assert all("replayed under another id" in r for r in reasons if "bad signature" in r)
+
+
+async def test_a_moved_principal_is_dead_lettered(writer: Bus, nats_url: str) -> None:
+    """`Bus-Principal` (who published it through the edge) is signed: credited to another
+    principal, or to one where there was none, the event no longer verifies."""
+    seen: list[str | None] = []
+
+    async def handle(event: JobCreated, envelope: Envelope[JobCreated]) -> None:
+        seen.append(envelope.principal)
+
+    with acting_as("alice"):
+        first = await writer.publish(JobCreated(title="by alice"), "p1")
+    assert (await stored(writer, first.seq)).headers["Bus-Principal"] == "alice"
+    original = await stored(writer, (await writer.publish(JobCreated(title="x"), "p0")).seq)
+    for n, (signed_as, stored_as) in enumerate([("alice", "root"), (None, "root")]):
+        hdrs = {k: v for k, v in original.headers.items() if not k.startswith("Bus-Sig")}
+        hdrs["Nats-Msg-Id"] = f"principal-{n}"
+        hdrs |= {"Bus-Principal": signed_as} if signed_as else {}
+        payload = Protection(signer=WRITER).seal(
+            f"jobs.p{n + 2}.created", hdrs["Nats-Msg-Id"], hdrs, original.data
+        )
+        await put(writer, f"jobs.p{n + 2}.created", payload, hdrs | {"Bus-Principal": stored_as})
+    async with Bus(nats_url, protection=REQUIRED) as reader:
+        await reader.consume(handle, durable="principals")
+        reasons = await dead_letter_reasons(reader, "JOBS", 2)
+        await eventually(lambda: len(seen) == 2)
+    assert sorted(seen, key=str) == [None, "alice"]  # the two as signed, neither moved one
+    assert all(r.startswith("rejected: bad signature") for r in reasons)
 
 
 async def test_a_consumer_not_requiring_signatures_handles_them_all(

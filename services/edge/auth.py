@@ -18,12 +18,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
-from bus import ConfigError, InvalidSubject, validate_pattern
+from bus import ConfigError
 
+from .grants import holds_any, valid_scope
 from .problems import problem
 from .tokens import InvalidToken, Principal, Tokens
 
-SCOPES = frozenset({"read", "write", "admin"})
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -43,27 +43,16 @@ def parse_keys(spec: str) -> dict[str, Principal]:
         if (
             not key
             or not wanted
-            or not all(map(_scope, wanted))
+            or not all(map(valid_scope, wanted))
             or (at and not _NAME.fullmatch(name))
         ):
             raise ConfigError(
                 f"BUS_API_KEYS entry {item[:4]}…: want key:read+write+admin[+publish:<pattern>"
-                "+read:<pattern>][@name]"
+                "+read:<pattern>+request:<pattern>][@name]"
             )
         name = name or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
         keys[key] = Principal(name, wanted)
     return keys
-
-
-def _scope(scope: str) -> bool:
-    """read, write, admin, or publish:<pattern> / read:<pattern> (services/edge/permissions.py)."""
-    kind, _, pattern = scope.partition(":")
-    if not pattern:
-        return scope in SCOPES
-    try:
-        return kind in ("publish", "read") and bool(validate_pattern(pattern))
-    except InvalidSubject:
-        return False
 
 
 def dev_key() -> str:
@@ -77,6 +66,8 @@ async def caller(state: State, authorization: str | None) -> Principal:
         raise Unauthorized(401, "an API key or token is required (Authorization: Bearer ...)")
     tokens: Tokens | None = state.tokens
     if tokens is not None and Tokens.looks_like(token):
+        if (known := tokens.cached(token)) is not None:  # the hot path: no coroutine
+            return known
         try:
             return await tokens.verify(token)
         except InvalidToken as exc:
@@ -86,13 +77,6 @@ async def caller(state: State, authorization: str | None) -> Principal:
     if found is None:
         raise Unauthorized(401, "unknown API key", "invalid_token")
     return found
-
-
-async def writer(state: State, authorization: str | None) -> Principal:
-    """The caller, who must hold `write`."""
-    principal = await caller(state, authorization)
-    check_scope(principal.scopes, "write")
-    return principal
 
 
 async def caller_scopes(state: State, authorization: str | None) -> frozenset[str]:
@@ -108,11 +92,15 @@ class require:
     """A dependency checking the caller (async: FastAPI runs sync ones in a thread); its
     `scope` is what `/openapi.json` documents for each operation (services/edge/openapi.py).
     The principal it finds is `request.state.principal` (None on an anonymous public read).
-    `narrowed` routes also let in callers limited to subject patterns, and check the subject
-    themselves (services/edge/permissions.py)."""
+    `narrowed` routes also let in callers holding patterns of `kinds` (by default the
+    scope's own: publish for write, read for read), and check the names themselves
+    (services/edge/grants.py, services/edge/permissions.py)."""
 
-    def __init__(self, scope: str, *, narrowed: bool = False) -> None:
+    def __init__(
+        self, scope: str, *, narrowed: bool = False, kinds: tuple[str, ...] | None = None
+    ) -> None:
         self.scope, self.narrowed = scope, narrowed
+        self.kinds = kinds or (("publish",) if scope == "write" else ("read",))
 
     async def __call__(self, request: Request) -> None:
         request.state.principal = None
@@ -123,10 +111,29 @@ class require:
                     request.state.principal = await caller(request.app.state, authorization)
             return
         principal = await caller(request.app.state, authorization)
-        kind = "publish:" if self.scope == "write" else "read:"
-        if not (self.narrowed and any(s.startswith(kind) for s in principal.scopes)):
+        if not (self.narrowed and holds_any(principal.scopes, self.kinds)):
             check_scope(principal.scopes, self.scope)
         request.state.principal = principal
+
+
+# Routes that check their callers themselves, not through `require`: what each needs (the
+# auth matrix, tests/test_auth_matrix.py, holds every other route to a `require`).
+SELF_CHECKED = {"/ws": "read", "/mcp": "read", "/api/v1/session": "any"}
+# Routes open to anyone: probes, metrics, the documents describing the API, the console's files.
+OPEN = frozenset(
+    {
+        "/livez",
+        "/readyz",
+        "/health",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/asyncapi.json",
+        "/ui",
+    }
+)
 
 
 def refusal(exc: Unauthorized) -> JSONResponse:

@@ -49,6 +49,7 @@ async def stream_info(request: Request, name: str) -> Response:
 @router.get("/streams/{name}/consumers")
 async def stream_consumers(request: Request, name: str) -> Response:
     """The stream's consumers: `pending` (stored, not yet delivered) and `ack_pending`."""
+    await permit_stream(request.app.state, request.state.principal, name)
     return _json(await request.app.state.bus.streams.consumers(name))
 
 
@@ -123,7 +124,7 @@ async def list_components(request: Request) -> Response:
     return _json(await listing(request.app.state.bus))
 
 
-@router.get("/components/{name}")
+@router.get("/components/{name}", dependencies=[Depends(require("read"))])
 async def one_component(
     request: Request, name: str = Path(max_length=Component.MAX_NAME, pattern=NAME_PATTERN)
 ) -> Response:

@@ -21,10 +21,11 @@ from fastapi.responses import Response
 from bus import Bus, DeadLetter, PublishError, PublishResult, StreamNotFound, validate_token
 
 from .auth import require
+from .permissions import permit_dead_letters
 from .stream_reads import MAX_SEQ
 
 router = APIRouter(prefix="/api/v1/streams", tags=["dead letters"])
-read = [Depends(require("read"))]
+read = [Depends(require("read", narrowed=True))]  # the dead-letter stream's own subjects
 write = [Depends(require("write"))]
 MAX_REPLAY = 1000  # dead letters one replay-all request republishes
 ATTEMPTS = re.compile(r"^handler failed (\d+) times")  # the consumer's reason says how many
@@ -69,7 +70,11 @@ async def list_dead_letters(
     from_seq: int = Query(1, ge=1, le=MAX_SEQ),
     limit: int = Query(100, ge=1, le=1000),
 ) -> Response:
-    """Dead letters of stream `name` from `from_seq`; `next_seq` pages on."""
+    """Dead letters of stream `name` from `from_seq`; `next_seq` pages on. A caller limited
+    to patterns needs them to cover the dead-letter stream's subjects (`dlq.<NAME>.>`): a
+    permitted stream's dead letters are another stream."""
+    validate_token(name, "stream")
+    await permit_dead_letters(request.app.state, request.state.principal, name)
     letters = await _letters(request.app.state.bus, name, from_seq, limit)
     next_seq = letters[-1].seq + 1 if len(letters) == limit else None
     return _json({"items": [_shown(d) for d in letters], "next_seq": next_seq})

@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bus import BeyondStreamEnd, BusTimeout
 
 from . import projections
-from .auth import caller_scopes, check_scope
+from .auth import caller
+from .permissions import may_read_projection
 from .problems import from_bus_error
 
 TEMPLATE = "/api/v1/projections/{name}/{key}"
@@ -54,7 +55,8 @@ class HotReads:
                     (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"),
                     None,
                 )
-                check_scope(await caller_scopes(state, authorization), "read")
+                if not may_read_projection(state, await caller(state, authorization), name):
+                    return None  # (a caller without `read` and no pattern fails here too)
             query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
             q = msgspec.convert(query, projections.KeyQuery, strict=False)
             found, stale = await projections.query(

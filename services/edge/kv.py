@@ -11,8 +11,10 @@
     GET    /api/v1/kv/{bucket}:watch?key=&after_revision=   every change as Server-Sent
                                                 Events, the revision as the event id
 
-Only the buckets the App declares are reachable (the backbone's own never are). The MCP
-tools `get_state` and `set_state` share the reads and writes here.
+Only the buckets the App declares are reachable (the backbone's own never are). A caller
+limited to patterns reaches the keys they cover as `$KV.<bucket>.<key>` (read: to read,
+publish: to write; services/edge/grants.py). The MCP tools `get_state` and `set_state` share
+the reads, writes and checks here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -30,14 +31,17 @@ from starlette.datastructures import State
 
 from bus import Bucket, KeyEntry, KeyNotFound, RevisionMismatch
 
-from .auth import require, writer
+from .auth import require
 from .events import read_body
-from .limits import charge, publish_limit
+from .grants import kv_name
+from .limits import publish_limit
+from .mcp_access import mcp_caller, mcp_writer
+from .permissions import may_read_key, permit, permit_key, reaches
 from .problems import PROBLEM, PROBLEM_SCHEMA, problem
 
 router = APIRouter(prefix="/api/v1/kv", tags=["kv"])
-read = [Depends(require("read"))]
-write = [Depends(require("write")), Depends(publish_limit)]
+read = [Depends(require("read", narrowed=True))]  # checked per key ($KV.<bucket>.<key>)
+write = [Depends(require("write", narrowed=True)), Depends(publish_limit)]
 REFUSED: dict[str, Any] = {
     "description": "Precondition Failed",
     "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}},
@@ -117,7 +121,12 @@ def refused(exc: RevisionMismatch) -> Response:
 @router.get("", dependencies=read)
 async def list_buckets(request: Request) -> Response:
     """The app's buckets: name, description, revisions kept per key, ttl."""
-    specs = request.app.state.app.buckets.values()
+    who = request.state.principal
+    specs = [
+        b
+        for b in request.app.state.app.buckets.values()
+        if reaches(who, ("read", "publish"), kv_name(b.name, ">"))
+    ]
     keep = ("name", "description", "history", "ttl")
     return _json([{field: getattr(spec, field) for field in keep} for spec in specs])
 
@@ -134,6 +143,7 @@ async def watch(
     """Every change of `key` from after `after_revision` (or `Last-Event-ID`), else from now
     on: `event: put|delete|purge`, `id: <revision>`, data `{key, revision, value, time}`."""
     handle = bucket_of(request.app.state, bucket)
+    permit_key(request.state.principal, "read", bucket, key)
     if last_event_id is not None:
         if not last_event_id.isdigit():
             raise HTTPException(400, "Last-Event-ID must be a revision")
@@ -163,8 +173,11 @@ async def list_keys(
 ) -> Response:
     """Live keys starting with `prefix` in key order, with values and revisions; the next
     page follows `next_cursor` (null on the last)."""
-    page = await bucket_of(request.app.state, bucket).keys(prefix, limit, cursor)
-    items = [_entry(e) for e in page.items]
+    handle, who = bucket_of(request.app.state, bucket), request.state.principal
+    if not reaches(who, ("read",), kv_name(bucket, ">")):
+        permit(who, "read", kv_name(bucket, ">"))  # refused: names what is missing
+    page = await handle.keys(prefix, limit, cursor)
+    items = [_entry(e) for e in page.items if may_read_key(who, bucket, e.key)]
     return _json({"bucket": bucket, "items": items, "next_cursor": page.next_cursor})
 
 
@@ -176,7 +189,9 @@ async def get_key(
     if_none_match: str | None = Header(None, max_length=512),
 ) -> Response:
     """The key's JSON value, its revision as the ETag (304 for a matching If-None-Match)."""
-    found = await bucket_of(request.app.state, bucket).get(key)
+    handle = bucket_of(request.app.state, bucket)
+    permit_key(request.state.principal, "read", bucket, key)
+    found = await handle.get(key)
     if found is None:
         raise HTTPException(404, f"bucket {bucket!r} has no key {key!r}")
     etag = _etag(found.revision)
@@ -195,6 +210,7 @@ async def put_key(
 ) -> Response:
     """Write the JSON body; conditional with If-Match / If-None-Match: * (412 otherwise)."""
     handle = bucket_of(request.app.state, bucket)
+    permit_key(request.state.principal, "write", bucket, key)
     expected = parse_condition(if_match, if_none_match)
     body = await read_body(request)
     try:
@@ -216,6 +232,7 @@ async def delete_key(
 ) -> Response:
     """Delete the key (only at the If-Match revision, when sent); its history keeps it."""
     handle = bucket_of(request.app.state, bucket)
+    permit_key(request.state.principal, "write", bucket, key)
     expected = parse_condition(if_match, None)
     try:
         if expected == "*":
@@ -232,19 +249,24 @@ async def delete_key(
 @router.get("/{bucket}/{key}/history", dependencies=read)
 async def key_history(request: Request, bucket: str, key: str) -> Response:
     """The revisions the bucket keeps of the key, oldest first, with `operation`."""
-    history = await bucket_of(request.app.state, bucket).history(key)
+    handle = bucket_of(request.app.state, bucket)
+    permit_key(request.state.principal, "read", bucket, key)
+    history = await handle.history(key)
     if not history:
         raise HTTPException(404, f"bucket {bucket!r} has no key {key!r}")
     entries = [{**_entry(e), "operation": e.operation} for e in history]
     return _json({"bucket": bucket, "key": key, "history": entries})
 
 
-def mcp_tools(state: State, caller: ContextVar[str]) -> list[Callable[..., Awaitable[Any]]]:
-    """`get_state` and `set_state` for the MCP server (`caller`: the request's key)."""
+def mcp_tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
+    """`get_state` and `set_state` for the MCP server."""
 
     async def get_state(bucket: str, key: str) -> Any:
         """One key of a shared-state bucket: {bucket, key, revision, value}."""
-        found = await bucket_of(state, bucket).get(key)
+        who = await mcp_caller(state, "read")
+        handle = bucket_of(state, bucket)
+        permit_key(who, "read", bucket, key)
+        found = await handle.get(key)
         if found is None:
             raise HTTPException(404, f"bucket {bucket!r} has no key {key!r}")
         return {"bucket": bucket, "key": key, "revision": found.revision, "value": found.value}
@@ -254,11 +276,12 @@ def mcp_tools(state: State, caller: ContextVar[str]) -> list[Callable[..., Await
     ) -> Any:
         """Write a key's JSON value. With expected_revision, only if the key is at that
         revision (0: only if it is absent); else refused, saying the current revision."""
-        await charge(state.publish_buckets, (await writer(state, caller.get())).name)
+        who = await mcp_writer(state)
+        handle = bucket_of(state, bucket)
+        permit_key(who, "write", bucket, key)
         if expected_revision is not None and expected_revision < 0:
             raise HTTPException(422, "expected_revision must be >= 0 (0: the key is absent)")
         expected: Expected = "" if expected_revision == 0 else expected_revision
-        handle = bucket_of(state, bucket)
         try:
             revision = await write_value(handle, key, value, expected)
         except RevisionMismatch as exc:

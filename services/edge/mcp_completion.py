@@ -3,7 +3,8 @@ as an agent types them.
 
 MCP completes the arguments of resource templates and prompts; it has no reference for a
 tool. So the tools' arguments complete through a `ref/prompt` naming the tool (the server has
-no prompts of its own to confuse it with), from the same table as the templates'.
+no prompts of its own to confuse it with), from the same table as the templates'. Only names
+the caller may read are offered, and the templates check as their tools do.
 """
 
 from __future__ import annotations
@@ -20,32 +21,47 @@ from mcp.types import ResourceTemplateReference as TemplateReference
 from starlette.datastructures import State
 
 from . import kv, projections
+from .grants import kv_name
+from .mcp_access import mcp_caller
+from .permissions import (
+    may_read_key,
+    may_read_projection,
+    may_read_stream,
+    permit_key,
+    permit_projection,
+    permit_stream,
+    reaches,
+)
 
 MAX_VALUES = 100  # the most one completion may carry (MCP)
-INTERNAL = ("KV_", "OBJ_")  # KV buckets and object stores are streams too: not offered
 # Which names an argument takes: (state, typed prefix, the other arguments) -> candidates.
 Source = Callable[[State, str, Mapping[str, str]], Awaitable[list[str]]]
 
 
 async def _streams(state: State, prefix: str, _: Mapping[str, str]) -> list[str]:
-    return [s.name for s in await state.bus.streams.list() if not s.name.startswith(INTERNAL)]
+    """The streams the caller may read (the backbone's: admin only)."""
+    who = await mcp_caller(state, "read")
+    return [s.name for s in await state.bus.streams.list() if may_read_stream(state, who, s.name)]
 
 
 async def _projections(state: State, prefix: str, _: Mapping[str, str]) -> list[str]:
-    return list(state.app.projections)
+    who = await mcp_caller(state, "read")
+    return [name for name in state.app.projections if may_read_projection(state, who, name)]
 
 
 async def _buckets(state: State, prefix: str, _: Mapping[str, str]) -> list[str]:
-    return list(state.app.buckets)
+    who = await mcp_caller(state, "read")
+    return [b for b in state.app.buckets if reaches(who, ("read",), kv_name(b, ">"))]
 
 
 async def _keys(state: State, prefix: str, given: Mapping[str, str]) -> list[str]:
     """Keys of the bucket or projection already chosen, read by prefix (never a scan of all)."""
-    if given.get("bucket") in state.app.buckets:
-        page = await kv.bucket_of(state, given["bucket"]).keys(prefix, MAX_VALUES + 1, None)
-        return [entry.key for entry in page.items]
+    who = await mcp_caller(state, "read")
+    if (bucket := given.get("bucket", "")) in state.app.buckets:
+        page = await kv.bucket_of(state, bucket).keys(prefix, MAX_VALUES + 1, None)
+        return [e.key for e in page.items if may_read_key(who, bucket, e.key)]
     name = given.get("projection") or given.get("name", "")
-    if name not in state.app.projections:
+    if name not in state.app.projections or not may_read_projection(state, who, name):
         return []
     found = await projections.list_page(state, name, prefix, MAX_VALUES + 1, None)
     return [item["key"] for item in found["items"]]
@@ -100,12 +116,14 @@ def _add_templates(server: MCPServer[Any], state: State) -> None:
 
     @server.resource("bus://streams/{stream}", name="stream", mime_type="application/json")
     async def stream(stream: str) -> str:
+        await permit_stream(state, await mcp_caller(state, "read"), stream)
         return _text(await state.bus.streams.info(stream))
 
     @server.resource(
         "bus://projections/{projection}/{key}", name="projection key", mime_type="application/json"
     )
     async def projection_key(projection: str, key: str) -> str:
+        permit_projection(state, await mcp_caller(state, "read"), projection)
         found, _ = await projections.query(state, projection, key, None, 5.0, False)
         return _text(found)
 
@@ -113,7 +131,9 @@ def _add_templates(server: MCPServer[Any], state: State) -> None:
         "bus://state/{bucket}/{key}", name="shared state", mime_type="application/json"
     )
     async def state_key(bucket: str, key: str) -> str:
-        found = await kv.bucket_of(state, bucket).get(key)
+        handle = kv.bucket_of(state, bucket)
+        permit_key(await mcp_caller(state, "read"), "read", bucket, key)
+        found = await handle.get(key)
         if found is None:
             raise HTTPException(404, f"bucket {bucket!r} has no key {key!r}")
         return _text(

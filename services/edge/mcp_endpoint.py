@@ -3,12 +3,12 @@
 Both protocol generations the SDK speaks are served on the one path: 2025-11-25 with an
 `initialize` handshake and sessions, and 2026-07-28 stateless requests. The legacy REST shape
 that older components call (`POST /mcp/v2/tools/list`, `POST /mcp/v2/tools/call`) runs the
-same tools. Every call needs an API key; `publish_event` needs the `write` scope.
+same tools. Every call needs an API key or token; each tool checks what its HTTP twin checks
+(services/edge/mcp_access.py).
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import json
 from collections.abc import Awaitable, Callable
@@ -39,14 +39,15 @@ from . import (
     requests,
     workflow_tools,
 )
-from .auth import Unauthorized, caller, caller_scopes, check_scope, refusal, require, writer
+from .auth import Unauthorized, refusal, require
+from .grants import KINDS
 from .limits import charge
-from .permissions import may_read_stream, permit_stream, publisher
+from .mcp_access import CALLER, TOOL_SCOPES, check_tool, mcp_caller, mcp_gate
+from .permissions import may_read_stream, permit_projection, permit_stream, publisher
 
 MAX_BODY = 1024 * 1024
-# The caller's verified `Authorization` header, for the tools' scope checks and rate limit.
-CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("mcp_caller")
-legacy = APIRouter(prefix="/mcp/v2/tools", tags=["mcp"], dependencies=[Depends(require("read"))])
+gate = require("read", narrowed=True, kinds=KINDS)  # any scope; each tool checks its own
+legacy = APIRouter(prefix="/mcp/v2/tools", tags=["mcp"], dependencies=[Depends(gate)])
 
 
 class LegacyCall(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,12 +59,16 @@ def _builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-def _guarded(tool: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """HTTP-style refusals and bus errors become tool errors the model can read."""
+def _guarded(state: State, tool: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The caller checked as `TOOL_SCOPES` says (KeyError: a tool with no declared scope);
+    HTTP-style refusals and bus errors become tool errors the model can read."""
+    if tool.__name__ not in TOOL_SCOPES:
+        raise KeyError(f"MCP tool {tool.__name__} declares no scope (mcp_access.TOOL_SCOPES)")
 
     @functools.wraps(tool)
     async def call(**arguments: Any) -> Any:
         try:
+            await check_tool(state, tool.__name__)
             return _builtins(await tool(**arguments))
         except HTTPException as exc:
             raise ToolError(f"{exc.status_code}: {exc.detail}") from None
@@ -82,9 +87,6 @@ def build_server(state: State) -> MCPServer[Any]:
         instructions="Publish events, query projections, read streams on the bus.",
         log_level="WARNING",
     )
-
-    async def may_write() -> None:
-        await charge(state.publish_buckets, (await writer(state, CALLER.get())).name)
 
     async def publish_event(
         subject: str,
@@ -113,23 +115,24 @@ def build_server(state: State) -> MCPServer[Any]:
             raise HTTPException(422, "after_seq must be a stream sequence (>= 1)")
         if not 0 < timeout <= 30:
             raise HTTPException(422, "timeout must be more than 0 and at most 30 seconds")
+        permit_projection(state, await mcp_caller(state, "read"), name)
         found, _ = await projections.query(state, name, key, after_seq, timeout, False)
         return found
 
     async def list_projections() -> Any:
         """Every projection with its position, lag and failures."""
-        return await projections.statuses(state)
+        return await projections.statuses(state, await mcp_caller(state, "read"))
 
     async def read_stream(name: str, from_seq: int = 1, limit: int = 100) -> Any:
         """Stored events of a stream from from_seq (at most 1000), decoded with metadata."""
         if from_seq < 1 or not 1 <= limit <= 1000:
             raise HTTPException(422, "from_seq >= 1 and 1 <= limit <= 1000")
-        await permit_stream(state, await caller(state, CALLER.get()), name)
+        await permit_stream(state, await mcp_caller(state, "read"), name)
         return await catalogue.stream_page(state.bus, name, from_seq, limit)
 
     async def list_streams() -> Any:
         """The streams on the server with their counts."""
-        who = await caller(state, CALLER.get())
+        who = await mcp_caller(state, "read")
         return [s for s in await state.bus.streams.list() if may_read_stream(state, who, s.name)]
 
     async def describe_event_types() -> Any:
@@ -155,24 +158,24 @@ def build_server(state: State) -> MCPServer[Any]:
         list_components,
         get_health,
     ):
-        server.add_tool(_guarded(tool), structured_output=False)
-    for extra in workflow_tools.tools(state, may_write) if state.app.workflows else []:
-        server.add_tool(_guarded(extra), structured_output=False)
+        server.add_tool(_guarded(state, tool), structured_output=False)
+    for extra in workflow_tools.tools(state) if state.app.workflows else []:
+        server.add_tool(_guarded(state, extra), structured_output=False)
 
     async def call_service(subject: str, data: dict[str, Any], timeout: float = 5.0) -> Any:
         """Ask one of the app's responders (`list_components` shows them: kind "micro"),
         e.g. subject `tasks.get`, data `{"id": "t1"}`; returns the reply. A request may
-        change things: it needs the write scope."""
-        await writer(state, CALLER.get())
+        change things: it needs the write scope (or a request: pattern matching it)."""
+        who = await mcp_caller(state, "request")
         if not 0 < timeout <= requests.MAX_TIMEOUT:
             raise HTTPException(
                 422, f"timeout must be more than 0 and at most {requests.MAX_TIMEOUT:g} s"
             )
-        return msgspec.json.decode(await requests.call(state, subject, data, timeout))
+        return msgspec.json.decode(await requests.call(state, who, subject, data, timeout))
 
-    server.add_tool(_guarded(call_service), structured_output=False)
-    for state_tool in kv.mcp_tools(state, CALLER):  # get_state, set_state
-        server.add_tool(_guarded(state_tool), structured_output=False)
+    server.add_tool(_guarded(state, call_service), structured_output=False)
+    for state_tool in kv.mcp_tools(state):  # get_state, set_state
+        server.add_tool(_guarded(state, state_tool), structured_output=False)
     _add_resources(server, state)
     mcp_completion.install(server, state)
 
@@ -184,8 +187,7 @@ def build_server(state: State) -> MCPServer[Any]:
         if headers is None:  # 2026-07-28: served inline, the gate's values are this request's
             return await call_next(ctx)
         authorization = headers.get("authorization")
-        # the gate let it in; a session must not change that
-        check_scope(await caller_scopes(state, authorization), "read")
+        await mcp_gate(state, authorization)  # the gate let it in; a session must not change that
         token = CALLER.set(authorization)
         try:
             with state.bus.telemetry.continuing(headers):
@@ -202,12 +204,14 @@ def _add_resources(server: MCPServer[Any], state: State) -> None:
 
     def stream(name: str) -> Callable[[], Awaitable[str]]:
         async def read() -> str:
+            await permit_stream(state, await mcp_caller(state, "read"), name)
             return json.dumps(_builtins(await state.bus.streams.info(name)))
 
         return read
 
     def projection(name: str) -> Callable[[], Awaitable[str]]:
         async def read() -> str:
+            permit_projection(state, await mcp_caller(state, "read"), name)
             return json.dumps(_builtins(await projections.list_page(state, name, "", 100, None)))
 
         return read
@@ -234,8 +238,8 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         authorization = headers.get("authorization")
-        try:  # every tool reads; those that write check that too
-            check_scope(await caller_scopes(self.state, authorization), "read")
+        try:  # any scope; every tool checks its own
+            await mcp_gate(self.state, authorization)
         except Unauthorized as exc:
             await refusal(exc)(scope, receive, send)
             return

@@ -47,20 +47,22 @@ def install(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way
 
 
-def scopes(api: FastAPI) -> dict[tuple[str, str], str]:
-    """The scope each (path, method) checks; absent: open to anyone."""
-    found = {}
+def scopes(api: FastAPI) -> dict[tuple[str, str], require]:
+    """The check each (path, method) runs (the plain one when it runs two); absent: open."""
+    found: dict[tuple[str, str], require] = {}
     for route in _flat(api.routes):
         if not isinstance(getattr(route, "original_route", route), routing.APIRoute):
             continue
         for dependency in route.dependencies:
-            if isinstance(dependency.dependency, require):
+            if isinstance(check := dependency.dependency, require):
                 for method in route.methods:
-                    found[route.path_format, method.lower()] = dependency.dependency.scope
+                    known = found.get((route.path_format, method.lower()))
+                    if known is None or known.narrowed:
+                        found[route.path_format, method.lower()] = check
     return found
 
 
-def refine(doc: Document, scopes: dict[tuple[str, str], str], *, public_reads: bool) -> None:
+def refine(doc: Document, scopes: dict[tuple[str, str], require], *, public_reads: bool) -> None:
     components = doc.setdefault("components", {})
     components.setdefault("securitySchemes", {})[SCHEME] = SECURITY_SCHEME
     _hoist_defs(doc, components.setdefault("schemas", {}))
@@ -73,18 +75,21 @@ def refine(doc: Document, scopes: dict[tuple[str, str], str], *, public_reads: b
                     parameter["schema"]["pattern"] = pattern
 
 
-def _secure(operation: Document, scope: str | None, public_reads: bool) -> None:
+def _secure(operation: Document, check: require | None, public_reads: bool) -> None:
     """The operation's `security` (3.1 lets a bearer requirement name its roles) and a line
     saying the same in words."""
-    if scope is None:
+    if check is None:
         operation["security"] = []
         note = "Open: no API key needed."
-    elif scope == "read" and public_reads:
-        operation["security"] = [{}, {SCHEME: [scope]}]
+    elif check.scope == "read" and public_reads:
+        operation["security"] = [{}, {SCHEME: [check.scope]}]
         note = "Open on this edge (BUS_PUBLIC_READS); otherwise an API key with `read`."
     else:
-        operation["security"] = [{SCHEME: [scope]}]
-        note = f"Needs an API key with the `{scope}` scope (`admin` holds every scope)."
+        operation["security"] = [{SCHEME: [check.scope]}]
+        note = f"Needs an API key with the `{check.scope}` scope (`admin` holds every scope)."
+        if check.narrowed:
+            kinds = " or ".join(f"`{kind}:`" for kind in check.kinds)
+            note += f" Or {kinds} patterns covering the names it touches (README: permissions)."
     description = operation.get("description", "")
     operation["description"] = f"{description}\n\n{note}" if description else note
 

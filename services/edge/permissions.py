@@ -1,46 +1,43 @@
-"""Per-subject permissions: a key or token may hold `publish:<pattern>` / `read:<pattern>`
-(as token scopes `bus:publish:<pattern>` / `bus:read:<pattern>`) instead of `write` / `read`.
-Such a caller may publish events whose subject a pattern matches, and read streams and tails
-that its patterns cover; every other route needs the plain scope, so it is refused there (a
-route opts in with `require(scope, narrowed=True)` and checks here).
+"""Per-subject permissions at the edge: the checks every surface (HTTP, SSE, WebSocket, MCP)
+runs on the names it touches, by the one rule of services/edge/grants.py. A refusal is 403
+naming what is missing (`this key or token lacks 'bus:publish:tasks.t1.created'`).
 
-The backbone's own streams (KV buckets, leases, checkpoints, idempotency records: every
-stream that is neither the app's nor one of its dead-letter streams) are for `admin` only.
-Subjects are checked as the edge decoded them (`%2E` is a dot by then), after the bus's
-token grammar (ASCII only: no look-alike dots; no wildcards in an event subject)."""
+Routes opt in with `require(scope, narrowed=True)`: callers holding only patterns get
+through to the route, which checks here. The backbone's own streams (KV buckets, leases,
+checkpoints, idempotency records: every stream that is neither the app's nor one of its
+dead-letter streams) are for `admin` only. Names are checked as the edge decoded them (`%2E`
+is a dot by then), after the subject grammar (ASCII tokens: no look-alike dots; no
+wildcards where a name must be concrete)."""
 
 from __future__ import annotations
 
 from fastapi import Request
 from starlette.datastructures import State
 
-from bus import covers, matches, parse_event_subject
+from bus import parse_event_subject, validate_pattern, validate_subject
 
+from . import grants
 from .auth import Unauthorized, caller, check_scope
 from .tokens import Principal
 
-KINDS = {"write": "publish", "read": "read"}
+KINDS = {"write": "publish", "read": "read", "request": "request"}  # a route's scope -> kind
 
 
-def limited(principal: Principal, scope: str) -> tuple[str, ...] | None:
-    """The patterns that bound `principal` for `scope`; None when it holds the scope whole."""
-    if scope in principal.scopes or "admin" in principal.scopes:
-        return None
-    prefix = KINDS[scope] + ":"
-    return tuple(s.removeprefix(prefix) for s in principal.scopes if s.startswith(prefix))
+def permit(principal: Principal | None, scope: str, name: str) -> None:
+    """403 unless `principal` may `scope` (write: publish, read, request) on `name` (a
+    subject, or a pattern when reading). None is a public read."""
+    kind = KINDS[scope]
+    if principal is not None and not grants.allows(principal.scopes, kind, name):
+        raise Unauthorized(403, f"this key or token lacks 'bus:{kind}:{name}'")
 
 
-def permit(principal: Principal | None, scope: str, subject: str) -> None:
-    """403 unless `principal` may `scope` (write: publish, read) on `subject` (a pattern
-    when reading). None is a public read."""
-    if principal is None:
-        return
-    patterns = limited(principal, scope)
-    if patterns is None:
-        return
-    test = matches if scope == "write" else covers
-    if not any(test(pattern, subject) for pattern in patterns):
-        raise Unauthorized(403, f"this key or token lacks 'bus:{KINDS[scope]}:{subject}'")
+async def admitted(state: State, authorization: str | None, scope: str) -> Principal:
+    """The caller, who must hold `scope` whole or some pattern of its kind (MCP's tools; the
+    names are checked next)."""
+    principal = await caller(state, authorization)
+    if not grants.holds_any(principal.scopes, (KINDS[scope],)):
+        check_scope(principal.scopes, "write" if scope == "request" else scope)
+    return principal
 
 
 def stream_subjects(state: State) -> dict[str, tuple[str, ...]]:
@@ -54,18 +51,15 @@ def stream_subjects(state: State) -> dict[str, tuple[str, ...]]:
     return found
 
 
+def _reads_all(principal: Principal | None, subjects: tuple[str, ...]) -> bool:
+    return principal is None or all(grants.allows(principal.scopes, "read", s) for s in subjects)
+
+
 def may_read_stream(state: State, principal: Principal | None, name: str) -> bool:
-    subjects = stream_subjects(state).get(name)
     if principal is not None and "admin" in principal.scopes:
         return True
-    if subjects is None:  # the backbone's
-        return False
-    try:
-        for subject in subjects:
-            permit(principal, "read", subject)
-    except Unauthorized:
-        return False
-    return True
+    subjects = stream_subjects(state).get(name)
+    return subjects is not None and _reads_all(principal, subjects)  # None: the backbone's
 
 
 async def permit_stream(state: State, principal: Principal | None, name: str) -> None:
@@ -77,12 +71,58 @@ async def permit_stream(state: State, principal: Principal | None, name: str) ->
         raise Unauthorized(403, f"this key or token lacks 'bus:read' of every subject of {name}")
 
 
+async def permit_dead_letters(state: State, principal: Principal | None, name: str) -> None:
+    """The dead letters of app stream `name` are its dead-letter stream's (`dlq.<name>.>`),
+    which its own patterns do not cover; other streams' are the backbone's (admin)."""
+    if name in stream_subjects(state) or principal is None or "admin" in principal.scopes:
+        permit(principal, "read", f"dlq.{name}.>")
+    else:
+        await permit_stream(state, principal, name)  # 404, or 403: the backbone's
+
+
+def may_read_projection(state: State, principal: Principal | None, name: str) -> bool:
+    """A projection is what its subjects hold, folded: readable by who may read them all
+    (an unknown one is left to its 404)."""
+    projection = state.app.projections.get(name)
+    return projection is None or _reads_all(principal, tuple(projection.subjects))
+
+
+def permit_projection(state: State, principal: Principal | None, name: str) -> None:
+    if not may_read_projection(state, principal, name):
+        raise Unauthorized(
+            403, f"this key or token lacks 'bus:read' of every subject projection {name} reads"
+        )
+
+
+def permit_key(principal: Principal | None, scope: str, bucket: str, key: str) -> None:
+    """403 unless the caller may `scope` on shared-state `key` (`$KV.<bucket>.<key>`): a
+    concrete key when writing, a key or a pattern (a watch) when reading. A caller limited to
+    patterns has the key's grammar checked first (InvalidSubject: 400), so no wildcard or
+    empty token is matched; the bucket checks it for everyone."""
+    if principal is not None and grants.patterns(principal.scopes, KINDS[scope]) is not None:
+        (validate_pattern if scope == "read" else validate_subject)(key)
+    permit(principal, scope, grants.kv_name(bucket, key))
+
+
+def may_read_key(principal: Principal | None, bucket: str, key: str) -> bool:
+    return principal is None or grants.allows(principal.scopes, "read", grants.kv_name(bucket, key))
+
+
+def reaches(principal: Principal | None, kinds: tuple[str, ...], name: str) -> bool:
+    """Whether the caller may touch part of what `name` (a pattern) matches, in some kind:
+    what a listing of buckets or workflows shows."""
+    return principal is None or any(grants.reaches(principal.scopes, k, name) for k in kinds)
+
+
+def permit_workflow(principal: Principal | None, scope: str, name: str) -> None:
+    """Workflow `name` (`$WF.<name>`): read its runs, or start and cancel them (write)."""
+    permit(principal, scope, grants.workflow_name(name))
+
+
 async def publisher(state: State, authorization: str | None, subject: str) -> Principal:
     """The caller, who must hold `write` or a `publish:` pattern matching `subject`."""
-    principal = await caller(state, authorization)
+    principal = await admitted(state, authorization, "write")
     parse_event_subject(subject)
-    if not any(s.startswith("publish:") for s in principal.scopes):
-        check_scope(principal.scopes, "write")
     permit(principal, "write", subject)
     return principal
 
@@ -91,9 +131,7 @@ async def reader(state: State, authorization: str | None, pattern: str) -> Princ
     """The caller (None: a public read), who must hold `read` or a pattern covering `pattern`."""
     if state.public_reads:
         return None
-    principal = await caller(state, authorization)
-    if not any(s.startswith("read:") for s in principal.scopes):
-        check_scope(principal.scopes, "read")
+    principal = await admitted(state, authorization, "read")
     permit(principal, "read", pattern)
     return principal
 

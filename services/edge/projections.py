@@ -12,9 +12,11 @@ from starlette.datastructures import State
 from bus import BusTimeout, LiveView, ProjectionStatus
 
 from .auth import require
+from .permissions import may_read_projection, permit_projection
+from .tokens import Principal
 
 router = APIRouter(prefix="/api/v1/projections", tags=["projections"])
-read = [Depends(require("read"))]
+read = [Depends(require("read", narrowed=True))]  # checked per projection (its subjects)
 AFTER_SEQ = "Wait until the projection has applied this stream sequence"
 STALE_OK = "On timeout, answer with what is there (header Bus-Stale: true)"
 
@@ -47,8 +49,10 @@ def _view(state: State, name: str) -> LiveView[Any]:
     return views[name]
 
 
-async def statuses(state: State) -> list[ProjectionStatus]:
-    return [await view.status() for view in state.views.values()]
+async def statuses(state: State, who: Principal | None) -> list[ProjectionStatus]:
+    """The status of each projection `who` may read."""
+    views = state.views.items()
+    return [await v.status() for name, v in views if may_read_projection(state, who, name)]
 
 
 async def query(
@@ -73,8 +77,8 @@ async def query(
 
 @router.get("", dependencies=read)
 async def list_projections(request: Request) -> Response:
-    """Every projection's generation, position, lag and failures."""
-    return _json(await statuses(request.app.state))
+    """Every projection's generation, position, lag and failures (those the caller may read)."""
+    return _json(await statuses(request.app.state, request.state.principal))
 
 
 @router.get("/{name}", dependencies=read)
@@ -86,6 +90,7 @@ async def list_keys(
     cursor: str | None = Query(None, max_length=1024),
 ) -> Response:
     """Keys in order with their state; pass the returned cursor for the next page."""
+    permit_projection(request.app.state, request.state.principal, name)
     return _json(await list_page(request.app.state, name, prefix, limit, cursor))
 
 
@@ -107,6 +112,7 @@ class KeyQuery(msgspec.Struct):
 @router.get("/{name}/{key}", dependencies=read, openapi_extra=query_parameters(KeyQuery))
 async def get_key(request: Request, name: str, key: str) -> Response:
     """One key's state; with `after_seq`, only once the projection has applied it."""
+    permit_projection(request.app.state, request.state.principal, name)
     try:
         q = msgspec.convert(dict(request.query_params), KeyQuery, strict=False)
     except msgspec.ValidationError as exc:

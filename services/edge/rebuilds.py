@@ -12,15 +12,17 @@ from bus import NoResponders, validate_token
 from services.runtime.rebuild_requests import REBUILD_SUBJECT, RebuildAnswer, RebuildRequest
 
 from .auth import require
+from .permissions import permit_projection
 
 router = APIRouter(prefix="/api/v1/projections", tags=["projections"])
 
 
-@router.get("/{name}:rebuild", dependencies=[Depends(require("read"))])
+@router.get("/{name}:rebuild", dependencies=[Depends(require("read", narrowed=True))])
 async def progress(request: Request, name: str) -> Response:
     """The projection's generation and, while a rebuild fills the next one, its position
     beside the current generation's (`progress` 0 to 1; null when none runs)."""
     views = request.app.state.views
+    permit_projection(request.app.state, request.state.principal, name)
     if name not in views:
         raise HTTPException(404, f"no projection named {name!r}")
     s = await views[name].status()

@@ -1,6 +1,7 @@
 """`POST /api/v1/requests/{subject}`: a request to one of the app's responders, answered with
 its reply. Only subjects the app serves are reachable, so the edge is no proxy onto `$JS`,
-`$SRV`, inboxes or other services; the body is checked against the responder's request type
+`$SRV`, inboxes or other services; a caller limited to patterns needs a `request:` one
+matching the subject (`write` holds them all); the body is checked against the responder's request type
 before anything is sent. A timeout answers 504; an open circuit or nobody serving, 503 with
 `Retry-After`; a responder's own 4xx, its code; its other errors, 502. HTTP and MCP share
 `call`."""
@@ -29,6 +30,8 @@ from bus import (
 
 from .auth import require
 from .events import read_body
+from .permissions import permit
+from .tokens import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["requests"])
 MAX_TIMEOUT = 30.0  # seconds a caller may ask the edge to wait for a reply
@@ -50,10 +53,13 @@ def served(app: App, subject: str) -> tuple[str, Any]:
     raise HTTPException(404, f"the app serves no requests on {subject!r}")
 
 
-async def call(state: State, subject: str, fields: Any, timeout: float) -> bytes:
-    """The reply's JSON to `fields` (decoded JSON) on `subject`, or the HTTPException
-    saying why not; nothing is sent unless `fields` are a valid request."""
+async def call(
+    state: State, who: Principal | None, subject: str, fields: Any, timeout: float
+) -> bytes:
+    """The reply's JSON to `fields` (decoded JSON) on `subject` for `who`, or the
+    HTTPException saying why not; nothing is sent unless `fields` are a valid request."""
     pattern, request_type = served(state.app, subject)
+    permit(who, "request", subject)
     try:
         payload = msgspec.convert(fields, request_type)
     except msgspec.ValidationError as exc:
@@ -75,7 +81,7 @@ async def call(state: State, subject: str, fields: Any, timeout: float) -> bytes
 
 @router.post(
     "/requests/{subject}",
-    dependencies=[Depends(require("write"))],
+    dependencies=[Depends(require("write", narrowed=True, kinds=("request",)))],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -90,12 +96,13 @@ async def call(state: State, subject: str, fields: Any, timeout: float) -> bytes
 )
 async def make_request(subject: str, request: Request, timeout: float = TIMEOUT) -> Response:
     """Send the JSON body as a request on `subject` (one the app serves, e.g. `tasks.get`)
-    and answer with the reply. A request may change things: it needs the write scope."""
+    and answer with the reply. A request may change things: it needs the write scope, or a
+    `request:` pattern matching the subject."""
     body = await read_body(request)
     try:
         fields = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
     with request.app.state.bus.telemetry.continuing(request.headers):
-        reply = await call(request.app.state, subject, fields, timeout)
+        reply = await call(request.app.state, request.state.principal, subject, fields, timeout)
     return Response(reply, media_type="application/json")

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from bus import Bus, BusError, StoredMessage, validate_pattern
 
-from .auth import Unauthorized, require
+from .auth import Unauthorized, refusal, require
 from .permissions import permit_tail, reader
 
 router = APIRouter(tags=["tail"])
@@ -109,8 +109,14 @@ async def ws_tail(
         validate_pattern(subject)
         who = await reader(state, websocket.headers.get("authorization"), subject)
         permit_tail(state, who, subject, await bus.stream_for(subject))
-    except (Unauthorized, BusError) as exc:  # refused at the handshake (HTTP 403)
-        await websocket.close(code=1008, reason=str(getattr(exc, "detail", exc))[:120])
+    except Unauthorized as exc:  # refused at the handshake, as HTTP refuses (401 or 403)
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(refusal(exc))
+        else:
+            await websocket.close(code=1008, reason=exc.detail[:120])
+        return
+    except BusError as exc:  # refused at the handshake (HTTP 403)
+        await websocket.close(code=1008, reason=str(exc)[:120])
         return
     await websocket.accept()
     sending = asyncio.current_task()

@@ -23,6 +23,8 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from bus import ConfigError
 
+from .grants import valid_scope
+
 LEEWAY = 30.0  # seconds of clock skew allowed on exp / nbf
 MAX_TOKEN = 8192  # characters: a longer bearer value is refused unparsed
 CACHE_SIZE = 10_000  # distinct tokens kept verified
@@ -142,21 +144,28 @@ class Tokens:
         self._jwks: dict[str, tuple[Any, list[str]]] = {}
         self._fetched_at = -float("inf")
         self._fetching = asyncio.Lock()
-        self._cache: dict[bytes, tuple[Principal, float]] = {}  # sha256(token) -> (who, exp)
+        # sha256(token) -> (who, exp + leeway): a digest, so no bearer token outlives its request
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
 
     @staticmethod
     def looks_like(token: str) -> bool:
         """A JWT has three dot-separated parts; an API key has none."""
         return token.count(".") == 2
 
+    def cached(self, token: str) -> Principal | None:
+        """Who `token` is, if it was verified before and has not expired: the hot path's
+        look-up (a digest and a dictionary get; no coroutine, no signature)."""
+        if len(token) > MAX_TOKEN:
+            return None
+        found = self._cache.get(_digest(token))
+        return found[0] if found is not None and found[1] > time.time() else None
+
     async def verify(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN:
             raise InvalidToken("the token is too long")
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        cached = self._cache.get(digest)
+        if (known := self.cached(token)) is not None:
+            return known
         now = time.time()
-        if cached is not None and cached[1] + self.leeway > now:
-            return cached[0]
         key, algorithms = await self._key_for(token)
         try:
             claims = jwt.decode(
@@ -173,16 +182,16 @@ class Tokens:
         if not isinstance(claims.get("sub"), str) or not _SUB.fullmatch(claims["sub"]):
             raise InvalidToken("the token's sub is not a name (1-256 printable ASCII, no spaces)")
         principal = Principal(claims["sub"], scopes_of(claims.get("scope")))
-        self._remember(digest, principal, float(claims["exp"]), now)
+        self._remember(_digest(token), principal, float(claims["exp"]) + self.leeway, now)
         return principal
 
-    def _remember(self, digest: bytes, principal: Principal, exp: float, now: float) -> None:
+    def _remember(self, digest: bytes, principal: Principal, until: float, now: float) -> None:
         if len(self._cache) >= self.cache_size:  # drop the expired, else the oldest
-            for stale in [d for d, (_, e) in self._cache.items() if e + self.leeway <= now]:
+            for stale in [d for d, (_, e) in self._cache.items() if e <= now]:
                 del self._cache[stale]
             while len(self._cache) >= self.cache_size:
                 del self._cache[next(iter(self._cache))]
-        self._cache[digest] = (principal, exp)
+        self._cache[digest] = (principal, until)
 
     async def _key_for(self, token: str) -> tuple[Any, list[str]]:
         if self._static is not None:
@@ -224,6 +233,10 @@ class Tokens:
             self._jwks = fresh
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
 async def _fetch(url: str) -> Any:
     """The JWKS document: within a timeout and a size bound."""
     async with (
@@ -240,9 +253,12 @@ async def _fetch(url: str) -> Any:
 
 
 def scopes_of(claim: Any) -> frozenset[str]:
-    """`bus:read bus:write` -> {read, write}; other scopes are not ours and are ignored."""
+    """`bus:read bus:write` -> {read, write}; scopes that are not ours, or not well formed
+    (`bus:read:>.x`), are ignored."""
     if not isinstance(claim, str):
         return frozenset()
     return frozenset(
-        s.removeprefix(SCOPE_PREFIX) for s in claim.split() if s.startswith(SCOPE_PREFIX)
+        s[len(SCOPE_PREFIX) :]
+        for s in claim.split()
+        if s.startswith(SCOPE_PREFIX) and valid_scope(s[len(SCOPE_PREFIX) :])
     )

@@ -6,6 +6,9 @@ GET  /api/v1/workflows/{name}/runs                 ?status=&limit=&cursor=
 POST /api/v1/workflows/{name}/runs/{run_id}:cancel 202
 GET  /api/v1/workflows                             definitions, with their DAGs
 GET  /api/v1/workflows/counts                      each workflow's runs and steps by status
+
+A caller limited to patterns reaches a workflow by its name, `$WF.<name>`: a `read:` pattern
+to read its runs, a `publish:` one to start and cancel them (services/edge/grants.py).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from bus import ConfigError, IdempotencyRecords, RunView, Workflows, acting_as
 
 from .auth import require
 from .events import KEY_HEADER, created, read_body
+from .grants import workflow_name
 from .idempotent import Answer, once
 from .limits import publish_limit
+from .permissions import permit_workflow, reaches
 from .projections import AFTER_SEQ, query_parameters
+from .tokens import Principal
 
 router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
-read = [Depends(require("read"))]
-write = [Depends(require("write")), Depends(publish_limit)]
+read = [Depends(require("read", narrowed=True))]  # checked per workflow ($WF.<name>)
+write = [Depends(require("write", narrowed=True)), Depends(publish_limit)]
 _encode = msgspec.json.Encoder().encode
 _canonical = msgspec.json.Encoder(order="sorted").encode
 
@@ -80,19 +86,26 @@ async def run(runs: Workflows, name: str, run_id: str, after_seq: int | None) ->
 
 @router.get("", dependencies=read)
 async def list_definitions(request: Request) -> Response:
-    """Every workflow of the app: its input schema and its steps (the DAG)."""
-    return _json({"items": workflows(request.app.state).definitions()})
+    """Every workflow of the app: its input schema and its steps (the DAG); those the caller
+    may read or start."""
+    return _json({"items": definitions(request.app.state, request.state.principal)})
+
+
+def definitions(state: State, who: Principal | None) -> list[Any]:
+    """The workflows `who` may read or start (HTTP and MCP share this)."""
+    found = workflows(state).definitions()
+    return [d for d in found if reaches(who, ("read", "publish"), workflow_name(d["name"]))]
 
 
 @router.get("/counts", dependencies=read)
 async def run_counts(request: Request) -> Response:
-    """Each workflow's runs and steps by status, from one read of the runs (the overview's)."""
-    state = request.app.state
+    """Each workflow's runs and steps by status, from one read of the runs (the overview's);
+    the workflows the caller may read."""
+    state, who = request.app.state, request.state.principal
     counted = await workflows(state).counts()
     empty: dict[str, dict[str, Any]] = {"runs": {}, "steps": {}}
-    return _json(
-        {"items": [{"name": n, **counted.get(n, empty)} for n in sorted(state.app.workflows)]}
-    )
+    names = [n for n in sorted(state.app.workflows) if reaches(who, ("read",), workflow_name(n))]
+    return _json({"items": [{"name": n, **counted.get(n, empty)} for n in names]})
 
 
 @router.post(
@@ -116,17 +129,23 @@ async def start_run(
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    who = request.state.principal.name  # the run's events say who started it
-    with state.bus.telemetry.continuing(request.headers), acting_as(who):
-        answer = await start(state, name, data, idempotency_key)
+    who = request.state.principal  # the run's events say who started it
+    with state.bus.telemetry.continuing(request.headers), acting_as(who.name):
+        answer = await start(state, who, name, data, idempotency_key)
     return created(answer)
 
 
 async def start(
-    state: State, name: str, data: Any, key: str | None, key_name: str = "Idempotency-Key"
+    state: State,
+    who: Principal,
+    name: str,
+    data: Any,
+    key: str | None,
+    key_name: str = "Idempotency-Key",
 ) -> Answer:
-    """Validate and start (HTTP and MCP share this); once per `key`."""
+    """Validate and start (HTTP and MCP share this), as `who` may; once per `key`."""
     runs = known(state, name)
+    permit_workflow(who, "write", name)
     try:
         runs.definition(name).parse_input(data)
     except msgspec.ValidationError as exc:
@@ -148,6 +167,7 @@ async def list_runs(name: str, request: Request) -> Response:
     """Runs of the workflow, oldest first; pass the returned cursor for the next page."""
     q: ListQuery = _query(request, ListQuery)
     runs = known(request.app.state, name)
+    permit_workflow(request.state.principal, "read", name)
     page, cursor = await runs.list(name, q.status, q.limit, q.cursor)
     return _json({"items": [run.public() for run in page], "cursor": cursor})
 
@@ -159,6 +179,7 @@ async def get_run(name: str, run_id: str, request: Request) -> Response:
         raise HTTPException(405, "only POST cancels a run", headers={"Allow": "POST"})
     q: RunQuery = _query(request, RunQuery)
     runs = known(request.app.state, name)
+    permit_workflow(request.state.principal, "read", name)
     return _json((await run(runs, name, run_id, q.after_seq)).public())
 
 
@@ -166,6 +187,7 @@ async def get_run(name: str, run_id: str, request: Request) -> Response:
 async def cancel_run(name: str, run_id: str, request: Request) -> Response:
     """Ask the run to stop; a finished run stays as it is (the answer shows its status)."""
     runs = known(request.app.state, name)
+    permit_workflow(request.state.principal, "write", name)
     try:
         answer = await runs.cancel(run_id) if run_id.startswith(f"{name}-") else None
     except ConfigError as exc:
