@@ -80,6 +80,7 @@ LISTINGS = {  # what a caller whose patterns reach none of it sees: nothing (200
     "/api/v1/projections": "task",
     "/api/v1/kv": "settings",
     "/api/v1/workflows": "review",
+    "/api/v1/workflows/counts": "review",
     "/api/v1/streams": "TASKS",
     "/api/v1/schemas": "",  # the API's contract: shown to every reader
 }
