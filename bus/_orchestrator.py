@@ -99,7 +99,7 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
             continue
         if step.scheduled == 0 and all(steps[d].status == "completed" for d in step.depends_on):
             ready.append(name)
-        elif step.scheduled and step.attempts == step.scheduled:  # failed, retry it
+        elif step.scheduled:  # an attempt failed: retry it
             retry_at = _retry_at(run, name)
             out.append(
                 Scheduled(step=name, attempt=step.scheduled + 1, input=None, not_before=retry_at)
@@ -121,6 +121,16 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
             return [RunCompleted(output=msgspec.to_builtins(workflow.output(ctx)))]
         return [RunCompleted(output={n: steps[n].output for n in workflow.leaves})]
     return []
+
+
+def first_steps(run_id: str, started: RunStarted, workflow: Workflow[Any]) -> RunStarted:
+    """`started` with the steps the run starts with, so the starter's record is also the
+    first decision (none when an input function fails: the orchestrator records that)."""
+    run = apply_run(RunView(), as_envelope(started, run_id, 1))
+    match decide(run, workflow):
+        case [StepsScheduled(steps=scheduled)]:
+            return msgspec.structs.replace(started, scheduled=scheduled)
+    return started
 
 
 def _retry_at(run: RunView, name: str) -> float:
@@ -162,14 +172,14 @@ def _compensation(run: RunView, workflow: Workflow[Any]) -> list[Event] | None:
 
 
 def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> list[StepTask]:
-    """A task for every step scheduled and not started (none once the run is to be
-    cancelled), and every compensation not done."""
+    """A task for every step running (scheduled, its outcome not recorded; none once the run
+    is to be cancelled), and every compensation not done."""
     if run.finished:
         return []
     out = []
     for name in workflow.order:
         step, definition = run.steps[name], workflow.step(name)
-        if step.status == "pending" and step.scheduled > step.attempts and not run.cancel_requested:
+        if step.status == "running" and not run.cancel_requested:
             last = step.scheduled > definition.retries
             delay = None if last else definition.backoff.delay(step.scheduled)
             out.append(
@@ -215,7 +225,7 @@ class Orchestrator:
         if isinstance(event, RunStarted):  # the run's whole history so far: no read
             fresh = self.known.get(run_id) is None
             if fresh:
-                self.known.remember(apply_run(RunView(), envelope), {})
+                self.known.remember(apply_run(RunView(), envelope), scheduled_inputs(event))
         else:
             fresh = self.known.follow(run_id, envelope)
         origin = envelope.seq if isinstance(event, RunStarted) else getattr(event, "origin", 0)
@@ -256,8 +266,7 @@ async def advance(
                 continue
             for event, ack in zip(events, result.events, strict=True):
                 run = apply_run(run, as_envelope(event, run_id, ack.seq))
-                if isinstance(event, StepsScheduled):
-                    inputs.update(scheduled_inputs(event))
+                inputs.update(scheduled_inputs(event))
             known.remember(run, inputs)
             fresh = True  # known up to our own append
             _observe(run, workflow)

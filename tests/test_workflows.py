@@ -293,3 +293,30 @@ async def test_a_run_is_read_from_its_first_event_or_else_whole(nats_url: str) -
             assert run == done, origin
             assert history.version == done.seq
         assert done.origin == second.seq
+
+
+async def test_a_task_run_twice_records_its_outcome_once(nats_url: str) -> None:
+    """No claim before a handler runs: a task delivered again (a redelivery after a crash,
+    or sent twice) runs the handler again, but its outcome is recorded once."""
+    from bus import EventStore, new_event_id
+    from bus._workflow_events import StepCompleted, StepTask, scheduled_inputs
+
+    app, calls = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("diamond", Job())
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "completed", run
+        store = EventStore(harness.bus)
+        before = await store.load("wf", started.run_id)
+        b = next(
+            e for e in before.events if isinstance(e.event, StepCompleted) and e.event.step == "b"
+        )
+        inputs = {k: v for e in before.events for k, v in scheduled_inputs(e.event).items()}
+        task = StepTask(run_id=started.run_id, workflow="diamond", step="b", attempt=1,
+                        input=inputs["b"], version=b.event.after, origin=run.origin)  # fmt: skip
+        await harness.bus.publish(task, "work", event_id=new_event_id())
+        await harness.settle()
+        assert calls["b"] == 2
+        after = await store.load("wf", started.run_id)
+        assert after.version == before.version  # nothing recorded: the outcome was there
