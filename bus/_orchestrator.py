@@ -15,15 +15,17 @@ fencing: two instances, or a rerun after a kill -9 between the append and the ac
 record a decision twice, because the second one decides on a history that already holds
 the first's.
 
-After deciding it sends a task for every scheduled step not started yet (`tasks_for`) and
-not sent by this instance already; the task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so
-resending after a crash stores nothing new, and a worker drops a task whose attempt the
-history shows taken.
+After deciding it sends a task for every running step (scheduled, no outcome yet:
+`tasks_for`) not sent by this instance already; the task's `Nats-Msg-Id` is
+`<run>.<step>.<attempt>`, so resending after a crash stores nothing new, and a worker's
+outcome for an attempt the history shows decided already is not recorded. A run's first
+steps are decided by its starter (`first_steps`) into the start record itself: on that
+trigger the orchestrator only sends their tasks.
 
 Rules: a step whose dependencies all completed is scheduled (all such at once: they run in
 parallel); a failed attempt with retries left is scheduled again after its backoff; once a
-step has failed for good nothing new starts, the steps not started are skipped, and when none
-is running the completed steps with `compensate=` are compensated one at a time in reverse
+step has failed for good nothing new starts, the steps not scheduled are skipped, and when
+none is running the completed steps with `compensate=` are compensated one at a time in reverse
 dependency order, then the run fails; a cancel request stops what is in flight (the
 workers stop its handlers and drop their outcomes), compensates the completed steps the
 same way, then cancels the run. The instance recording a run's end tells the Bus observer's
@@ -140,8 +142,7 @@ def _retry_at(run: RunView, name: str) -> float:
 
 def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event]:
     steps = run.steps
-    # Not started (scheduled or not, or waiting for a retry): skipped; a task already sent
-    # for one finds it skipped and is dropped.
+    # Not scheduled, or waiting for a retry: skipped (what is scheduled runs, and finishes).
     idle = [n for n in workflow.order if steps[n].status == "pending"]
     if idle:
         return [StepsSkipped(steps=idle, reason=f"step {failed!r} failed")]

@@ -156,7 +156,7 @@ class StepTask(Event):
     retry_delay: float | None = None  # None: this is the last attempt
     not_before: float = 0.0
     compensation: bool = False
-    version: int = 0  # the run's version when sent: a claim at it needs no read first
+    version: int = 0  # the run's version when sent: an outcome at it needs no read first
     origin: int = 0  # the sequence of the run's first event
 
 
