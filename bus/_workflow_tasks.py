@@ -18,8 +18,8 @@ reads what came since: other steps' outcomes or retries alone (parallel steps) l
 attempt running, anything else has it read the whole history and check. The outcome says
 at which version it landed (`after`), so the orchestrator needs no read when nothing came
 between. A step's handler is stopped when its
-run is cancelled (a watch on `wf.*.cancel_requested` in each process; not a compensation's:
-a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus
+run is cancelled, and a task of a run cancelled since is not run (a watch on
+`wf.*.cancel_requested` in each process; not a compensation's: a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus
 observer with `step_finished(workflow, step, outcome, seconds)` (observability.metrics has
 it) counts each recorded attempt: outcome completed, failed or retried.
 """
@@ -32,6 +32,7 @@ import logging
 import time
 import typing
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -59,6 +60,7 @@ from ._workflow_events import (
 log = logging.getLogger("bus.workflow")
 Action = Callable[[Any], Awaitable[Any]]
 MAX_TRIES = 50
+CANCELLED_KEPT = 10_000  # cancelled runs a process remembers
 
 
 def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
@@ -86,10 +88,13 @@ def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
 
 
 class _Watch:
-    """Stops a process's running steps of a run when it is cancelled (one subscription)."""
+    """Stops a process's running steps of a run when it is cancelled (one subscription), and
+    remembers the runs cancelled lately, so a task of one that comes later (a retry after its
+    backoff, a redelivery) does not run at all."""
 
     def __init__(self) -> None:
         self.running: dict[str, set[asyncio.Task[Any]]] = {}
+        self.cancelled: OrderedDict[str, None] = OrderedDict()
         self.started = False
 
     async def ensure(self, bus: Bus) -> None:
@@ -98,7 +103,11 @@ class _Watch:
             await bus.nc.subscribe(f"{DOMAIN}.*.cancel_requested", cb=self._on_cancel)
 
     async def _on_cancel(self, msg: Any) -> None:
-        for task in self.running.get(msg.subject.split(".")[1], ()):
+        run_id = msg.subject.split(".")[1]
+        self.cancelled[run_id] = None
+        while len(self.cancelled) > CANCELLED_KEPT:
+            self.cancelled.popitem(last=False)
+        for task in self.running.get(run_id, ()):
             task.cancel()
 
 
@@ -112,11 +121,13 @@ class TaskHandler:
 
     async def handle(self, task: StepTask, envelope: Envelope[StepTask]) -> None:
         bus = current_bus()
+        watch = _watches.setdefault(bus, _Watch())
+        await watch.ensure(bus)
         wait = task.not_before - time.time()
         if wait > 0:  # a retry's backoff (the history, not this process, holds the schedule)
             await asyncio.sleep(wait)
-        watch = _watches.setdefault(bus, _Watch())
-        await watch.ensure(bus)
+        if task.run_id in watch.cancelled and not task.compensation:
+            return  # a cancel is what may start compensations: they run
         started, began = time.monotonic(), now_rfc3339()
         outcome = await self._run(task, watch)
         if outcome is None:

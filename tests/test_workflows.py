@@ -320,3 +320,37 @@ async def test_a_task_run_twice_records_its_outcome_once(nats_url: str) -> None:
         assert calls["b"] == 2
         after = await store.load("wf", started.run_id)
         assert after.version == before.version  # nothing recorded: the outcome was there
+
+
+async def test_a_retry_waiting_for_its_backoff_does_not_run_once_cancelled(
+    nats_url: str,
+) -> None:
+    """A step is running once scheduled (no claim): a retry whose backoff outlasts the
+    cancel is dropped by the worker that saw the cancel, its handler not run again."""
+    from bus import App, Backoff, Step, Workflow
+
+    app = App("wfbackoff")
+    app.workflow(
+        Workflow("slow_retry", Job, [
+            Step("a", "fails", input=lambda ctx: ctx.input, retries=3,
+                 backoff=Backoff(base=1.0, factor=1.0, jitter=0.0)),
+        ])
+    )  # fmt: skip
+    calls: list[str] = []
+
+    @app.action("fails")
+    async def fails(job: Job) -> None:
+        calls.append(job.text)
+        raise RuntimeError("fails until cancelled")
+
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("slow_retry", Job())
+        async for run in runs.follow(started.run_id):
+            if run.steps["a"].attempts == 2:  # the retry scheduled, waiting for its backoff
+                break
+        await runs.cancel(started.run_id)
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "cancelled"
+        await harness.settle()  # the retry's task handled (dropped) once its backoff is over
+        assert calls == ["x"]
