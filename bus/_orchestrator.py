@@ -15,15 +15,17 @@ fencing: two instances, or a rerun after a kill -9 between the append and the ac
 record a decision twice, because the second one decides on a history that already holds
 the first's.
 
-After deciding it sends a task for every scheduled step not started yet (`tasks_for`) and
-not sent by this instance already; the task's `Nats-Msg-Id` is `<run>.<step>.<attempt>`, so
-resending after a crash stores nothing new, and a worker drops a task whose attempt the
-history shows taken.
+After deciding it sends a task for every running step (scheduled, no outcome yet:
+`tasks_for`) not sent by this instance already; the task's `Nats-Msg-Id` is
+`<run>.<step>.<attempt>`, so resending after a crash stores nothing new, and a worker's
+outcome for an attempt the history shows decided already is not recorded. A run's first
+steps are decided by its starter (`first_steps`) into the start record itself: on that
+trigger the orchestrator only sends their tasks.
 
 Rules: a step whose dependencies all completed is scheduled (all such at once: they run in
 parallel); a failed attempt with retries left is scheduled again after its backoff; once a
-step has failed for good nothing new starts, the steps not started are skipped, and when none
-is running the completed steps with `compensate=` are compensated one at a time in reverse
+step has failed for good nothing new starts, the steps not scheduled are skipped, and when
+none is running the completed steps with `compensate=` are compensated one at a time in reverse
 dependency order, then the run fails; a cancel request stops what is in flight (the
 workers stop its handlers and drop their outcomes), compensates the completed steps the
 same way, then cancels the run. The instance recording a run's end tells the Bus observer's
@@ -99,7 +101,7 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
             continue
         if step.scheduled == 0 and all(steps[d].status == "completed" for d in step.depends_on):
             ready.append(name)
-        elif step.scheduled and step.attempts == step.scheduled:  # failed, retry it
+        elif step.scheduled:  # an attempt failed: retry it
             retry_at = _retry_at(run, name)
             out.append(
                 Scheduled(step=name, attempt=step.scheduled + 1, input=None, not_before=retry_at)
@@ -123,6 +125,16 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
     return []
 
 
+def first_steps(run_id: str, started: RunStarted, workflow: Workflow[Any]) -> RunStarted:
+    """`started` with the steps the run starts with, so the starter's record is also the
+    first decision (none when an input function fails: the orchestrator records that)."""
+    run = apply_run(RunView(), as_envelope(started, run_id, 1))
+    match decide(run, workflow):
+        case [StepsScheduled(steps=scheduled)]:
+            return msgspec.structs.replace(started, scheduled=scheduled)
+    return started
+
+
 def _retry_at(run: RunView, name: str) -> float:
     """When a failed attempt's retry may start: recorded by the worker that failed it."""
     return run.steps[name].not_before
@@ -130,8 +142,7 @@ def _retry_at(run: RunView, name: str) -> float:
 
 def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event]:
     steps = run.steps
-    # Not started (scheduled or not, or waiting for a retry): skipped; a task already sent
-    # for one finds it skipped and is dropped.
+    # Not scheduled, or waiting for a retry: skipped (what is scheduled runs, and finishes).
     idle = [n for n in workflow.order if steps[n].status == "pending"]
     if idle:
         return [StepsSkipped(steps=idle, reason=f"step {failed!r} failed")]
@@ -162,14 +173,14 @@ def _compensation(run: RunView, workflow: Workflow[Any]) -> list[Event] | None:
 
 
 def tasks_for(run: RunView, workflow: Workflow[Any], inputs: Mapping[str, Any]) -> list[StepTask]:
-    """A task for every step scheduled and not started (none once the run is to be
-    cancelled), and every compensation not done."""
+    """A task for every step running (scheduled, its outcome not recorded; none once the run
+    is to be cancelled), and every compensation not done."""
     if run.finished:
         return []
     out = []
     for name in workflow.order:
         step, definition = run.steps[name], workflow.step(name)
-        if step.status == "pending" and step.scheduled > step.attempts and not run.cancel_requested:
+        if step.status == "running" and not run.cancel_requested:
             last = step.scheduled > definition.retries
             delay = None if last else definition.backoff.delay(step.scheduled)
             out.append(
@@ -215,7 +226,7 @@ class Orchestrator:
         if isinstance(event, RunStarted):  # the run's whole history so far: no read
             fresh = self.known.get(run_id) is None
             if fresh:
-                self.known.remember(apply_run(RunView(), envelope), {})
+                self.known.remember(apply_run(RunView(), envelope), scheduled_inputs(event))
         else:
             fresh = self.known.follow(run_id, envelope)
         origin = envelope.seq if isinstance(event, RunStarted) else getattr(event, "origin", 0)
@@ -256,8 +267,7 @@ async def advance(
                 continue
             for event, ack in zip(events, result.events, strict=True):
                 run = apply_run(run, as_envelope(event, run_id, ack.seq))
-                if isinstance(event, StepsScheduled):
-                    inputs.update(scheduled_inputs(event))
+                inputs.update(scheduled_inputs(event))
             known.remember(run, inputs)
             fresh = True  # known up to our own append
             _observe(run, workflow)

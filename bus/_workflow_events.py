@@ -5,12 +5,16 @@ Every run is an aggregate of the `wf` domain: stream `WF`, subjects `wf.<run_id>
 Step work travels separately, as `StepTask` messages on `wftask.<action>.task` (stream
 `WFTASKS`), with `Nats-Msg-Id` `<run_id>.<step>.<attempt>` so a task sent twice is stored once.
 
+A step is `running` from the record scheduling it (its task is sent right after) until its
+outcome: workers record only outcomes, no claim (bus._workflow_tasks).
+
 `apply_run` is the one fold: the orchestrator and the workers fold a run's history with it to
 decide, and the `workflow_runs` projection (key: run id) folds the stream with it for queries.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -33,20 +37,24 @@ class StepShape(msgspec.Struct, frozen=True, array_like=True):
     depends_on: tuple[str, ...] = ()
 
 
+class Scheduled(msgspec.Struct, frozen=True, kw_only=True):
+    step: str
+    attempt: int
+    input: Any
+    not_before: float = 0.0  # epoch seconds: a retry waits for its backoff
+
+
 class RunStarted(Event):
+    """The run's start, with the steps it starts with: the starter decides them, so the
+    first decision is no record of its own."""
+
     __domain__ = DOMAIN
     __event_name__ = "started"
     workflow: str
     version: str
     input: Any
     steps: list[StepShape]
-
-
-class Scheduled(msgspec.Struct, frozen=True, kw_only=True):
-    step: str
-    attempt: int
-    input: Any
-    not_before: float = 0.0  # epoch seconds: a retry waits for its backoff
+    scheduled: list[Scheduled] = []
 
 
 class StepsScheduled(Event):
@@ -58,25 +66,11 @@ class StepsScheduled(Event):
     steps: list[Scheduled]
 
 
-class StepStarted(Event):
-    __domain__ = DOMAIN
-    __event_name__ = "step_started"
-    step: str
-    attempt: int
-    task_seq: int  # the task message running it: a redelivery of it may start it again
-
-
-class Landed(msgspec.Struct, frozen=True, array_like=True):
-    """Where a worker's claim of a step and its outcome landed: an orchestrator that knows
-    the run up to `claimed_after` then knows it whole without a read (bus._workflow_known)."""
-
-    task_seq: int  # the task message, as in StepStarted
-    claimed: int  # the claim's (StepStarted's) sequence
-    claimed_after: int  # the run's version the claim was appended at
-    after: int = 0  # the run's version the outcome was appended at
-
-
 class StepCompleted(Event):
+    """An attempt's outcome, the only record a worker makes of it (no claim before):
+    `started_at` is when its handler began, `after` the run's version it was appended at
+    (an orchestrator knowing the run up to `after` then knows it whole without a read)."""
+
     __domain__ = DOMAIN
     __event_name__ = "step_completed"
     step: str
@@ -84,7 +78,8 @@ class StepCompleted(Event):
     output: Any
     seconds: float = 0.0
     origin: int = 0  # the sequence of the run's first event (0: unknown): see load_run
-    landed: Landed | None = None
+    started_at: str | None = None
+    after: int = 0
 
 
 class StepFailed(Event):
@@ -96,7 +91,8 @@ class StepFailed(Event):
     will_retry: bool = False
     retry_at: float = 0.0
     origin: int = 0
-    landed: Landed | None = None
+    started_at: str | None = None
+    after: int = 0
 
 
 class StepsSkipped(Event):
@@ -160,14 +156,13 @@ class StepTask(Event):
     retry_delay: float | None = None  # None: this is the last attempt
     not_before: float = 0.0
     compensation: bool = False
-    version: int = 0  # the run's version when sent: a claim at it needs no read first
+    version: int = 0  # the run's version when sent: an outcome at it needs no read first
     origin: int = 0  # the sequence of the run's first event
 
 
 RUN_EVENTS: tuple[type[Event], ...] = (
     RunStarted,
     StepsScheduled,
-    StepStarted,
     StepCompleted,
     StepFailed,
     StepsSkipped,
@@ -193,7 +188,6 @@ class StepView(msgspec.Struct, kw_only=True):
     ended_at: str | None = None
     scheduled: int = 0  # the attempt last scheduled (0: never)
     not_before: float = 0.0
-    task_seq: int = 0
     compensation: str | None = None  # scheduled | done | failed: <error>
 
 
@@ -220,7 +214,7 @@ class RunView(msgspec.Struct, kw_only=True):
 
     def public(self) -> dict[str, Any]:
         """The run as the API shows it (without the engine's bookkeeping)."""
-        hidden = {"scheduled", "not_before", "task_seq"}
+        hidden = {"scheduled", "not_before"}
         out: dict[str, Any] = msgspec.to_builtins(self)
         del out["cancel_requested"], out["origin"]
         out["steps"] = {
@@ -230,9 +224,13 @@ class RunView(msgspec.Struct, kw_only=True):
         return out
 
 
-def scheduled_inputs(event: StepsScheduled) -> dict[str, Any]:
-    """The inputs `event` gives its steps (a retry's is None: the first attempt's stands)."""
-    return {s.step: s.input for s in event.steps if s.input is not None}
+def scheduled_inputs(event: Event) -> dict[str, Any]:
+    """The inputs `event` gives the steps it schedules (a retry's is None: the first
+    attempt's stands)."""
+    match event:
+        case StepsScheduled(steps=scheduled) | RunStarted(scheduled=scheduled):
+            return {s.step: s.input for s in scheduled if s.input is not None}
+    return {}
 
 
 def run_id_of(envelope: Envelope[Event]) -> str | None:
@@ -246,6 +244,27 @@ def _step(run: RunView, name: str, **changes: Any) -> RunView:
     return msgspec.structs.replace(run, steps=steps)
 
 
+def _schedule(run: RunView, scheduled: list[Scheduled], at: str) -> RunView:
+    """Scheduled is running: its task is sent right after the record (started_at: the
+    record's time, or its backoff's end; the outcome says when its handler began)."""
+    for one in scheduled:
+        begins = max(at, _stamp(one.not_before)) if one.not_before else at
+        run = _step(run, one.step, status="running", scheduled=one.attempt,
+                    attempts=one.attempt, not_before=one.not_before, started_at=begins,
+                    ended_at=None)  # fmt: skip
+    return run
+
+
+def _stamp(epoch: float) -> str:
+    """As envelopes stamp their time (bus._envelope), so stamps compare as strings."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _began(stamp: str | None) -> dict[str, str]:
+    return {"started_at": stamp} if stamp else {}
+
+
 def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
     """Fold one event of a run's history into its state (pure)."""
     at, seq = envelope.occurred_at, envelope.seq or run.seq
@@ -253,7 +272,7 @@ def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
     match envelope.event:
         case RunStarted(workflow=workflow, version=version, input=data, steps=shapes):
             steps = {s.name: StepView(action=s.action, depends_on=s.depends_on) for s in shapes}
-            return RunView(
+            run = RunView(
                 run_id=run_id_of(envelope) or "",
                 workflow=workflow,
                 version=version,
@@ -263,28 +282,16 @@ def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
                 seq=seq,
                 origin=seq,
             )
+            return _schedule(run, envelope.event.scheduled, at)
         case StepsScheduled(steps=scheduled):
-            for one in scheduled:
-                run = _step(
-                    run,
-                    one.step,
-                    status="pending",
-                    scheduled=one.attempt,
-                    not_before=one.not_before,
-                )
-            return run
-        case StepStarted(step=name, attempt=attempt, task_seq=task_seq):
-            return _step(
-                run, name, status="running", attempts=attempt, task_seq=task_seq, started_at=at
-            )
-        case StepCompleted(step=name, output=output):
-            return _step(run, name, status="completed", output=output, error=None, ended_at=at)
-        case StepFailed(step=name, attempt=attempt, error=error, will_retry=retry, retry_at=t):
+            return _schedule(run, scheduled, at)
+        case StepCompleted(step=name, output=output, started_at=began):
+            return _step(run, name, status="completed", output=output, error=None, ended_at=at,
+                         **_began(began))  # fmt: skip
+        case StepFailed(step=name, error=error, will_retry=retry, retry_at=t, started_at=began):
             status = "pending" if retry else "failed"
-            attempts = max(attempt, run.steps[name].attempts if name in run.steps else 0)
-            return _step(
-                run, name, status=status, attempts=attempts, error=error, ended_at=at, not_before=t
-            )
+            return _step(run, name, status=status, error=error, ended_at=at, not_before=t,
+                         **_began(began))  # fmt: skip
         case StepsSkipped(steps=names):
             for name in names:
                 run = _step(run, name, status="skipped")

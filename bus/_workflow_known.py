@@ -24,8 +24,6 @@ from ._workflow_events import (
     RunView,
     StepCompleted,
     StepFailed,
-    StepsScheduled,
-    StepStarted,
     apply_run,
     load_run,
     scheduled_inputs,
@@ -60,17 +58,14 @@ class Known:
         return self._sent.setdefault(run_id, set())
 
     def follow(self, run_id: str, envelope: Envelope[Event]) -> bool:
-        """Whether a worker's outcome makes the run known whole: it landed right after its
-        claim, and the claim right after what is kept (then both are folded in)."""
+        """Whether a worker's outcome makes the run known whole: it was appended right after
+        what is kept (then it is folded in)."""
         kept, event = self._runs.get(run_id), envelope.event
         if kept is None or not isinstance(event, StepCompleted | StepFailed):
             return False
-        landed = event.landed
-        if landed is None or landed.claimed_after != kept[0].seq or landed.after != landed.claimed:
+        if not event.after or event.after != kept[0].seq:
             return False
-        claim = StepStarted(step=event.step, attempt=event.attempt, task_seq=landed.task_seq)
-        run = apply_run(kept[0], as_envelope(claim, run_id, landed.claimed))
-        self.remember(apply_run(run, envelope), kept[1])
+        self.remember(apply_run(kept[0], envelope), kept[1])
         return True
 
     def forget(self, run_id: str) -> None:
@@ -97,9 +92,7 @@ class Known:
             for envelope in events:
                 run = apply_run(run, envelope)
         for envelope in events:
-            event = envelope.event
-            if isinstance(event, StepsScheduled):
-                inputs.update(scheduled_inputs(event))
+            inputs.update(scheduled_inputs(envelope.event))
         if run.run_id:
             self.remember(run, inputs)
         return run, inputs, bool(events)

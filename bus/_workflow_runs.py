@@ -28,6 +28,7 @@ from ._app import App
 from ._client import Bus
 from ._errors import BusTimeout, ConcurrencyError, ConfigError
 from ._events import new_event_id
+from ._orchestrator import first_steps
 from ._projection import ProjectionView
 from ._store import EventStore
 from ._subjects import validate_token
@@ -98,9 +99,9 @@ class Workflows:
         else:
             run_id = f"{name}-{new_event_id()}"
         shapes = [StepShape(s.name, s.action, tuple(s.depends_on)) for s in workflow.steps]
-        event = RunStarted(
+        event = first_steps(run_id, RunStarted(
             workflow=name, version=workflow.version, input=msgspec.to_builtins(typed), steps=shapes
-        )
+        ), workflow)  # fmt: skip
         try:
             result = await self._store.append(DOMAIN, run_id, [event], expected_version=0)
         except ConcurrencyError:

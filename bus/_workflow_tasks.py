@@ -6,19 +6,20 @@
 An action is hosted by any `bus worker` / `bus up` of the app: one durable consumer per
 action (`wf-<action>` on `wftask.<action>.task`), so its instances share the tasks.
 
-Before running a task the handler claims it: it appends `StepStarted` conditional on the
-run's last sequence, only if the history shows that attempt scheduled and not started (or
-started by this very task message, which is then a redelivery after its worker died). Its
-outcome is appended the same way, only while the history shows the attempt still running
-with this task: so no step is recorded as completed twice, under redelivery, duplicate
-tasks or kill -9 at any point. Both first try without reading the history: the claim at the
-run's version the task was sent at, the outcome at the claim's (at those, the attempt was
-ours by construction); refused, they read what came since: other steps' claims and
-outcomes alone (parallel steps) leave the attempt theirs, anything else has them read the
-whole history and check. The outcome says where the claim and it landed (`Landed`), so the
-orchestrator needs no read when nothing came between. A step's handler is stopped when its
-run is cancelled (a watch on `wf.*.cancel_requested` in each process; not a compensation's:
-a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus
+The handler runs a task without claiming it first (no record before it runs: a step is
+running once scheduled), then appends its outcome (`StepCompleted` / `StepFailed`, with
+when it began) conditional on the run's last sequence, only while the history shows that
+attempt scheduled and without an outcome: so an outcome is recorded once, under
+redelivery, duplicate tasks or kill -9 at any point, while a handler may run more than
+once (a redelivered task after its worker died, as Temporal's activities: at-least-once
+execution, exactly-once outcomes). The append first tries at the run's version the task
+was sent at, without reading (there the attempt was running by construction); refused, it
+reads what came since: other steps' outcomes or retries alone (parallel steps) leave the
+attempt running, anything else has it read the whole history and check. The outcome says
+at which version it landed (`after`), so the orchestrator needs no read when nothing came
+between. A step's handler is stopped when its
+run is cancelled, and a task of a run cancelled since is not run (a watch on
+`wf.*.cancel_requested` in each process; not a compensation's: a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus
 observer with `step_finished(workflow, step, outcome, seconds)` (observability.metrics has
 it) counts each recorded attempt: outcome completed, failed or retried.
 """
@@ -31,13 +32,14 @@ import logging
 import time
 import typing
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from ._client import Bus, current_bus
-from ._envelope import Envelope
+from ._envelope import Envelope, now_rfc3339
 from ._errors import ConcurrencyError, ConfigError
 from ._events import Event, new_event_id
 from ._store import EventStore
@@ -46,12 +48,11 @@ from ._workflow import PermanentError, check_name, describe_error
 from ._workflow_events import (
     DOMAIN,
     TASKS,
-    Landed,
     RunView,
     StepCompensated,
     StepCompleted,
     StepFailed,
-    StepStarted,
+    StepsScheduled,
     StepTask,
     load_run,
 )
@@ -59,6 +60,7 @@ from ._workflow_events import (
 log = logging.getLogger("bus.workflow")
 Action = Callable[[Any], Awaitable[Any]]
 MAX_TRIES = 50
+CANCELLED_KEPT = 10_000  # cancelled runs a process remembers
 
 
 def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
@@ -86,10 +88,13 @@ def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
 
 
 class _Watch:
-    """Stops a process's running steps of a run when it is cancelled (one subscription)."""
+    """Stops a process's running steps of a run when it is cancelled (one subscription), and
+    remembers the runs cancelled lately, so a task of one that comes later (a retry after its
+    backoff, a redelivery) does not run at all."""
 
     def __init__(self) -> None:
         self.running: dict[str, set[asyncio.Task[Any]]] = {}
+        self.cancelled: OrderedDict[str, None] = OrderedDict()
         self.started = False
 
     async def ensure(self, bus: Bus) -> None:
@@ -98,7 +103,11 @@ class _Watch:
             await bus.nc.subscribe(f"{DOMAIN}.*.cancel_requested", cb=self._on_cancel)
 
     async def _on_cancel(self, msg: Any) -> None:
-        for task in self.running.get(msg.subject.split(".")[1], ()):
+        run_id = msg.subject.split(".")[1]
+        self.cancelled[run_id] = None
+        while len(self.cancelled) > CANCELLED_KEPT:
+            self.cancelled.popitem(last=False)
+        for task in self.running.get(run_id, ()):
             task.cancel()
 
 
@@ -112,25 +121,21 @@ class TaskHandler:
 
     async def handle(self, task: StepTask, envelope: Envelope[StepTask]) -> None:
         bus = current_bus()
-        store = EventStore(bus)
-        seq = envelope.seq or 0
+        watch = _watches.setdefault(bus, _Watch())
+        await watch.ensure(bus)
         wait = task.not_before - time.time()
         if wait > 0:  # a retry's backoff (the history, not this process, holds the schedule)
             await asyncio.sleep(wait)
-        claimed = await self._claim(store, task, seq)
-        if claimed is None:
-            return
-        watch = _watches.setdefault(bus, _Watch())
-        await watch.ensure(bus)
-        started = time.monotonic()
+        if task.run_id in watch.cancelled and not task.compensation:
+            return  # a cancel is what may start compensations: they run
+        started, began = time.monotonic(), now_rfc3339()
         outcome = await self._run(task, watch)
         if outcome is None:
             return  # the run was cancelled: nothing to record
         seconds = time.monotonic() - started
         if isinstance(outcome, StepCompleted | StepFailed):
-            landed = Landed(task_seq=seq, claimed=claimed[0], claimed_after=claimed[1])
-            outcome = msgspec.structs.replace(outcome, landed=landed)
-        if await self._record(store, task, seq, outcome, claimed[0]):
+            outcome = msgspec.structs.replace(outcome, started_at=began)
+        if await _record(EventStore(bus), task, outcome):
             _observe(bus, task, outcome, seconds)
             if isinstance(outcome, StepFailed):
                 log.warning("run %s: step %s attempt %d failed%s: %s", task.run_id, task.step,
@@ -175,86 +180,58 @@ class TaskHandler:
             origin=task.origin,
         )
 
-    async def _claim(self, store: EventStore, task: StepTask, seq: int) -> tuple[int, int] | None:
-        """The run's version once this task's attempt is recorded started, and the version
-        it was recorded at (None: not ours to run; (0, 0): a compensation, recorded once)."""
-        if task.compensation:
-            return 0, 0
-        started = StepStarted(step=task.step, attempt=task.attempt, task_seq=seq)
-        version = task.version  # first without reading: at it, the step was ours to start
-        for _ in range(MAX_TRIES):
-            if not version:
-                history, run = await load_run(store, task.run_id, task.origin)
-                if not _claimable(run, task, seq):
-                    return None
-                version = history.version
-            try:
-                result = await store.append(
-                    DOMAIN, task.run_id, [started], expected_version=version,
-                    event_ids=[new_event_id()],
-                )  # fmt: skip
-                return result.version, version
-            except ConcurrencyError:
-                version = await _moved_on(store, task, version)
-        raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
-    async def _record(
-        self, store: EventStore, task: StepTask, seq: int, outcome: Event, version: int
-    ) -> bool:
-        """Append `outcome` while the history shows the attempt still ours. First at the
-        version of our claim without reading (nothing since it: still ours by construction),
-        then, if the run moved on meanwhile, from its history."""
-        for _ in range(MAX_TRIES):
-            if not version:
-                history, run = await load_run(store, task.run_id, task.origin)
-                if not _still_ours(run, task, seq):
-                    return False
-                version = history.version
-            landed = getattr(outcome, "landed", None)
-            if landed is not None:
-                outcome = msgspec.structs.replace(
-                    outcome, landed=msgspec.structs.replace(landed, after=version)
-                )
-            try:
-                await store.append(
-                    DOMAIN, task.run_id, [outcome], expected_version=version,
-                    event_ids=[new_event_id()],
-                )  # fmt: skip
-                return True
-            except ConcurrencyError:
-                version = await _moved_on(store, task, version)
-        raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
+async def _record(store: EventStore, task: StepTask, outcome: Event) -> bool:
+    """Append `outcome` while the history shows the attempt still running (scheduled, no
+    outcome yet). First at the run's version the task was sent at without reading (the
+    attempt was running there by construction), then, if the run moved on meanwhile, from
+    what came since: so an outcome is recorded once, however often its task is run."""
+    version = task.version
+    for _ in range(MAX_TRIES):
+        if not version:
+            history, run = await load_run(store, task.run_id, task.origin)
+            if not _still_ours(run, task):
+                return False
+            version = history.version
+        if isinstance(outcome, StepCompleted | StepFailed):
+            outcome = msgspec.structs.replace(outcome, after=version)
+        try:
+            await store.append(
+                DOMAIN, task.run_id, [outcome], expected_version=version,
+                event_ids=[new_event_id()],
+            )  # fmt: skip
+            return True
+        except ConcurrencyError:
+            version = await _moved_on(store, task, version)
+    raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
 
 async def _moved_on(store: EventStore, task: StepTask, version: int) -> int:
     """The run's version now if all appended since `version` is other steps' work (a
-    parallel step's claim or outcome: what held for this step at `version` holds still), or
+    parallel step's outcome or retry: what held for this step at `version` holds still), or
     0 (read the whole history and check). Reads only the tail: the common refusal is cheap."""
     tail = await store.load(DOMAIN, task.run_id, since=version)
-    others = (StepStarted, StepCompleted, StepFailed)
-    if tail.events and all(
-        isinstance(e.event, others) and e.event.step != task.step for e in tail.events
-    ):
+    if tail.events and all(_elsewhere(e.event, task.step) for e in tail.events):
         return tail.version
     return 0
 
 
-def _claimable(run: RunView, task: StepTask, seq: int) -> bool:
-    step = run.steps.get(task.step)
-    if step is None or run.finished or run.cancel_requested or step.scheduled != task.attempt:
-        return False
-    fresh = step.status == "pending" and step.attempts < task.attempt
-    crashed = step.status == "running" and step.attempts == task.attempt and step.task_seq == seq
-    return fresh or crashed
+def _elsewhere(event: Event, step: str) -> bool:
+    match event:
+        case StepCompleted() | StepFailed():
+            return event.step != step
+        case StepsScheduled(steps=scheduled):
+            return all(s.step != step for s in scheduled)
+    return False
 
 
-def _still_ours(run: RunView, task: StepTask, seq: int) -> bool:
+def _still_ours(run: RunView, task: StepTask) -> bool:
     step = run.steps.get(task.step)
     if step is None or run.finished:
         return False
     if task.compensation:
         return step.compensation == "scheduled"
-    return step.status == "running" and step.attempts == task.attempt and step.task_seq == seq
+    return step.status == "running" and step.scheduled == task.attempt
 
 
 def _failed(task: StepTask, error: str, *, retry: bool) -> Event:

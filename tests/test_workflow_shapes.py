@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bus import App, ConfigError, EventStore, PermanentError, Step, Workflow, Workflows
-from bus._workflow_events import StepCompleted, StepStarted
+from bus._workflow_events import RunStarted, StepCompleted, StepsScheduled
 from bus.testing import run_app
 
 
@@ -135,7 +135,12 @@ async def _run_dag(
         run = await runs.wait(started.run_id, timeout=30)
         history = await EventStore(harness.bus).load("wf", started.run_id)
     done = {e.event.step: e.seq for e in history.events if isinstance(e.event, StepCompleted)}
-    began = [(e.event.step, e.seq) for e in history.events if isinstance(e.event, StepStarted)]
+    began = [  # a step runs once scheduled: by the run's start, or a decision after it
+        (s.step, e.seq)
+        for e in history.events
+        if isinstance(e.event, RunStarted | StepsScheduled)
+        for s in (e.event.scheduled if isinstance(e.event, RunStarted) else e.event.steps)
+    ]
     deps = dict(steps)
     for step, seq in began:
         assert all(d in done and done[d] < seq for d in deps[step]), (step, history)

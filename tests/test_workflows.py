@@ -293,3 +293,64 @@ async def test_a_run_is_read_from_its_first_event_or_else_whole(nats_url: str) -
             assert run == done, origin
             assert history.version == done.seq
         assert done.origin == second.seq
+
+
+async def test_a_task_run_twice_records_its_outcome_once(nats_url: str) -> None:
+    """No claim before a handler runs: a task delivered again (a redelivery after a crash,
+    or sent twice) runs the handler again, but its outcome is recorded once."""
+    from bus import EventStore, new_event_id
+    from bus._workflow_events import StepCompleted, StepTask, scheduled_inputs
+
+    app, calls = make_app()
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("diamond", Job())
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "completed", run
+        store = EventStore(harness.bus)
+        before = await store.load("wf", started.run_id)
+        b = next(
+            e for e in before.events if isinstance(e.event, StepCompleted) and e.event.step == "b"
+        )
+        inputs = {k: v for e in before.events for k, v in scheduled_inputs(e.event).items()}
+        task = StepTask(run_id=started.run_id, workflow="diamond", step="b", attempt=1,
+                        input=inputs["b"], version=b.event.after, origin=run.origin)  # fmt: skip
+        await harness.bus.publish(task, "work", event_id=new_event_id())
+        await harness.settle()
+        assert calls["b"] == 2
+        after = await store.load("wf", started.run_id)
+        assert after.version == before.version  # nothing recorded: the outcome was there
+
+
+async def test_a_retry_waiting_for_its_backoff_does_not_run_once_cancelled(
+    nats_url: str,
+) -> None:
+    """A step is running once scheduled (no claim): a retry whose backoff outlasts the
+    cancel is dropped by the worker that saw the cancel, its handler not run again."""
+    from bus import App, Backoff, Step, Workflow
+
+    app = App("wfbackoff")
+    app.workflow(
+        Workflow("slow_retry", Job, [
+            Step("a", "fails", input=lambda ctx: ctx.input, retries=3,
+                 backoff=Backoff(base=1.0, factor=1.0, jitter=0.0)),
+        ])
+    )  # fmt: skip
+    calls: list[str] = []
+
+    @app.action("fails")
+    async def fails(job: Job) -> None:
+        calls.append(job.text)
+        raise RuntimeError("fails until cancelled")
+
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        started = await runs.start("slow_retry", Job())
+        async for run in runs.follow(started.run_id):
+            if run.steps["a"].attempts == 2:  # the retry scheduled, waiting for its backoff
+                break
+        await runs.cancel(started.run_id)
+        run = await runs.wait(started.run_id, timeout=20)
+        assert run.status == "cancelled"
+        await harness.settle()  # the retry's task handled (dropped) once its backoff is over
+        assert calls == ["x"]

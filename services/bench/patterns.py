@@ -7,18 +7,19 @@ workflow case runs the 4-step pipeline's DAG
 beside the same four steps hand-written as `bus.subscribe` handlers publishing to each other
 (the join kept in memory): runs per second and run latency (start to last step done), with
 `IN_FLIGHT` runs at a time, on one embedded server. The hand-written side keeps no history,
-status or retries. Per run the workflow makes about 28 server operations, the chain 11: 13
-history events in 13 single-event conditional appends (the start, 3 decisions - the two
-parallel steps scheduled by one event -, 4 claims, 4 outcomes, the end; ~1.5 more refused when
-parallel steps claim or record at once, each followed by a read of the run's tail), 4 task
-publishes, 9 deliveries with their acks (5 orchestrator decisions, 4 tasks); the hand-written
-chain publishes 5 events and delivers 6. What bounds the workflow now is CPU, the client
-process's most (~2 ms a run beside ~0.4 for the chain; the server's ~1 ms beside ~0.2): the
-ratio follows the work per run, so 0.5x wants that work more than halved, i.e. fewer
-operations per step (the claim not a record of its own, or the task itself the scheduling
-record), not faster ones. Before, a decision scheduling both parallel steps was a JetStream
-atomic batch of two, which cost the server ~1.7 ms of CPU (~70 plain appends) and was
-refused ('batch is incomplete') with many in flight. The server syncs to disk as nats-server
+status or retries. Per run the workflow makes about 22 server operations, the chain 11: 8
+history events in 8 single-event conditional appends (the start, which carries the first
+step's schedule, 2 decisions - the two parallel steps scheduled by one event -, 4 outcomes,
+the end; ~0.5 more refused when the parallel steps record at once, each followed by a read of
+the run's tail), 4 task publishes, 9 deliveries with their acks (5 orchestrator triggers, 4
+tasks); the hand-written chain publishes 5 events and delivers 6. Workers record no claim
+before running a step (a step is running once scheduled; its outcome is recorded once,
+its handler may run again on redelivery), which took 4 appends and ~1 refusal off each run.
+What bounds the workflow still is the client process's CPU per run: the ratio follows the
+messages each run exchanges (~44 beside the chain's ~22) and what each costs (conditional
+appends, larger events, the fold and the decision); 0.5x would want the workers to decide
+what follows their outcome in the same record, and the task to be the scheduling record.
+The server syncs to disk as nats-server
 does by default (every 2 minutes), as the messaging, KV and security scenarios run.
 """
 
