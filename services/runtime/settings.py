@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -23,7 +23,9 @@ from pydantic_settings import (
 )
 
 from bus import App, CircuitPolicy, ConfigError, Credentials, Protection
-from services.edge.tokens import Tokens
+
+if TYPE_CHECKING:  # the edge (FastAPI, MCP) is seconds of imports every CLI verb would pay
+    from services.edge.tokens import Tokens
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Names = Annotated[tuple[str, ...], NoDecode]  # comma-separated in the environment
@@ -197,6 +199,8 @@ class Settings(BaseSettings):
         """The edge's JWT verifier, when a `BUS_JWT_*` key source is set."""
         if not (self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url):
             return None
+        from services.edge.tokens import Tokens
+
         return Tokens(
             secret=self.jwt_secret.get_secret_value() if self.jwt_secret else None,
             public_key=self.jwt_public_key,
