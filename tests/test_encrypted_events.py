@@ -191,18 +191,19 @@ async def test_encryption_on_a_cluster(nats_cluster: EmbeddedCluster) -> None:
         await eventually(lambda: "replicated secret" in seen)
 
 
-@pytest.mark.parametrize(
-    ("text", "error"),
-    [
-        ("jobs=k1:" + base64.b64encode(b"short").decode(), "is 5 bytes; AES-256-GCM needs 32"),
-        ("jobs=k1:not base64!", "is not valid base64"),
-        ("jobs=bad id:" + base64.b64encode(bytes(32)).decode(), "key id"),
-        ("jobs=" + OLD + "," + OLD, "listed twice"),
-        ("jobs=nocolon", "id:base64key"),
-        ("=" + OLD, "domain=id:base64key"),
-        ("/nonexistent/keys.txt", "cannot read the encryption keys file"),
-    ],
-)
+BAD_KEYS = [
+    ("jobs=k1:" + base64.b64encode(b"short").decode(), "is 5 bytes; AES-256-GCM needs 32"),
+    ("jobs=k1:not base64!", "is not valid base64"),
+    ("jobs=bad id:" + base64.b64encode(bytes(32)).decode(), "key id"),
+    ("jobs=" + OLD + "," + OLD, "listed twice"),
+    ("jobs=nocolon", "id:base64key"),
+    ("=" + OLD, "domain=id:base64key"),
+    ("/nonexistent/keys.txt", "cannot read the encryption keys file"),
+]
+
+
+# Named by the error: a random key in a test's id differs between pytest-xdist's workers.
+@pytest.mark.parametrize(("text", "error"), BAD_KEYS, ids=[error for _, error in BAD_KEYS])
 def test_key_settings_errors_are_clear_and_quote_no_key(text: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error) as caught:
         parse_domain_keys(text)
