@@ -60,7 +60,7 @@ def test_no_5xx_and_responses_match_their_schema(edge_url: str) -> None:
         given(cases)(check)()
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def check(case: schemathesis.Case) -> None:
     if case.query and "after_seq" in case.query:
         case.query["timeout"] = 0.05  # a wait for a far-off sequence would end in a 504
