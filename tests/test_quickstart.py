@@ -67,6 +67,7 @@ def _assert_caught_up(bus: str, env: dict[str, str]) -> None:
     bool(os.environ.get(NESTED)), reason="already running inside the quickstart clone"
 )
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs a git checkout to clone")
+@pytest.mark.timeout(900)  # its own waits bound it: the clone's venv alone may take minutes
 def test_fresh_clone_make_up_then_make_test(tmp_path: Path) -> None:
     clone, data = tmp_path / "clone", tmp_path / "data"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
@@ -100,7 +101,7 @@ def test_fresh_clone_make_up_then_make_test(tmp_path: Path) -> None:
             )
             assert published.returncode == 0, published.stderr
             traffic = subprocess.run(
-                [bus, "demo", "traffic", "--duration", "5", "--rate", "10", "--json"],
+                [bus, "demo", "traffic", "--duration", "2", "--rate", "25", "--json"],
                 env=env,
                 capture_output=True,
                 text=True,
