@@ -241,8 +241,15 @@ class EmbeddedServer:
         self.stop()
 
     def pause(self) -> None:
+        """Stop the process (SIGSTOP) and return once it is stopped: the signal is delivered
+        asynchronously, and a message sent right after it could still be answered."""
         if self._proc is not None:
             os.kill(self._proc.pid, signal.SIGSTOP)
+            deadline = time.monotonic() + 2.0  # (already stopped: no new state to report)
+            while time.monotonic() < deadline:  # (reaps nothing: it only stopped)
+                if os.waitpid(self._proc.pid, os.WUNTRACED | os.WNOHANG)[0]:
+                    return
+                time.sleep(0.001)
 
     def resume(self) -> None:
         if self._proc is not None:
