@@ -49,6 +49,7 @@ class Protection:
             raise ConfigError("requiring signatures needs trusted signers' public keys")
         self._verifier = Verifier(self.trusted)
         self.keys = dict(keys or {})
+        self._signed_everywhere = ALL in self.require_signatures
 
     @classmethod
     def from_settings(
@@ -89,16 +90,12 @@ class Protection:
         return payload
 
     def requires_signature(self, subject: str) -> bool:
-        return self._requires(subject.partition(".")[0])
-
-    def _requires(self, domain: str) -> bool:
-        required = self.require_signatures
-        return bool(required) and (ALL in required or domain in required)
+        return self._signed_everywhere or subject.partition(".")[0] in self.require_signatures
 
     def open(self, subject: str, data: bytes, hdrs: dict[str, str]) -> bytes:
         """The plaintext of a stored or delivered message; Rejected if it may not be read."""
         domain = subject.partition(".")[0]  # (once: this runs for every message consumed)
-        if self._requires(domain):
+        if self._signed_everywhere or domain in self.require_signatures:
             why = self._verifier.check(subject, hdrs, data)
             if why is not None:
                 raise Rejected(why, subject)
