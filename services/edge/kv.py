@@ -35,7 +35,7 @@ from .auth import require
 from .events import read_body
 from .grants import kv_name
 from .limits import publish_limit
-from .mcp_access import mcp_caller, mcp_writer
+from .mcp_access import tool_caller, tool_writer
 from .permissions import may_read_key, permit, permit_key, reaches
 from .problems import PROBLEM, PROBLEM_SCHEMA, problem
 
@@ -263,7 +263,7 @@ def mcp_tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
 
     async def get_state(bucket: str, key: str) -> Any:
         """One key of a shared-state bucket: {bucket, key, revision, value}."""
-        who = await mcp_caller(state, "read")
+        who = tool_caller()
         handle = bucket_of(state, bucket)
         permit_key(who, "read", bucket, key)
         found = await handle.get(key)
@@ -276,7 +276,7 @@ def mcp_tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
     ) -> Any:
         """Write a key's JSON value. With expected_revision, only if the key is at that
         revision (0: only if it is absent); else refused, saying the current revision."""
-        who = await mcp_writer(state)
+        who = await tool_writer(state)
         handle = bucket_of(state, bucket)
         permit_key(who, "write", bucket, key)
         if expected_revision is not None and expected_revision < 0:

@@ -15,6 +15,8 @@ from .permissions import admitted
 from .tokens import Principal
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("mcp_caller")
+# The caller of the tool running, as `check_tool` found it (tools ask no second time).
+TOOL_CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("mcp_tool_caller")
 # What each tool needs, as its HTTP twin does: (scope, whether patterns of the scope's kind
 # let a caller in to have the names checked in the tool); `any`: any caller MCP lets in.
 # `check_tool` runs it before every call; a tool missing here is not served.
@@ -53,10 +55,15 @@ async def mcp_caller(state: State, scope: str) -> Principal:
     return await admitted(state, CALLER.get(), scope)
 
 
-async def mcp_writer(state: State) -> Principal:
-    """The caller, holding `write` or a `publish:` pattern, charged one write against its
-    publish rate."""
-    who = await mcp_caller(state, "write")
+def tool_caller() -> Principal:
+    """The caller of the tool running, checked as `TOOL_SCOPES` says (services/edge/
+    mcp_endpoint.py runs `check_tool` before every tool)."""
+    return TOOL_CALLER.get()
+
+
+async def tool_writer(state: State) -> Principal:
+    """The caller of the tool running, charged one write against its publish rate."""
+    who = tool_caller()
     await charge(state.publish_buckets, who.name)
     return who
 

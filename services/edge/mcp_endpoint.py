@@ -41,9 +41,17 @@ from . import (
 )
 from .auth import Unauthorized, refusal, require
 from .grants import KINDS
-from .limits import charge
-from .mcp_access import CALLER, TOOL_SCOPES, check_tool, mcp_caller, mcp_gate
-from .permissions import may_read_stream, permit_projection, permit_stream, publisher
+from .mcp_access import (
+    CALLER,
+    TOOL_CALLER,
+    TOOL_SCOPES,
+    check_tool,
+    mcp_caller,
+    mcp_gate,
+    tool_caller,
+    tool_writer,
+)
+from .permissions import may_read_stream, permit_projection, permit_publish, permit_stream
 
 MAX_BODY = 1024 * 1024
 gate = require("read", narrowed=True, kinds=KINDS)  # any scope; each tool checks its own
@@ -68,8 +76,11 @@ def _guarded(state: State, tool: Callable[..., Awaitable[Any]]) -> Callable[...,
     @functools.wraps(tool)
     async def call(**arguments: Any) -> Any:
         try:
-            await check_tool(state, tool.__name__)
-            return _builtins(await tool(**arguments))
+            token = TOOL_CALLER.set(await check_tool(state, tool.__name__))
+            try:
+                return _builtins(await tool(**arguments))
+            finally:
+                TOOL_CALLER.reset(token)
         except HTTPException as exc:
             raise ToolError(f"{exc.status_code}: {exc.detail}") from None
         except Unauthorized as exc:
@@ -98,8 +109,8 @@ def build_server(state: State) -> MCPServer[Any]:
         With an idempotency_key (the event's id), once: the same key and call within a day
         (by default) return the first result; another call with that key is refused (422),
         as is one while the first is in flight (409)."""
-        who = await publisher(state, CALLER.get(), subject)
-        await charge(state.publish_buckets, who.name)
+        permit_publish(tool_caller(), subject)
+        who = await tool_writer(state)
         with acting_as(who.name):
             answer = await events.publish_fields(
                 state, subject, data, idempotency_key, expected_version, "idempotency_key"
@@ -115,24 +126,24 @@ def build_server(state: State) -> MCPServer[Any]:
             raise HTTPException(422, "after_seq must be a stream sequence (>= 1)")
         if not 0 < timeout <= 30:
             raise HTTPException(422, "timeout must be more than 0 and at most 30 seconds")
-        permit_projection(state, await mcp_caller(state, "read"), name)
+        permit_projection(state, tool_caller(), name)
         found, _ = await projections.query(state, name, key, after_seq, timeout, False)
         return found
 
     async def list_projections() -> Any:
         """Every projection with its position, lag and failures."""
-        return await projections.statuses(state, await mcp_caller(state, "read"))
+        return await projections.statuses(state, tool_caller())
 
     async def read_stream(name: str, from_seq: int = 1, limit: int = 100) -> Any:
         """Stored events of a stream from from_seq (at most 1000), decoded with metadata."""
         if from_seq < 1 or not 1 <= limit <= 1000:
             raise HTTPException(422, "from_seq >= 1 and 1 <= limit <= 1000")
-        await permit_stream(state, await mcp_caller(state, "read"), name)
+        await permit_stream(state, tool_caller(), name)
         return await catalogue.stream_page(state.bus, name, from_seq, limit)
 
     async def list_streams() -> Any:
         """The streams on the server with their counts."""
-        who = await mcp_caller(state, "read")
+        who = tool_caller()
         return [s for s in await state.bus.streams.list() if may_read_stream(state, who, s.name)]
 
     async def describe_event_types() -> Any:
@@ -166,7 +177,7 @@ def build_server(state: State) -> MCPServer[Any]:
         """Ask one of the app's responders (`list_components` shows them: kind "micro"),
         e.g. subject `tasks.get`, data `{"id": "t1"}`; returns the reply. A request may
         change things: it needs the write scope (or a request: pattern matching it)."""
-        who = await mcp_caller(state, "request")
+        who = tool_caller()
         if not 0 < timeout <= requests.MAX_TIMEOUT:
             raise HTTPException(
                 422, f"timeout must be more than 0 and at most {requests.MAX_TIMEOUT:g} s"

@@ -34,9 +34,9 @@ def permit(principal: Principal | None, scope: str, name: str) -> None:
 async def admitted(state: State, authorization: str | None, scope: str) -> Principal:
     """The caller, who must hold `scope` whole or some pattern of its kind (MCP's tools; the
     names are checked next)."""
-    principal = await caller(state, authorization)
-    if not grants.holds_any(principal.scopes, (KINDS[scope],)):
-        check_scope(principal.scopes, "write" if scope == "request" else scope)
+    principal, kind = await caller(state, authorization), KINDS[scope]
+    if not grants.holds_any(principal.scopes, (kind,)):
+        check_scope(principal.scopes, grants.WHOLE[kind])  # (a request: pattern's is write)
     return principal
 
 
@@ -119,12 +119,11 @@ def permit_workflow(principal: Principal | None, scope: str, name: str) -> None:
     permit(principal, scope, grants.workflow_name(name))
 
 
-async def publisher(state: State, authorization: str | None, subject: str) -> Principal:
-    """The caller, who must hold `write` or a `publish:` pattern matching `subject`."""
-    principal = await admitted(state, authorization, "write")
+def permit_publish(principal: Principal | None, subject: str) -> None:
+    """403 unless the caller may publish on `subject`, a well-formed event subject (no
+    wildcards) before it is matched."""
     parse_event_subject(subject)
     permit(principal, "write", subject)
-    return principal
 
 
 async def reader(state: State, authorization: str | None, pattern: str) -> Principal | None:
@@ -138,9 +137,7 @@ async def reader(state: State, authorization: str | None, pattern: str) -> Princ
 
 async def publish_subject(request: Request) -> None:
     """After `require("write", narrowed=True)`: the path's subject is one it may publish."""
-    subject = request.path_params["subject"]
-    parse_event_subject(subject)  # a well-formed subject (no wildcards) before it is matched
-    permit(request.state.principal, "write", subject)
+    permit_publish(request.state.principal, request.path_params["subject"])
 
 
 def permit_tail(state: State, principal: Principal | None, subject: str, stream: str) -> None:

@@ -13,7 +13,7 @@ from starlette.datastructures import State
 from bus import acting_as
 
 from . import workflows
-from .mcp_access import mcp_caller, mcp_writer
+from .mcp_access import tool_caller, tool_writer
 from .permissions import permit_workflow
 
 
@@ -26,7 +26,7 @@ def tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
         """Start a run of workflow `name` with `input` (checked against its input schema,
         see list_workflows). Returns {run_id, workflow, status, stream, seq}; pass seq as
         after_seq to get_workflow_run to read it back. With an idempotency_key, once."""
-        who = await mcp_writer(state)
+        who = await tool_writer(state)
         with acting_as(who.name):  # the run's events say who started it, as over HTTP
             answer = await workflows.start(
                 state, who, name, input, idempotency_key, "idempotency_key"
@@ -37,7 +37,7 @@ def tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
         """A run: status running|completed|failed|cancelled, input, output, error, and each
         step's status, attempts, output, error and times. With after_seq, once the run view
         has seen that sequence."""
-        who = await mcp_caller(state, "read")
+        who = tool_caller()
         if after_seq is not None and after_seq < 1:
             raise HTTPException(422, "after_seq must be a stream sequence (>= 1)")
         name = run_id.partition("-")[0]
@@ -48,6 +48,6 @@ def tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
     async def list_workflows() -> Any:
         """The app's workflows (those you may read or start): each one's input schema and
         steps (the DAG)."""
-        return {"items": workflows.definitions(state, await mcp_caller(state, "read"))}
+        return {"items": workflows.definitions(state, tool_caller())}
 
     return [start_workflow, get_workflow_run, list_workflows]
