@@ -48,9 +48,15 @@ _last_stamp: list[Any] = [0, ""]  # (millisecond, its text): many events share a
 def now_rfc3339() -> str:
     ms = time.time_ns() // 1_000_000
     if ms != _last_stamp[0]:
-        moment = datetime.fromtimestamp(ms / 1000, UTC)
-        _last_stamp[:] = [ms, moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")]
+        _last_stamp[:] = [ms, rfc3339(ms / 1000)]
     return str(_last_stamp[1])
+
+
+def rfc3339(epoch: float) -> str:
+    """`epoch` seconds as events stamp their time (milliseconds, `Z`): stamps compare as
+    strings."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def build_headers(

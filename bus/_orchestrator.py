@@ -251,7 +251,7 @@ async def advance(
         if kept is not None:
             run, inputs = kept[0], dict(kept[1])
         else:
-            run, inputs, _ = await known.read(store, run_id, origin)
+            run, inputs = await known.read(store, run_id, origin)
         workflow = workflows.get(run.workflow)
         if workflow is None:  # another app's workflow, or a run that is gone
             log.debug("run %s: workflow %r is not declared here", run_id, run.workflow)

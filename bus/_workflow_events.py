@@ -14,12 +14,11 @@ decide, and the `workflow_runs` projection (key: run id) folds the stream with i
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from ._envelope import Envelope
+from ._envelope import Envelope, rfc3339
 from ._events import Event
 from ._projection import Projection
 from ._store import EventStore, History
@@ -248,17 +247,11 @@ def _schedule(run: RunView, scheduled: list[Scheduled], at: str) -> RunView:
     """Scheduled is running: its task is sent right after the record (started_at: the
     record's time, or its backoff's end; the outcome says when its handler began)."""
     for one in scheduled:
-        begins = max(at, _stamp(one.not_before)) if one.not_before else at
+        begins = max(at, rfc3339(one.not_before)) if one.not_before else at
         run = _step(run, one.step, status="running", scheduled=one.attempt,
                     attempts=one.attempt, not_before=one.not_before, started_at=begins,
                     ended_at=None)  # fmt: skip
     return run
-
-
-def _stamp(epoch: float) -> str:
-    """As envelopes stamp their time (bus._envelope), so stamps compare as strings."""
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _began(stamp: str | None) -> dict[str, str]:

@@ -77,9 +77,8 @@ class Known:
 
     async def read(
         self, store: EventStore, run_id: str, origin: int
-    ) -> tuple[RunView, dict[str, Any], bool]:
-        """The run now and its steps' inputs: the tail after what is kept, or all of it;
-        and whether anything was read past what was kept."""
+    ) -> tuple[RunView, dict[str, Any]]:
+        """The run now and its steps' inputs: the tail after what is kept, or all of it."""
         kept = self._runs.get(run_id)
         if kept is None:
             history, run = await load_run(store, run_id, origin)
@@ -95,7 +94,7 @@ class Known:
             inputs.update(scheduled_inputs(envelope.event))
         if run.run_id:
             self.remember(run, inputs)
-        return run, inputs, bool(events)
+        return run, inputs
 
 
 def as_envelope(event: Event, run_id: str, seq: int) -> Envelope[Event]:

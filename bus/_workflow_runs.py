@@ -99,9 +99,10 @@ class Workflows:
         else:
             run_id = f"{name}-{new_event_id()}"
         shapes = [StepShape(s.name, s.action, tuple(s.depends_on)) for s in workflow.steps]
-        event = first_steps(run_id, RunStarted(
+        started = RunStarted(
             workflow=name, version=workflow.version, input=msgspec.to_builtins(typed), steps=shapes
-        ), workflow)  # fmt: skip
+        )
+        event = first_steps(run_id, started, workflow)
         try:
             result = await self._store.append(DOMAIN, run_id, [event], expected_version=0)
         except ConcurrencyError:

@@ -17,11 +17,12 @@ was sent at, without reading (there the attempt was running by construction); re
 reads what came since: other steps' outcomes or retries alone (parallel steps) leave the
 attempt running, anything else has it read the whole history and check. The outcome says
 at which version it landed (`after`), so the orchestrator needs no read when nothing came
-between. A step's handler is stopped when its
-run is cancelled, and a task of a run cancelled since is not run (a watch on
-`wf.*.cancel_requested` in each process; not a compensation's: a cancel is what starts them), and after `timeout` seconds (a failed attempt). A Bus
-observer with `step_finished(workflow, step, outcome, seconds)` (observability.metrics has
-it) counts each recorded attempt: outcome completed, failed or retried.
+between. A step's handler is stopped when its run is cancelled, and a task of a run
+cancelled since is not run (a watch on `wf.*.cancel_requested` in each process; not a
+compensation's: a cancel is what starts them); it is stopped after `timeout` seconds too (a
+failed attempt). A Bus observer with `step_finished(workflow, step, outcome, seconds)`
+(observability.metrics has it) counts each recorded attempt: outcome completed, failed or
+retried.
 """
 
 from __future__ import annotations

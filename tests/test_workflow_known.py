@@ -80,7 +80,7 @@ async def test_kept_runs_fold_like_the_history(nats_url: str) -> None:
             stale.remember(fold(prefix[:-1]), {})
             assert not stale.follow(started.run_id, outcome)
             # read from any kept prefix: the tail folds to the whole history
-            tail_read, _, _ = await stale.read(store, started.run_id, prefix[0].seq or 0)
+            tail_read, _ = await stale.read(store, started.run_id, prefix[0].seq or 0)
             assert _decisive(tail_read) == _decisive(fold(events))
         assert outcomes == 5  # a, b twice (it failed once), c, d: each followed
 
