@@ -56,15 +56,21 @@ async def _range(
     return found
 
 
+async def _below(bus: Bus, name: str, before_seq: int | None) -> tuple[int, int]:
+    """The stream's first sequence and the end (exclusive) of what lies before `before_seq`
+    (default: the whole stream)."""
+    info = await bus.streams.info(name)
+    end = min(before_seq or info.last_seq + 1, info.last_seq + 1)
+    return max(1, info.first_seq), end  # (an empty stream says first 0)
+
+
 async def newest_first(
     bus: Bus, name: str, before_seq: int | None, limit: int, subject: str | None
 ) -> dict[str, Any]:
     """Up to `limit` messages before `before_seq` (default: all), newest first, and the
     `before_seq` of the next (older) page, null on the last. Windows below `before_seq` are
     read by sequence, doubling while a filter matches too few."""
-    info = await bus.streams.info(name)
-    end = min(before_seq or info.last_seq + 1, info.last_seq + 1)
-    first = max(1, info.first_seq)  # an empty stream says 0
+    first, end = await _below(bus, name, before_seq)
     found: list[StoredMessage] = []
     start, window = end, limit
     while start > first and len(found) < limit:
@@ -127,9 +133,7 @@ async def _before(
     bus: Bus, name: str, event_id: str, before_seq: int | None
 ) -> StoredMessage | None:
     """Newest first from `before_seq`: a handler's event is usually just before its effects."""
-    info = await bus.streams.info(name)
-    end = min(before_seq or info.last_seq + 1, info.last_seq + 1)
-    first = max(1, info.first_seq)
+    first, end = await _below(bus, name, before_seq)
     for _ in range(ID_PAGES):
         if end <= first:
             break
