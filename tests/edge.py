@@ -13,6 +13,11 @@ READ = {"Authorization": "Bearer r-key"}
 KEYS = "w-key:read+write,r-key:read"
 
 
+def bearer(credential: str) -> dict[str, str]:
+    """The `Authorization` header sending an API key or a token."""
+    return {"Authorization": f"Bearer {credential}"}
+
+
 async def serve(api: object) -> AsyncIterator[httpx.AsyncClient]:
     server, task, port = await start_edge(api, "127.0.0.1", 0)
     try:

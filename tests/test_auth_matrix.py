@@ -29,7 +29,7 @@ from services.edge.mcp_access import TOOL_SCOPES
 from services.edge.openapi import _flat
 from services.edge.tokens import Tokens
 from tests.access_app import make_app
-from tests.edge import serve
+from tests.edge import bearer, serve
 from tests.test_tokens import AUDIENCE, FORGED, ISSUER, PUBLIC_PEM, mint
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -191,10 +191,6 @@ async def edge(server: EmbeddedServer, pem: Path) -> AsyncIterator[Served]:
     ):
         async for client in serve(api):
             yield Served(client, bus)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def token(scope: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from bus import Bus, Projector
 from services.edge import create_app
 from services.edge.tokens import Tokens
 from tests.access_app import make_app
-from tests.edge import serve
+from tests.edge import bearer, serve
 from tests.test_mcp_completion import client_for, template, tool, values
 
 SECRET = "permission-surfaces-secret-0123456789"
@@ -33,10 +33,6 @@ KEYS = ",".join(
         "dlq-key:read:dlq.TASKS.>",
     ]
 )
-
-
-def h(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
@@ -55,7 +51,7 @@ async def edge(nats_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Bus]]:
 
 async def mcp(client: httpx.AsyncClient, who: str, tool: str, **arguments: Any) -> dict[str, Any]:
     answer = await client.post(
-        "/mcp/v2/tools/call", json={"name": tool, "arguments": arguments}, headers=h(who)
+        "/mcp/v2/tools/call", json={"name": tool, "arguments": arguments}, headers=bearer(who)
     )
     assert answer.status_code == 200, answer.text
     result: dict[str, Any] = answer.json()
@@ -72,26 +68,28 @@ async def test_projections_by_the_subjects_they_read(
     client, _ = edge
     seq = (
         await client.post(
-            "/api/v1/events/tasks.t1.created", json={"title": "x"}, headers=h("w-key")
+            "/api/v1/events/tasks.t1.created", json={"title": "x"}, headers=bearer("w-key")
         )
     ).json()["seq"]
     path = f"/api/v1/projections/task/t1?after_seq={seq}"
-    assert (await client.get(path, headers=h("proj-key"))).status_code == 200
-    assert (await client.get("/api/v1/projections/task", headers=h("proj-key"))).status_code == 200
-    listed = (await client.get("/api/v1/projections", headers=h("proj-key"))).json()
+    assert (await client.get(path, headers=bearer("proj-key"))).status_code == 200
+    assert (
+        await client.get("/api/v1/projections/task", headers=bearer("proj-key"))
+    ).status_code == 200
+    listed = (await client.get("/api/v1/projections", headers=bearer("proj-key"))).json()
     assert {p["name"] for p in listed} == {"task", "task_counts"}  # not workflow_runs (wf.>)
     for denied, key in [
         ("/api/v1/projections/workflow_runs", "proj-key"),
         ("/api/v1/projections/task:rebuild", "narrow-key"),
         ("/api/v1/projections/task", "narrow-key"),
     ]:
-        assert (await client.get(denied, headers=h(key))).status_code == 403, denied
-    narrow = await client.get(path, headers=h("narrow-key"))  # tasks.t1.* covers not tasks.*.*
+        assert (await client.get(denied, headers=bearer(key))).status_code == 403, denied
+    narrow = await client.get(path, headers=bearer("narrow-key"))  # tasks.t1.* covers not tasks.*.*
     assert narrow.status_code == 403
     assert narrow.json()["detail"] == (
         "this key or token lacks 'bus:read' of every subject projection task reads"
     )
-    assert (await client.get("/api/v1/projections", headers=h("narrow-key"))).json() == []
+    assert (await client.get("/api/v1/projections", headers=bearer("narrow-key"))).json() == []
     ok = await mcp(client, "proj-key", "query_projection", name="task", key="t1")
     assert not ok["isError"]
     assert refused(await mcp(client, "narrow-key", "query_projection", name="task", key="t1"))
@@ -101,9 +99,9 @@ async def test_projections_by_the_subjects_they_read(
 
 async def test_shared_state_by_key(edge: tuple[httpx.AsyncClient, Bus]) -> None:
     client, bus = edge
-    kv = h("kv-key")
+    kv = bearer("kv-key")
     assert (await client.put("/api/v1/kv/settings/user1.a", json=1, headers=kv)).status_code == 200
-    await client.put("/api/v1/kv/settings/user2.a", json=2, headers=h("w-key"))
+    await client.put("/api/v1/kv/settings/user2.a", json=2, headers=bearer("w-key"))
     assert (await client.get("/api/v1/kv/settings/user1.a", headers=kv)).json() == 1
     assert (await client.get("/api/v1/kv/settings/user1.a/history", headers=kv)).status_code == 200
     listed = (await client.get("/api/v1/kv/settings", headers=kv)).json()["items"]
@@ -140,19 +138,19 @@ async def test_shared_state_by_key(edge: tuple[httpx.AsyncClient, Bus]) -> None:
 async def test_requests_by_subject(edge: tuple[httpx.AsyncClient, Bus]) -> None:
     client, _ = edge
     body = {"id": "t1"}
-    allowed = await client.post("/api/v1/requests/tasks.get", json=body, headers=h("req-key"))
+    allowed = await client.post("/api/v1/requests/tasks.get", json=body, headers=bearer("req-key"))
     assert allowed.status_code == 503  # let in; nobody serves it in this test
-    other = await client.post("/api/v1/requests/tasks.find", json=body, headers=h("req-key"))
+    other = await client.post("/api/v1/requests/tasks.find", json=body, headers=bearer("req-key"))
     assert other.status_code == 403
     assert other.json()["detail"] == "this key or token lacks 'bus:request:tasks.find'"
     assert (
-        await client.post("/api/v1/requests/tasks.get", json=body, headers=h("proj-key"))
+        await client.post("/api/v1/requests/tasks.get", json=body, headers=bearer("proj-key"))
     ).status_code == 403
     called = await mcp(client, "req-key", "call_service", subject="tasks.get", data=body)
     assert refused(called, "503")
     assert refused(await mcp(client, "req-key", "call_service", subject="tasks.find", data=body))
     token = jwt.encode({"sub": "svc", "exp": 2**31, "scope": "bus:request:tasks.*"}, SECRET)
-    by_token = await client.post("/api/v1/requests/tasks.find", json=body, headers=h(token))
+    by_token = await client.post("/api/v1/requests/tasks.find", json=body, headers=bearer(token))
     assert by_token.status_code == 503
 
 
@@ -160,7 +158,7 @@ async def test_workflows_by_name_and_who_started_them(
     edge: tuple[httpx.AsyncClient, Bus],
 ) -> None:
     client, bus = edge
-    wf = h("wf-key")
+    wf = bearer("wf-key")
     started = await client.post("/api/v1/workflows/review/runs", json={}, headers=wf)
     assert started.status_code == 201
     run_id, seq = started.json()["run_id"], started.json()["seq"]
@@ -173,7 +171,7 @@ async def test_workflows_by_name_and_who_started_them(
         await client.post("/api/v1/workflows/ship/runs", json={}, headers=wf),
         await client.get("/api/v1/workflows/ship/runs", headers=wf),
         await client.post("/api/v1/workflows/ship/runs/ship-x:cancel", headers=wf),
-        await client.post("/api/v1/workflows/review/runs", json={}, headers=h("proj-key")),
+        await client.post("/api/v1/workflows/review/runs", json={}, headers=bearer("proj-key")),
     ]:
         assert answer.status_code == 403, answer.request.url
     by_mcp = await mcp(client, "wf-key", "start_workflow", name="review", input={})
@@ -191,8 +189,8 @@ async def test_workflows_by_name_and_who_started_them(
 
 async def test_bypass_attempts_change_nothing(edge: tuple[httpx.AsyncClient, Bus]) -> None:
     client, bus = edge
-    await client.put("/api/v1/kv/settings/user2.a", json=2, headers=h("w-key"))
-    kv, wf = h("kv-key"), h("wf-key")
+    await client.put("/api/v1/kv/settings/user2.a", json=2, headers=bearer("w-key"))
+    kv, wf = bearer("kv-key"), bearer("wf-key")
     keys = [
         "user1.*",
         "user1.>",
@@ -231,21 +229,25 @@ async def test_bypass_attempts_change_nothing(edge: tuple[httpx.AsyncClient, Bus
     ]
     for subject in subjects:
         answer = await client.post(
-            f"/api/v1/requests/{subject}", json={"id": "t"}, headers=h("req-key")
+            f"/api/v1/requests/{subject}", json={"id": "t"}, headers=bearer("req-key")
         )
         assert 400 <= answer.status_code < 500, subject
-    dead = await client.get("/api/v1/streams/TASKS/dead-letters", headers=h("proj-key"))
+    dead = await client.get("/api/v1/streams/TASKS/dead-letters", headers=bearer("proj-key"))
     assert dead.status_code == 403  # a permitted stream's dead letters are another stream
     assert (
-        await client.get("/api/v1/streams/TASKS/dead-letters", headers=h("dlq-key"))
+        await client.get("/api/v1/streams/TASKS/dead-letters", headers=bearer("dlq-key"))
     ).status_code == 200
     for backbone in ("KV_settings", "KV_edge_rates"):
-        answer = await client.get(f"/api/v1/streams/{backbone}/dead-letters", headers=h("proj-key"))
+        answer = await client.get(
+            f"/api/v1/streams/{backbone}/dead-letters", headers=bearer("proj-key")
+        )
         assert answer.status_code in (403, 404), backbone
-        consumers = await client.get(f"/api/v1/streams/{backbone}/consumers", headers=h("proj-key"))
+        consumers = await client.get(
+            f"/api/v1/streams/{backbone}/consumers", headers=bearer("proj-key")
+        )
         assert consumers.status_code in (403, 404), backbone
     for bucket in ("bus_idempotency", "edge_rates", "KV_settings"):
-        answer = await client.get(f"/api/v1/kv/{bucket}/x", headers=h("w-key"))
+        answer = await client.get(f"/api/v1/kv/{bucket}/x", headers=bearer("w-key"))
         assert answer.status_code == 404, bucket  # the backbone's buckets are no app's
     page = await bus.bucket("settings").keys("", 100, None)
     assert {e.key: e.value for e in page.items} == {"user2.a": 2}  # nothing changed
@@ -257,7 +259,7 @@ async def test_mcp_resources_and_completions_follow_the_same_rules(
 ) -> None:
     client, _ = edge
     for key, value in (("user1.a", 1), ("user2.a", 2)):
-        await client.put(f"/api/v1/kv/settings/{key}", json=value, headers=h("w-key"))
+        await client.put(f"/api/v1/kv/settings/{key}", json=value, headers=bearer("w-key"))
     state_template = template("bus://state/{bucket}/{key}")
     async with client_for(client, "kv-key") as session:
         assert "1" in str(await session.read_resource("bus://state/settings/user1.a"))

@@ -18,7 +18,7 @@ from services.demo import app
 from services.edge import create_app
 from services.edge.auth import parse_keys
 from services.edge.tokens import Tokens
-from tests.edge import serve
+from tests.edge import bearer, serve
 
 SECRET = "permissions-test-secret-0123456789abc"
 KEYS = ",".join(
@@ -30,10 +30,6 @@ KEYS = ",".join(
         "admin-key:admin",
     ]
 )
-
-
-def h(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
@@ -49,9 +45,11 @@ async def stored(bus: Bus) -> int:
 
 async def test_publishing_is_held_to_the_patterns(edge: httpx.AsyncClient, tasks: Bus) -> None:
     body = {"title": "x"}
-    ok = await edge.post("/api/v1/events/tasks.p1.created", json=body, headers=h("pub-key"))
+    ok = await edge.post("/api/v1/events/tasks.p1.created", json=body, headers=bearer("pub-key"))
     assert ok.status_code == 201
-    refused = await edge.post("/api/v1/events/tasks.p2.created", json=body, headers=h("pub-key"))
+    refused = await edge.post(
+        "/api/v1/events/tasks.p2.created", json=body, headers=bearer("pub-key")
+    )
     assert refused.status_code == 403
     assert refused.json()["detail"] == "this key or token lacks 'bus:publish:tasks.p2.created'"
     attempts = [
@@ -66,40 +64,42 @@ async def test_publishing_is_held_to_the_patterns(edge: httpx.AsyncClient, tasks
         "tasks.p1..created",
     ]
     for subject in attempts:
-        answer = await edge.post(f"/api/v1/events/{subject}", json=body, headers=h("pub-key"))
+        answer = await edge.post(f"/api/v1/events/{subject}", json=body, headers=bearer("pub-key"))
         assert 400 <= answer.status_code < 500, subject
         assert answer.status_code != 404 or "no event type" not in answer.text, subject
     batch = {"domain": "tasks", "id": "p2", "events": [{"event": "created", "data": body}]}
     assert (
-        await edge.post("/api/v1/events:batch", json=batch, headers=h("pub-key"))
+        await edge.post("/api/v1/events:batch", json=batch, headers=bearer("pub-key"))
     ).status_code == 403
     sneaky = {"domain": "tasks", "id": "p1", "events": [{"event": "*", "data": body}]}
     assert (
-        await edge.post("/api/v1/events:batch", json=sneaky, headers=h("pub-key"))
+        await edge.post("/api/v1/events:batch", json=sneaky, headers=bearer("pub-key"))
     ).status_code in (400, 422)
     called = await edge.post(
         "/mcp/v2/tools/call",
         json={"name": "publish_event", "arguments": {"subject": "tasks.p2.created", "data": body}},
-        headers=h("pub-key"),
+        headers=bearer("pub-key"),
     )
     assert called.json()["isError"] is True
     assert "403" in called.json()["content"][0]["text"]
     token = jwt.encode(
         {"sub": "svc", "exp": 2**31, "scope": "bus:read bus:publish:tasks.p1.*"}, SECRET
     )
-    by_token = await edge.post("/api/v1/events/tasks.p2.created", json=body, headers=h(token))
+    by_token = await edge.post("/api/v1/events/tasks.p2.created", json=body, headers=bearer(token))
     assert by_token.status_code == 403
     assert await stored(tasks) == 1  # the one permitted event, nothing else
     # a publish-only caller is refused where a plain write is needed
-    assert (await edge.put("/api/v1/kv/settings/k", json=1, headers=h("pub-key"))).status_code in (
+    assert (
+        await edge.put("/api/v1/kv/settings/k", json=1, headers=bearer("pub-key"))
+    ).status_code in (
         403,
         404,
     )
 
 
 async def test_reading_is_held_to_the_patterns(edge: httpx.AsyncClient, tasks: Bus) -> None:
-    await edge.post("/api/v1/events/tasks.r1.created", json={"title": "x"}, headers=h("w-key"))
-    reader = h("tail-key")
+    await edge.post("/api/v1/events/tasks.r1.created", json={"title": "x"}, headers=bearer("w-key"))
+    reader = bearer("tail-key")
     assert (await edge.get("/api/v1/streams/TASKS/events", headers=reader)).status_code == 200
     assert [s["name"] for s in (await edge.get("/api/v1/streams", headers=reader)).json()] == [
         "TASKS"
@@ -127,27 +127,31 @@ async def test_reading_is_held_to_the_patterns(edge: httpx.AsyncClient, tasks: B
 
 
 async def test_the_backbone_streams_are_for_admin(edge: httpx.AsyncClient, tasks: Bus) -> None:
-    await edge.post("/api/v1/events/tasks.b1.created", json={"title": "x"}, headers=h("w-key"))
+    await edge.post("/api/v1/events/tasks.b1.created", json={"title": "x"}, headers=bearer("w-key"))
     everything = [s.name for s in await tasks.streams.list()]
     backbone = [n for n in everything if n.startswith("KV_")]
     assert backbone  # the edge's own buckets at least
-    listed = [s["name"] for s in (await edge.get("/api/v1/streams", headers=h("r-key"))).json()]
+    listed = [
+        s["name"] for s in (await edge.get("/api/v1/streams", headers=bearer("r-key"))).json()
+    ]
     assert not set(listed) & set(backbone)
     for name in backbone:
         for path in (f"/api/v1/streams/{name}", f"/api/v1/streams/{name}/events"):
-            assert (await edge.get(path, headers=h("r-key"))).status_code == 403, path
-            assert (await edge.get(path, headers=h("admin-key"))).status_code == 200, path
-    async with edge.stream("GET", "/events?subject=$KV.>", headers=h("r-key")) as sse:
+            assert (await edge.get(path, headers=bearer("r-key"))).status_code == 403, path
+            assert (await edge.get(path, headers=bearer("admin-key"))).status_code == 200, path
+    async with edge.stream("GET", "/events?subject=$KV.>", headers=bearer("r-key")) as sse:
         assert sse.status_code in (400, 403)  # no tail reaches a bucket
-    assert (await edge.get("/api/v1/streams/NOPE", headers=h("r-key"))).status_code == 404
+    assert (await edge.get("/api/v1/streams/NOPE", headers=bearer("r-key"))).status_code == 404
     called = await edge.post(
         "/mcp/v2/tools/call",
         json={"name": "read_stream", "arguments": {"name": backbone[0]}},
-        headers=h("r-key"),
+        headers=bearer("r-key"),
     )
     assert called.json()["isError"] is True
     listed_by_mcp = await edge.post(
-        "/mcp/v2/tools/call", json={"name": "list_streams", "arguments": {}}, headers=h("r-key")
+        "/mcp/v2/tools/call",
+        json={"name": "list_streams", "arguments": {}},
+        headers=bearer("r-key"),
     )
     assert "KV_" not in listed_by_mcp.text
 

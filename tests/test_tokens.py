@@ -28,7 +28,7 @@ from services.demo import app
 from services.edge import create_app
 from services.edge.server import start_edge, stop_edge
 from services.edge.tokens import InvalidToken, Tokens
-from tests.edge import KEYS, serve
+from tests.edge import KEYS, bearer, serve
 
 ISSUER, AUDIENCE = "https://idp.test", "bus-edge"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -97,10 +97,6 @@ async def jwt_edge(tasks: Bus, nats_url: str, pem: Path) -> AsyncIterator[httpx.
     tokens = Tokens(public_key=pem, issuer=ISSUER, audience=AUDIENCE)
     async for client in serve(create_app(app, nats_url, api_keys=KEYS, tokens=tokens)):
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def sse_status(edge: httpx.AsyncClient, headers: dict[str, str]) -> int:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from bus import Workflows
+from bus import RunView, Workflows
 from bus.testing import run_app
 from tests.workflow_apps import Job, make_app
+
+
+async def followed_until(runs: Workflows, run_id: str, reached: Callable[[RunView], bool]) -> None:
+    """Follow the run's view until `reached` holds of it."""
+    async for run in runs.follow(run_id):
+        if reached(run):
+            return
 
 
 async def test_a_diamond_runs_in_order_and_b_c_overlap(nats_url: str) -> None:
@@ -79,9 +88,7 @@ async def test_cancel_stops_a_run_in_flight(nats_url: str) -> None:
     async with run_app(app, nats_url) as harness:
         runs = Workflows(harness.bus, app)
         started = await runs.start("diamond", Job(hold=["b"]))
-        async for run in runs.follow(started.run_id):
-            if run.steps["b"].status == "running":
-                break
+        await followed_until(runs, started.run_id, lambda run: run.steps["b"].status == "running")
         answer = await runs.cancel(started.run_id, "changed my mind")
         assert answer is not None
         assert answer.status == "running"
@@ -106,9 +113,7 @@ async def test_cancel_compensates_the_completed_steps_first(nats_url: str) -> No
     async with run_app(app, nats_url) as harness:
         runs = Workflows(harness.bus, app)
         started = await runs.start("diamond", Job(hold=["d"]))
-        async for run in runs.follow(started.run_id):
-            if run.steps["d"].status == "running":
-                break
+        await followed_until(runs, started.run_id, lambda run: run.steps["d"].status == "running")
         await runs.cancel(started.run_id)
         run = await runs.wait(started.run_id, timeout=20)
         assert run.status == "cancelled"
@@ -346,9 +351,8 @@ async def test_a_retry_waiting_for_its_backoff_does_not_run_once_cancelled(
     async with run_app(app, nats_url) as harness:
         runs = Workflows(harness.bus, app)
         started = await runs.start("slow_retry", Job())
-        async for run in runs.follow(started.run_id):
-            if run.steps["a"].attempts == 2:  # the retry scheduled, waiting for its backoff
-                break
+        # the retry scheduled, waiting for its backoff
+        await followed_until(runs, started.run_id, lambda run: run.steps["a"].attempts == 2)
         await runs.cancel(started.run_id)
         run = await runs.wait(started.run_id, timeout=20)
         assert run.status == "cancelled"
