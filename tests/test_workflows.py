@@ -338,7 +338,7 @@ async def test_a_retry_waiting_for_its_backoff_does_not_run_once_cancelled(
     app.workflow(
         Workflow("slow_retry", Job, [
             Step("a", "fails", input=lambda ctx: ctx.input, retries=3,
-                 backoff=Backoff(base=1.0, factor=1.0, jitter=0.0)),
+                 backoff=Backoff(base=3.0, factor=1.0, jitter=0.0)),  # outlasts the cancel
         ])
     )  # fmt: skip
     calls: list[str] = []
