@@ -85,19 +85,26 @@ class Keyring:
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self._current.encrypt(nonce, payload, _bound(subject, event_id))
 
-    def decrypt(self, key_id: str, subject: str, event_id: str, data: bytes) -> bytes | str:
-        """The plaintext, or why there is none."""
-        cipher = self._ciphers.get(key_id)
-        if cipher is None:
-            return f"unknown key id {key_id[:60]!r} (known: {', '.join(self._ciphers)})"
+    def decrypt(self, key_id: str, subject: str, event_id: str, data: bytes) -> bytes:
+        """The plaintext; Undecryptable saying why there is none. (Once per message read:
+        one lookup and the cipher, nothing else.)"""
         try:
-            nonce, sealed = data[:NONCE_BYTES], data[NONCE_BYTES:]
-            return cipher.decrypt(nonce, sealed, _bound(subject, event_id))
+            return self._ciphers[key_id].decrypt(
+                data[:NONCE_BYTES], data[NONCE_BYTES:], _bound(subject, event_id)
+            )
+        except KeyError:
+            raise Undecryptable(
+                f"unknown key id {key_id[:60]!r} (known: {', '.join(self._ciphers)})"
+            ) from None
         except self._refused:
-            return (
+            raise Undecryptable(
                 f"the ciphertext does not authenticate under key {key_id} (tampered, "
                 "or moved from another event or subject)"
-            )
+            ) from None
+
+
+class Undecryptable(Exception):
+    """Why a ciphertext gave no plaintext (the reader dead-letters it with this reason)."""
 
 
 def _bound(subject: str, event_id: str) -> bytes:

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from . import _headers as h
 from ._errors import ConfigError, Rejected
-from ._keyring import Keyring
+from ._headers import KEY_ID, MSG_ID, SIGNATURE, SIGNER
+from ._keyring import Keyring, Undecryptable
 from ._signing import Signer, Verifier, signed_bytes
 
 ALL = "*"
@@ -50,6 +50,7 @@ class Protection:
         self._verifier = Verifier(self.trusted)
         self.keys = dict(keys or {})
         self._signed_everywhere = ALL in self.require_signatures
+        self._checks_signatures = bool(self.require_signatures)
 
     @classmethod
     def from_settings(
@@ -83,32 +84,36 @@ class Protection:
         keyring = self.keyring(subject)
         if keyring is not None:
             payload = keyring.encrypt(subject, event_id, payload)
-            hdrs[h.KEY_ID] = keyring.current
+            hdrs[KEY_ID] = keyring.current
         if self.signer is not None:
-            hdrs[h.SIGNER] = self.signer.public_key
-            hdrs[h.SIGNATURE] = self.signer.sign(signed_bytes(subject, hdrs, payload))
+            hdrs[SIGNER] = self.signer.public_key
+            hdrs[SIGNATURE] = self.signer.sign(signed_bytes(subject, hdrs, payload))
         return payload
 
     def requires_signature(self, subject: str) -> bool:
         return self._signed_everywhere or subject.partition(".")[0] in self.require_signatures
 
     def open(self, subject: str, data: bytes, hdrs: dict[str, str]) -> bytes:
-        """The plaintext of a stored or delivered message; Rejected if it may not be read."""
-        domain = subject.partition(".")[0]  # (once: this runs for every message consumed)
-        if self._signed_everywhere or domain in self.require_signatures:
+        """The plaintext of a stored or delivered message; Rejected if it may not be read.
+        (This runs for every message read: the subject's domain is taken once, and only
+        when something here depends on it.)"""
+        domain = subject.partition(".")[0]
+        if self._checks_signatures and (
+            self._signed_everywhere or domain in self.require_signatures
+        ):
             why = self._verifier.check(subject, hdrs, data)
             if why is not None:
                 raise Rejected(why, subject)
-        key_id = hdrs.get(h.KEY_ID)
+        key_id = hdrs.get(KEY_ID)
         if key_id is None:
             return data
         keyring = self.keys.get(domain) or self.keys.get(ALL)
         if keyring is None:
             raise Rejected(f"encrypted with key {key_id[:60]!r}, and no keys here", subject)
-        plain = keyring.decrypt(key_id, subject, hdrs.get(h.MSG_ID, ""), data)
-        if isinstance(plain, str):
-            raise Rejected(f"undecryptable: {plain}", subject)
-        return plain
+        try:
+            return keyring.decrypt(key_id, subject, hdrs.get(MSG_ID, ""), data)
+        except Undecryptable as exc:
+            raise Rejected(f"undecryptable: {exc}", subject) from None
 
 
 def parse_domain_keys(text: str) -> dict[str, Keyring]:
