@@ -84,8 +84,11 @@ async def _end_to_end(
     async with Bus(url, protection=opening) as reader:
         reader.registry.register(BenchEvent)
         start, cpu = time.perf_counter(), time.process_time()
-        await bus_consume(f"sealed-{run}-{id(opening)}", n, reader)()
+        durable = f"sealed-{run}-{id(opening)}"
+        await bus_consume(durable, n, reader)()
         consume, consume_cpu = time.perf_counter() - start, time.process_time() - cpu
+        # Each mode starts from the same server: no earlier mode's consumer left on the stream.
+        await reader.nc.request(f"$JS.API.CONSUMER.DELETE.{STREAM.name}.{durable}", b"")
     return n / publish, n / consume, publish_cpu / n * 1e6, consume_cpu / n * 1e6
 
 
