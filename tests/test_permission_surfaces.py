@@ -152,6 +152,13 @@ async def test_requests_by_subject(edge: tuple[httpx.AsyncClient, Bus]) -> None:
     token = jwt.encode({"sub": "svc", "exp": 2**31, "scope": "bus:request:tasks.*"}, SECRET)
     by_token = await client.post("/api/v1/requests/tasks.find", json=body, headers=bearer(token))
     assert by_token.status_code == 503
+    # Whether the app serves a subject is told only to callers who may call it.
+    unserved = await client.post("/api/v1/requests/billing.charge", json=body,
+                                 headers=bearer("req-key"))  # fmt: skip
+    assert unserved.status_code == 403
+    assert unserved.json()["detail"] == "this key or token lacks 'bus:request:billing.charge'"
+    mine = await client.post("/api/v1/requests/tasks.unknown", json=body, headers=bearer(token))
+    assert mine.status_code == 404
 
 
 async def test_workflows_by_name_and_who_started_them(

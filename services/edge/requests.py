@@ -41,12 +41,8 @@ _STATUSES = {s.value for s in HTTPStatus}
 
 
 def served(app: App, subject: str) -> tuple[str, Any]:
-    """(the pattern the app serves `subject` on, its request type); 400 for a subject that
-    is not one (wildcards, bad tokens), 404 for one the app does not serve."""
-    try:
-        validate_subject(subject)
-    except InvalidSubject as exc:
-        raise HTTPException(400, str(exc)) from None
+    """(the pattern the app serves `subject` (a valid subject) on, its request type); 404 for
+    one the app does not serve."""
     for spec in app.router.responders:
         if matches(spec.subject, subject):
             return spec.subject, spec.request_type
@@ -57,9 +53,15 @@ async def call(
     state: State, who: Principal | None, subject: str, fields: Any, timeout: float
 ) -> bytes:
     """The reply's JSON to `fields` (decoded JSON) on `subject` for `who`, or the
-    HTTPException saying why not; nothing is sent unless `fields` are a valid request."""
-    pattern, request_type = served(state.app, subject)
+    HTTPException saying why not; nothing is sent unless `fields` are a valid request. A
+    subject is checked (400), then the caller's permission (403), and only then whether the
+    app serves it (404): a caller learns nothing of subjects it may not call."""
+    try:
+        validate_subject(subject)
+    except InvalidSubject as exc:
+        raise HTTPException(400, str(exc)) from None
     permit(who, "request", subject)
+    pattern, request_type = served(state.app, subject)
     try:
         payload = msgspec.convert(fields, request_type)
     except msgspec.ValidationError as exc:
