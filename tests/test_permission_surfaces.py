@@ -294,3 +294,33 @@ async def test_mcp_resources_and_completions_follow_the_same_rules(
             "task",
             "task_counts",
         ]
+
+
+async def test_a_refused_write_costs_no_rate(nats_url: str) -> None:
+    """With one write a second, refusals first (403: outside the caller's patterns, over HTTP
+    and MCP) leave the caller's one write for a permitted one; the next is over the rate."""
+    app = make_app()
+    api = create_app(app, nats_url, api_keys=KEYS, publish_rate=1)
+    async with Bus(nats_url, registry=app.registry, streams=app.streams,
+                   buckets=app.buckets.values()):  # fmt: skip
+        async for client in serve(api):
+            kv, wf = bearer("kv-key"), bearer("wf-key")
+            for _ in range(3):
+                for refusal in (
+                    client.put("/api/v1/kv/settings/user2", json=1, headers=kv),
+                    client.delete("/api/v1/kv/settings/user2", headers=kv),
+                    client.post("/api/v1/workflows/ship/runs", json={}, headers=wf),
+                    client.post("/api/v1/workflows/ship/runs/ship-x:cancel", headers=wf),
+                ):
+                    assert (await refusal).status_code == 403
+                assert refused(await mcp(client, "kv-key", "set_state", bucket="settings",
+                                         key="user2", value=1))  # fmt: skip
+                assert refused(await mcp(client, "wf-key", "start_workflow", name="ship",
+                                         input={}))  # fmt: skip
+            key = "/api/v1/kv/settings/user1.a"
+            assert (await client.put(key, json=1, headers=kv)).status_code == 200
+            assert (await client.put(key, json=2, headers=kv)).status_code == 429
+            started = await client.post("/api/v1/workflows/review/runs", json={}, headers=wf)
+            assert started.status_code == 201
+            again = await client.post("/api/v1/workflows/review/runs", json={}, headers=wf)
+            assert again.status_code == 429

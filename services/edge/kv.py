@@ -41,7 +41,7 @@ from .problems import PROBLEM, PROBLEM_SCHEMA, problem
 
 router = APIRouter(prefix="/api/v1/kv", tags=["kv"])
 read = [Depends(require("read", narrowed=True))]  # checked per key ($KV.<bucket>.<key>)
-write = [Depends(require("write", narrowed=True)), Depends(publish_limit)]
+write = [Depends(require("write", narrowed=True))]  # charged once the key is permitted
 REFUSED: dict[str, Any] = {
     "description": "Precondition Failed",
     "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}},
@@ -211,6 +211,7 @@ async def put_key(
     """Write the JSON body; conditional with If-Match / If-None-Match: * (412 otherwise)."""
     handle = bucket_of(request.app.state, bucket)
     permit_key(request.state.principal, "write", bucket, key)
+    await publish_limit(request)
     expected = parse_condition(if_match, if_none_match)
     body = await read_body(request)
     try:
@@ -233,6 +234,7 @@ async def delete_key(
     """Delete the key (only at the If-Match revision, when sent); its history keeps it."""
     handle = bucket_of(request.app.state, bucket)
     permit_key(request.state.principal, "write", bucket, key)
+    await publish_limit(request)
     expected = parse_condition(if_match, None)
     try:
         if expected == "*":
@@ -276,9 +278,9 @@ def mcp_tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
     ) -> Any:
         """Write a key's JSON value. With expected_revision, only if the key is at that
         revision (0: only if it is absent); else refused, saying the current revision."""
-        who = await tool_writer(state)
         handle = bucket_of(state, bucket)
-        permit_key(who, "write", bucket, key)
+        permit_key(tool_caller(), "write", bucket, key)
+        await tool_writer(state)
         if expected_revision is not None and expected_revision < 0:
             raise HTTPException(422, "expected_revision must be >= 0 (0: the key is absent)")
         expected: Expected = "" if expected_revision == 0 else expected_revision

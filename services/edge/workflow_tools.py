@@ -13,7 +13,7 @@ from starlette.datastructures import State
 from bus import acting_as
 
 from . import workflows
-from .mcp_access import tool_caller, tool_writer
+from .mcp_access import tool_caller
 from .permissions import permit_workflow
 
 
@@ -26,7 +26,7 @@ def tools(state: State) -> list[Callable[..., Awaitable[Any]]]:
         """Start a run of workflow `name` with `input` (checked against its input schema,
         see list_workflows). Returns {run_id, workflow, status, stream, seq}; pass seq as
         after_seq to get_workflow_run to read it back. With an idempotency_key, once."""
-        who = await tool_writer(state)
+        who = tool_caller()  # (charged by `start`, once the workflow is permitted)
         with acting_as(who.name):  # the run's events say who started it, as over HTTP
             answer = await workflows.start(
                 state, who, name, input, idempotency_key, "idempotency_key"

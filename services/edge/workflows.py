@@ -26,14 +26,14 @@ from .auth import require
 from .events import KEY_HEADER, created, read_body
 from .grants import workflow_name
 from .idempotent import Answer, once
-from .limits import publish_limit
+from .limits import charge, publish_limit
 from .permissions import permit_workflow, reaches
 from .projections import AFTER_SEQ, query_parameters
 from .tokens import Principal
 
 router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
 read = [Depends(require("read", narrowed=True))]  # checked per workflow ($WF.<name>)
-write = [Depends(require("write", narrowed=True)), Depends(publish_limit)]
+write = [Depends(require("write", narrowed=True))]  # charged once the workflow is permitted
 _encode = msgspec.json.Encoder().encode
 _canonical = msgspec.json.Encoder(order="sorted").encode
 
@@ -146,6 +146,7 @@ async def start(
     """Validate and start (HTTP and MCP share this), as `who` may; once per `key`."""
     runs = known(state, name)
     permit_workflow(who, "write", name)
+    await charge(state.publish_buckets, who.name)
     try:
         runs.definition(name).parse_input(data)
     except msgspec.ValidationError as exc:
@@ -188,6 +189,7 @@ async def cancel_run(name: str, run_id: str, request: Request) -> Response:
     """Ask the run to stop; a finished run stays as it is (the answer shows its status)."""
     runs = known(request.app.state, name)
     permit_workflow(request.state.principal, "write", name)
+    await publish_limit(request)
     try:
         answer = await runs.cancel(run_id) if run_id.startswith(f"{name}-") else None
     except ConfigError as exc:
