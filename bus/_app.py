@@ -40,6 +40,7 @@ class App:
             name, self.streams, self.projections, self.registry, self.router
         )
         self.workflows = self._workflows.workflows
+        self.known_runs = self._workflows.known  # runs as this process's deciders last saw them
         self.buckets = {b.name: b for b in buckets}  # shared state (JetStream KV) by name
 
     def projection(self, name: str) -> Projection[Any]:

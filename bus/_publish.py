@@ -75,11 +75,13 @@ class Publisher:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         trace_headers: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> Outgoing:
         """The event ready for the wire; `trace_headers` (a batch span's context) replace the
         span of its own an event otherwise gets while tracing is on. Without an `event_id`,
-        a handler's event gets one derived from its message, any other a new UUIDv7."""
-        subject, payload = self.encode(event, aggregate_id)
+        a handler's event gets one derived from its message, any other a new UUIDv7. `name`:
+        the subject's last token, when not the event's own (bus.EventStore.append)."""
+        subject, payload = self.encode(event, aggregate_id, name)
         run = current_run()
         if not event_id:
             event_id = new_event_id() if run is None else run.next_id(subject)
@@ -91,7 +93,7 @@ class Publisher:
             hdrs[h.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = f"{event.__domain__}.{aggregate_id}.*"
         return self._outgoing(event, subject, payload, event_id, hdrs, trace_headers, run)
 
-    def encode(self, event: Event, aggregate_id: str) -> tuple[str, bytes]:
+    def encode(self, event: Event, aggregate_id: str, name: str | None = None) -> tuple[str, bytes]:
         """The event's subject and payload: what can be wrong with it shows here."""
         if not isinstance(event, Event):
             raise TypeError(f"expected an Event, got {type(event).__name__}")
@@ -99,7 +101,8 @@ class Publisher:
             raise ConfigError(f"{type(event).__name__} needs __domain__ and __event_name__")
         # Domain and event name were validated when the class was made; only the id is new.
         validate_token(aggregate_id, "aggregate id")
-        subject = f"{event.__domain__}.{aggregate_id}.{event.__event_name__}"
+        last = event.__event_name__ if name is None else validate_token(name, "event name")
+        subject = f"{event.__domain__}.{aggregate_id}.{last}"
         return subject, self._codec.encode(event)
 
     async def publish_many(

@@ -68,12 +68,15 @@ class EventStore:
         expected_version: int | None = None,
         correlation_id: str | None = None,
         event_ids: Sequence[str] | None = None,
+        name: str | None = None,
     ) -> AppendResult:
         """Append all `events` or none; `expected_version=0` means "must not exist yet".
 
         A stale `expected_version` raises ConcurrencyError (expected and actual). `event_ids`
         (one per event; new ones if not given) make a repeated append refused by JetStream
-        within the stream's duplicate window.
+        within the stream's duplicate window. `name` stores them under `<domain>.<id>.<name>`
+        instead of their own event names (their type travels in a header): a consumer can then
+        take them apart from others of their type (a workflow's tasks, by action).
         """
         if not events:
             raise ConfigError("append needs at least one event")
@@ -91,6 +94,7 @@ class EventStore:
                 event_id=event_id,
                 correlation_id=correlation_id,
                 expected_version=expected_version if i == 0 else None,
+                name=name,
             )
             for i, (event, event_id) in enumerate(zip(events, ids, strict=True))
         ]

@@ -76,7 +76,7 @@ class HandlerSpec:
 
 def handler_spec(
     fn: Handler,
-    subject: str | None = None,
+    subject: str | tuple[str, ...] | None = None,
     *,
     durable: str,
     events: tuple[type[Event], ...] | None = None,
@@ -95,8 +95,9 @@ def handler_spec(
     event_types = tuple(events) if events else annotated
     if batch_size is not None and not batch:
         raise ConfigError(f"{fn.__qualname__}: batch_size needs a handler taking list[Envelope]")
-    if subject is not None:
-        subjects: tuple[str, ...] = (validate_pattern(subject),)
+    if subject is not None:  # (several: one consumer takes them all)
+        listed = (subject,) if isinstance(subject, str) else subject
+        subjects: tuple[str, ...] = tuple(validate_pattern(s) for s in listed)
     elif event_types and all(c.__domain__ and c.__event_name__ for c in event_types):
         subjects = tuple(dict.fromkeys(f"{c.__domain__}.*.{c.__event_name__}" for c in event_types))
     else:

@@ -1,12 +1,15 @@
 """A workflow run's history as events, and the fold that turns it into the run's state.
 
-Every run is an aggregate of the `wf` domain: stream `WF`, subjects `wf.<run_id>.<event>`
+Every run is an aggregate of the `wf` domain: stream `WF`, subjects `wf.<run_id>.<name>`
 (`run_id` is `<workflow>-<uuid7>`, so runs of a workflow sort together and by start time).
-Step work travels separately, as `StepTask` messages on `wftask.<action>.task` (stream
-`WFTASKS`), with `Nats-Msg-Id` `<run_id>.<step>.<attempt>` so a task sent twice is stored once.
 
-A step is `running` from the record scheduling it (its task is sent right after) until its
-outcome: workers record only outcomes, no claim (bus._workflow_tasks).
+A record that schedules steps is their task: it is stored under the name `task_<action>` of
+the steps' action (`routed_name`), so that action's consumer takes it, and a step is
+`running` from that record until its outcome. Whoever records something decides what
+follows, and the steps a step's outcome lets start ride on that outcome (`scheduled`): a
+run's start is its first steps' task, a step's outcome the next steps' task. Steps of
+another action get records of their own. An outcome recorded by a worker that does not
+declare the run's workflow is stored as `decide`, for the orchestrator (bus._orchestrator).
 
 `apply_run` is the one fold: the orchestrator and the workers fold a run's history with it to
 decide, and the `workflow_runs` projection (key: run id) folds the stream with it for queries.
@@ -25,7 +28,8 @@ from ._store import EventStore, History
 from ._streams import StreamSpec
 
 DOMAIN = "wf"
-TASKS = "wftask"
+TASK = "task_"  # + an action: the name its steps' records are stored under
+DECIDE = "decide"  # an outcome whose worker leaves the decision to the orchestrator
 RUNS_PROJECTION = "workflow_runs"
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -37,15 +41,20 @@ class StepShape(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Scheduled(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of a step to run, with what its worker needs without the definition."""
+
     step: str
+    action: str
     attempt: int
-    input: Any
+    input: Any  # None on a retry the orchestrator decided: the history has the first's
     not_before: float = 0.0  # epoch seconds: a retry waits for its backoff
+    timeout: float | None = None
+    retry_delay: float | None = None  # None: this is the last attempt
 
 
 class RunStarted(Event):
-    """The run's start, with the steps it starts with: the starter decides them, so the
-    first decision is no record of its own."""
+    """The run's start, with the steps it starts with (of one action: the record is their
+    task); none when an input function failed (the orchestrator records that)."""
 
     __domain__ = DOMAIN
     __event_name__ = "started"
@@ -57,18 +66,18 @@ class RunStarted(Event):
 
 
 class StepsScheduled(Event):
-    """Steps to run now, all of one decision (parallel ones together): one event, since the
-    server's atomic batch of several costs ~70 plain appends in CPU (`bus bench`)."""
+    """Steps of one action to run now, of one decision."""
 
     __domain__ = DOMAIN
     __event_name__ = "steps_scheduled"
     steps: list[Scheduled]
+    origin: int = 0  # the sequence of the run's first event (0: unknown): see load_run
 
 
 class StepCompleted(Event):
     """An attempt's outcome, the only record a worker makes of it (no claim before):
-    `started_at` is when its handler began, `after` the run's version it was appended at
-    (an orchestrator knowing the run up to `after` then knows it whole without a read)."""
+    `started_at` is when its handler began; `scheduled`, the steps it lets start (of one
+    action: the record is their task)."""
 
     __domain__ = DOMAIN
     __event_name__ = "step_completed"
@@ -76,12 +85,14 @@ class StepCompleted(Event):
     attempt: int
     output: Any
     seconds: float = 0.0
-    origin: int = 0  # the sequence of the run's first event (0: unknown): see load_run
+    origin: int = 0
     started_at: str | None = None
-    after: int = 0
+    scheduled: list[Scheduled] = []
 
 
 class StepFailed(Event):
+    """A failed attempt; `scheduled` holds its retry, when one follows."""
+
     __domain__ = DOMAIN
     __event_name__ = "step_failed"
     step: str
@@ -91,7 +102,7 @@ class StepFailed(Event):
     retry_at: float = 0.0
     origin: int = 0
     started_at: str | None = None
-    after: int = 0
+    scheduled: list[Scheduled] = []
 
 
 class StepsSkipped(Event):
@@ -102,11 +113,14 @@ class StepsSkipped(Event):
 
 
 class CompensationScheduled(Event):
+    """The task of a compensation: `action` run on the completed step's output."""
+
     __domain__ = DOMAIN
     __event_name__ = "compensation_scheduled"
     step: str
     action: str
     input: Any
+    origin: int = 0
 
 
 class StepCompensated(Event):
@@ -141,24 +155,6 @@ class RunCancelled(Event):
     __event_name__ = "cancelled"
 
 
-class StepTask(Event):
-    """Work for an action's handlers: run `step` of `run_id` (or compensate it)."""
-
-    __domain__ = TASKS
-    __event_name__ = "task"
-    run_id: str
-    workflow: str
-    step: str
-    attempt: int
-    input: Any
-    timeout: float | None = None
-    retry_delay: float | None = None  # None: this is the last attempt
-    not_before: float = 0.0
-    compensation: bool = False
-    version: int = 0  # the run's version when sent: an outcome at it needs no read first
-    origin: int = 0  # the sequence of the run's first event
-
-
 RUN_EVENTS: tuple[type[Event], ...] = (
     RunStarted,
     StepsScheduled,
@@ -172,6 +168,7 @@ RUN_EVENTS: tuple[type[Event], ...] = (
     CancelRequested,
     RunCancelled,
 )
+TASKS = (RunStarted, StepsScheduled, StepCompleted, StepFailed, CompensationScheduled)
 
 
 class StepView(msgspec.Struct, kw_only=True):
@@ -223,13 +220,37 @@ class RunView(msgspec.Struct, kw_only=True):
         return out
 
 
-def scheduled_inputs(event: Event) -> dict[str, Any]:
-    """The inputs `event` gives the steps it schedules (a retry's is None: the first
-    attempt's stands)."""
+def scheduled_by(event: Event) -> list[Scheduled]:
+    """The steps `event` schedules (it is their task)."""
     match event:
-        case StepsScheduled(steps=scheduled) | RunStarted(scheduled=scheduled):
-            return {s.step: s.input for s in scheduled if s.input is not None}
-    return {}
+        case StepsScheduled(steps=steps):
+            return steps
+        case RunStarted(scheduled=steps) | StepCompleted(scheduled=steps):
+            return steps
+        case StepFailed(scheduled=steps):
+            return steps
+    return []
+
+
+def routed_name(event: Event) -> str | None:
+    """The name `event` is stored under when it is a task (None: its own): `task_<action>`
+    for a record scheduling steps of that action, or the compensating action's."""
+    if isinstance(event, CompensationScheduled):
+        return TASK + event.action
+    scheduled = scheduled_by(event)
+    return TASK + scheduled[0].action if scheduled else None
+
+
+def origin_of(envelope: Envelope[Event]) -> int:
+    """The sequence of the run's first event, as `envelope` knows it (0: unknown)."""
+    if isinstance(envelope.event, RunStarted):
+        return envelope.seq or 0
+    return int(getattr(envelope.event, "origin", 0))
+
+
+def workflow_of(run_id: str) -> str:
+    """The workflow a run id names (`<workflow>-<id>`: workflow names hold no `-`)."""
+    return run_id.partition("-")[0]
 
 
 def run_id_of(envelope: Envelope[Event]) -> str | None:
@@ -244,8 +265,8 @@ def _step(run: RunView, name: str, **changes: Any) -> RunView:
 
 
 def _schedule(run: RunView, scheduled: list[Scheduled], at: str) -> RunView:
-    """Scheduled is running: its task is sent right after the record (started_at: the
-    record's time, or its backoff's end; the outcome says when its handler began)."""
+    """Scheduled is running: the record is its task (started_at: the record's time, or its
+    backoff's end; the outcome says when its handler began)."""
     for one in scheduled:
         begins = max(at, rfc3339(one.not_before)) if one.not_before else at
         run = _step(run, one.step, status="running", scheduled=one.attempt,
@@ -278,13 +299,16 @@ def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
             return _schedule(run, envelope.event.scheduled, at)
         case StepsScheduled(steps=scheduled):
             return _schedule(run, scheduled, at)
-        case StepCompleted(step=name, output=output, started_at=began):
-            return _step(run, name, status="completed", output=output, error=None, ended_at=at,
-                         **_began(began))  # fmt: skip
-        case StepFailed(step=name, error=error, will_retry=retry, retry_at=t, started_at=began):
+        case StepCompleted(step=name, output=output, started_at=began, scheduled=scheduled):
+            run = _step(run, name, status="completed", output=output, error=None, ended_at=at,
+                        **_began(began))  # fmt: skip
+            return _schedule(run, scheduled, at)
+        case StepFailed(step=name, error=error, will_retry=retry, retry_at=t, started_at=began,
+                        scheduled=scheduled):  # fmt: skip
             status = "pending" if retry else "failed"
-            return _step(run, name, status=status, error=error, ended_at=at, not_before=t,
-                         **_began(began))  # fmt: skip
+            run = _step(run, name, status=status, error=error, ended_at=at, not_before=t,
+                        **_began(began))  # fmt: skip
+            return _schedule(run, scheduled, at)
         case StepsSkipped(steps=names):
             for name in names:
                 run = _step(run, name, status="skipped")
@@ -329,7 +353,4 @@ def runs_projection() -> Projection[RunView]:
 
 
 def workflow_streams() -> list[StreamSpec]:
-    return [
-        StreamSpec.for_domain(DOMAIN, description="workflow runs' histories"),
-        StreamSpec.for_domain(TASKS, description="workflow steps' work, by action"),
-    ]
+    return [StreamSpec.for_domain(DOMAIN, description="workflow runs' histories and tasks")]

@@ -28,7 +28,7 @@ from ._app import App
 from ._client import Bus
 from ._errors import BusTimeout, ConcurrencyError, ConfigError
 from ._events import new_event_id
-from ._orchestrator import first_steps
+from ._orchestrator import advance, first_steps
 from ._projection import ProjectionView
 from ._store import EventStore
 from ._subjects import validate_token
@@ -43,7 +43,9 @@ from ._workflow_events import (
     StepShape,
     apply_run,
     fold,
+    routed_name,
 )
+from ._workflow_known import as_envelope
 
 SCAN = 1000  # runs read per page while filtering by status
 
@@ -104,13 +106,21 @@ class Workflows:
         )
         event = first_steps(run_id, started, workflow)
         try:
-            result = await self._store.append(DOMAIN, run_id, [event], expected_version=0)
+            result = await self._store.append(
+                DOMAIN, run_id, [event], expected_version=0, name=routed_name(event)
+            )
         except ConcurrencyError:
             if idempotency_key is None:
                 raise
             run = await self.history(run_id)
             assert run is not None
             return Started(run_id, name, run.status, EventStore.stream_of(DOMAIN), run.seq)
+        run = apply_run(RunView(), as_envelope(event, run_id, result.version))
+        self._app.known_runs.remember(run)  # (a worker of this process needs no read)
+        if len({s.action for s in workflow.steps if not s.depends_on}) > 1:
+            # The first steps of other actions get records (their tasks) of their own.
+            known = self._app.known_runs
+            await advance(self._store, run_id, result.version, self._app.workflows, known, run)
         return Started(run_id, name, "running", result.stream, result.version)
 
     async def get(self, run_id: str, after_seq: int | None = None) -> RunView | None:

@@ -1,28 +1,29 @@
-"""The worker side of workflows: an action's handler runs the step tasks sent to it.
+"""The worker side of workflows: an action's handler runs the steps scheduled for it.
 
     @app.action("parse")
     async def parse(source: ParseInput) -> Parsed: ...
 
 An action is hosted by any `bus worker` / `bus up` of the app: one durable consumer per
-action (`wf-<action>` on `wftask.<action>.task`), so its instances share the tasks.
+action (`wf-<action>`, on `wf.*.task_<action>`: the records scheduling its steps, which are
+their tasks), so its instances share the work.
 
-The handler runs a task without claiming it first (no record before it runs: a step is
-running once scheduled), then appends its outcome (`StepCompleted` / `StepFailed`, with
-when it began) conditional on the run's last sequence, only while the history shows that
-attempt scheduled and without an outcome: so an outcome is recorded once, under
-redelivery, duplicate tasks or kill -9 at any point, while a handler may run more than
-once (a redelivered task after its worker died, as Temporal's activities: at-least-once
-execution, exactly-once outcomes). The append first tries at the run's version the task
-was sent at, without reading (there the attempt was running by construction); refused, it
-reads what came since: other steps' outcomes or retries alone (parallel steps) leave the
-attempt running, anything else has it read the whole history and check. The outcome says
-at which version it landed (`after`), so the orchestrator needs no read when nothing came
-between. A step's handler is stopped when its run is cancelled, and a task of a run
-cancelled since is not run (a watch on `wf.*.cancel_requested` in each process; not a
-compensation's: a cancel is what starts them); it is stopped after `timeout` seconds too (a
-failed attempt). A Bus observer with `step_finished(workflow, step, outcome, seconds)`
-(observability.metrics has it) counts each recorded attempt: outcome completed, failed or
-retried.
+The handler runs a step without claiming it first (a step is running once scheduled), then
+records its outcome (`StepCompleted` / `StepFailed`, with when it began) conditional on the
+run's last sequence, only while the history shows that attempt scheduled and without an
+outcome: so an outcome is recorded once, under redelivery, duplicate tasks or kill -9 at any
+point, while a handler may run more than once (a redelivered task after its worker died, as
+Temporal's activities: at-least-once execution, exactly-once outcomes). A worker that
+declares the run's workflow decides what follows (bus._orchestrator) before its message is
+acknowledged: the steps its outcome lets start ride on the outcome record, which is their
+task; anything else follows in records of its own. One that does not leaves the decision to
+the orchestrator (the outcome is stored as `decide`). The run's state comes from what the
+process knows of it (the record it recorded itself: no read), else from its history.
+
+A step's handler is stopped when its run is cancelled, and a task of a run cancelled since
+is not run (a watch on `wf.*.cancel_requested` in each process; not a compensation's: a
+cancel is what starts them); it is stopped after `timeout` seconds too (a failed attempt).
+A Bus observer with `step_finished(workflow, step, outcome, seconds)` (observability.metrics
+has it) counts each recorded attempt: outcome completed, failed or retried.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import time
 import typing
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -42,21 +43,30 @@ import msgspec
 from ._client import Bus, current_bus
 from ._envelope import Envelope, now_rfc3339
 from ._errors import ConcurrencyError, ConfigError
-from ._events import Event, new_event_id
+from ._events import Event
+from ._orchestrator import advance, append, decide
 from ._store import EventStore
 from ._subscribe import HandlerSpec, handler_spec
-from ._workflow import PermanentError, check_name, describe_error
+from ._workflow import PermanentError, Workflow, check_name, describe_error
 from ._workflow_events import (
+    DECIDE,
     DOMAIN,
+    TASK,
     TASKS,
+    CompensationScheduled,
     RunView,
     StepCompensated,
     StepCompleted,
     StepFailed,
     StepsScheduled,
-    StepTask,
+    apply_run,
     load_run,
+    origin_of,
+    run_id_of,
+    scheduled_by,
+    workflow_of,
 )
+from ._workflow_known import Known, as_envelope
 
 log = logging.getLogger("bus.workflow")
 Action = Callable[[Any], Awaitable[Any]]
@@ -64,8 +74,15 @@ MAX_TRIES = 50
 CANCELLED_KEPT = 10_000  # cancelled runs a process remembers
 
 
-def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
-    """The consumer running action `name` (options as for `subscribe`: concurrency...)."""
+def action_spec(
+    name: str,
+    fn: Action,
+    workflows: Mapping[str, Workflow[Any]],
+    known: Known,
+    **options: Any,
+) -> HandlerSpec:
+    """The consumer running action `name` (options as for `subscribe`: concurrency...),
+    deciding what follows in runs of `workflows` (`known`: what the process saw of them)."""
     check_name(name, "action name")
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(f"action {name!r}: {fn.__qualname__} must be an async function")
@@ -76,16 +93,53 @@ def action_spec(name: str, fn: Action, **options: Any) -> HandlerSpec:
         hint = typing.get_type_hints(fn).get(params[0].name, Any)
     except (NameError, TypeError) as exc:
         raise ConfigError(f"action {name!r}: cannot read its annotations: {exc}") from None
-    handler = TaskHandler(fn, hint)
+    handler = TaskHandler(name, fn, hint, workflows, known)
     options.setdefault("max_deliver", 1000)  # failures are the steps'; this is for crashes
     options.setdefault("ack_wait", 10.0)  # a step held by a dead worker runs again after it
     return handler_spec(
-        handler.handle,
-        f"{TASKS}.{name}.task",
-        durable=f"wf-{name}",
-        events=(StepTask,),
-        **options,
+        handler.handle, f"{DOMAIN}.*.{TASK}{name}", durable=f"wf-{name}", events=TASKS, **options
     )
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """One step (or compensation) a record asks of an action."""
+
+    run_id: str
+    step: str
+    attempt: int  # 0: a compensation
+    input: Any
+    origin: int  # the sequence of the run's first event
+    version: int  # the sequence of the record: the run's version there
+    timeout: float | None = None
+    retry_delay: float | None = None  # None: the last attempt
+    not_before: float = 0.0
+    compensation: bool = False
+
+
+def tasks_in(envelope: Envelope[Event], action: str) -> list[Task]:
+    """What the record in `envelope` asks of `action`."""
+    event, seq = envelope.event, envelope.seq or 0
+    run_id, origin = run_id_of(envelope) or "", origin_of(envelope)
+    if isinstance(event, CompensationScheduled):
+        if event.action != action:
+            return []
+        return [Task(run_id=run_id, step=event.step, attempt=0, input=event.input,
+                     origin=origin, version=seq, compensation=True)]  # fmt: skip
+    return [
+        Task(
+            run_id=run_id,
+            step=s.step,
+            attempt=s.attempt,
+            input=s.input,
+            origin=origin,
+            version=seq,
+            timeout=s.timeout,
+            retry_delay=s.retry_delay,
+            not_before=s.not_before,
+        )
+        for s in scheduled_by(event)
+        if s.action == action
+    ]
 
 
 class _Watch:
@@ -116,11 +170,28 @@ _watches: weakref.WeakKeyDictionary[Bus, _Watch] = weakref.WeakKeyDictionary()
 
 
 class TaskHandler:
-    def __init__(self, fn: Action, input_type: Any) -> None:
+    def __init__(
+        self,
+        action: str,
+        fn: Action,
+        input_type: Any,
+        workflows: Mapping[str, Workflow[Any]],
+        known: Known,
+    ) -> None:
+        self.action = action
         self.fn = fn
         self.input_type = input_type
+        self.workflows = workflows
+        self.known = known
 
-    async def handle(self, task: StepTask, envelope: Envelope[StepTask]) -> None:
+    async def handle(self, event: Event, envelope: Envelope[Event]) -> None:
+        tasks = tasks_in(envelope, self.action)
+        if len(tasks) == 1:
+            await self._do(tasks[0])
+        else:  # several steps of this action, scheduled together: they run in parallel
+            await asyncio.gather(*(self._do(task) for task in tasks))
+
+    async def _do(self, task: Task) -> None:
         bus = current_bus()
         watch = _watches.setdefault(bus, _Watch())
         await watch.ensure(bus)
@@ -129,21 +200,18 @@ class TaskHandler:
             await asyncio.sleep(wait)
         if task.run_id in watch.cancelled and not task.compensation:
             return  # a cancel is what may start compensations: they run
+        store = EventStore(bus)
+        if task.input is None and not task.compensation:  # a retry decided elsewhere
+            task = msgspec.structs.replace(task, input=await _first_input(store, task))
         started, began = time.monotonic(), now_rfc3339()
         outcome = await self._run(task, watch)
         if outcome is None:
             return  # the run was cancelled: nothing to record
-        seconds = time.monotonic() - started
         if isinstance(outcome, StepCompleted | StepFailed):
             outcome = msgspec.structs.replace(outcome, started_at=began)
-        if await _record(EventStore(bus), task, outcome):
-            _observe(bus, task, outcome, seconds)
-            if isinstance(outcome, StepFailed):
-                log.warning("run %s: step %s attempt %d failed%s: %s", task.run_id, task.step,
-                            task.attempt, ", will retry" if outcome.will_retry else "",
-                            outcome.error)  # fmt: skip
+        await self._record(store, task, outcome, time.monotonic() - started)
 
-    async def _run(self, task: StepTask, watch: _Watch) -> Event | None:
+    async def _run(self, task: Task, watch: _Watch) -> Event | None:
         try:
             data = msgspec.convert(task.input, self.input_type)
         except msgspec.ValidationError as exc:
@@ -172,61 +240,68 @@ class TaskHandler:
                 watch.running.pop(task.run_id, None)
         if task.compensation:
             return StepCompensated(step=task.step, origin=task.origin)
-        seconds = time.monotonic() - started
-        return StepCompleted(
-            step=task.step,
-            attempt=task.attempt,
-            output=msgspec.to_builtins(output),
-            seconds=seconds,
-            origin=task.origin,
-        )
+        return StepCompleted(step=task.step, attempt=task.attempt,
+                             output=msgspec.to_builtins(output),
+                             seconds=time.monotonic() - started, origin=task.origin)  # fmt: skip
+
+    async def _record(self, store: EventStore, task: Task, outcome: Event, seconds: float) -> None:
+        """Append `outcome` while the history shows the attempt still running (scheduled, no
+        outcome yet), with the steps it lets start; then decide what else follows. First at
+        the record's version when the process knows the run there (no read), else on what
+        is read; refused, on what came since: so an outcome is recorded once, however often
+        its task is run, and a rerun after a crash decides what its first run could not."""
+        workflow = self.workflows.get(workflow_of(task.run_id))
+        run = self.known.since(task.run_id, task.version)
+        for _ in range(MAX_TRIES):
+            if run is None:
+                run = await self.known.read(store, task.run_id, task.origin)
+            if not _still_ours(run, task):  # recorded by an earlier run of it, or moved on
+                if workflow is not None:
+                    await advance(store, task.run_id, task.origin, self.workflows, self.known,
+                                  run)  # fmt: skip
+                return
+            record = outcome if workflow is None else _with_next(run, task, outcome, workflow)
+            try:
+                seq = await append(store, run, record, DECIDE if workflow is None else None)
+            except ConcurrencyError as exc:  # the run moved on: what came is checked
+                run = self.known.since(task.run_id, max(exc.actual or 0, run.seq + 1))
+                continue
+            _observe(current_bus(), task, outcome, seconds)
+            if workflow is not None:
+                run = apply_run(run, as_envelope(record, task.run_id, seq))
+                self.known.remember(run)
+                await advance(store, task.run_id, task.origin, self.workflows, self.known, run)
+            return
+        raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
 
-async def _record(store: EventStore, task: StepTask, outcome: Event) -> bool:
-    """Append `outcome` while the history shows the attempt still running (scheduled, no
-    outcome yet). First at the run's version the task was sent at without reading (the
-    attempt was running there by construction), then, if the run moved on meanwhile, from
-    what came since: so an outcome is recorded once, however often its task is run."""
-    version = task.version
-    for _ in range(MAX_TRIES):
-        if not version:
-            history, run = await load_run(store, task.run_id, task.origin)
-            if not _still_ours(run, task):
-                return False
-            version = history.version
-        if isinstance(outcome, StepCompleted | StepFailed):
-            outcome = msgspec.structs.replace(outcome, after=version)
-        try:
-            await store.append(
-                DOMAIN, task.run_id, [outcome], expected_version=version,
-                event_ids=[new_event_id()],
-            )  # fmt: skip
-            return True
-        except ConcurrencyError:
-            version = await _moved_on(store, task, version)
-    raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
+def _with_next(run: RunView, task: Task, outcome: Event, workflow: Workflow[Any]) -> Event:
+    """`outcome` with the steps it lets start (one action's: the record is their task; a
+    retry of this step takes this attempt's input)."""
+    if not isinstance(outcome, StepCompleted | StepFailed):
+        return outcome
+    following = decide(apply_run(run, as_envelope(outcome, task.run_id, run.seq + 1)), workflow)
+    if not isinstance(following, StepsScheduled):
+        return outcome
+    steps = [
+        msgspec.structs.replace(s, input=task.input) if s.step == task.step else s
+        for s in following.steps
+    ]
+    return msgspec.structs.replace(outcome, scheduled=steps)
 
 
-async def _moved_on(store: EventStore, task: StepTask, version: int) -> int:
-    """The run's version now if all appended since `version` is other steps' work (a
-    parallel step's outcome or retry: what held for this step at `version` holds still), or
-    0 (read the whole history and check). Reads only the tail: the common refusal is cheap."""
-    tail = await store.load(DOMAIN, task.run_id, since=version)
-    if tail.events and all(_elsewhere(e.event, task.step) for e in tail.events):
-        return tail.version
-    return 0
+async def _first_input(store: EventStore, task: Task) -> Any:
+    """The input the step was first scheduled with (a retry's record carries none)."""
+    history, _ = await load_run(store, task.run_id, task.origin)
+    found = None
+    for envelope in history.events:
+        for scheduled in scheduled_by(envelope.event):
+            if scheduled.step == task.step and scheduled.input is not None:
+                found = scheduled.input
+    return found
 
 
-def _elsewhere(event: Event, step: str) -> bool:
-    match event:
-        case StepCompleted() | StepFailed():
-            return event.step != step
-        case StepsScheduled(steps=scheduled):
-            return all(s.step != step for s in scheduled)
-    return False
-
-
-def _still_ours(run: RunView, task: StepTask) -> bool:
+def _still_ours(run: RunView, task: Task) -> bool:
     step = run.steps.get(task.step)
     if step is None or run.finished:
         return False
@@ -235,7 +310,7 @@ def _still_ours(run: RunView, task: StepTask) -> bool:
     return step.status == "running" and step.scheduled == task.attempt
 
 
-def _failed(task: StepTask, error: str, *, retry: bool) -> Event:
+def _failed(task: Task, error: str, *, retry: bool) -> Event:
     if task.compensation:
         return StepCompensated(step=task.step, error=error, origin=task.origin)
     again = retry and task.retry_delay is not None
@@ -244,7 +319,11 @@ def _failed(task: StepTask, error: str, *, retry: bool) -> Event:
                       retry_at=retry_at, origin=task.origin)  # fmt: skip
 
 
-def _observe(bus: Bus, task: StepTask, outcome: Event, seconds: float) -> None:
+def _observe(bus: Bus, task: Task, outcome: Event, seconds: float) -> None:
+    if isinstance(outcome, StepFailed):
+        log.warning("run %s: step %s attempt %d failed%s: %s", task.run_id, task.step,
+                    task.attempt, ", will retry" if outcome.will_retry else "",
+                    outcome.error)  # fmt: skip
     record = getattr(bus.telemetry.observer, "step_finished", None)
     if record is None or task.compensation:
         return
@@ -252,4 +331,4 @@ def _observe(bus: Bus, task: StepTask, outcome: Event, seconds: float) -> None:
         result = "retried" if outcome.will_retry else "failed"
     else:
         result = "completed"
-    record(task.workflow, task.step, result, seconds)
+    record(workflow_of(task.run_id), task.step, result, seconds)

@@ -1,5 +1,5 @@
-"""The orchestrator's kept runs (bus._workflow_known) are the real history's fold: read from a
-kept prefix, or followed through a worker's outcome without a read, on a real server."""
+"""A process's kept runs (bus._workflow_known) are the real history's fold: read on from any
+kept prefix, they fold to the whole history, on a real server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from bus import App, EventStore, Step, Workflow, Workflows
-from bus._workflow_events import RunView, StepCompleted, StepFailed, fold
+from bus._workflow_events import RunView, StepFailed, fold
 from bus._workflow_known import Known
 from bus.testing import run_app
 
@@ -62,41 +62,26 @@ async def test_kept_runs_fold_like_the_history(nats_url: str) -> None:
         events = (await store.load("wf", started.run_id)).events
         assert any(isinstance(e.event, StepFailed) for e in events)
 
-        outcomes = 0
-        for i, outcome in enumerate(events):
-            if not isinstance(outcome.event, StepCompleted | StepFailed):
-                continue
-            assert outcome.event.after  # the version it was appended at: its predecessor's
-            prefix = [e for e in events if (e.seq or 0) <= outcome.event.after]
-            assert events[len(prefix)] is outcome
+        for i in range(1, len(events)):  # every prefix short of the run's end
+            prefix = events[:i]
             known = Known()
-            known.remember(fold(prefix), {})
-            assert known.follow(started.run_id, outcome)
-            outcomes += 1
-            kept = known.get(started.run_id)
-            assert kept is not None
-            assert _decisive(kept[0]) == _decisive(fold(events[: i + 1]))
-            stale = Known()
-            stale.remember(fold(prefix[:-1]), {})
-            assert not stale.follow(started.run_id, outcome)
-            # read from any kept prefix: the tail folds to the whole history
-            tail_read, _ = await stale.read(store, started.run_id, prefix[0].seq or 0)
+            known.remember(fold(prefix))
+            last = prefix[-1].seq or 0
+            assert known.since(started.run_id, last) is not None
+            assert known.since(started.run_id, last + 1) is None  # it would be stale there
+            tail_read = await known.read(store, started.run_id, events[0].seq or 0)
             assert _decisive(tail_read) == _decisive(fold(events))
-        assert outcomes == 5  # a, b twice (it failed once), c, d: each followed
+        assert app.known_runs.since(started.run_id, 0) is None  # finished: dropped
 
 
-def test_the_tasks_sent_are_kept_with_the_run_and_go_with_it() -> None:
-    """A kept run's sent task ids persist across triggers; a run not kept (or finished, or
-    pushed out) has none, so its tasks are sent again (JetStream stores them once)."""
+def test_kept_runs_are_bounded_and_only_move_forward() -> None:
     known = Known(size=1)
-    assert known.sent("r1") == set()  # not kept: nothing known to be sent
-    known.remember(RunView(run_id="r1", seq=1), {})
-    known.sent("r1").add("r1.a.1")
-    assert known.sent("r1") == {"r1.a.1"}
-    known.remember(RunView(run_id="r1", seq=2), {})  # the run moved on: still sent
-    assert known.sent("r1") == {"r1.a.1"}
-    known.remember(RunView(run_id="r2", seq=3), {})  # r1 pushed out (size 1)
-    assert known.sent("r1") == set()
-    known.sent("r2").add("r2.a.1")
-    known.remember(RunView(run_id="r2", seq=4, status="completed"), {})
-    assert known.sent("r2") == set()
+    known.remember(RunView(run_id="r1", seq=5))
+    known.remember(RunView(run_id="r1", seq=3))  # an older state does not replace it
+    kept = known.since("r1", 0)
+    assert kept is not None
+    assert kept.seq == 5
+    known.remember(RunView(run_id="r2", seq=6))  # r1 pushed out (size 1)
+    assert known.since("r1", 0) is None
+    known.remember(RunView(run_id="r2", seq=7, status="completed"))  # finished: dropped
+    assert known.since("r2", 0) is None

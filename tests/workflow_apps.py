@@ -49,21 +49,28 @@ def part(step: str, depends: tuple[str, ...] = ()):
     return make
 
 
-def make_app(name: str = "wftest", retries: int = 3) -> tuple[App, dict[str, int]]:
-    """The app, and calls per step (this process's)."""
+def diamond(retries: int = 3) -> Workflow[Job]:
+    """a -> (b, c) -> d, all on the action `work`; b compensated by `undo`."""
+    return Workflow("diamond", Job, [
+        Step("a", action="work", input=part("a"), retries=retries),
+        Step("b", action="work", depends_on=("a",), input=part("b", ("a",)),
+             retries=retries, compensate="undo"),
+        Step("c", action="work", depends_on=("a",), input=part("c", ("a",)),
+             retries=retries),
+        Step("d", action="work", depends_on=("b", "c"), input=part("d", ("b", "c")),
+             retries=retries),
+    ])  # fmt: skip
+
+
+def make_app(
+    name: str = "wftest", retries: int = 3, declare: bool = True
+) -> tuple[App, dict[str, int]]:
+    """The app (its actions, and the workflow unless not to `declare` it: then another app
+    decides its runs), and calls per step (this process's)."""
     app = App(name)
     calls: dict[str, int] = {}
-    app.workflow(
-        Workflow("diamond", Job, [
-            Step("a", action="work", input=part("a"), retries=retries),
-            Step("b", action="work", depends_on=("a",), input=part("b", ("a",)),
-                 retries=retries, compensate="undo"),
-            Step("c", action="work", depends_on=("a",), input=part("c", ("a",)),
-                 retries=retries),
-            Step("d", action="work", depends_on=("b", "c"), input=part("d", ("b", "c")),
-                 retries=retries),
-        ])
-    )  # fmt: skip
+    if declare:
+        app.workflow(diamond(retries))
 
     @app.action("work")
     async def work(p: Part) -> Done:
