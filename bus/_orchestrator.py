@@ -175,7 +175,8 @@ class Orchestrator:
         run_id = run_id_of(envelope)
         if run_id is not None:
             store = EventStore(current_bus())
-            await advance(store, run_id, origin_of(envelope), self.workflows, self.known)
+            async with self.known.deciding(run_id):
+                await advance(store, run_id, origin_of(envelope), self.workflows, self.known)
 
 
 async def append(store: EventStore, run: RunView, event: Event, name: str | None = None) -> int:

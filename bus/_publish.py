@@ -146,12 +146,33 @@ class Publisher:
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
         """Publish one prepared event and wait for JetStream's ack."""
+        wait = self.timeout if timeout is None else timeout
         if out.rerun_since:
-            wait = self.timeout if timeout is None else timeout
             result = (await self._reruns.send([out], wait, False))[0]
         else:
-            result = (await self.send_many([out], timeout))[0]
+            started = time.perf_counter()
+            if (acked := await self._send_once(out, wait)) is not None:
+                return acked
+            left = max(0.0, wait - (time.perf_counter() - started))
+            result = (await self.send_many([out], left))[0]
         assert isinstance(result, PublishResult)
+        return result
+
+    async def _send_once(self, out: Outgoing, timeout: float) -> PublishResult | None:
+        """The common case of `send` on a fast path: one try, and its result if it was
+        answered (None: not, or "no responders": then `send_many` tries, with its patience)."""
+        if not self._inbox or self._nc.is_closed or self._nc.is_draining:
+            return None
+        started = time.perf_counter()
+        reply = (await self._attempt([out], [0], [None], min(RETRY_AFTER, timeout), None))[0]
+        if reply is None or reply is NO_RESPONDERS:
+            return None
+        try:
+            result = read_ack(out, reply)
+        except BusError as exc:
+            self._report([out], [exc], started)
+            raise
+        self._report([out], [result], started)
         return result
 
     async def send_many(

@@ -108,6 +108,8 @@ class Workflow(Generic[I]):
     steps: Sequence[Step]
     output: Callable[[RunContext[I]], Any] | None = None
     order: tuple[str, ...] = field(init=False, default=())  # a topological order
+    version: str = field(init=False, default="")  # a digest of the DAG's shape
+    _by_name: dict[str, Step] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_name(self.name, "workflow name")
@@ -115,12 +117,17 @@ class Workflow(Generic[I]):
         if not self.steps:
             raise ConfigError(f"workflow {self.name!r} needs at least one step")
         object.__setattr__(self, "order", topological_order(self.name, self.steps))
+        # Runs record the version, so a changed definition shows; made once (every start).
+        shape = [(s.name, s.action, s.depends_on, s.retries, s.compensate) for s in self.steps]
+        version = hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
+        object.__setattr__(self, "version", version)
+        self._by_name.update((s.name, s) for s in self.steps)
 
     def step(self, name: str) -> Step:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise ConfigError(f"workflow {self.name!r} has no step {name!r}")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ConfigError(f"workflow {self.name!r} has no step {name!r}") from None
 
     def parse_input(self, raw: Any) -> I:
         """`raw` (decoded JSON) as the input type; msgspec.ValidationError if it does not fit."""
@@ -130,12 +137,6 @@ class Workflow(Generic[I]):
     def leaves(self) -> list[str]:
         needed = {d for step in self.steps for d in step.depends_on}
         return [s.name for s in self.steps if s.name not in needed]
-
-    @property
-    def version(self) -> str:
-        """A digest of the DAG's shape: runs record it, so a changed definition shows."""
-        shape = [(s.name, s.action, s.depends_on, s.retries, s.compensate) for s in self.steps]
-        return hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
 
     def describe(self) -> dict[str, Any]:
         """The definition as data: its input schema and its DAG."""

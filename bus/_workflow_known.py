@@ -6,11 +6,20 @@ the whole run, and decodes and folds only those. Right after recording something
 process knows the run exactly up to it: a worker given a task this process recorded decides
 on its outcome without reading at all, and a refused append (something came since) sends it
 back to reading the tail. Bounded; a finished run is dropped.
+
+The process's deciders take turns on a run (`deciding`): a worker recording an outcome
+while another handler of the process is still recording what follows (a parallel step's
+record, a sibling's outcome) waits for it, then appends on the state it left, instead of
+being refused by it and trying again. Between processes the conditional append still
+decides who comes first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 
 from ._envelope import Envelope, now_rfc3339
 from ._events import Event
@@ -24,6 +33,22 @@ class Known:
     def __init__(self, size: int = SIZE) -> None:
         self.size = size
         self._runs: OrderedDict[str, RunView] = OrderedDict()
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # run -> (its lock, holders)
+
+    @contextlib.asynccontextmanager
+    async def deciding(self, run_id: str) -> AsyncIterator[None]:
+        """This process's turn to record and decide in the run."""
+        lock, holders = self._turns.get(run_id) or (asyncio.Lock(), 0)
+        self._turns[run_id] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, holders = self._turns[run_id]
+            if holders == 1:
+                del self._turns[run_id]
+            else:
+                self._turns[run_id] = (lock, holders - 1)
 
     def remember(self, run: RunView) -> None:
         """Keep `run` unless a later state of it is kept."""

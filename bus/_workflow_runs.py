@@ -105,22 +105,23 @@ class Workflows:
             workflow=name, version=workflow.version, input=msgspec.to_builtins(typed), steps=shapes
         )
         event = first_steps(run_id, started, workflow)
-        try:
-            result = await self._store.append(
-                DOMAIN, run_id, [event], expected_version=0, name=routed_name(event)
-            )
-        except ConcurrencyError:
-            if idempotency_key is None:
-                raise
-            run = await self.history(run_id)
-            assert run is not None
-            return Started(run_id, name, run.status, EventStore.stream_of(DOMAIN), run.seq)
-        run = apply_run(RunView(), as_envelope(event, run_id, result.version))
-        self._app.known_runs.remember(run)  # (a worker of this process needs no read)
-        if len({s.action for s in workflow.steps if not s.depends_on}) > 1:
-            # The first steps of other actions get records (their tasks) of their own.
-            known = self._app.known_runs
-            await advance(self._store, run_id, result.version, self._app.workflows, known, run)
+        known = self._app.known_runs  # (a worker of this process then needs no read)
+        async with known.deciding(run_id):
+            try:
+                result = await self._store.append(
+                    DOMAIN, run_id, [event], expected_version=0, name=routed_name(event)
+                )
+            except ConcurrencyError:
+                if idempotency_key is None:
+                    raise
+                run = await self.history(run_id)
+                assert run is not None
+                return Started(run_id, name, run.status, EventStore.stream_of(DOMAIN), run.seq)
+            run = apply_run(RunView(), as_envelope(event, run_id, result.version))
+            known.remember(run)
+            if len({s.action for s in workflow.steps if not s.depends_on}) > 1:
+                # The first steps of other actions get records (their tasks) of their own.
+                await advance(self._store, run_id, result.version, self._app.workflows, known, run)
         return Started(run_id, name, "running", result.stream, result.version)
 
     async def get(self, run_id: str, after_seq: int | None = None) -> RunView | None:

@@ -250,6 +250,12 @@ class TaskHandler:
         the record's version when the process knows the run there (no read), else on what
         is read; refused, on what came since: so an outcome is recorded once, however often
         its task is run, and a rerun after a crash decides what its first run could not."""
+        async with self.known.deciding(task.run_id):
+            await self._record_in_turn(store, task, outcome, seconds)
+
+    async def _record_in_turn(
+        self, store: EventStore, task: Task, outcome: Event, seconds: float
+    ) -> None:
         workflow = self.workflows.get(workflow_of(task.run_id))
         run = self.known.since(task.run_id, task.version)
         for _ in range(MAX_TRIES):
