@@ -81,19 +81,28 @@ def decide(run: RunView, workflow: Workflow[Any]) -> Event | None:
     if run.cancel_requested:  # what is running is stopped; what completed is undone first
         return _compensation(run, workflow, RunCancelled())
     steps = run.steps
-    failed = [n for n in workflow.order if steps[n].status == "failed"]
-    if failed:
-        return _wind_down(run, workflow, failed[0])
+    pending, completed = [], True
+    for name in workflow.order:  # (one pass: this runs after every record)
+        status = steps[name].status
+        if status == "failed":
+            return _wind_down(run, workflow, name)
+        if status != "completed":
+            completed = False
+            if status == "pending":
+                pending.append(name)
+    if completed:
+        ctx = context(run, workflow)
+        if workflow.output is not None:
+            return RunCompleted(output=msgspec.to_builtins(workflow.output(ctx)))
+        return RunCompleted(output={n: steps[n].output for n in workflow.leaves})
     out: list[Scheduled] = []
     ready = []
-    for name in workflow.order:
+    for name in pending:
         step = steps[name]
-        if step.status != "pending":
-            continue
-        if step.scheduled == 0 and all(steps[d].status == "completed" for d in step.depends_on):
-            ready.append(name)
-        elif step.scheduled:  # an attempt failed: retry it (its input is the first's)
+        if step.scheduled:  # an attempt failed: retry it (its input is the first's)
             out.append(schedule(workflow, name, step.scheduled + 1, None, step.not_before))
+        elif all(steps[d].status == "completed" for d in step.depends_on):
+            ready.append(name)
     if ready:
         ctx = context(run, workflow)
         for name in ready:
@@ -103,15 +112,11 @@ def decide(run: RunView, workflow: Workflow[Any]) -> Event | None:
                 error = f"input: {describe_error(exc)}"
                 return StepFailed(step=name, attempt=0, error=error, origin=run.origin)
             out.append(schedule(workflow, name, 1, data))
-    if out:  # one action's steps: the others' come next, each its own record (its task)
-        action = out[0].action
-        return StepsScheduled(steps=[s for s in out if s.action == action], origin=run.origin)
-    if all(s.status == "completed" for s in steps.values()):
-        ctx = context(run, workflow)
-        if workflow.output is not None:
-            return RunCompleted(output=msgspec.to_builtins(workflow.output(ctx)))
-        return RunCompleted(output={n: steps[n].output for n in workflow.leaves})
-    return None
+    if not out:
+        return None
+    # One action's steps: the others' come next, each its own record (its task).
+    action = out[0].action
+    return StepsScheduled(steps=[s for s in out if s.action == action], origin=run.origin)
 
 
 def schedule(

@@ -109,6 +109,7 @@ class Workflow(Generic[I]):
     output: Callable[[RunContext[I]], Any] | None = None
     order: tuple[str, ...] = field(init=False, default=())  # a topological order
     version: str = field(init=False, default="")  # a digest of the DAG's shape
+    leaves: tuple[str, ...] = field(init=False, default=())  # the steps nothing depends on
     _by_name: dict[str, Step] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +123,10 @@ class Workflow(Generic[I]):
         version = hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
         object.__setattr__(self, "version", version)
         self._by_name.update((s.name, s) for s in self.steps)
+        needed = {d for step in self.steps for d in step.depends_on}
+        object.__setattr__(
+            self, "leaves", tuple(s.name for s in self.steps if s.name not in needed)
+        )
 
     def step(self, name: str) -> Step:
         try:
@@ -132,11 +137,6 @@ class Workflow(Generic[I]):
     def parse_input(self, raw: Any) -> I:
         """`raw` (decoded JSON) as the input type; msgspec.ValidationError if it does not fit."""
         return msgspec.convert(raw, self.input_type)
-
-    @property
-    def leaves(self) -> list[str]:
-        needed = {d for step in self.steps for d in step.depends_on}
-        return [s.name for s in self.steps if s.name not in needed]
 
     def describe(self) -> dict[str, Any]:
         """The definition as data: its input schema and its DAG."""

@@ -17,9 +17,8 @@ decides who comes first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from types import TracebackType
 
 from ._envelope import Envelope, now_rfc3339
 from ._events import Event
@@ -33,22 +32,15 @@ class Known:
     def __init__(self, size: int = SIZE) -> None:
         self.size = size
         self._runs: OrderedDict[str, RunView] = OrderedDict()
-        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # run -> (its lock, holders)
+        self._turns: dict[str, _Turn] = {}  # runs someone of this process decides in
 
-    @contextlib.asynccontextmanager
-    async def deciding(self, run_id: str) -> AsyncIterator[None]:
-        """This process's turn to record and decide in the run."""
-        lock, holders = self._turns.get(run_id) or (asyncio.Lock(), 0)
-        self._turns[run_id] = (lock, holders + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, holders = self._turns[run_id]
-            if holders == 1:
-                del self._turns[run_id]
-            else:
-                self._turns[run_id] = (lock, holders - 1)
+    def deciding(self, run_id: str) -> _Turn:
+        """`async with` it: this process's turn to record and decide in the run."""
+        turn = self._turns.get(run_id)
+        if turn is None:
+            turn = self._turns[run_id] = _Turn(self._turns, run_id)
+        turn.holders += 1
+        return turn
 
     def remember(self, run: RunView) -> None:
         """Keep `run` unless a later state of it is kept."""
@@ -83,6 +75,35 @@ class Known:
         if run.run_id:
             self.remember(run)
         return run
+
+
+class _Turn:
+    """A run's lock, dropped from `turns` when nobody holds or waits for it."""
+
+    __slots__ = ("holders", "lock", "run_id", "turns")
+
+    def __init__(self, turns: dict[str, _Turn], run_id: str) -> None:
+        self.turns, self.run_id = turns, run_id
+        self.lock = asyncio.Lock()
+        self.holders = 0
+
+    async def __aenter__(self) -> None:
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self.holders -= 1
+        if not self.holders:
+            del self.turns[self.run_id]
 
 
 def as_envelope(event: Event, run_id: str, seq: int) -> Envelope[Event]:

@@ -66,6 +66,7 @@ class Workflows:
         self._app = app
         self._store = EventStore(bus)
         self._view: ProjectionView[RunView] | None = None
+        self._shaped: dict[str, builtins.list[StepShape]] = {}
         for cls in RUN_EVENTS:
             bus.registry.register(cls)
 
@@ -84,6 +85,14 @@ class Workflows:
                 f"no workflow {name!r} in app {self._app.name!r} (known: {known})"
             ) from None
 
+    def _shapes(self, workflow: Workflow[Any]) -> builtins.list[StepShape]:
+        """The DAG as a run's start records it (made once per workflow)."""
+        shapes = self._shaped.get(workflow.name)
+        if shapes is None:
+            shapes = [StepShape(s.name, s.action, tuple(s.depends_on)) for s in workflow.steps]
+            self._shaped[workflow.name] = shapes
+        return shapes
+
     def definitions(self) -> builtins.list[dict[str, Any]]:
         """Every workflow of the app, with its input schema and DAG."""
         return [w.describe() for _, w in sorted(self._app.workflows.items())]
@@ -100,10 +109,8 @@ class Workflows:
             run_id = f"{name}-{digest}"
         else:
             run_id = f"{name}-{new_event_id()}"
-        shapes = [StepShape(s.name, s.action, tuple(s.depends_on)) for s in workflow.steps]
-        started = RunStarted(
-            workflow=name, version=workflow.version, input=msgspec.to_builtins(typed), steps=shapes
-        )
+        started = RunStarted(workflow=name, version=workflow.version,
+                             input=msgspec.to_builtins(typed), steps=self._shapes(workflow))  # fmt: skip
         event = first_steps(run_id, started, workflow)
         known = self._app.known_runs  # (a worker of this process then needs no read)
         async with known.deciding(run_id):
