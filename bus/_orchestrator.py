@@ -1,8 +1,8 @@
 """Deciding what follows in a run, from its history alone, by whoever recorded the last of it.
 
-`decide` is pure: from a run's state, the next event (none: nothing to do now). `advance`
-records decisions one at a time, each conditional on the run's last sequence, until there is
-nothing left to decide. Who calls it: the starter after a run's start, a worker after its
+`decide` is pure: from a run's state, the events that follow now (none: nothing to do now).
+`advance` records them one at a time, each conditional on the run's last sequence, until
+there is nothing left to decide. Who calls it: the starter after a run's start, a worker after its
 outcome (bus._workflow_tasks), and the orchestrator, a handler on the records nobody else
 decides on: a start whose first step could not be scheduled, a cancel request, and outcomes
 recorded by a worker that does not declare the run's workflow (`decide`). One durable
@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -65,6 +65,7 @@ from ._workflow_events import (
 from ._workflow_known import Known, as_envelope
 
 log = logging.getLogger("bus.workflow")
+E = TypeVar("E", bound=Event)  # a record that can carry the steps it schedules
 UNDECIDED = (RunStarted, CancelRequested, StepCompleted, StepFailed, StepCompensated)
 MAX_TRIES = 50  # reloads after a refused append, before the message is retried later
 
@@ -74,10 +75,11 @@ def context(run: RunView, workflow: Workflow[Any]) -> RunContext[Any]:
     return RunContext(run.run_id, workflow.parse_input(run.input), outputs)
 
 
-def decide(run: RunView, workflow: Workflow[Any]) -> Event | None:
-    """The event that follows from `run`'s state (None: nothing to do now)."""
+def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
+    """The events that follow from `run`'s state, in order (none: nothing to do now): the
+    steps to start, one record per action, or the one thing to do next."""
     if run.finished:
-        return None
+        return []
     if run.cancel_requested:  # what is running is stopped; what completed is undone first
         return _compensation(run, workflow, RunCancelled())
     steps = run.steps
@@ -93,8 +95,8 @@ def decide(run: RunView, workflow: Workflow[Any]) -> Event | None:
     if completed:
         ctx = context(run, workflow)
         if workflow.output is not None:
-            return RunCompleted(output=msgspec.to_builtins(workflow.output(ctx)))
-        return RunCompleted(output={n: steps[n].output for n in workflow.leaves})
+            return [RunCompleted(output=msgspec.to_builtins(workflow.output(ctx)))]
+        return [RunCompleted(output={n: steps[n].output for n in workflow.leaves})]
     out: list[Scheduled] = []
     ready = []
     for name in pending:
@@ -110,13 +112,12 @@ def decide(run: RunView, workflow: Workflow[Any]) -> Event | None:
                 data = msgspec.to_builtins(workflow.step(name).input(ctx))
             except Exception as exc:  # the input function is user code: its failure is the step's
                 error = f"input: {describe_error(exc)}"
-                return StepFailed(step=name, attempt=0, error=error, origin=run.origin)
+                return [StepFailed(step=name, attempt=0, error=error, origin=run.origin)]
             out.append(schedule(workflow, name, 1, data))
-    if not out:
-        return None
-    # One action's steps: the others' come next, each its own record (its task).
-    action = out[0].action
-    return StepsScheduled(steps=[s for s in out if s.action == action], origin=run.origin)
+    by_action: dict[str, list[Scheduled]] = {}  # a record is its action's task
+    for scheduled in out:
+        by_action.setdefault(scheduled.action, []).append(scheduled)
+    return [StepsScheduled(steps=steps, origin=run.origin) for steps in by_action.values()]
 
 
 def schedule(
@@ -130,42 +131,52 @@ def schedule(
                      retry_delay=None if last else step.backoff.delay(attempt))  # fmt: skip
 
 
-def first_steps(run_id: str, started: RunStarted, workflow: Workflow[Any]) -> RunStarted:
+def first_steps(
+    run_id: str, started: RunStarted, workflow: Workflow[Any]
+) -> tuple[RunStarted, list[Event]]:
     """`started` with the steps the run starts with (one action's: the record is their
-    task; the starter's `advance` records the others'), none when an input function fails."""
+    task), and the records of the other first steps, for the starter to record next; no
+    steps when an input function fails (the orchestrator records that)."""
     run = apply_run(RunView(), as_envelope(started, run_id, 1))
-    decided = decide(run, workflow)
-    if isinstance(decided, StepsScheduled):
-        return msgspec.structs.replace(started, scheduled=decided.steps)
-    return started
+    return with_first(started, decide(run, workflow))
 
 
-def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> Event | None:
+def with_first(record: E, decided: list[Event]) -> tuple[E, list[Event]]:
+    """`record` carrying the steps the first decision schedules (it is then their task),
+    and the rest of `decided`."""
+    if decided and isinstance(decided[0], StepsScheduled):
+        return msgspec.structs.replace(record, scheduled=decided[0].steps), decided[1:]
+    return record, decided
+
+
+def _wind_down(run: RunView, workflow: Workflow[Any], failed: str) -> list[Event]:
     steps = run.steps
     # Not scheduled, or waiting for a retry: skipped (what is scheduled runs, and finishes).
     idle = [n for n in workflow.order if steps[n].status == "pending"]
     if idle:
-        return StepsSkipped(steps=idle, reason=f"step {failed!r} failed")
+        return [StepsSkipped(steps=idle, reason=f"step {failed!r} failed")]
     if any(steps[n].status == "running" for n in workflow.order):
-        return None  # what is running finishes (and may need compensating) first
+        return []  # what is running finishes (and may need compensating) first
     error = f"step {failed!r} failed: {steps[failed].error}"
     return _compensation(run, workflow, RunFailed(error=error))
 
 
-def _compensation(run: RunView, workflow: Workflow[Any], end: Event) -> Event | None:
+def _compensation(run: RunView, workflow: Workflow[Any], end: Event) -> list[Event]:
     """The next compensation, of the completed steps in reverse dependency order, one at a
-    time (None: one is under way); `end` once there is none left to do."""
+    time (none: one is under way); `end` once there is none left to do."""
     for name in reversed(workflow.order):
         step, definition = run.steps[name], workflow.step(name)
         if step.status != "completed" or definition.compensate is None:
             continue
         if step.compensation is None:
-            return CompensationScheduled(
-                step=name, action=definition.compensate, input=step.output, origin=run.origin
-            )
+            return [
+                CompensationScheduled(
+                    step=name, action=definition.compensate, input=step.output, origin=run.origin
+                )
+            ]
         if step.compensation == "scheduled":
-            return None
-    return end
+            return []
+    return [end]
 
 
 class Orchestrator:
@@ -199,10 +210,13 @@ async def advance(
     workflows: Mapping[str, Workflow[Any]],
     known: Known,
     run: RunView | None = None,
+    decided: list[Event] | None = None,
 ) -> None:
     """Decide what follows in the run and record it, until nothing does. `run`: the run as
-    known to be now (else it is read: the tail after what `known` keeps, or all of it)."""
+    known to be now (else it is read: the tail after what `known` keeps, or all of it);
+    `decided`: what was decided on it already, to record first."""
     workflow = workflows.get(run.workflow) if run is not None else None
+    planned = list(decided or ())
     for _ in range(MAX_TRIES):
         if run is None:
             run = await known.read(store, run_id, origin)
@@ -210,13 +224,15 @@ async def advance(
         if workflow is None:  # another app's workflow, or a run that is gone
             log.debug("run %s: workflow %r is not declared here", run_id, run.workflow)
             return
-        event = decide(run, workflow)
-        if event is None:
+        planned = planned or decide(run, workflow)
+        if not planned:
             return
+        event = planned.pop(0)  # (the rest stays decided: only this one changes the run)
         try:
             seq = await append(store, run, event)
         except ConcurrencyError as exc:  # the history moved on: decide on what came too
             run = known.since(run_id, max(exc.actual or 0, run.seq + 1))  # (kept, or read)
+            planned = []
             continue
         run = apply_run(run, as_envelope(event, run_id, seq))
         known.remember(run)

@@ -111,7 +111,7 @@ class Workflows:
             run_id = f"{name}-{new_event_id()}"
         started = RunStarted(workflow=name, version=workflow.version,
                              input=msgspec.to_builtins(typed), steps=self._shapes(workflow))  # fmt: skip
-        event = first_steps(run_id, started, workflow)
+        event, others = first_steps(run_id, started, workflow)
         known = self._app.known_runs  # (a worker of this process then needs no read)
         async with known.deciding(run_id):
             try:
@@ -126,9 +126,9 @@ class Workflows:
                 return Started(run_id, name, run.status, EventStore.stream_of(DOMAIN), run.seq)
             run = apply_run(RunView(), as_envelope(event, run_id, result.version))
             known.remember(run)
-            if len({s.action for s in workflow.steps if not s.depends_on}) > 1:
-                # The first steps of other actions get records (their tasks) of their own.
-                await advance(self._store, run_id, result.version, self._app.workflows, known, run)
+            if others:  # the first steps of other actions: records (their tasks) of their own
+                await advance(self._store, run_id, result.version, self._app.workflows, known,
+                              run, others)  # fmt: skip
         return Started(run_id, name, "running", result.stream, result.version)
 
     async def get(self, run_id: str, after_seq: int | None = None) -> RunView | None:

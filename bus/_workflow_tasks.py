@@ -44,7 +44,7 @@ from ._client import Bus, current_bus
 from ._envelope import Envelope, now_rfc3339
 from ._errors import ConcurrencyError, ConfigError
 from ._events import Event
-from ._orchestrator import advance, append, decide
+from ._orchestrator import advance, append, decide, with_first
 from ._store import EventStore
 from ._subscribe import HandlerSpec, handler_spec
 from ._workflow import PermanentError, Workflow, check_name, describe_error
@@ -266,7 +266,9 @@ class TaskHandler:
                     await advance(store, task.run_id, task.origin, self.workflows, self.known,
                                   run)  # fmt: skip
                 return
-            record = outcome if workflow is None else _with_next(run, task, outcome, workflow)
+            record, decided = outcome, list[Event]()
+            if workflow is not None:
+                record, decided = _with_next(run, task, outcome, workflow)
             try:
                 seq = await append(store, run, record, DECIDE if workflow is None else None)
             except ConcurrencyError as exc:  # the run moved on: what came is checked
@@ -276,24 +278,27 @@ class TaskHandler:
             if workflow is not None:
                 run = apply_run(run, as_envelope(record, task.run_id, seq))
                 self.known.remember(run)
-                await advance(store, task.run_id, task.origin, self.workflows, self.known, run)
+                await advance(store, task.run_id, task.origin, self.workflows, self.known, run,
+                              decided)  # fmt: skip
             return
         raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
 
-def _with_next(run: RunView, task: Task, outcome: Event, workflow: Workflow[Any]) -> Event:
+def _with_next(
+    run: RunView, task: Task, outcome: Event, workflow: Workflow[Any]
+) -> tuple[Event, list[Event]]:
     """`outcome` with the steps it lets start (one action's: the record is their task; a
-    retry of this step takes this attempt's input)."""
+    retry of this step takes this attempt's input), and what else follows it."""
+    decided = decide(apply_run(run, as_envelope(outcome, task.run_id, run.seq + 1)), workflow)
     if not isinstance(outcome, StepCompleted | StepFailed):
-        return outcome
-    following = decide(apply_run(run, as_envelope(outcome, task.run_id, run.seq + 1)), workflow)
-    if not isinstance(following, StepsScheduled):
-        return outcome
-    steps = [
-        msgspec.structs.replace(s, input=task.input) if s.step == task.step else s
-        for s in following.steps
-    ]
-    return msgspec.structs.replace(outcome, scheduled=steps)
+        return outcome, decided
+    if decided and isinstance(decided[0], StepsScheduled):
+        steps = [
+            msgspec.structs.replace(s, input=task.input) if s.step == task.step else s
+            for s in decided[0].steps
+        ]
+        decided = [msgspec.structs.replace(decided[0], steps=steps), *decided[1:]]
+    return with_first(outcome, decided)
 
 
 async def _first_input(store: EventStore, task: Task) -> Any:
