@@ -86,6 +86,13 @@ class EventStore:
             if event.__domain__ != domain:
                 raise ConfigError(f"{type(event).__name__} belongs to {event.__domain__!r}")
         publisher = self._bus.publisher
+        if len(events) == 1:  # the common case, without the atomic batch's layers
+            event_id = event_ids[0] if event_ids else None
+            out = publisher.prepare(events[0], aggregate_id, event_id=event_id,
+                                    correlation_id=correlation_id,
+                                    expected_version=expected_version, name=name)  # fmt: skip
+            result = await publisher.send(out)
+            return AppendResult(result.stream, result.seq, [result])
         ids = event_ids if event_ids is not None else [None] * len(events)
         outs = [  # the expected version on the first guards the whole batch
             publisher.prepare(

@@ -148,7 +148,8 @@ class _Watch:
     backoff, a redelivery) does not run at all."""
 
     def __init__(self) -> None:
-        self.running: dict[str, set[asyncio.Task[Any]]] = {}
+        self.running: dict[str, set[asyncio.Task[Any]]] = {}  # the tasks running a run's steps
+        self.stopped: set[asyncio.Task[Any]] = set()  # those cancelled for their run's cancel
         self.cancelled: OrderedDict[str, None] = OrderedDict()
         self.started = False
 
@@ -163,6 +164,7 @@ class _Watch:
         while len(self.cancelled) > CANCELLED_KEPT:
             self.cancelled.popitem(last=False)
         for task in self.running.get(run_id, ()):
+            self.stopped.add(task)
             task.cancel()
 
 
@@ -193,7 +195,7 @@ class TaskHandler:
 
     async def _do(self, task: Task) -> None:
         bus = current_bus()
-        watch = _watches.setdefault(bus, _Watch())
+        watch = _watches.get(bus) or _watches.setdefault(bus, _Watch())
         await watch.ensure(bus)
         wait = task.not_before - time.time()
         if wait > 0:  # a retry's backoff (the history, not this process, holds the schedule)
@@ -216,28 +218,36 @@ class TaskHandler:
             data = msgspec.convert(task.input, self.input_type)
         except msgspec.ValidationError as exc:
             return _failed(task, f"input: {exc}", retry=False)
-        running = asyncio.ensure_future(self.fn(data))
-        if not task.compensation:  # a cancel is what may start compensations: they finish
-            watch.running.setdefault(task.run_id, set()).add(running)
+        # The step runs in this task (no task of its own per step): the watch cancels this
+        # one, and tells it so, when the run is cancelled.
+        current = asyncio.current_task()
+        assert current is not None
+        stoppable = not task.compensation  # a cancel is what may start compensations
+        if stoppable:
+            watch.running.setdefault(task.run_id, set()).add(current)
         started = time.monotonic()
         try:
-            output = await asyncio.wait_for(running, task.timeout)
+            async with asyncio.timeout(task.timeout):
+                output = await self.fn(data)
         except TimeoutError:
             return _failed(task, f"timed out after {task.timeout:g}s", retry=True)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if current not in watch.stopped:
                 raise  # this process is stopping: the task is redelivered
-            return None
+            return None  # the run was cancelled: the step stops here
         except PermanentError as exc:
             return _failed(task, describe_error(exc), retry=False)
         except Exception as exc:
             return _failed(task, describe_error(exc), retry=True)
         finally:
-            tasks = watch.running.get(task.run_id, set())
-            tasks.discard(running)
-            if not tasks:
-                watch.running.pop(task.run_id, None)
+            if stoppable:
+                tasks = watch.running[task.run_id]
+                tasks.discard(current)
+                if not tasks:
+                    del watch.running[task.run_id]
+            if current in watch.stopped:  # the watch's cancel is done with (or was outrun)
+                watch.stopped.discard(current)
+                current.uncancel()
         if task.compensation:
             return StepCompensated(step=task.step, origin=task.origin)
         return StepCompleted(step=task.step, attempt=task.attempt,
