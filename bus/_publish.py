@@ -13,12 +13,10 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 
-import msgspec
-import nats.errors
-
 from . import _headers as h
 from . import _telemetry as telemetry
 from ._atomic import send_atomic
+from ._captured import capture_filter, captured
 from ._codec import Codec
 from ._envelope import build_headers
 from ._errors import BusClosed, BusError, ConfigError, PublishTimeout
@@ -27,7 +25,7 @@ from ._followups import Run, current_run
 from ._nats.acks import NO_RESPONDERS, TOO_LARGE, PublishResult, read_ack
 from ._nats.connection import Connection
 from ._nats.wire import Outgoing, encode_headers
-from ._reruns import Reruns, capture_filter
+from ._reruns import Reruns
 from ._subjects import validate_token
 from ._telemetry import Telemetry
 
@@ -145,34 +143,24 @@ class Publisher:
         return await self.send_many(outs, timeout, return_exceptions, total=len(pairs), more=more)
 
     async def send(self, out: Outgoing, timeout: float | None = None) -> PublishResult:
-        """Publish one prepared event and wait for JetStream's ack."""
+        """Publish one prepared event and wait for JetStream's ack: one try on a fast path
+        first, then, if it was not answered (or "no responders"), `send_many`'s patience."""
         wait = self.timeout if timeout is None else timeout
         if out.rerun_since:
             result = (await self._reruns.send([out], wait, False))[0]
         else:
             started = time.perf_counter()
-            if (acked := await self._send_once(out, wait)) is not None:
-                return acked
+            if self._inbox and not (self._nc.is_closed or self._nc.is_draining):
+                reply = (await self._attempt([out], [0], [None], min(RETRY_AFTER, wait), None))[0]
+                if reply is not None and reply is not NO_RESPONDERS:
+                    acked = [_read_ack(out, reply)]
+                    self._report([out], acked, started)
+                    if isinstance(acked[0], BusError):
+                        raise acked[0]
+                    return acked[0]
             left = max(0.0, wait - (time.perf_counter() - started))
             result = (await self.send_many([out], left))[0]
         assert isinstance(result, PublishResult)
-        return result
-
-    async def _send_once(self, out: Outgoing, timeout: float) -> PublishResult | None:
-        """The common case of `send` on a fast path: one try, and its result if it was
-        answered (None: not, or "no responders": then `send_many` tries, with its patience)."""
-        if not self._inbox or self._nc.is_closed or self._nc.is_draining:
-            return None
-        started = time.perf_counter()
-        reply = (await self._attempt([out], [0], [None], min(RETRY_AFTER, timeout), None))[0]
-        if reply is None or reply is NO_RESPONDERS:
-            return None
-        try:
-            result = read_ack(out, reply)
-        except BusError as exc:
-            self._report([out], [exc], started)
-            raise
-        self._report([out], [result], started)
         return result
 
     async def send_many(
@@ -238,7 +226,9 @@ class Publisher:
                 i: capture_filter(outs[i].subject) for i in todo if replies[i] is NO_RESPONDERS
             }
             led = (
-                await self._led(set(refused.values()), deadline - loop.time()) if refused else set()
+                await captured(self._nc, set(refused.values()), deadline - loop.time())
+                if refused
+                else set()
             )
             todo = [i for i in todo if replies[i] is None or refused.get(i) in led]
             for i in todo:
@@ -249,15 +239,10 @@ class Publisher:
             pause = min(pause * 2, MAX_PAUSE)
         while more is not None and len(outs) < total:  # (never sent: they timed out)
             more()
-        results: list[PublishResult | BusError] = []
-        for out, data in zip(outs, replies, strict=True):
-            try:
-                if data is None:
-                    raise PublishTimeout(out.subject, timeout)
-                results.append(read_ack(out, data))
-            except BusError as exc:
-                results.append(exc)
-        return results
+        return [
+            _read_ack(out, data) if data is not None else PublishTimeout(out.subject, timeout)
+            for out, data in zip(outs, replies, strict=True)
+        ]
 
     async def _attempt(
         self,
@@ -316,23 +301,6 @@ class Publisher:
         if self._room is not None and self._unacked <= self._max_pending // 2:
             self._room.set_result(None)
             self._room = None
-
-    async def _led(self, filters: set[str], within: float) -> set[str]:
-        """After "no responders": the subject filters a stream captures (it is between leaders,
-        and their publishes go again), asked of JetStream once each, never past `within`."""
-        led: set[str] = set()
-        for subject in filters:
-            try:
-                answer = await self._nc.request(
-                    "$JS.API.STREAM.NAMES",
-                    _encode_json({"subject": subject}),
-                    timeout=min(1.0, max(within, 0.05)),
-                )
-            except nats.errors.Error:
-                return filters  # JetStream itself is busy electing: all of them go again
-            if msgspec.json.decode(answer.data).get("streams"):
-                led.add(subject)
-        return led
 
     async def send_atomic(
         self, outs: Sequence[Outgoing], timeout: float | None = None
@@ -395,6 +363,13 @@ class Publisher:
         batch.settle(i, NO_RESPONDERS if no_stream else data)
 
 
+def _read_ack(out: Outgoing, data: bytes) -> PublishResult | BusError:
+    try:
+        return read_ack(out, data)
+    except BusError as exc:
+        return exc
+
+
 def template_of(event: Event) -> str:
     """The subject with the id left out: span names and metrics never carry ids."""
     return f"{event.__domain__}.{{id}}.{event.__event_name__}"
@@ -415,6 +390,3 @@ class _Batch:
         self.acked += 1
         if self.acked == len(self.replies) and not self.done.done():
             self.done.set_result(None)
-
-
-_encode_json = msgspec.json.encode

@@ -27,6 +27,7 @@ import nats.errors
 
 from . import _headers as h
 from . import _telemetry as telemetry
+from ._captured import capture_filter
 from ._errors import (
     BusError,
     BusTimeout,
@@ -213,13 +214,6 @@ class Reruns:
         except nats.errors.Error as exc:
             raise StreamError(f"{subject}: {exc}") from None
         return bytes(reply.data)
-
-
-def capture_filter(subject: str) -> str:
-    """What to ask JetStream about a subject: one question per event type
-    (`<domain>.*.<event>`), not one per aggregate."""
-    tokens = subject.split(".")
-    return f"{tokens[0]}.*.{tokens[2]}" if len(tokens) == 3 else subject
 
 
 def _rfc3339(ns: int) -> str:

@@ -245,6 +245,11 @@ class StreamManager:
         info = await self._call(self._js.consumer_info(existing_name(stream), name), stream)
         return _consumer_summary(stream, info)
 
+    async def delete_consumer(self, stream: str, name: str) -> None:
+        """Remove a consumer of `stream` (StreamNotFound if the stream or the consumer is
+        gone)."""
+        await self._call(self._js.delete_consumer(existing_name(stream), name), stream)
+
     async def purge(self, name: str) -> None:
         """Remove every message of the stream (its sequence numbers go on from where they
         were)."""

@@ -33,8 +33,8 @@ from ._workflow_events import (
 from ._workflow_known import Known
 from ._workflow_tasks import Action, action_spec
 
-# Decisions at once per instance: 64 runs in flight queued behind the default 16 (64 measured
-# no faster: each decision is one append, and the process's CPU is what bounds them).
+# Records the orchestrator decides on at once per instance (cancels; every outcome where the
+# actions' workers do not declare the workflow: then 64 runs in flight would queue behind 16).
 ORCHESTRATOR_CONCURRENCY = 32
 
 

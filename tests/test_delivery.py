@@ -418,3 +418,17 @@ def test_router_refuses_a_durable_twice_and_bus_refuses_late_decorators() -> Non
 async def test_subscribe_after_start_points_to_consume(jobs: Bus) -> None:
     with pytest.raises(ConfigError, match="consume"):
         jobs.subscribe(durable="late")(_valid)
+
+
+async def test_a_deleted_consumer_is_gone_from_its_stream(jobs: Bus) -> None:
+    from bus import StreamNotFound
+
+    async def handle(event: JobCreated) -> None: ...
+
+    await (await jobs.consume(handle, durable="short-lived")).stop()
+    names = {c.name for c in await jobs.streams.consumers(JOBS.name)}
+    assert "short-lived" in names
+    await jobs.streams.delete_consumer(JOBS.name, "short-lived")
+    assert "short-lived" not in {c.name for c in await jobs.streams.consumers(JOBS.name)}
+    with pytest.raises(StreamNotFound):
+        await jobs.streams.delete_consumer(JOBS.name, "short-lived")

@@ -88,7 +88,7 @@ async def _end_to_end(
         await bus_consume(durable, n, reader)()
         consume, consume_cpu = time.perf_counter() - start, time.process_time() - cpu
         # Each mode starts from the same server: no earlier mode's consumer left on the stream.
-        await reader.nc.request(f"$JS.API.CONSUMER.DELETE.{STREAM.name}.{durable}", b"")
+        await reader.streams.delete_consumer(STREAM.name, durable)
     return n / publish, n / consume, publish_cpu / n * 1e6, consume_cpu / n * 1e6
 
 
