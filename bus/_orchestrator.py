@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -40,7 +40,7 @@ from ._client import current_bus
 from ._envelope import Envelope
 from ._errors import ConcurrencyError
 from ._events import Event, new_event_id
-from ._store import EventStore
+from ._store import AppendResult, EventStore
 from ._workflow import RunContext, Workflow, describe_error
 from ._workflow_events import (
     DOMAIN,
@@ -195,12 +195,14 @@ class Orchestrator:
                 await advance(store, run_id, origin_of(envelope), self.workflows, self.known)
 
 
-async def append(store: EventStore, run: RunView, event: Event, name: str | None = None) -> int:
+def append(
+    store: EventStore, run: RunView, event: Event, name: str | None = None
+) -> Coroutine[Any, Any, AppendResult]:
     """Record `event` in `run` if nothing came after `run.seq` (ConcurrencyError otherwise),
-    under its task name if it is a task; its sequence."""
-    result = await store.append(DOMAIN, run.run_id, [event], expected_version=run.seq,
-                                event_ids=[new_event_id()], name=name or routed_name(event))  # fmt: skip
-    return result.version
+    under its task name if it is a task. (The append itself, awaited by the caller: no layer
+    of its own.)"""
+    return store.append(DOMAIN, run.run_id, [event], expected_version=run.seq,
+                        event_ids=[new_event_id()], name=name or routed_name(event))  # fmt: skip
 
 
 async def advance(
@@ -229,7 +231,7 @@ async def advance(
             return
         event = planned.pop(0)  # (the rest stays decided: only this one changes the run)
         try:
-            seq = await append(store, run, event)
+            seq = (await append(store, run, event)).version
         except ConcurrencyError as exc:  # the history moved on: decide on what came too
             run = known.since(run_id, max(exc.actual or 0, run.seq + 1))  # (kept, or read)
             planned = []

@@ -6,9 +6,10 @@ Every run is an aggregate of the `wf` domain: stream `WF`, subjects `wf.<run_id>
 A record that schedules steps is their task: it is stored under the name `task_<action>` of
 the steps' action (`routed_name`), so that action's consumer takes it, and a step is
 `running` from that record until its outcome. Whoever records something decides what
-follows, and the steps a step's outcome lets start ride on that outcome (`scheduled`): a
-run's start is its first steps' task, a step's outcome the next steps' task. Steps of
-another action get records of their own. An outcome recorded by a worker that does not
+follows, and what follows an outcome rides on it: the steps it lets start (`scheduled`: a
+run's start is its first steps' task, a step's outcome the next steps' task; steps of
+another action get records of their own), or, after the last step, the run's completion
+(which then carries that outcome: `outcomes` finds it). An outcome recorded by a worker that does not
 declare the run's workflow is stored as `decide`, for the orchestrator (bus._orchestrator).
 
 `apply_run` is the one fold: the orchestrator and the workers fold a run's history with it to
@@ -132,9 +133,13 @@ class StepCompensated(Event):
 
 
 class RunCompleted(Event):
+    """The run's end, with its last step's outcome when that is what completed it (one
+    record: what follows an outcome rides on it)."""
+
     __domain__ = DOMAIN
     __event_name__ = "completed"
     output: Any
+    step: StepCompleted | None = None
 
 
 class RunFailed(Event):
@@ -232,6 +237,16 @@ def scheduled_by(event: Event) -> list[Scheduled]:
     return []
 
 
+def outcomes(event: Event) -> list[StepCompleted | StepFailed]:
+    """The step outcomes `event` records (a run's completion carries its last step's)."""
+    match event:
+        case StepCompleted() | StepFailed():
+            return [event]
+        case RunCompleted(step=StepCompleted() as last):
+            return [last]
+    return []
+
+
 def routed_name(event: Event) -> str | None:
     """The name `event` is stored under when it is a task (None: its own): `task_<action>`
     for a record scheduling steps of that action, or the compensating action's."""
@@ -317,7 +332,9 @@ def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
             return _step(run, name, compensation="scheduled")
         case StepCompensated(step=name, error=error):
             return _step(run, name, compensation="done" if error is None else f"failed: {error}")
-        case RunCompleted(output=output):
+        case RunCompleted(output=output, step=last):
+            if last is not None:
+                run = apply_run(run, msgspec.structs.replace(envelope, event=last))
             return msgspec.structs.replace(run, status="completed", output=output, ended_at=at)
         case RunFailed(error=error):
             return msgspec.structs.replace(run, status="failed", error=error, ended_at=at)

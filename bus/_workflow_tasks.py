@@ -44,7 +44,7 @@ from ._client import Bus, current_bus
 from ._envelope import Envelope, now_rfc3339
 from ._errors import ConcurrencyError, ConfigError
 from ._events import Event
-from ._orchestrator import advance, append, decide, with_first
+from ._orchestrator import advance, append, decide, observe, with_first
 from ._store import EventStore
 from ._subscribe import HandlerSpec, handler_spec
 from ._workflow import PermanentError, Workflow, check_name, describe_error
@@ -54,6 +54,7 @@ from ._workflow_events import (
     TASK,
     TASKS,
     CompensationScheduled,
+    RunCompleted,
     RunView,
     StepCompensated,
     StepCompleted,
@@ -211,7 +212,8 @@ class TaskHandler:
             return  # the run was cancelled: nothing to record
         if isinstance(outcome, StepCompleted | StepFailed):
             outcome = msgspec.structs.replace(outcome, started_at=began)
-        await self._record(store, task, outcome, time.monotonic() - started)
+        async with self.known.deciding(task.run_id):
+            await self._record(store, task, outcome, time.monotonic() - started)
 
     async def _run(self, task: Task, watch: _Watch) -> Event | None:
         try:
@@ -259,13 +261,8 @@ class TaskHandler:
         outcome yet), with the steps it lets start; then decide what else follows. First at
         the record's version when the process knows the run there (no read), else on what
         is read; refused, on what came since: so an outcome is recorded once, however often
-        its task is run, and a rerun after a crash decides what its first run could not."""
-        async with self.known.deciding(task.run_id):
-            await self._record_in_turn(store, task, outcome, seconds)
-
-    async def _record_in_turn(
-        self, store: EventStore, task: Task, outcome: Event, seconds: float
-    ) -> None:
+        its task is run, and a rerun after a crash decides what its first run could not.
+        (In the process's turn on the run: `Known.deciding`.)"""
         workflow = self.workflows.get(workflow_of(task.run_id))
         run = self.known.since(task.run_id, task.version)
         for _ in range(MAX_TRIES):
@@ -280,14 +277,15 @@ class TaskHandler:
             if workflow is not None:
                 record, decided = _with_next(run, task, outcome, workflow)
             try:
-                seq = await append(store, run, record, DECIDE if workflow is None else None)
+                result = await append(store, run, record, DECIDE if workflow is None else None)
             except ConcurrencyError as exc:  # the run moved on: what came is checked
                 run = self.known.since(task.run_id, max(exc.actual or 0, run.seq + 1))
                 continue
             _observe(current_bus(), task, outcome, seconds)
             if workflow is not None:
-                run = apply_run(run, as_envelope(record, task.run_id, seq))
+                run = apply_run(run, as_envelope(record, task.run_id, result.version))
                 self.known.remember(run)
+                observe(run, workflow)
                 await advance(store, task.run_id, task.origin, self.workflows, self.known, run,
                               decided)  # fmt: skip
             return
@@ -297,11 +295,14 @@ class TaskHandler:
 def _with_next(
     run: RunView, task: Task, outcome: Event, workflow: Workflow[Any]
 ) -> tuple[Event, list[Event]]:
-    """`outcome` with the steps it lets start (one action's: the record is their task; a
-    retry of this step takes this attempt's input), and what else follows it."""
+    """`outcome` with what follows it riding on it: the steps it lets start (one action's:
+    the record is their task; a retry of this step takes this attempt's input), or the
+    run's completion carrying it; and what else follows it."""
     decided = decide(apply_run(run, as_envelope(outcome, task.run_id, run.seq + 1)), workflow)
     if not isinstance(outcome, StepCompleted | StepFailed):
         return outcome, decided
+    if decided and isinstance(decided[0], RunCompleted) and isinstance(outcome, StepCompleted):
+        return msgspec.structs.replace(decided[0], step=outcome), decided[1:]  # the last step
     if decided and isinstance(decided[0], StepsScheduled):
         steps = [
             msgspec.structs.replace(s, input=task.input) if s.step == task.step else s

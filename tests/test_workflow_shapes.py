@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bus import App, ConfigError, EventStore, PermanentError, Step, Workflow, Workflows
-from bus._workflow_events import StepCompleted, scheduled_by
+from bus._workflow_events import StepCompleted, outcomes, scheduled_by
 from bus.testing import run_app
 
 
@@ -139,7 +139,8 @@ async def _run_dag(url: str, steps: list[Shape], failing: list[str], flaky: list
         started = await runs.start(name, Plan(fail=failing, flaky=flaky))
         run = await runs.wait(started.run_id, timeout=30)
         history = await EventStore(harness.bus).load("wf", started.run_id)
-    done = {e.event.step: e.seq for e in history.events if isinstance(e.event, StepCompleted)}
+    done = {o.step: e.seq for e in history.events for o in outcomes(e.event)
+            if isinstance(o, StepCompleted)}  # fmt: skip
     began = [  # a step runs once scheduled: by the run's start, an outcome, or a decision
         (s.step, e.seq) for e in history.events for s in scheduled_by(e.event)
     ]
