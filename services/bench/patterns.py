@@ -7,20 +7,15 @@ workflow case runs the 4-step pipeline's DAG
 beside the same four steps hand-written as `bus.subscribe` handlers publishing to each other
 (the join kept in memory): runs per second and run latency (start to last step done), with
 `IN_FLIGHT` runs at a time, on one embedded server. The hand-written side keeps no history,
-status or retries. Per run the workflow makes about 22 server operations, the chain 11: 8
-history events in 8 single-event conditional appends (the start, which carries the first
-step's schedule, 2 decisions - the two parallel steps scheduled by one event -, 4 outcomes,
-the end; ~0.5 more refused when the parallel steps record at once, each followed by a read of
-the run's tail), 4 task publishes, 9 deliveries with their acks (5 orchestrator triggers, 4
-tasks); the hand-written chain publishes 5 events and delivers 6. Workers record no claim
-before running a step (a step is running once scheduled; its outcome is recorded once,
-its handler may run again on redelivery), which took 4 appends and ~1 refusal off each run.
-What bounds the workflow still is the client process's CPU per run: the ratio follows the
-messages each run exchanges (~44 beside the chain's ~22) and what each costs (conditional
-appends, larger events, the fold and the decision); 0.5x would want the workers to decide
-what follows their outcome in the same record, and the task to be the scheduling record.
-The server syncs to disk as nats-server
-does by default (every 2 minutes), as the messaging, KV and security scenarios run.
+status or retries. Per run the workflow appends 6 records, each conditional on the run's
+last sequence: the start (the first step's task), `parse`'s outcome carrying one analysis's
+task, the other analysis's task (another action: its own record), one analysis's outcome,
+the other's carrying the report's task, and the run's completion carrying the report's
+outcome; 4 of them are delivered (the tasks), and nothing is refused or read, since the
+process's deciders take turns on a run. The chain publishes 5 events and delivers 5. What
+the workflow does beyond them is the fold and the decision after each record (~0.1 ms per
+run). The server syncs to disk as nats-server does by default (every 2 minutes), as the
+messaging, KV and security scenarios run.
 """
 
 from __future__ import annotations
