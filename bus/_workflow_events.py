@@ -45,7 +45,7 @@ class Scheduled(msgspec.Struct, frozen=True, kw_only=True):
     """One attempt of a step to run, with what its worker needs without the definition."""
 
     step: str
-    action: str
+    action: str = ""  # (runs recorded before records were their tasks read as "")
     attempt: int
     input: Any  # None on a retry the orchestrator decided: the history has the first's
     not_before: float = 0.0  # epoch seconds: a retry waits for its backoff
