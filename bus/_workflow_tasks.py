@@ -229,8 +229,11 @@ class TaskHandler:
             watch.running.setdefault(task.run_id, set()).add(current)
         started = time.monotonic()
         try:
-            async with asyncio.timeout(task.timeout):
+            if task.timeout is None:
                 output = await self.fn(data)
+            else:
+                async with asyncio.timeout(task.timeout):
+                    output = await self.fn(data)
         except TimeoutError:
             return _failed(task, f"timed out after {task.timeout:g}s", retry=True)
         except asyncio.CancelledError:
