@@ -9,6 +9,7 @@ wall-clock seconds: edges need clocks in step (NTP)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -20,6 +21,7 @@ from bus import Bucket, BucketSpec, BusError
 RATES = BucketSpec("edge_rates", ttl=10.0, description="the edges' shared publish budgets")
 MAX_CALLERS = 10_000  # callers tracked before the idle ones are forgotten
 CHUNKS = 10  # a lease is this fraction of the rate (at least one event)
+LEASE_PATIENCE = 1.0  # seconds a lease may take before the local bucket alone decides
 
 
 class _Spent(Exception):
@@ -84,8 +86,10 @@ class PublishLimits:
         return left if at == window else 0
 
     async def _lease(self, who: str, window: int, need: int) -> int | None:
-        """Events leased from the window's shared budget (None: spent). Should NATS fail,
-        the local bucket alone limits (publishing is failing then anyway)."""
+        """Events leased from the window's shared budget (None: spent). Should NATS fail, or
+        not answer within LEASE_PATIENCE (it is down, or reconnecting), the local bucket
+        alone limits: publishing is failing then anyway, and its own timeout is the one the
+        caller waits for, not that plus a lease's."""
         assert self.bucket is not None
         if len(self._leases) >= MAX_CALLERS:
             self._leases = {k: v for k, v in self._leases.items() if v[0] == window}
@@ -101,10 +105,11 @@ class PublishLimits:
 
         key = f"{hashlib.sha256(who.encode()).hexdigest()[:20]}.{window}"
         try:
-            await self.bucket.modify(key, grant, attempts=20)
+            async with asyncio.timeout(LEASE_PATIENCE):
+                await self.bucket.modify(key, grant, attempts=20)
         except _Spent:
             return None
-        except BusError:
+        except (BusError, TimeoutError):
             return need
         return granted
 
