@@ -50,7 +50,6 @@ class Protection:
         self._verifier = Verifier(self.trusted)
         self.keys = dict(keys or {})
         self._signed_everywhere = ALL in self.require_signatures
-        self._checks_signatures = bool(self.require_signatures)
 
     @classmethod
     def from_settings(
@@ -77,7 +76,10 @@ class Protection:
         return f"Protection(signer={signer}, keys={self.keys})"
 
     def keyring(self, subject: str) -> Keyring | None:
-        return self.keys.get(subject.partition(".")[0]) or self.keys.get(ALL)
+        return self._keyring_of(subject.partition(".")[0])
+
+    def _keyring_of(self, domain: str) -> Keyring | None:
+        return self.keys.get(domain) or self.keys.get(ALL)
 
     def seal(self, subject: str, event_id: str, hdrs: dict[str, str], payload: bytes) -> bytes:
         """Encrypt (where the domain has keys), then sign (with a signer); sets the headers."""
@@ -91,23 +93,23 @@ class Protection:
         return payload
 
     def requires_signature(self, subject: str) -> bool:
-        return self._signed_everywhere or subject.partition(".")[0] in self.require_signatures
+        return self._signs(subject.partition(".")[0])
+
+    def _signs(self, domain: str) -> bool:
+        return self._signed_everywhere or domain in self.require_signatures
 
     def open(self, subject: str, data: bytes, hdrs: dict[str, str]) -> bytes:
         """The plaintext of a stored or delivered message; Rejected if it may not be read.
-        (This runs for every message read: the subject's domain is taken once, and only
-        when something here depends on it.)"""
+        (This runs for every message read: the subject's domain is taken once.)"""
         domain = subject.partition(".")[0]
-        if self._checks_signatures and (
-            self._signed_everywhere or domain in self.require_signatures
-        ):
+        if self._signs(domain):
             why = self._verifier.check(subject, hdrs, data)
             if why is not None:
                 raise Rejected(why, subject)
         key_id = hdrs.get(KEY_ID)
         if key_id is None:
             return data
-        keyring = self.keys.get(domain) or self.keys.get(ALL)
+        keyring = self._keyring_of(domain)
         if keyring is None:
             raise Rejected(f"encrypted with key {key_id[:60]!r}, and no keys here", subject)
         try:
