@@ -236,8 +236,7 @@ async def advance(
             run = known.since(run_id, max(exc.actual or 0, run.seq + 1))  # (kept, or read)
             planned = []
             continue
-        run = apply_run(run, as_envelope(event, run_id, seq))
-        known.remember(run)
+        run = known.recorded(run_id, run, event, seq)
         observe(run, workflow)
     known.forget(run_id)
     raise ConcurrencyError(f"{DOMAIN}.{run_id}.*", 0, None)  # retried later, with backoff

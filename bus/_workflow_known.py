@@ -54,6 +54,12 @@ class Known:
         while len(self._runs) > self.size:
             self._runs.popitem(last=False)
 
+    def recorded(self, run_id: str, run: RunView, event: Event, seq: int) -> RunView:
+        """`run` with `event`, which this process just stored at `seq`, folded in; kept."""
+        after = apply_run(run, as_envelope(event, run_id, seq))
+        self.remember(after)
+        return after
+
     def forget(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
 

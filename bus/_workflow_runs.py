@@ -45,7 +45,6 @@ from ._workflow_events import (
     fold,
     routed_name,
 )
-from ._workflow_known import as_envelope
 
 SCAN = 1000  # runs read per page while filtering by status
 
@@ -124,8 +123,7 @@ class Workflows:
                 run = await self.history(run_id)
                 assert run is not None
                 return Started(run_id, name, run.status, EventStore.stream_of(DOMAIN), run.seq)
-            run = apply_run(RunView(), as_envelope(event, run_id, result.version))
-            known.remember(run)
+            run = known.recorded(run_id, RunView(), event, result.version)
             if others:  # the first steps of other actions: records (their tasks) of their own
                 await advance(self._store, run_id, result.version, self._app.workflows, known,
                               run, others)  # fmt: skip

@@ -286,8 +286,7 @@ class TaskHandler:
                 continue
             _observe(current_bus(), task, outcome, seconds)
             if workflow is not None:
-                run = apply_run(run, as_envelope(record, task.run_id, result.version))
-                self.known.remember(run)
+                run = self.known.recorded(task.run_id, run, record, result.version)
                 observe(run, workflow)
                 await advance(store, task.run_id, task.origin, self.workflows, self.known, run,
                               decided)  # fmt: skip
