@@ -18,6 +18,7 @@ from . import _telemetry as telemetry
 from ._atomic import send_atomic
 from ._captured import capture_filter, captured
 from ._codec import Codec
+from ._deadlines import Deadlines
 from ._envelope import build_headers
 from ._errors import BusClosed, BusError, ConfigError, PublishTimeout
 from ._events import Event, new_event_id
@@ -61,6 +62,7 @@ class Publisher:
         self._inbox = ""
         self._waiting: dict[int, tuple[_Batch, int]] = {}
         self._tokens = itertools.count()
+        self._deadlines = Deadlines()
         self._reruns = Reruns(nc, self.send_many)
 
     def prepare(
@@ -256,45 +258,45 @@ class Publisher:
         `todo`'s order (None where none did). A message the server could never take is
         refused here, alone, and never sent."""
         batch = _Batch(len(todo))
+        self._deadlines.add(batch, wait)
         tokens: list[int] = []
         largest = self._nc.max_payload
         try:
-            async with asyncio.timeout(max(wait, 0)):
-                for k, i in enumerate(todo):
-                    if self._unacked >= self._max_pending:
-                        await self._window_opens()
-                    elif k % YIELD_EVERY == YIELD_EVERY - 1:
-                        self._nc.flush_soon()
-                        await asyncio.sleep(0)
-                    while i >= len(outs) and more is not None:
-                        more()
-                    out, block = outs[i], blocks[i]
-                    if block is None:
-                        block = blocks[i] = encode_headers(out.headers) if out.headers else b""
-                    if len(block) + len(out.payload) > largest:
-                        batch.settle(k, TOO_LARGE)
-                        continue
-                    token = next(self._tokens)
-                    self._waiting[token] = (batch, k)
-                    self._unacked += 1
-                    tokens.append(token)
-                    self._nc.buffer(out.subject, out.payload, f"{self._inbox}.{token}", block)
-                self._nc.flush_soon()
-                await batch.done
-        except TimeoutError:
-            pass
+            for k, i in enumerate(todo):
+                if self._unacked >= self._max_pending:
+                    await self._window_opens(batch.done)
+                    if batch.done.done():
+                        break  # its time is up
+                elif k % YIELD_EVERY == YIELD_EVERY - 1:
+                    self._nc.flush_soon()
+                    await asyncio.sleep(0)
+                while i >= len(outs) and more is not None:
+                    more()
+                out, block = outs[i], blocks[i]
+                if block is None:
+                    block = blocks[i] = encode_headers(out.headers) if out.headers else b""
+                if len(block) + len(out.payload) > largest:
+                    batch.settle(k, TOO_LARGE)
+                    continue
+                token = next(self._tokens)
+                self._waiting[token] = (batch, k)
+                self._unacked += 1
+                tokens.append(token)
+                self._nc.buffer(out.subject, out.payload, f"{self._inbox}.{token}", block)
+            self._nc.flush_soon()
+            await batch.done
         finally:
             for token in tokens:
                 if self._waiting.pop(token, None) is not None:
                     self._acked()  # never acked: free its window slot
         return batch.replies
 
-    async def _window_opens(self) -> None:
-        """Wait until half the window is acknowledged (not a wake-up per ack)."""
+    async def _window_opens(self, expired: asyncio.Future[None]) -> None:
+        """Wait until half the window is acknowledged (not a wake-up per ack), or `expired`."""
         self._nc.flush_soon()
         if self._room is None:
             self._room = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._room)
+        await asyncio.wait((self._room, expired), return_when=asyncio.FIRST_COMPLETED)
 
     def _acked(self) -> None:
         self._unacked -= 1
@@ -376,7 +378,7 @@ def template_of(event: Event) -> str:
 
 
 class _Batch:
-    """Acks of one publish call, gathered by index."""
+    """Acks of one publish call, gathered by index; `done` when all came or time is up."""
 
     __slots__ = ("acked", "done", "replies")
 
@@ -389,4 +391,8 @@ class _Batch:
         self.replies[i] = reply
         self.acked += 1
         if self.acked == len(self.replies) and not self.done.done():
+            self.done.set_result(None)
+
+    def expire(self) -> None:
+        if not self.done.done():
             self.done.set_result(None)
