@@ -42,16 +42,20 @@ class Envelope(msgspec.Struct, Generic[E], frozen=True, kw_only=True):
 current_envelope: ContextVar[Envelope[Event] | None] = ContextVar("current_envelope", default=None)
 
 
-_last_second: list[Any] = [-1, ""]  # (second, its text up to the seconds): shared by many
+_last: list[Any] = [-1, -1, "", ""]  # second, millisecond, the second's text, the stamp
 
 
 def now_rfc3339() -> str:
-    """Now as `rfc3339` has it: the text up to the seconds made once a second (every event
-    and record is stamped: a datetime per millisecond was a few % of a busy process)."""
-    second, ms = divmod(time.time_ns() // 1_000_000, 1000)
-    if second != _last_second[0]:
-        _last_second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_last_second[1]}.{ms:03d}Z"
+    """Now as `rfc3339` has it, made once a millisecond (the seconds' text once a second):
+    every event and record is stamped, a busy process many times a millisecond, and a
+    datetime each time was a few % of it."""
+    ms = time.time_ns() // 1_000_000
+    if ms != _last[1]:
+        second = ms // 1000
+        if second != _last[0]:
+            _last[0], _last[2] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last[1], _last[3] = ms, f"{_last[2]}.{ms % 1000:03d}Z"
+    return str(_last[3])
 
 
 def rfc3339(epoch: float) -> str:
