@@ -26,6 +26,7 @@ from bus import (
     StreamNotFound,
     StreamSpec,
 )
+from bus._deadlines import Deadlines
 from bus._publish import Publisher
 
 from .domain import JOBS, JobCreated, JobDone, eventually
@@ -306,3 +307,26 @@ async def test_a_slow_tail_reader_misses_nothing_and_holds_one_page(jobs: Bus) -
             if len(seqs) == 600:
                 break
     assert seqs == list(range(1, 601))
+
+
+async def test_deadlines_expire_each_wait_once_in_deadline_order() -> None:
+    """One timer for many waits: each expires once, the earliest first, however they came
+    (a later wait with an earlier deadline moves the timer up)."""
+    deadlines = Deadlines()
+    expired: list[str] = []
+    done = asyncio.Event()
+
+    class Wait:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def expire(self) -> None:
+            expired.append(self.name)
+            if len(expired) == 4:
+                done.set()
+
+    for name, seconds in [("late", 0.2), ("soon", 0.05), ("now", 0), ("mid", 0.1)]:
+        deadlines.add(Wait(name), seconds)
+    await asyncio.wait_for(done.wait(), 10)
+    assert expired == ["now", "soon", "mid", "late"]
+    assert not deadlines._heap and deadlines._timer is None  # nothing left to expire
