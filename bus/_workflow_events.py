@@ -55,7 +55,7 @@ class Scheduled(msgspec.Struct, frozen=True, kw_only=True):
 
 class RunStarted(Event):
     """The run's start, with the steps it starts with (of one action: the record is their
-    task); none when an input function failed (the orchestrator records that)."""
+    task); none when an input function failed (its failure is recorded next)."""
 
     __domain__ = DOMAIN
     __event_name__ = "started"
@@ -272,22 +272,17 @@ def run_id_of(envelope: Envelope[Event]) -> str | None:
     return envelope.subject.split(".")[1] if envelope.subject.startswith("wf.") else None
 
 
-def _step(run: RunView, name: str, **changes: Any) -> RunView:
-    steps = dict(run.steps)
-    current = steps.get(name) or StepView()
-    steps[name] = msgspec.structs.replace(current, **changes)
-    return msgspec.structs.replace(run, steps=steps)
+def _set(steps: dict[str, StepView], name: str, **changes: Any) -> None:
+    steps[name] = msgspec.structs.replace(steps.get(name) or StepView(), **changes)
 
 
-def _schedule(run: RunView, scheduled: list[Scheduled], at: str) -> RunView:
+def _schedule(steps: dict[str, StepView], scheduled: list[Scheduled], at: str) -> None:
     """Scheduled is running: the record is its task (started_at: the record's time, or its
     backoff's end; the outcome says when its handler began)."""
     for one in scheduled:
         begins = max(at, rfc3339(one.not_before)) if one.not_before else at
-        run = _step(run, one.step, status="running", scheduled=one.attempt,
-                    attempts=one.attempt, not_before=one.not_before, started_at=begins,
-                    ended_at=None)  # fmt: skip
-    return run
+        _set(steps, one.step, status="running", scheduled=one.attempt, attempts=one.attempt,
+             not_before=one.not_before, started_at=begins, ended_at=None)  # fmt: skip
 
 
 def _began(stamp: str | None) -> dict[str, str]:
@@ -295,56 +290,57 @@ def _began(stamp: str | None) -> dict[str, str]:
 
 
 def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
-    """Fold one event of a run's history into its state (pure)."""
-    at, seq = envelope.occurred_at, envelope.seq or run.seq
-    run = msgspec.structs.replace(run, seq=seq)
-    match envelope.event:
-        case RunStarted(workflow=workflow, version=version, input=data, steps=shapes):
-            steps = {s.name: StepView(action=s.action, depends_on=s.depends_on) for s in shapes}
-            run = RunView(
-                run_id=run_id_of(envelope) or "",
-                workflow=workflow,
-                version=version,
-                input=data,
-                steps=steps,
-                started_at=at,
-                seq=seq,
-                origin=seq,
-            )
-            return _schedule(run, envelope.event.scheduled, at)
+    """Fold one event of a run's history into its state (pure: what changes is a copy of
+    `run`, made once, with its own steps)."""
+    event, at = envelope.event, envelope.occurred_at
+    if isinstance(event, RunStarted):
+        seq = envelope.seq or 0
+        started = RunView(
+            run_id=run_id_of(envelope) or "",
+            workflow=event.workflow,
+            version=event.version,
+            input=event.input,
+            steps={s.name: StepView(action=s.action, depends_on=s.depends_on) for s in event.steps},
+            started_at=at,
+            seq=seq,
+            origin=seq,
+        )
+        _schedule(started.steps, event.scheduled, at)
+        return started
+    run = msgspec.structs.replace(run, seq=envelope.seq or run.seq, steps=dict(run.steps))
+    steps = run.steps
+    match event:
         case StepsScheduled(steps=scheduled):
-            return _schedule(run, scheduled, at)
+            _schedule(steps, scheduled, at)
         case StepCompleted(step=name, output=output, started_at=began, scheduled=scheduled):
-            run = _step(run, name, status="completed", output=output, error=None, ended_at=at,
-                        **_began(began))  # fmt: skip
-            return _schedule(run, scheduled, at)
+            _set(steps, name, status="completed", output=output, error=None, ended_at=at,
+                 **_began(began))  # fmt: skip
+            _schedule(steps, scheduled, at)
         case StepFailed(step=name, error=error, will_retry=retry, retry_at=t, started_at=began,
                         scheduled=scheduled):  # fmt: skip
-            status = "pending" if retry else "failed"
-            run = _step(run, name, status=status, error=error, ended_at=at, not_before=t,
-                        **_began(began))  # fmt: skip
-            return _schedule(run, scheduled, at)
+            _set(steps, name, status="pending" if retry else "failed", error=error, ended_at=at,
+                 not_before=t, **_began(began))  # fmt: skip
+            _schedule(steps, scheduled, at)
         case StepsSkipped(steps=names):
             for name in names:
-                run = _step(run, name, status="skipped")
-            return run
+                _set(steps, name, status="skipped")
         case CompensationScheduled(step=name):
-            return _step(run, name, compensation="scheduled")
+            _set(steps, name, compensation="scheduled")
         case StepCompensated(step=name, error=error):
-            return _step(run, name, compensation="done" if error is None else f"failed: {error}")
+            _set(steps, name, compensation="done" if error is None else f"failed: {error}")
         case RunCompleted(output=output, step=last):
             if last is not None:
                 run = apply_run(run, msgspec.structs.replace(envelope, event=last))
-            return msgspec.structs.replace(run, status="completed", output=output, ended_at=at)
+            run.status, run.output, run.ended_at = "completed", output, at
         case RunFailed(error=error):
-            return msgspec.structs.replace(run, status="failed", error=error, ended_at=at)
+            run.status, run.error, run.ended_at = "failed", error, at
         case CancelRequested():
-            return msgspec.structs.replace(run, cancel_requested=True)
+            run.cancel_requested = True
         case RunCancelled():
-            for name, step in run.steps.items():
+            for name, step in steps.items():
                 if step.status in ("pending", "running"):
-                    run = _step(run, name, status="cancelled", ended_at=at)
-            return msgspec.structs.replace(run, status="cancelled", ended_at=at)
+                    _set(steps, name, status="cancelled", ended_at=at)
+            run.status, run.ended_at = "cancelled", at
     return run
 
 
