@@ -1,8 +1,7 @@
 """Deciding what follows in a run, from its history alone, by whoever recorded the last of it.
 
-`decide` is pure: from a run's state, the events that follow now (none: nothing to do now).
-`advance` records them one at a time, each conditional on the run's last sequence, until
-there is nothing left to decide. Who calls it: the starter after a run's start, a worker after its
+`decide` is pure: from a run's state, all the events that follow now (none: nothing to do
+now). `advance` records them one at a time, each conditional on the run's last sequence. Who calls it: the starter after a run's start, a worker after its
 outcome (bus._workflow_tasks), and the orchestrator, a handler on the records nobody else
 decides on: a start whose first step could not be scheduled, a cancel request, and outcomes
 recorded by a worker that does not declare the run's workflow (`decide`). One durable
@@ -76,8 +75,20 @@ def context(run: RunView, workflow: Workflow[Any]) -> RunContext[Any]:
 
 
 def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
-    """The events that follow from `run`'s state, in order (none: nothing to do now): the
-    steps to start, one record per action, or the one thing to do next."""
+    """All that follows from `run`'s state now, in order (none: nothing to do now): the
+    steps to start, one record per action, or what winds the run down. Once all of it is
+    recorded, nothing follows until something else is (an outcome, a cancel request)."""
+    decided = _next(run, workflow)
+    if decided and isinstance(decided[-1], StepFailed | StepsSkipped):  # the wind-down goes on
+        after = run
+        for event in decided:
+            after = apply_run(after, as_envelope(event, run.run_id, after.seq + 1))
+        return decided + decide(after, workflow)
+    return decided
+
+
+def _next(run: RunView, workflow: Workflow[Any]) -> list[Event]:
+    """What follows from `run`'s state first: the steps to start, or the next thing to do."""
     if run.finished:
         return []
     if run.cancel_requested:  # what is running is stopped; what completed is undone first
@@ -136,7 +147,8 @@ def first_steps(
 ) -> tuple[RunStarted, list[Event]]:
     """`started` with the steps the run starts with (one action's: the record is their
     task), and the records of the other first steps, for the starter to record next; no
-    steps when an input function fails (the orchestrator records that)."""
+    steps when an input function fails (the starter records that next, the orchestrator
+    should it not)."""
     run = apply_run(RunView(), as_envelope(started, run_id, 1))
     return with_first(started, decide(run, workflow))
 
@@ -214,11 +226,11 @@ async def advance(
     run: RunView | None = None,
     decided: list[Event] | None = None,
 ) -> None:
-    """Decide what follows in the run and record it, until nothing does. `run`: the run as
-    known to be now (else it is read: the tail after what `known` keeps, or all of it);
-    `decided`: what was decided on it already, to record first."""
+    """Decide what follows in the run and record it. `run`: the run as known to be now
+    (else it is read: the tail after what `known` keeps, or all of it); `decided`: all that
+    was decided on it already (None: decide)."""
     workflow = workflows.get(run.workflow) if run is not None else None
-    planned = list(decided or ())
+    planned = None if decided is None else list(decided)
     for _ in range(MAX_TRIES):
         if run is None:
             run = await known.read(store, run_id, origin)
@@ -226,15 +238,16 @@ async def advance(
         if workflow is None:  # another app's workflow, or a run that is gone
             log.debug("run %s: workflow %r is not declared here", run_id, run.workflow)
             return
-        planned = planned or decide(run, workflow)
+        if planned is None:
+            planned = decide(run, workflow)
         if not planned:
-            return
+            return  # (all that was decided is recorded: nothing follows, see decide)
         event = planned.pop(0)  # (the rest stays decided: only this one changes the run)
         try:
             seq = (await append(store, run, event)).version
         except ConcurrencyError as exc:  # the history moved on: decide on what came too
             run = known.since(run_id, max(exc.actual or 0, run.seq + 1))  # (kept, or read)
-            planned = []
+            planned = None
             continue
         run = known.recorded(run_id, run, event, seq)
         observe(run, workflow)

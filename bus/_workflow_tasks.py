@@ -154,10 +154,9 @@ class _Watch:
         self.cancelled: OrderedDict[str, None] = OrderedDict()
         self.started = False
 
-    async def ensure(self, bus: Bus) -> None:
-        if not self.started:
-            self.started = True
-            await bus.nc.subscribe(f"{DOMAIN}.*.cancel_requested", cb=self._on_cancel)
+    async def start(self, bus: Bus) -> None:
+        self.started = True
+        await bus.nc.subscribe(f"{DOMAIN}.*.cancel_requested", cb=self._on_cancel)
 
     async def _on_cancel(self, msg: Any) -> None:
         run_id = msg.subject.split(".")[1]
@@ -197,7 +196,8 @@ class TaskHandler:
     async def _do(self, task: Task) -> None:
         bus = current_bus()
         watch = _watches.get(bus) or _watches.setdefault(bus, _Watch())
-        await watch.ensure(bus)
+        if not watch.started:
+            await watch.start(bus)
         wait = task.not_before - time.time()
         if wait > 0:  # a retry's backoff (the history, not this process, holds the schedule)
             await asyncio.sleep(wait)
@@ -288,8 +288,9 @@ class TaskHandler:
             if workflow is not None:
                 run = self.known.recorded(task.run_id, run, record, result.version)
                 observe(run, workflow)
-                await advance(store, task.run_id, task.origin, self.workflows, self.known, run,
-                              decided)  # fmt: skip
+                if decided:  # (else all that follows rides on the record)
+                    await advance(store, task.run_id, task.origin, self.workflows, self.known,
+                                  run, decided)  # fmt: skip
             return
         raise ConcurrencyError(f"{DOMAIN}.{task.run_id}.*", 0, None)
 
