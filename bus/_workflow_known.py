@@ -17,7 +17,7 @@ decides who comes first.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from types import TracebackType
 
 from ._envelope import Envelope, now_rfc3339
@@ -84,27 +84,46 @@ class Known:
 
 
 class _Turn:
-    """A run's lock, dropped from `turns` when nobody holds or waits for it."""
+    """A run's turn: taken at once when free, else waited for in order (a future each, made
+    only then); dropped from `turns` when nobody holds or waits for it."""
 
-    __slots__ = ("holders", "lock", "run_id", "turns")
+    __slots__ = ("held", "holders", "run_id", "turns", "waiting")
 
     def __init__(self, turns: dict[str, _Turn], run_id: str) -> None:
         self.turns, self.run_id = turns, run_id
-        self.lock = asyncio.Lock()
+        self.held = False
         self.holders = 0
+        self.waiting: deque[asyncio.Future[None]] = deque()
 
     async def __aenter__(self) -> None:
+        if not self.held:
+            self.held = True
+            return
+        handed = asyncio.get_running_loop().create_future()
+        self.waiting.append(handed)
         try:
-            await self.lock.acquire()
+            await handed  # the one before hands the turn over (`held` stays True)
         except BaseException:
+            if handed.cancelled():
+                self.waiting.remove(handed)
+            else:  # handed over, and then cancelled: the next one's turn
+                self._hand_over()
             self._leave()
             raise
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.lock.release()
+        self._hand_over()
         self._leave()
+
+    def _hand_over(self) -> None:
+        while self.waiting:
+            handed = self.waiting.popleft()
+            if not handed.done():
+                handed.set_result(None)
+                return
+        self.held = False
 
     def _leave(self) -> None:
         self.holders -= 1

@@ -3,6 +3,7 @@ kept prefix, they fold to the whole history, on a real server."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -85,3 +86,35 @@ def test_kept_runs_are_bounded_and_only_move_forward() -> None:
     assert known.since("r1", 0) is None
     known.remember(RunView(run_id="r2", seq=7, status="completed"))  # finished: dropped
     assert known.since("r2", 0) is None
+
+
+async def test_turns_are_taken_in_order_and_survive_cancelled_waiters() -> None:
+    """A process's deciders take turns on a run: one at a time, in the order they came; a
+    waiter cancelled before its turn, or just as it was handed the turn, passes it on; the
+    turn is dropped once nobody holds or waits for it."""
+    known = Known()
+    order: list[str] = []
+    gates = {name: asyncio.Event() for name in "abcde"}
+
+    async def decider(name: str) -> None:
+        async with known.deciding("run-1"):
+            order.append(f"{name} in")
+            await gates[name].wait()
+            order.append(f"{name} out")
+
+    tasks = {name: asyncio.create_task(decider(name)) for name in "abcde"}
+    await asyncio.sleep(0)  # all in line: a holds the turn
+    assert order == ["a in"]
+    tasks["b"].cancel()  # cancelled while waiting
+    await asyncio.sleep(0)
+    gates["a"].set()
+    await asyncio.sleep(0)  # a hands the turn to c (b is gone)
+    tasks["c"].cancel()  # handed the turn, cancelled before it ran: d's turn
+    for name in "de":
+        gates[name].set()
+    results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+    assert order == ["a in", "a out", "d in", "d out", "e in", "e out"]
+    assert [isinstance(r, asyncio.CancelledError) for r in results] == [
+        False, True, True, False, False
+    ]  # fmt: skip
+    assert not known._turns  # nobody holds or waits: dropped
