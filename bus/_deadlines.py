@@ -2,12 +2,12 @@
 
 Every publish waits for its ack at most so long. An `asyncio.timeout` per publish is a
 timer handle, a cancel scope and an uncancel each (~4.5 us, ~5% of a workflow step's client
-time). Here a wait's deadline goes on a heap, and one timer, set for the earliest, expires
-what is due: the waiter is woken and finds out it timed out by what it has not got. A wait
-that ends sooner stays on the heap until its deadline, and is then passed over. Once the
-timer has fired, the next firing comes at least GRAIN later, so a steady stream of waits
-(a deadline per publish) wakes it once per GRAIN, not once per wait: a wait may end up to
-GRAIN past its deadline.
+time). Here the waits are kept in the order of their deadlines, and one timer, set for the
+earliest, expires what is due: the waiter is woken and finds out it timed out by what it has
+not got. A wait that ends sooner is discarded at once (kept until its deadline, a second's
+worth of publishes stayed alive for the collector to scan). Once the timer has fired, the
+next firing comes at least GRAIN later, so a steady stream of waits wakes it once per GRAIN,
+not once per wait: a wait may end up to GRAIN past its deadline.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections import OrderedDict
 from typing import Protocol
 
 GRAIN = 0.005  # seconds: the timer fires at most this often
@@ -27,8 +28,12 @@ class Expiring(Protocol):
 
 class Deadlines:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Expiring]] = []
-        self._order = itertools.count()  # (ties never compare the waits)
+        # Waits of the same length come in the order of their deadlines: those are kept in
+        # the order they came; one due before the last kept (rare: a shorter wait) on a heap.
+        self._waits: OrderedDict[Expiring, float] = OrderedDict()
+        self._last = 0.0  # the deadline of the last wait kept in order
+        self._early: list[tuple[float, int, Expiring]] = []
+        self._order = itertools.count()  # (ties on the heap never compare the waits)
         self._timer: asyncio.TimerHandle | None = None
         self._next = 0.0  # when the timer fires
 
@@ -36,19 +41,34 @@ class Deadlines:
         """`wait.expire()` in `seconds` (at once, on the loop's next turn, if <= 0)."""
         loop = asyncio.get_running_loop()
         at = loop.time() + max(seconds, 0.0)
-        heapq.heappush(self._heap, (at, next(self._order), wait))
+        if not self._waits or at >= self._last:
+            self._waits[wait] = self._last = at
+        else:
+            heapq.heappush(self._early, (at, next(self._order), wait))
         if self._timer is None or at < self._next:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer, self._next = loop.call_at(at, self._due), at
 
+    def discard(self, wait: Expiring) -> None:
+        """`wait` ended before its deadline (one on the heap is passed over when due)."""
+        self._waits.pop(wait, None)
+
     def _due(self) -> None:
         # The loop runs a timer up to its clock resolution early: what was due then is due.
-        now = max(asyncio.get_running_loop().time(), self._next)
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            heapq.heappop(heap)[2].expire()
+        loop = asyncio.get_running_loop()
+        now = max(loop.time(), self._next)
+        waits, early = self._waits, self._early
+        while waits:
+            wait, at = next(iter(waits.items()))
+            if at > now:
+                break
+            del waits[wait]
+            wait.expire()
+        while early and early[0][0] <= now:
+            heapq.heappop(early)[2].expire()
+        firsts = ([next(iter(waits.values()))] if waits else []) + ([early[0][0]] if early else [])
         self._timer = None
-        if heap:
-            self._next = max(heap[0][0], now + GRAIN)
-            self._timer = asyncio.get_running_loop().call_at(self._next, self._due)
+        if firsts:
+            self._next = max(min(firsts), now + GRAIN)
+            self._timer = loop.call_at(self._next, self._due)

@@ -286,6 +286,7 @@ class Publisher:
             self._nc.flush_soon()
             await batch.done
         finally:
+            self._deadlines.discard(batch)
             for token in tokens:
                 if self._waiting.pop(token, None) is not None:
                     self._acked()  # never acked: free its window slot

@@ -311,10 +311,10 @@ async def test_a_slow_tail_reader_misses_nothing_and_holds_one_page(jobs: Bus) -
 
 async def test_deadlines_expire_each_wait_once_in_deadline_order() -> None:
     """One timer for many waits: each expires once, the earliest first, however they came
-    (a later wait with an earlier deadline moves the timer up)."""
+    (a later wait with an earlier deadline moves the timer up); one discarded never does."""
     deadlines = Deadlines()
     expired: list[str] = []
-    done = asyncio.Event()
+    done, done_too = asyncio.Event(), asyncio.Event()
 
     class Wait:
         def __init__(self, name: str) -> None:
@@ -324,9 +324,16 @@ async def test_deadlines_expire_each_wait_once_in_deadline_order() -> None:
             expired.append(self.name)
             if len(expired) == 4:
                 done.set()
+            if self.name == "last":
+                done_too.set()
 
-    for name, seconds in [("late", 0.2), ("soon", 0.05), ("now", 0), ("mid", 0.1)]:
-        deadlines.add(Wait(name), seconds)
+    waits = {name: Wait(name) for name in ("late", "soon", "now", "ended", "mid", "last")}
+    for name, seconds in [("late", 0.2), ("soon", 0.05), ("now", 0), ("ended", 0.25),
+                          ("mid", 0.1), ("last", 0.3)]:  # fmt: skip
+        deadlines.add(waits[name], seconds)
+    deadlines.discard(waits["ended"])  # it ended before its deadline: never expires
     await asyncio.wait_for(done.wait(), 10)
     assert expired == ["now", "soon", "mid", "late"]
-    assert not deadlines._heap and deadlines._timer is None  # nothing left to expire
+    await asyncio.wait_for(done_too.wait(), 10)
+    assert expired == ["now", "soon", "mid", "late", "last"]  # and each once
+    assert deadlines._timer is None  # nothing left to expire
