@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
 
-from ._client import current_bus
-from ._envelope import Envelope
+from ._client import Bus, current_bus
+from ._envelope import Envelope, now_rfc3339
 from ._errors import ConcurrencyError
 from ._events import Event, new_event_id
 from ._store import AppendResult, EventStore
@@ -56,12 +56,12 @@ from ._workflow_events import (
     StepFailed,
     StepsScheduled,
     StepsSkipped,
-    apply_run,
+    apply,
     origin_of,
     routed_name,
     run_id_of,
 )
-from ._workflow_known import Known, as_envelope
+from ._workflow_known import Known
 
 log = logging.getLogger("bus.workflow")
 E = TypeVar("E", bound=Event)  # a record that can carry the steps it schedules
@@ -80,9 +80,9 @@ def decide(run: RunView, workflow: Workflow[Any]) -> list[Event]:
     recorded, nothing follows until something else is (an outcome, a cancel request)."""
     decided = _next(run, workflow)
     if decided and isinstance(decided[-1], StepFailed | StepsSkipped):  # the wind-down goes on
-        after = run
+        after, at = run, now_rfc3339()
         for event in decided:
-            after = apply_run(after, as_envelope(event, run.run_id, after.seq + 1))
+            after = apply(after, event, at, after.seq + 1)
         return decided + decide(after, workflow)
     return decided
 
@@ -94,15 +94,17 @@ def _next(run: RunView, workflow: Workflow[Any]) -> list[Event]:
     if run.cancel_requested:  # what is running is stopped; what completed is undone first
         return _compensation(run, workflow, RunCancelled())
     steps = run.steps
-    pending, completed = [], True
+    pending, done, completed = [], set(), True
     for name in workflow.order:  # (one pass: this runs after every record)
         status = steps[name].status
+        if status == "completed":
+            done.add(name)
+            continue
         if status == "failed":
             return _wind_down(run, workflow, name)
-        if status != "completed":
-            completed = False
-            if status == "pending":
-                pending.append(name)
+        completed = False
+        if status == "pending":
+            pending.append(name)
     if completed:
         ctx = context(run, workflow)
         if workflow.output is not None:
@@ -114,21 +116,38 @@ def _next(run: RunView, workflow: Workflow[Any]) -> list[Event]:
         step = steps[name]
         if step.scheduled:  # an attempt failed: retry it (its input is the first's)
             out.append(schedule(workflow, name, step.scheduled + 1, None, step.not_before))
-        elif all(steps[d].status == "completed" for d in step.depends_on):
+        elif done.issuperset(step.depends_on):
             ready.append(name)
     if ready:
-        ctx = context(run, workflow)
-        for name in ready:
-            try:
-                data = msgspec.to_builtins(workflow.step(name).input(ctx))
-            except Exception as exc:  # the input function is user code: its failure is the step's
-                error = f"input: {describe_error(exc)}"
-                return [StepFailed(step=name, attempt=0, error=error, origin=run.origin)]
-            out.append(schedule(workflow, name, 1, data))
-    by_action: dict[str, list[Scheduled]] = {}  # a record is its action's task
-    for scheduled in out:
-        by_action.setdefault(scheduled.action, []).append(scheduled)
-    return [StepsScheduled(steps=steps, origin=run.origin) for steps in by_action.values()]
+        first = _first_attempts(workflow, ready, context(run, workflow), run.origin)
+        if isinstance(first, StepFailed):
+            return [first]
+        out += first
+    return _by_action(out, run.origin)
+
+
+def _first_attempts(
+    workflow: Workflow[Any], names: Sequence[str], ctx: RunContext[Any], origin: int
+) -> list[Scheduled] | StepFailed:
+    """The first attempts of steps `names`, their inputs made from `ctx`; or the failure of
+    the first whose input function fails (user code: its failure is the step's)."""
+    out = []
+    for name in names:
+        try:
+            data = msgspec.to_builtins(workflow.step(name).input(ctx))
+        except Exception as exc:
+            error = f"input: {describe_error(exc)}"
+            return StepFailed(step=name, attempt=0, error=error, origin=origin)
+        out.append(schedule(workflow, name, 1, data))
+    return out
+
+
+def _by_action(scheduled: list[Scheduled], origin: int) -> list[Event]:
+    """One record per action: a record is its action's task."""
+    by_action: dict[str, list[Scheduled]] = {}
+    for one in scheduled:
+        by_action.setdefault(one.action, []).append(one)
+    return [StepsScheduled(steps=steps, origin=origin) for steps in by_action.values()]
 
 
 def schedule(
@@ -143,14 +162,24 @@ def schedule(
 
 
 def first_steps(
-    run_id: str, started: RunStarted, workflow: Workflow[Any]
+    run_id: str, started: RunStarted, workflow: Workflow[Any], input: Any
 ) -> tuple[RunStarted, list[Event]]:
     """`started` with the steps the run starts with (one action's: the record is their
-    task), and the records of the other first steps, for the starter to record next; no
-    steps when an input function fails (the starter records that next, the orchestrator
-    should it not)."""
-    run = apply_run(RunView(), as_envelope(started, run_id, 1))
-    return with_first(started, decide(run, workflow))
+    task), and the records of the other first steps, for the starter to record next (see
+    `at_origin`); when an input function fails, no steps, and the run's wind-down. `input`:
+    the run's, typed (the first steps depend on nothing else: no fold, no decoding)."""
+    first = _first_attempts(workflow, workflow.roots, RunContext(run_id, input, {}), 0)
+    if isinstance(first, StepFailed):
+        return started, decide(apply(RunView(), started, now_rfc3339(), 0, run_id), workflow)
+    return with_first(started, _by_action(first, 0))
+
+
+def at_origin(decided: list[Event], origin: int) -> list[Event]:
+    """Records decided before the run's start was stored, with its sequence (`origin`)."""
+    return [
+        msgspec.structs.replace(e, origin=origin) if "origin" in e.__struct_fields__ else e
+        for e in decided
+    ]
 
 
 def with_first(record: E, decided: list[Event]) -> tuple[E, list[Event]]:
@@ -250,16 +279,16 @@ async def advance(
             planned = None
             continue
         run = known.recorded(run_id, run, event, seq)
-        observe(run, workflow)
+        observe(store.bus, run, workflow)
     known.forget(run_id)
     raise ConcurrencyError(f"{DOMAIN}.{run_id}.*", 0, None)  # retried later, with backoff
 
 
-def observe(run: RunView, workflow: Workflow[Any]) -> None:
+def observe(bus: Bus, run: RunView, workflow: Workflow[Any]) -> None:
     if not run.finished:
         return
     log.info("run %s %s%s", run.run_id, run.status, f": {run.error}" if run.error else "")
-    record = getattr(current_bus().telemetry.observer, "run_finished", None)
+    record = getattr(bus.telemetry.observer, "run_finished", None)
     if record is not None:
         record(workflow.name, run.status, _seconds_since(run.started_at))
 

@@ -55,6 +55,11 @@ class EventStore:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
 
+    @property
+    def bus(self) -> Bus:
+        """The Bus it reads and appends through."""
+        return self._bus
+
     @staticmethod
     def stream_of(domain: str) -> str:
         return validate_token(domain, "domain").upper()

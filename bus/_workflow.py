@@ -110,6 +110,7 @@ class Workflow(Generic[I]):
     order: tuple[str, ...] = field(init=False, default=())  # a topological order
     version: str = field(init=False, default="")  # a digest of the DAG's shape
     leaves: tuple[str, ...] = field(init=False, default=())  # the steps nothing depends on
+    roots: tuple[str, ...] = field(init=False, default=())  # the steps depending on nothing
     _by_name: dict[str, Step] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +128,8 @@ class Workflow(Generic[I]):
         object.__setattr__(
             self, "leaves", tuple(s.name for s in self.steps if s.name not in needed)
         )
+        roots = tuple(name for name in self.order if not self._by_name[name].depends_on)
+        object.__setattr__(self, "roots", roots)
 
     def step(self, name: str) -> Step:
         try:

@@ -12,8 +12,9 @@ another action get records of their own), or, after the last step, the run's com
 (which then carries that outcome: `outcomes` finds it). An outcome recorded by a worker that does not
 declare the run's workflow is stored as `decide`, for the orchestrator (bus._orchestrator).
 
-`apply_run` is the one fold: the orchestrator and the workers fold a run's history with it to
-decide, and the `workflow_runs` projection (key: run id) folds the stream with it for queries.
+`apply` is the one fold (`apply_run` of a stored event): the orchestrator and the workers fold
+a run's history with it to decide, and the `workflow_runs` projection (key: run id) folds the
+stream with it for queries.
 """
 
 from __future__ import annotations
@@ -290,13 +291,19 @@ def _began(stamp: str | None) -> dict[str, str]:
 
 
 def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
-    """Fold one event of a run's history into its state (pure: what changes is a copy of
-    `run`, made once, with its own steps)."""
-    event, at = envelope.event, envelope.occurred_at
+    """Fold one stored event of a run's history into its state (pure)."""
+    event = envelope.event
+    run_id = (run_id_of(envelope) or "") if isinstance(event, RunStarted) else run.run_id
+    return apply(run, event, envelope.occurred_at, envelope.seq or 0, run_id)
+
+
+def apply(run: RunView, event: Event, at: str, seq: int, run_id: str = "") -> RunView:
+    """`event`, stored at `seq` (0: unknown) at time `at`, folded into `run` (pure: what
+    changes is a copy of `run`, made once, with its own steps); `run_id` names a start's run.
+    What a process just stored itself is folded so too, with no envelope made for it."""
     if isinstance(event, RunStarted):
-        seq = envelope.seq or 0
         started = RunView(
-            run_id=run_id_of(envelope) or "",
+            run_id=run_id,
             workflow=event.workflow,
             version=event.version,
             input=event.input,
@@ -307,7 +314,7 @@ def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
         )
         _schedule(started.steps, event.scheduled, at)
         return started
-    run = msgspec.structs.replace(run, seq=envelope.seq or run.seq, steps=dict(run.steps))
+    run = msgspec.structs.replace(run, seq=seq or run.seq, steps=dict(run.steps))
     steps = run.steps
     match event:
         case StepsScheduled(steps=scheduled):
@@ -330,7 +337,7 @@ def apply_run(run: RunView, envelope: Envelope[Event]) -> RunView:
             _set(steps, name, compensation="done" if error is None else f"failed: {error}")
         case RunCompleted(output=output, step=last):
             if last is not None:
-                run = apply_run(run, msgspec.structs.replace(envelope, event=last))
+                run = apply(run, last, at, seq)
             run.status, run.output, run.ended_at = "completed", output, at
         case RunFailed(error=error):
             run.status, run.error, run.ended_at = "failed", error, at

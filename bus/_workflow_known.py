@@ -20,10 +20,12 @@ import asyncio
 from collections import OrderedDict, deque
 from types import TracebackType
 
-from ._envelope import Envelope, now_rfc3339
+import msgspec
+
+from ._envelope import now_rfc3339
 from ._events import Event
 from ._store import EventStore
-from ._workflow_events import DOMAIN, RunView, apply_run, load_run
+from ._workflow_events import DOMAIN, RunView, apply, apply_run, load_run
 
 SIZE = 10_000  # runs remembered per process (least recently decided dropped first)
 
@@ -56,9 +58,14 @@ class Known:
 
     def recorded(self, run_id: str, run: RunView, event: Event, seq: int) -> RunView:
         """`run` with `event`, which this process just stored at `seq`, folded in; kept."""
-        after = apply_run(run, as_envelope(event, run_id, seq))
-        self.remember(after)
-        return after
+        return self.stored(apply(run, event, now_rfc3339(), seq, run_id), seq)
+
+    def stored(self, after: RunView, seq: int) -> RunView:
+        """The run as a record this process just stored at `seq` left it (folded before it
+        was stored: `after`), kept."""
+        run = msgspec.structs.replace(after, seq=seq)
+        self.remember(run)
+        return run
 
     def forget(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
@@ -129,11 +136,3 @@ class _Turn:
         self.holders -= 1
         if not self.holders:
             del self.turns[self.run_id]
-
-
-def as_envelope(event: Event, run_id: str, seq: int) -> Envelope[Event]:
-    """An event known to be stored at `seq`, as the fold sees a stored one."""
-    subject = f"{DOMAIN}.{run_id}.{event.__event_name__}"
-    return Envelope(
-        event=event, id="", subject=subject, occurred_at=now_rfc3339(), correlation_id="", seq=seq
-    )

@@ -28,7 +28,7 @@ from ._app import App
 from ._client import Bus
 from ._errors import BusTimeout, ConcurrencyError, ConfigError
 from ._events import new_event_id
-from ._orchestrator import advance, first_steps
+from ._orchestrator import advance, at_origin, first_steps
 from ._projection import ProjectionView
 from ._store import EventStore
 from ._subjects import validate_token
@@ -110,7 +110,7 @@ class Workflows:
             run_id = f"{name}-{new_event_id()}"
         started = RunStarted(workflow=name, version=workflow.version,
                              input=msgspec.to_builtins(typed), steps=self._shapes(workflow))  # fmt: skip
-        event, others = first_steps(run_id, started, workflow)
+        event, others = first_steps(run_id, started, workflow, typed)
         known = self._app.known_runs  # (a worker of this process then needs no read)
         async with known.deciding(run_id):
             try:
@@ -126,7 +126,7 @@ class Workflows:
             run = known.recorded(run_id, RunView(), event, result.version)
             if others:  # the first steps of other actions: records (their tasks) of their own
                 await advance(self._store, run_id, result.version, self._app.workflows, known,
-                              run, others)  # fmt: skip
+                              run, at_origin(others, result.version))  # fmt: skip
         return Started(run_id, name, "running", result.stream, result.version)
 
     async def get(self, run_id: str, after_seq: int | None = None) -> RunView | None:

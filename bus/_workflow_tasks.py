@@ -60,14 +60,14 @@ from ._workflow_events import (
     StepCompleted,
     StepFailed,
     StepsScheduled,
-    apply_run,
+    apply,
     load_run,
     origin_of,
     run_id_of,
     scheduled_by,
     workflow_of,
 )
-from ._workflow_known import Known, as_envelope
+from ._workflow_known import Known
 
 log = logging.getLogger("bus.workflow")
 Action = Callable[[Any], Awaitable[Any]]
@@ -276,18 +276,18 @@ class TaskHandler:
                     await advance(store, task.run_id, task.origin, self.workflows, self.known,
                                   run)  # fmt: skip
                 return
-            record, decided = outcome, list[Event]()
+            record, decided, after = outcome, list[Event](), None
             if workflow is not None:
-                record, decided = _with_next(run, task, outcome, workflow)
+                record, decided, after = _with_next(run, task, outcome, workflow)
             try:
                 result = await append(store, run, record, DECIDE if workflow is None else None)
             except ConcurrencyError as exc:  # the run moved on: what came is checked
                 run = self.known.since(task.run_id, max(exc.actual or 0, run.seq + 1))
                 continue
-            _observe(current_bus(), task, outcome, seconds)
-            if workflow is not None:
-                run = self.known.recorded(task.run_id, run, record, result.version)
-                observe(run, workflow)
+            _observe(store.bus, task, outcome, seconds)
+            if workflow is not None and after is not None:
+                run = self.known.stored(after, result.version)
+                observe(store.bus, run, workflow)
                 if decided:  # (else all that follows rides on the record)
                     await advance(store, task.run_id, task.origin, self.workflows, self.known,
                                   run, decided)  # fmt: skip
@@ -297,22 +297,29 @@ class TaskHandler:
 
 def _with_next(
     run: RunView, task: Task, outcome: Event, workflow: Workflow[Any]
-) -> tuple[Event, list[Event]]:
+) -> tuple[Event, list[Event], RunView]:
     """`outcome` with what follows it riding on it: the steps it lets start (one action's:
     the record is their task; a retry of this step takes this attempt's input), or the
-    run's completion carrying it; and what else follows it."""
-    decided = decide(apply_run(run, as_envelope(outcome, task.run_id, run.seq + 1)), workflow)
-    if not isinstance(outcome, StepCompleted | StepFailed):
-        return outcome, decided
-    if decided and isinstance(decided[0], RunCompleted) and isinstance(outcome, StepCompleted):
-        return msgspec.structs.replace(decided[0], step=outcome), decided[1:]  # the last step
-    if decided and isinstance(decided[0], StepsScheduled):
+    run's completion carrying it; what else follows it; and the run as the record leaves it
+    (folded once, for deciding; its sequence is the record's once stored)."""
+    at = now_rfc3339()
+    folded = apply(run, outcome, at, run.seq)
+    decided = decide(folded, workflow)
+    if not (decided and isinstance(outcome, StepCompleted | StepFailed)):
+        return outcome, decided, folded
+    first = decided[0]
+    if isinstance(first, RunCompleted) and isinstance(outcome, StepCompleted):  # the last step
+        completed = msgspec.structs.replace(first, step=outcome)
+        return completed, decided[1:], apply(folded, first, at, 0)
+    if isinstance(first, StepsScheduled):
         steps = [
             msgspec.structs.replace(s, input=task.input) if s.step == task.step else s
-            for s in decided[0].steps
+            for s in first.steps
         ]
-        decided = [msgspec.structs.replace(decided[0], steps=steps), *decided[1:]]
-    return with_first(outcome, decided)
+        first = msgspec.structs.replace(first, steps=steps)
+        record, rest = with_first(outcome, [first, *decided[1:]])
+        return record, rest, apply(folded, first, at, 0)
+    return outcome, decided, folded
 
 
 async def _first_input(store: EventStore, task: Task) -> Any:

@@ -278,6 +278,85 @@ async def test_an_input_function_that_raises_fails_its_step(nats_url: str) -> No
     assert run.steps["b"].error == "input: KeyError: 'no such field'"
 
 
+async def test_a_first_step_whose_input_function_raises_fails_the_run_at_its_start(
+    nats_url: str,
+) -> None:
+    """The first steps' inputs are made as the run starts: one that cannot be fails its step,
+    the rest is skipped and the run fails, recorded by the starter, nothing run."""
+    from bus import App, EventStore, Step, Workflow
+    from bus._workflow_events import DOMAIN
+
+    def broken(ctx: object) -> None:
+        raise KeyError("no such field")
+
+    ran: list[str] = []
+    app = App("rootinputs")
+    app.workflow(
+        Workflow("w", Job, [Step("a", "act", input=broken), Step("c", "other"),
+                            Step("b", "act", ("a", "c"))])
+    )  # fmt: skip
+
+    @app.action("act")
+    async def act(job: Job) -> str:
+        ran.append("act")
+        return job.text
+
+    @app.action("other")
+    async def other(job: Job) -> str:
+        ran.append("other")
+        return job.text
+
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        run_id = (await runs.start("w", Job())).run_id
+        run = await runs.wait(run_id, timeout=20)
+        history = await EventStore(harness.bus).load(DOMAIN, run_id)
+    assert run.status == "failed"
+    assert run.steps["a"].status == "failed"
+    assert run.steps["a"].error == "input: KeyError: 'no such field'"
+    assert (run.steps["b"].status, run.steps["c"].status) == ("skipped", "skipped")
+    assert ran == []
+    names = [type(e.event).__name__ for e in history.events]
+    assert names == ["RunStarted", "StepFailed", "StepsSkipped", "RunFailed"]
+    assert all(getattr(e.event, "origin", None) in (None, history.events[0].seq)
+               for e in history.events[1:])  # fmt: skip
+
+
+async def test_first_steps_of_several_actions_are_tasks_of_their_own_at_the_run_origin(
+    nats_url: str,
+) -> None:
+    """The start carries one action's first steps; another action's get a record of their
+    own, which knows where the run begins (a worker that must read the run reads from
+    there)."""
+    from bus import App, EventStore, Step, Workflow
+    from bus._workflow_events import DOMAIN, StepsScheduled
+
+    app = App("roots")
+    app.workflow(Workflow("w", Job, [Step("a", "first"), Step("c", "second"),
+                                     Step("b", "first", ("a", "c"))]))  # fmt: skip
+
+    @app.action("first")
+    async def first(job: Job) -> str:
+        return "1"
+
+    @app.action("second")
+    async def second(job: Job) -> str:
+        return "2"
+
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        run_id = (await runs.start("w", Job())).run_id
+        run = await runs.wait(run_id, timeout=20)
+        history = await EventStore(harness.bus).load(DOMAIN, run_id)
+    assert run.status == "completed"
+    assert run.output == {"b": "1"}
+    start, second_task = history.events[0], history.events[1]
+    assert [s.step for s in start.event.scheduled] == ["a"]  # type: ignore[attr-defined]
+    assert isinstance(second_task.event, StepsScheduled)
+    assert [s.step for s in second_task.event.steps] == ["c"]
+    assert second_task.event.origin == start.seq
+
+
 async def test_a_run_is_read_from_its_first_event_or_else_whole(nats_url: str) -> None:
     """Loads start at the run's first sequence (its `origin`); a wrong one reads it all."""
     from bus import EventStore
