@@ -39,7 +39,8 @@ from ._client import Bus, current_bus
 from ._envelope import Envelope, now_rfc3339
 from ._errors import ConcurrencyError
 from ._events import Event, new_event_id
-from ._store import AppendResult, EventStore
+from ._nats.acks import PublishResult
+from ._store import EventStore
 from ._workflow import RunContext, Workflow, describe_error
 from ._workflow_events import (
     DOMAIN,
@@ -238,12 +239,14 @@ class Orchestrator:
 
 def append(
     store: EventStore, run: RunView, event: Event, name: str | None = None
-) -> Coroutine[Any, Any, AppendResult]:
+) -> Coroutine[Any, Any, PublishResult]:
     """Record `event` in `run` if nothing came after `run.seq` (ConcurrencyError otherwise),
-    under its task name if it is a task. (The append itself, awaited by the caller: no layer
-    of its own.)"""
-    return store.append(DOMAIN, run.run_id, [event], expected_version=run.seq,
-                        event_ids=[new_event_id()], name=name or routed_name(event))  # fmt: skip
+    under its task name if it is a task. (A run's records are one event each: straight to
+    the publisher, as EventStore.append's single event, with no layer of its own.)"""
+    publisher = store.bus.publisher
+    out = publisher.prepare(event, run.run_id, event_id=new_event_id(),
+                            expected_version=run.seq, name=name or routed_name(event))  # fmt: skip
+    return publisher.send(out)
 
 
 async def advance(
@@ -273,7 +276,7 @@ async def advance(
             return  # (all that was decided is recorded: nothing follows, see decide)
         event = planned.pop(0)  # (the rest stays decided: only this one changes the run)
         try:
-            seq = (await append(store, run, event)).version
+            seq = (await append(store, run, event)).seq
         except ConcurrencyError as exc:  # the history moved on: decide on what came too
             run = known.since(run_id, max(exc.actual or 0, run.seq + 1))  # (kept, or read)
             planned = None

@@ -28,7 +28,7 @@ from ._app import App
 from ._client import Bus
 from ._errors import BusTimeout, ConcurrencyError, ConfigError
 from ._events import new_event_id
-from ._orchestrator import advance, at_origin, first_steps
+from ._orchestrator import advance, append, at_origin, first_steps
 from ._projection import ProjectionView
 from ._store import EventStore
 from ._subjects import validate_token
@@ -43,7 +43,6 @@ from ._workflow_events import (
     StepShape,
     apply_run,
     fold,
-    routed_name,
 )
 
 SCAN = 1000  # runs read per page while filtering by status
@@ -113,21 +112,19 @@ class Workflows:
         event, others = first_steps(run_id, started, workflow, typed)
         known = self._app.known_runs  # (a worker of this process then needs no read)
         async with known.deciding(run_id):
-            try:
-                result = await self._store.append(
-                    DOMAIN, run_id, [event], expected_version=0, name=routed_name(event)
-                )
+            try:  # (a run new to the stream: its version is 0)
+                result = await append(self._store, RunView(run_id=run_id), event)
             except ConcurrencyError:
                 if idempotency_key is None:
                     raise
                 run = await self.history(run_id)
                 assert run is not None
                 return Started(run_id, name, run.status, EventStore.stream_of(DOMAIN), run.seq)
-            run = known.recorded(run_id, RunView(), event, result.version)
+            run = known.recorded(run_id, RunView(), event, result.seq)
             if others:  # the first steps of other actions: records (their tasks) of their own
-                await advance(self._store, run_id, result.version, self._app.workflows, known,
-                              run, at_origin(others, result.version))  # fmt: skip
-        return Started(run_id, name, "running", result.stream, result.version)
+                await advance(self._store, run_id, result.seq, self._app.workflows, known,
+                              run, at_origin(others, result.seq))  # fmt: skip
+        return Started(run_id, name, "running", result.stream, result.seq)
 
     async def get(self, run_id: str, after_seq: int | None = None) -> RunView | None:
         """The run as the projection has it (once it has seen `after_seq`); None if unknown."""

@@ -276,7 +276,8 @@ class TaskHandler:
                     await advance(store, task.run_id, task.origin, self.workflows, self.known,
                                   run)  # fmt: skip
                 return
-            record, decided, after = outcome, list[Event](), None
+            decided: list[Event] = []
+            record, after = outcome, None
             if workflow is not None:
                 record, decided, after = _with_next(run, task, outcome, workflow)
             try:
@@ -286,7 +287,7 @@ class TaskHandler:
                 continue
             _observe(store.bus, task, outcome, seconds)
             if workflow is not None and after is not None:
-                run = self.known.stored(after, result.version)
+                run = self.known.stored(after, result.seq)
                 observe(store.bus, run, workflow)
                 if decided:  # (else all that follows rides on the record)
                     await advance(store, task.run_id, task.origin, self.workflows, self.known,
