@@ -135,16 +135,21 @@ async def test_concurrency_bounds_messages_in_flight(jobs: Bus) -> None:
         done += 1
 
     await jobs.publish_many((JobCreated(title=str(i)), f"c{i}") for i in range(40))
-    await jobs.consume(slow, durable="bounded", concurrency=4)
+    consumer = await jobs.consume(slow, durable="bounded", concurrency=4)
     ack_pending: list[int] = []
+    held: list[int] = []
     while done < 40:
         info = await jobs.js.consumer_info("JOBS", "bounded")
         ack_pending.append(info.num_ack_pending)
+        held.append(consumer.capacity)
         await asyncio.sleep(0.03)
     assert peak == 4
+    # What the consumer may hold: its 4 slots, and once a job is timed the read-ahead of what
+    # 4 handlers of 0.15 s get through in AHEAD_SECONDS (one message).
+    assert 4 <= max(held) <= 5
     # The server may serve the next pull before it has processed the acks sent ahead of it,
-    # so its count can briefly include the finished batch: at most twice the slots.
-    assert 0 < max(ack_pending) <= 8
+    # so its count can briefly include the finished batch too: at most the slots more.
+    assert 0 < max(ack_pending) <= max(held) + 4
 
 
 async def test_fast_handlers_read_ahead_and_slow_ones_hold_only_what_they_can_start(
