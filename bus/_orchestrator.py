@@ -1,11 +1,12 @@
 """Deciding what follows in a run, from its history alone, by whoever recorded the last of it.
 
 `decide` is pure: from a run's state, all the events that follow now (none: nothing to do
-now). `advance` records them one at a time, each conditional on the run's last sequence. Who calls it: the starter after a run's start, a worker after its
-outcome (bus._workflow_tasks), and the orchestrator, a handler on the records nobody else
-decides on: a start whose first step could not be scheduled, a cancel request, and outcomes
-recorded by a worker that does not declare the run's workflow (`decide`). One durable
-consumer per app, so any number of instances share that work.
+now). `advance` records them one at a time, each conditional on the run's last sequence.
+Who calls it: the starter after a run's start, a worker after its outcome
+(bus._workflow_tasks), and the orchestrator, a handler on the records nobody else decides
+on: a start whose first step could not be scheduled, a cancel request, and outcomes recorded
+by a worker that does not declare the run's workflow (`decide`). One durable consumer per
+app, so any number of instances share that work.
 
 If anything else was appended meanwhile (an outcome of a parallel step, another instance's
 decision), JetStream refuses the append (ConcurrencyError) and it reads what came since and

@@ -13,9 +13,10 @@ task, the other analysis's task (another action: its own record), one analysis's
 the other's carrying the report's task, and the run's completion carrying the report's
 outcome; 4 of them are delivered (the tasks), and nothing is refused or read, since the
 process's deciders take turns on a run. The chain publishes 5 events and delivers 5. What
-the workflow does beyond them is the fold and the decision after each record (~0.1 ms per
-run). The server syncs to disk as nats-server does by default (every 2 minutes), as the
-messaging, KV and security scenarios run.
+the workflow does beyond them is the work around each step: its outcome folded once and a
+decision on it, the run's turn, larger records to encode and decode. The server syncs to disk
+as nats-server does by default (every 2 minutes), as the messaging, KV and security
+scenarios run.
 """
 
 from __future__ import annotations
