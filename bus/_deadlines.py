@@ -59,14 +59,20 @@ class Deadlines:
         loop = asyncio.get_running_loop()
         now = max(loop.time(), self._next)
         waits, early = self._waits, self._early
+        due: list[tuple[float, Expiring]] = []
         while waits:
             wait, at = next(iter(waits.items()))
             if at > now:
                 break
             del waits[wait]
+            due.append((at, wait))
+        if early and early[0][0] <= now:  # (rare) merged, so the earliest expires first
+            while early and early[0][0] <= now:
+                at, _, wait = heapq.heappop(early)
+                due.append((at, wait))
+            due.sort(key=lambda one: one[0])
+        for _, wait in due:
             wait.expire()
-        while early and early[0][0] <= now:
-            heapq.heappop(early)[2].expire()
         firsts = ([next(iter(waits.values()))] if waits else []) + ([early[0][0]] if early else [])
         self._timer = None
         if firsts:
