@@ -73,15 +73,12 @@ class EventStore:
         expected_version: int | None = None,
         correlation_id: str | None = None,
         event_ids: Sequence[str] | None = None,
-        name: str | None = None,
     ) -> AppendResult:
         """Append all `events` or none; `expected_version=0` means "must not exist yet".
 
         A stale `expected_version` raises ConcurrencyError (expected and actual). `event_ids`
         (one per event; new ones if not given) make a repeated append refused by JetStream
-        within the stream's duplicate window. `name` stores them under `<domain>.<id>.<name>`
-        instead of their own event names (their type travels in a header): a consumer can then
-        take them apart from others of their type (a workflow's tasks, by action).
+        within the stream's duplicate window.
         """
         if not events:
             raise ConfigError("append needs at least one event")
@@ -95,7 +92,7 @@ class EventStore:
             event_id = event_ids[0] if event_ids else None
             out = publisher.prepare(events[0], aggregate_id, event_id=event_id,
                                     correlation_id=correlation_id,
-                                    expected_version=expected_version, name=name)  # fmt: skip
+                                    expected_version=expected_version)  # fmt: skip
             result = await publisher.send(out)
             return AppendResult(result.stream, result.seq, [result])
         ids = event_ids if event_ids is not None else [None] * len(events)
@@ -106,7 +103,6 @@ class EventStore:
                 event_id=event_id,
                 correlation_id=correlation_id,
                 expected_version=expected_version if i == 0 else None,
-                name=name,
             )
             for i, (event, event_id) in enumerate(zip(events, ids, strict=True))
         ]
