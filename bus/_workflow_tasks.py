@@ -313,11 +313,12 @@ def _with_next(
         completed = msgspec.structs.replace(first, step=outcome)
         return completed, decided[1:], apply(folded, first, at, 0)
     if isinstance(first, StepsScheduled):
-        steps = [
-            msgspec.structs.replace(s, input=task.input) if s.step == task.step else s
-            for s in first.steps
-        ]
-        first = msgspec.structs.replace(first, steps=steps)
+        if isinstance(outcome, StepFailed):  # (only a failed attempt is scheduled again)
+            steps = [
+                msgspec.structs.replace(s, input=task.input) if s.step == task.step else s
+                for s in first.steps
+            ]
+            first = msgspec.structs.replace(first, steps=steps)
         record, rest = with_first(outcome, [first, *decided[1:]])
         return record, rest, apply(folded, first, at, 0)
     return outcome, decided, folded
