@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bus import RunView, Workflows
+from bus import App, EventStore, History, RunView, Workflows
+from bus._workflow_events import DOMAIN
 from bus.testing import run_app
 from tests.workflow_apps import Job, make_app
 
@@ -16,6 +17,15 @@ async def followed_until(runs: Workflows, run_id: str, reached: Callable[[RunVie
     async for run in runs.follow(run_id):
         if reached(run):
             return
+
+
+async def run_to_its_end(app: App, nats_url: str) -> tuple[RunView, History]:
+    """One run of `app`'s workflow `w`, as it ended, and its history."""
+    async with run_app(app, nats_url) as harness:
+        runs = Workflows(harness.bus, app)
+        run_id = (await runs.start("w", Job())).run_id
+        run = await runs.wait(run_id, timeout=20)
+        return run, await EventStore(harness.bus).load(DOMAIN, run_id)
 
 
 async def test_a_diamond_runs_in_order_and_b_c_overlap(nats_url: str) -> None:
@@ -283,8 +293,7 @@ async def test_a_first_step_whose_input_function_raises_fails_the_run_at_its_sta
 ) -> None:
     """The first steps' inputs are made as the run starts: one that cannot be fails its step,
     the rest is skipped and the run fails, recorded by the starter, nothing run."""
-    from bus import App, EventStore, Step, Workflow
-    from bus._workflow_events import DOMAIN
+    from bus import Step, Workflow
 
     def broken(ctx: object) -> None:
         raise KeyError("no such field")
@@ -306,11 +315,7 @@ async def test_a_first_step_whose_input_function_raises_fails_the_run_at_its_sta
         ran.append("other")
         return job.text
 
-    async with run_app(app, nats_url) as harness:
-        runs = Workflows(harness.bus, app)
-        run_id = (await runs.start("w", Job())).run_id
-        run = await runs.wait(run_id, timeout=20)
-        history = await EventStore(harness.bus).load(DOMAIN, run_id)
+    run, history = await run_to_its_end(app, nats_url)
     assert run.status == "failed"
     assert run.steps["a"].status == "failed"
     assert run.steps["a"].error == "input: KeyError: 'no such field'"
@@ -328,8 +333,8 @@ async def test_first_steps_of_several_actions_are_tasks_of_their_own_at_the_run_
     """The start carries one action's first steps; another action's get a record of their
     own, which knows where the run begins (a worker that must read the run reads from
     there)."""
-    from bus import App, EventStore, Step, Workflow
-    from bus._workflow_events import DOMAIN, StepsScheduled
+    from bus import Step, Workflow
+    from bus._workflow_events import StepsScheduled
 
     app = App("roots")
     app.workflow(Workflow("w", Job, [Step("a", "first"), Step("c", "second"),
@@ -343,11 +348,7 @@ async def test_first_steps_of_several_actions_are_tasks_of_their_own_at_the_run_
     async def second(job: Job) -> str:
         return "2"
 
-    async with run_app(app, nats_url) as harness:
-        runs = Workflows(harness.bus, app)
-        run_id = (await runs.start("w", Job())).run_id
-        run = await runs.wait(run_id, timeout=20)
-        history = await EventStore(harness.bus).load(DOMAIN, run_id)
+    run, history = await run_to_its_end(app, nats_url)
     assert run.status == "completed"
     assert run.output == {"b": "1"}
     start, second_task = history.events[0], history.events[1]
