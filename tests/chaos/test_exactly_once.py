@@ -101,6 +101,11 @@ async def until(check: Callable[[], object], what: str, seconds: float, logs: li
         await asyncio.sleep(0.5)
 
 
+def handled(log: Path) -> bool:
+    """Whether the worker logging to `log` has finished a handler (it is connected)."""
+    return '"logger": "tasks"' in log.read_text()
+
+
 def kill(process: subprocess.Popen[bytes]) -> None:
     process.kill()
     process.wait()
@@ -134,6 +139,9 @@ async def test_kill_9_of_worker_and_server_stores_each_follow_up_once(
             figures["worker killed at"] = sum(published)
             with running([BUS, "worker", "--app", APP], logs[2], env):
                 await until(lambda: sum(published) >= 2 * TASKS // 3, "2/3 published", 60, logs)
+                # The first worker's unacked messages keep `busy` true until their ack_wait:
+                # the server must die while the second worker handles, not while it starts.
+                await until(lambda: handled(logs[2]), "the second worker handling", 30, logs)
                 await until(busy, "the worker in the middle of handlers", 30, logs)
                 nats_server.kill()
                 figures["server killed at"] = sum(published)
