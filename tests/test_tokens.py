@@ -106,14 +106,15 @@ async def sse_status(edge: httpx.AsyncClient, headers: dict[str, str]) -> int:
 
 async def surfaces(edge: httpx.AsyncClient, token: str) -> dict[str, int]:
     """The status each surface answers this token with (a WebSocket refused at the
-    handshake answers 403, or 400/431 for a header too large, as uvicorn does)."""
+    handshake answers 403, or 400/431 for a header too large, as uvicorn does). The read
+    waits for what was published: the projection applies it a moment later."""
     h = bearer(token)
     mcp = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    published = await edge.post("/api/v1/events/tasks.j1.created", json={"title": "x"}, headers=h)
+    after = f"?after_seq={published.json()['seq']}" if published.status_code == 201 else ""
     codes = {
-        "publish": (
-            await edge.post("/api/v1/events/tasks.j1.created", json={"title": "x"}, headers=h)
-        ).status_code,
-        "hot read": (await edge.get("/api/v1/projections/task/j1", headers=h)).status_code,
+        "publish": published.status_code,
+        "hot read": (await edge.get(f"/api/v1/projections/task/j1{after}", headers=h)).status_code,
         "stream read": (await edge.get("/api/v1/streams/TASKS/events", headers=h)).status_code,
         "sse": await sse_status(edge, h),
         "mcp": (await edge.post("/mcp", json=mcp, headers=h)).status_code,
