@@ -60,8 +60,15 @@ def test_no_5xx_and_responses_match_their_schema(edge_url: str) -> None:
         given(cases)(check)()
 
 
+# Headers that frame the request: a generated value (`content-length: uz`) is refused by
+# uvicorn's HTTP parser with its own text/plain 400 before the edge sees the request.
+FRAMING = {"content-length", "transfer-encoding", "connection", "host"}
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def check(case: schemathesis.Case) -> None:
+    for name in [n for n in case.headers or {} if n.lower() in FRAMING]:
+        del case.headers[name]
     if case.query and "after_seq" in case.query:
         case.query["timeout"] = 0.05  # a wait for a far-off sequence would end in a 504
         case.query["stale_ok"] = "true"
