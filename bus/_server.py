@@ -41,9 +41,17 @@ def server_binary() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports: all are held while they are picked, since a port just
+    released may be handed out again (a node once got its own route port as client port)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -253,7 +261,8 @@ class EmbeddedServer:
 
     def resume(self) -> None:
         if self._proc is not None:
-            os.kill(self._proc.pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # it exited: nothing to continue
+                os.kill(self._proc.pid, signal.SIGCONT)
 
     def restart(self, timeout: float = 10.0) -> Self:
         self.stop()
@@ -281,13 +290,14 @@ class EmbeddedCluster:
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir)
-        cluster_ports = [free_port() for _ in range(self.size)]
-        for i, cport in enumerate(cluster_ports):
+        ports = free_ports(2 * self.size)
+        cluster_ports, client_ports = ports[: self.size], ports[self.size :]
+        for i, (cport, port) in enumerate(zip(cluster_ports, client_ports, strict=True)):
             routes = [f"nats-route://127.0.0.1:{p}" for p in cluster_ports if p != cport]
             self.nodes.append(
                 EmbeddedServer(
                     store_dir=self.base_dir / f"n{i + 1}",
-                    port=free_port(),
+                    port=port,
                     sync_interval=self.sync_interval,
                     name=f"{self.name}-n{i + 1}",
                     cluster_name=self.name,

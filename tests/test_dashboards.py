@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bus import EmbeddedServer
-from bus._server import free_port
+from bus._server import free_ports
 from observability.dashboards import OUTPUT, render
 from tests.processes import BUS, running, wait_for
 
@@ -116,7 +116,7 @@ def test_every_expression_returns_data_from_a_live_prometheus(tmp_path: Path) ->
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.skip("prometheus not on PATH (Debian's `prometheus` package; .ci/run installs it)")
-    edge_port, prom_port = free_port(), free_port()
+    edge_port, prom_port = free_ports(2)
     config = tmp_path / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(

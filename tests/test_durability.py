@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from bus import (
     ServerError,
     StreamSpec,
 )
-from bus._server import TLSFiles
+from bus._server import TLSFiles, free_ports
 from services import demo
 from services.runtime.settings import Settings
 
@@ -107,6 +109,22 @@ def test_servers_take_distinct_free_ports_and_leave_no_orphan(tmp_path: Path) ->
         assert pid is not None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_clusters_ports_are_distinct_and_a_gone_node_resumes_quietly(tmp_path: Path) -> None:
+    """Every client and route port of a cluster differs (they are picked together), and
+    continuing a node whose process is gone is no error (a fixture's cleanup does it)."""
+    cluster = EmbeddedCluster(base_dir=tmp_path, size=5)
+    ports = [p for n in cluster.nodes for p in (n.port, n.cluster_port)]
+    assert len(set(ports)) == len(ports) == 10
+    assert len(set(free_ports(200))) == 200
+    node = EmbeddedServer(store_dir=tmp_path / "gone").start()
+    assert node.pid is not None
+    os.kill(node.pid, signal.SIGKILL)
+    while node.running:  # (reaps it)
+        time.sleep(0.01)
+    node.resume()
+    node.stop()
 
 
 def test_restart_keeps_port_and_store(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bus import ConfigError, EmbeddedServer
-from bus._server import free_port
+from bus._server import free_ports
 
 from .summary import Verdict, at_least, at_most
 
@@ -238,7 +238,7 @@ def run_http_bench(runs: int, seconds: int, sync_interval: str, as_json: bool) -
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedServer(store_dir=Path(tmp, "nats"), sync_interval=sync_interval) as server,
     ):
-        edge_port, bare_port = free_port(), free_port()
+        edge_port, bare_port = free_ports(2)
         env = {
             **os.environ,
             "BUS_NATS_URL": server.url,
