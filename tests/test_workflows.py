@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
-from bus import App, EventStore, History, RunView, Workflows
-from bus._workflow_events import DOMAIN
+from bus import (
+    App,
+    Backoff,
+    Bus,
+    ConfigError,
+    EventStore,
+    History,
+    Projector,
+    RunView,
+    Step,
+    Workflow,
+    Workflows,
+)
+from bus._client import _current_bus
+from bus._workflow_events import (
+    DOMAIN,
+    CancelRequested,
+    RunCancelled,
+    RunCompleted,
+    StepCompensated,
+    StepCompleted,
+    StepsScheduled,
+    load_run,
+    outcomes,
+    scheduled_by,
+)
 from bus.testing import run_app
-from tests.workflow_apps import Job, make_app
+from observability.metrics import Metrics
+from tests.domain import eventually
+from tests.workflow_apps import Job, diamond, make_app
 
 
 async def followed_until(runs: Workflows, run_id: str, reached: Callable[[RunView], bool]) -> None:
@@ -116,8 +144,6 @@ async def test_cancel_stops_a_run_in_flight(nats_url: str) -> None:
 async def test_cancel_compensates_the_completed_steps_first(nats_url: str) -> None:
     """b completed (and has `compensate=`), d is held: the cancel stops d, undoes b, and
     only then records the run cancelled."""
-    from bus import EventStore
-    from bus._workflow_events import CancelRequested, RunCancelled, StepCompensated
 
     app, calls = make_app()
     async with run_app(app, nats_url) as harness:
@@ -168,7 +194,6 @@ async def test_the_same_idempotency_key_gives_the_same_run(nats_url: str) -> Non
     [{"text": 5}, {"fail_times": "x"}, [], "x", None, {"sleep": "long"}],
 )
 async def test_bad_input_is_refused_and_starts_nothing(nats_url: str, bad: object) -> None:
-    from bus import ConfigError
 
     app, _calls = make_app()
     async with run_app(app, nats_url) as harness:
@@ -184,10 +209,6 @@ async def test_two_instances_at_once_record_each_decision_once(nats_url: str) ->
     """Two instances of the app (each with its own knowledge of the runs, as two processes)
     share the steps' work, and each decides after its own outcomes: parallel steps finish on
     either, and the fence lets each decision land once."""
-    from collections import Counter
-
-    from bus import Bus, EventStore
-    from bus._workflow_events import RunCompleted, StepCompleted, outcomes, scheduled_by
 
     app, _ = make_app()
     twin, _ = make_app()
@@ -214,9 +235,6 @@ async def test_two_instances_at_once_record_each_decision_once(nats_url: str) ->
 
 
 async def test_runs_and_steps_are_counted_by_the_observer(nats_url: str) -> None:
-    from bus import Bus, Projector
-    from observability.metrics import Metrics
-    from tests.domain import eventually
 
     app, _ = make_app()
     metrics = Metrics()
@@ -241,9 +259,6 @@ async def test_runs_and_steps_are_counted_by_the_observer(nats_url: str) -> None
 
 
 async def test_a_step_over_its_timeout_fails_that_attempt(nats_url: str) -> None:
-    import asyncio
-
-    from bus import App, Step, Workflow
 
     app = App("timeouts")
     app.workflow(Workflow("slow", Job, [Step("a", "hang", timeout=0.2, retries=1)]))
@@ -267,7 +282,6 @@ async def test_a_step_over_its_timeout_fails_that_attempt(nats_url: str) -> None
 
 
 async def test_an_input_function_that_raises_fails_its_step(nats_url: str) -> None:
-    from bus import App, Step, Workflow
 
     def broken(ctx: object) -> None:
         raise KeyError("no such field")
@@ -293,7 +307,6 @@ async def test_a_first_step_whose_input_function_raises_fails_the_run_at_its_sta
 ) -> None:
     """The first steps' inputs are made as the run starts: one that cannot be fails its step,
     the rest is skipped and the run fails, recorded by the starter, nothing run."""
-    from bus import Step, Workflow
 
     def broken(ctx: object) -> None:
         raise KeyError("no such field")
@@ -333,8 +346,6 @@ async def test_first_steps_of_several_actions_are_tasks_of_their_own_at_the_run_
     """The start carries one action's first steps; another action's get a record of their
     own, which knows where the run begins (a worker that must read the run reads from
     there)."""
-    from bus import Step, Workflow
-    from bus._workflow_events import StepsScheduled
 
     app = App("roots")
     app.workflow(Workflow("w", Job, [Step("a", "first"), Step("c", "second"),
@@ -360,8 +371,6 @@ async def test_first_steps_of_several_actions_are_tasks_of_their_own_at_the_run_
 
 async def test_a_run_is_read_from_its_first_event_or_else_whole(nats_url: str) -> None:
     """Loads start at the run's first sequence (its `origin`); a wrong one reads it all."""
-    from bus import EventStore
-    from bus._workflow_events import load_run
 
     app, _ = make_app()
     async with run_app(app, nats_url) as harness:
@@ -380,9 +389,6 @@ async def test_a_run_is_read_from_its_first_event_or_else_whole(nats_url: str) -
 async def test_a_task_run_twice_records_its_outcome_once(nats_url: str) -> None:
     """No claim before a handler runs: a task delivered again (a redelivery after a crash)
     runs the handler again, but its outcome is recorded once, and nothing is decided twice."""
-    from bus import EventStore
-    from bus._client import _current_bus
-    from bus._workflow_events import scheduled_by
 
     app, calls = make_app()
     async with run_app(app, nats_url) as harness:
@@ -409,7 +415,6 @@ async def test_a_retry_waiting_for_its_backoff_does_not_run_once_cancelled(
 ) -> None:
     """A step is running once scheduled (no claim): a retry whose backoff outlasts the
     cancel is dropped by the worker that saw the cancel, its handler not run again."""
-    from bus import App, Backoff, Step, Workflow
 
     app = App("wfbackoff")
     app.workflow(
@@ -443,8 +448,6 @@ async def test_a_worker_without_the_workflow_leaves_decisions_to_the_orchestrato
     """Actions hosted by an app that does not declare the workflow: each outcome goes to the
     orchestrator of the app that does, which schedules what follows, retries included (whose
     record carries no input: the worker finds the first attempt's in the history)."""
-    from bus import App, Bus, EventStore
-    from tests.workflow_apps import diamond
 
     orchestrating = App("wfdecides")
     orchestrating.workflow(diamond())
